@@ -36,3 +36,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def standin_path(tmp_path_factory) -> Path:
+    """The procedural synthetic stand-in model (built once per test session, ~4 s)."""
+    from fitting.synthetic import build_standin
+    return build_standin(tmp_path_factory.mktemp("standin") / "standin.pkl")
+
+
+@pytest.fixture(scope="session")
+def flame_topology_standin_path(tmp_path_factory, shared_data) -> Path:
+    """The stand-in built on the shared FLAME template and DECA embedding (5023 vertices)."""
+    from fitting.synthetic import build_standin
+    topo = shared_data / "flame_topology"
+    return build_standin(tmp_path_factory.mktemp("standin_flame") / "standin_flame.pkl",
+                         template=topo / "head_template_mesh.obj",
+                         landmark_embedding=topo / "landmark_embedding.npy")
+
+
+@pytest.fixture(scope="session")
+def standin(standin_path):
+    from fitting.flame import FLAME
+    return FLAME(standin_path)

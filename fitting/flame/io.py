@@ -1,0 +1,189 @@
+"""Loading FLAME model files without chumpy.
+
+The official ``generic_model.pkl`` (FLAME 2020 and 2023, also ``male_model.pkl`` and
+``female_model.pkl``) are Python-2 pickles whose arrays are chumpy ``Ch`` objects and whose
+``J_regressor`` is a scipy sparse matrix. chumpy does not import on Python 3.11 / numpy 2,
+so :class:`_FlameUnpickler` resolves a short allow-list of globals: numpy's array
+reconstruction, chumpy classes (mapped to a stub that keeps the pickled state) and scipy
+sparse matrices (likewise). Any other global is refused, which also keeps a malicious
+pickle from running code. The same arrays can come from a plain ``.npz``.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+try:  # numpy >= 2 renamed numpy.core; old pickles still name the old path
+    from numpy._core import multiarray as _multiarray
+except ImportError:  # numpy < 2
+    from numpy.core import multiarray as _multiarray
+
+FLAME_HELP = (
+    "FLAME is not redistributable: register at https://flame.is.tue.mpg.de, download "
+    "FLAME 2020 or FLAME 2023, and put generic_model.pkl in flame-data/ (or pass its path). "
+    "For a quick test without FLAME, build the synthetic stand-in with "
+    "`python -m fitting.synthetic --out flame-data/synthetic.pkl` and pass that path."
+)
+
+# name -> (trailing shape, or None for 'any'), checked against the vertex count V.
+REQUIRED_KEYS = ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights")
+N_JOINTS = 5
+N_SHAPE_MAX = 300  # FLAME's shapedirs: 300 identity components, then the expression ones
+
+
+class FlameFileError(ValueError):
+    """A FLAME-related file is missing, unreadable or malformed; the message says what to do."""
+
+
+class _PickledObject:
+    """Stand-in for a chumpy or scipy object: keeps the class name and pickled state."""
+
+    _qualname = "?"
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+        self.state = None
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _stub(module: str, name: str):
+    return type(name, (_PickledObject,), {"_qualname": f"{module}.{name}"})
+
+
+class _FlameUnpickler(pickle.Unpickler):
+    _NUMPY = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    }
+    _BUILTINS = {("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
+                 ("__builtin__", "object"), ("builtins", "object"),
+                 ("__builtin__", "set"), ("builtins", "set"),
+                 # Python 3 writes bytes into protocol-2 pickles as _codecs.encode(str, "latin1")
+                 ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._NUMPY:
+            if module == "numpy":
+                return getattr(np, name)
+            return getattr(_multiarray, name)
+        if (module, name) in self._BUILTINS:
+            return super().find_class(module, name)
+        if module == "chumpy" or module.startswith("chumpy."):
+            return _stub(module, name)
+        if module.startswith("scipy.sparse") and name.endswith("_matrix"):
+            return _stub(module, name)
+        raise pickle.UnpicklingError(
+            f"refusing to load global {module}.{name}: a FLAME model file contains only arrays")
+
+
+def _to_array(obj, key: str, path: Path):
+    """Turn what the unpickler made of ``obj`` into a numpy array (dense)."""
+    if isinstance(obj, _PickledObject):
+        state = obj.state if isinstance(obj.state, dict) else {}
+        if obj._qualname.startswith("chumpy"):
+            if "x" in state:
+                return np.asarray(state["x"])
+            raise FlameFileError(
+                f"{path}: key '{key}' is a chumpy {obj._qualname} expression, not a plain array; "
+                "only plain chumpy arrays (as in the official FLAME files) can be read without chumpy.")
+        if obj._qualname.endswith("_matrix"):
+            return _sparse_to_dense(state, obj._qualname, key, path)
+    return obj
+
+
+def _sparse_to_dense(state: dict, qualname: str, key: str, path: Path) -> np.ndarray:
+    import scipy.sparse as sp
+    shape = state.get("_shape", state.get("shape"))
+    kind = qualname.rsplit(".", 1)[-1]
+    try:
+        if kind in ("csc_matrix", "csr_matrix"):
+            cls = sp.csc_matrix if kind == "csc_matrix" else sp.csr_matrix
+            m = cls((state["data"], state["indices"], state["indptr"]), shape=shape)
+        elif kind == "coo_matrix":
+            m = sp.coo_matrix((state["data"], (state["row"], state["col"])), shape=shape)
+        else:
+            raise KeyError(kind)
+    except (KeyError, TypeError, ValueError) as e:
+        raise FlameFileError(f"{path}: cannot read sparse matrix '{key}' ({qualname}): {e}") from e
+    return np.asarray(m.todense())
+
+
+def read_pickle_dict(path: Path) -> dict:
+    """Unpickle a FLAME-style (Python 2, possibly chumpy-referencing) pickle into a dict."""
+    try:
+        with open(path, "rb") as f:
+            data = _FlameUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        raise FlameFileError(f"{path}: not a readable FLAME pickle ({e}). {FLAME_HELP}") from e
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, ImportError) as e:
+        raise FlameFileError(
+            f"{path}: the file is corrupt or truncated ({type(e).__name__}: {e}); download it again. "
+            f"{FLAME_HELP}") from e
+    if not isinstance(data, dict):
+        raise FlameFileError(f"{path}: expected a dict of arrays, found {type(data).__name__}")
+    return data
+
+
+def load_flame_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a FLAME model (``.pkl`` as distributed, or ``.npz`` with the same keys).
+
+    Returns a dict with at least v_template (V, 3), f (F, 3), shapedirs (V, 3, S+E),
+    posedirs (V, 3, 36), J_regressor (5, V) dense, kintree_table (2, 5), weights (V, 5),
+    each validated. Extra keys (e.g. ``vt``/``ft`` UVs in the stand-in) are kept.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FlameFileError(f"FLAME model file not found: {path}. {FLAME_HELP}")
+    if path.is_dir():
+        raise FlameFileError(f"{path} is a folder; pass the model file inside it (generic_model.pkl). {FLAME_HELP}")
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                raw = {k: z[k] for k in z.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            raise FlameFileError(f"{path}: the .npz is corrupt or unreadable ({e}). {FLAME_HELP}") from e
+    else:
+        raw = read_pickle_dict(path)
+    arrays = {k: _to_array(v, k, path) for k, v in raw.items()}
+    _validate(arrays, path)
+    return arrays
+
+
+def _validate(a: dict, path: Path) -> None:
+    missing = [k for k in REQUIRED_KEYS if k not in a]
+    if missing:
+        raise FlameFileError(
+            f"{path}: missing keys {missing}; a FLAME model has {list(REQUIRED_KEYS)}. "
+            f"Is this really a FLAME generic_model.pkl? {FLAME_HELP}")
+    for k in REQUIRED_KEYS:
+        a[k] = np.asarray(a[k])
+        if a[k].dtype == object:
+            raise FlameFileError(f"{path}: key '{k}' is not a numeric array")
+    V = a["v_template"].shape[0]
+    expect = {
+        "v_template": (V, 3), "f": (None, 3), "shapedirs": (V, 3, None), "posedirs": (V, 3, (N_JOINTS - 1) * 9),
+        "J_regressor": (N_JOINTS, V), "kintree_table": (2, N_JOINTS), "weights": (V, N_JOINTS),
+    }
+    for k, shape in expect.items():
+        got = a[k].shape
+        if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise FlameFileError(f"{path}: '{k}' has shape {got}, expected {want} (V = {V} vertices)")
+    if a["f"].min() < 0 or a["f"].max() >= V:
+        raise FlameFileError(f"{path}: face indices out of range for {V} vertices")
+
+
+def save_flame_npz(arrays: dict, path: str | Path) -> Path:
+    """Write FLAME arrays as a plain ``.npz`` (the chumpy-free format this loader also reads)."""
+    from fitting.meshio import atomic_write_bytes
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
