@@ -1,0 +1,49 @@
+"""python -m process_data SCENE_DIR [--out DIR] [--force] [--backend dlib|fan] [--masks default|bisenet] ..."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .pipeline import ALL_STAGES, DEFAULTS, run_all
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m process_data",
+                                description="Preprocess a scene folder (SCENE/images/*.jpg|png): landmarks, "
+                                            "pad/crop, head and skin masks, pycolmap intrinsics.")
+    p.add_argument("scene", help="scene folder holding images/")
+    p.add_argument("--out", default=None, help="output folder (default: the scene folder, beside images/)")
+    p.add_argument("--force", action="store_true", help="redo every stage even when its outputs are up to date")
+    p.add_argument("--stages", nargs="+", choices=ALL_STAGES[1:], default=None, help="run only these stages")
+    p.add_argument("--backend", choices=["dlib", "fan"], default=DEFAULTS["backend"], help="landmark detector")
+    p.add_argument("--masks", choices=["default", "bisenet"], default=DEFAULTS["masks"])
+    p.add_argument("--bisenet-weights", default=None, help="face-parsing BiSeNet weights (79999_iter.pth)")
+    p.add_argument("--pad-mode", choices=["pad", "crop"], default=DEFAULTS["pad_mode"])
+    p.add_argument("--pad-size", type=int, default=DEFAULTS["pad_size"], help="side of the derived square images")
+    p.add_argument("--crop-margin", type=float, default=DEFAULTS["crop_margin"])
+    p.add_argument("--fov", type=float, default=DEFAULTS["fov"], help="fallback horizontal field of view, degrees")
+    p.add_argument("--sfm-max-size", type=int, default=DEFAULTS["sfm_max_size"],
+                   help="longest image side used for SIFT (keypoints are rescaled to full resolution)")
+    p.add_argument("--sequential", action="store_true", help="sequential matching (frames of a video)")
+    p.add_argument("--sfm-landmarks", choices=["never", "fallback", "always"], default=DEFAULTS["sfm_landmarks"],
+                   help="add the 68 landmarks as SfM correspondences: never, only when SIFT alone fails, always")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    stages = None if a.stages is None else ["scan", *a.stages]
+    try:
+        run_all(a.scene, out_dir=a.out, force=a.force, stages=stages, backend=a.backend, masks=a.masks,
+                bisenet_weights=a.bisenet_weights, pad_mode=a.pad_mode, pad_size=a.pad_size,
+                crop_margin=a.crop_margin, fov=a.fov, sfm_max_size=a.sfm_max_size, sequential=a.sequential,
+                sfm_landmarks=a.sfm_landmarks, progress=not a.no_progress)
+    except (ValueError, RuntimeError) as e:
+        print(f"process_data: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""Stage 4: intrinsics (and up-to-scale poses) with pycolmap: no colmap binary.
+
+SIFT with one shared SIMPLE_PINHOLE camera, exhaustive (or sequential) matching, incremental
+mapping, with settings that work on face captures (few features on skin and plain
+backgrounds): peak_threshold 0.003, domain-size pooling, min_num_matches 10,
+init_min_tri_angle 2. The result is checked for plausibility; when SfM fails or registers
+fewer than 3 views, K comes from the EXIF focal length, else from a field of view.
+The default model has no distortion, so fitting uses a pure pinhole projection; if a
+distorted model is requested, its parameters are carried in cameras.json ("distortion") and
+the fitting must apply them in its projection (images are never undistorted here).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+FOCAL_BOUNDS = (0.25, 25.0)   # plausible f / max(width, height)
+MAX_DISTORTION = 0.5          # |k| above this is an absurd radial distortion
+MAX_REPROJ_ERROR = 2.0        # px
+MIN_POINTS3D = 50             # fewer triangulated points cannot pin down a focal length
+
+
+def K_from_fov(width: int, height: int, fov_deg: float) -> np.ndarray:
+    """K (3, 3) for a horizontal field of view in degrees; centred principal point (W/2, H/2)."""
+    if not 0 < fov_deg < 180:
+        raise ValueError(f"fov must be in (0, 180) degrees, got {fov_deg}")
+    f = 0.5 * width / np.tan(np.radians(fov_deg) / 2)
+    return np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], dtype=np.float64)
+
+
+def exif_focal_px(path) -> float | None:
+    """Focal length in pixels from EXIF FocalLengthIn35mmFilm (36 mm across the long side of
+    a 3:2 frame is the 35 mm convention); None when the tag is absent."""
+    try:
+        with Image.open(path) as im:
+            exif = im.getexif()
+            sub = exif.get_ifd(0x8769)
+            f35 = sub.get(0xA405) or exif.get(0xA405)
+            w, h = im.size
+    except Exception:
+        return None
+    if not f35:
+        return None
+    return float(f35) * max(w, h) / 36.0
+
+
+def check_plausible(K: np.ndarray, distortion, width: int, height: int, reproj: float | None) -> str | None:
+    """None when (K, distortion) are plausible, else the reason."""
+    f = float(K[0, 0])
+    lo, hi = FOCAL_BOUNDS
+    side = max(width, height)
+    if not np.isfinite(K).all():
+        return "non-finite intrinsics"
+    if not lo * side <= f <= hi * side:
+        return f"focal length {f:.1f} px is outside [{lo}, {hi}] x the image side {side}"
+    if any(abs(k) > MAX_DISTORTION for k in distortion):
+        return f"distortion {list(distortion)} exceeds |k| <= {MAX_DISTORTION}"
+    if reproj is not None and reproj > MAX_REPROJ_ERROR:
+        return f"mean reprojection error {reproj:.2f} px > {MAX_REPROJ_ERROR}"
+    return None
+
+
+def run_sfm(image_dir, names: list[str], work_dir, *, max_image_size: int = 1024, sequential: bool = False,
+            camera_model: str = "SIMPLE_PINHOLE", num_threads: int = -1, seed: int = 0,
+            max_attempts: int = 3, landmarks: dict | None = None, use_landmarks: str = "fallback"):
+    """Run pycolmap on ``names`` inside ``image_dir``; database and model go in ``work_dir``.
+
+    landmarks: optional {name: (68, 2)} in the +0.5 convention (COLMAP's too), added as extra
+    keypoints whose descriptors identify the landmark index, so that matching pairs the same
+    index across views; use_landmarks: "never", "always" or "fallback" (only in the retry round).
+    Returns the best pycolmap.Reconstruction or None. Keypoints are rescaled to the original
+    resolution by COLMAP itself, so the camera is at original resolution."""
+    import pycolmap
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    level = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = 2  # COLMAP's INFO lines would drown the progress bars
+    try:
+        return _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, camera_model,
+                        num_threads, seed, max_attempts, landmarks, use_landmarks)
+    finally:
+        pycolmap.logging.minloglevel = level
+
+
+def _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, camera_model, num_threads, seed,
+             max_attempts, landmarks, use_landmarks, max_rounds=2):
+    # Multi-threaded extraction numbers the images in a random order and multi-threaded
+    # mapping is not deterministic either; on face captures an unlucky run strands most views
+    # or lands on an absurd focal length. So: retry mapping with other seeds (cheap), and if
+    # that does not help, redo extraction and matching once (a different database).
+    best = None
+    for rnd in range(max_rounds):
+        db = work_dir / "database.db"
+        if db.exists():
+            db.unlink()
+        pycolmap.set_random_seed(seed + 100 * rnd)
+        reader = pycolmap.ImageReaderOptions()
+        reader.camera_model = camera_model
+        ext = pycolmap.FeatureExtractionOptions()
+        ext.max_image_size = int(max_image_size)
+        # one extraction thread numbers the images in name order, so the database (and with the
+        # fixed RANSAC seed, the matches) is the same on every run; later rounds vary the order
+        ext.num_threads = 1
+        ext.sift.peak_threshold = 0.003   # low-contrast skin needs a lower DoG threshold
+        ext.sift.domain_size_pooling = True
+        order = list(names) if rnd % 2 == 0 else list(reversed(names))
+        pycolmap.extract_features(db, str(image_dir), image_names=order,
+                                  camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
+                                  extraction_options=ext, device=pycolmap.Device.cpu)
+        if landmarks and (use_landmarks == "always" or (use_landmarks == "fallback" and rnd > 0)):
+            add_landmark_features(pycolmap, db, landmarks)
+        mo = pycolmap.FeatureMatchingOptions()
+        mo.num_threads = num_threads
+        vo = pycolmap.TwoViewGeometryOptions()
+        vo.ransac.random_seed = seed + rnd
+        if sequential:
+            pycolmap.match_sequential(db, matching_options=mo, verification_options=vo, device=pycolmap.Device.cpu)
+        else:
+            pycolmap.match_exhaustive(db, matching_options=mo, verification_options=vo, device=pycolmap.Device.cpu)
+        for attempt in range(max_attempts):
+            opts = pycolmap.IncrementalPipelineOptions()
+            opts.min_num_matches = 10
+            opts.mapper.init_min_tri_angle = 2.0   # faces subtend small baselines
+            opts.num_threads = num_threads
+            opts.random_seed = seed + attempt + 100 * rnd
+            opts.multiple_models = False
+            fixed_focal = attempt % 2 == 1
+            if fixed_focal:
+                # Small-baseline face pairs can send the focal length to "orthographic" values
+                # (f >> 10 x width), after which the mapper rejects every further view. Map
+                # with the focal held at its prior, then free it in one global adjustment.
+                opts.ba_refine_focal_length = False
+                opts.mapper.abs_pose_refine_focal_length = False
+            pycolmap.set_random_seed(opts.random_seed)
+            out = work_dir / "sparse" / f"{rnd}_{attempt}"
+            out.mkdir(parents=True, exist_ok=True)
+            recs = pycolmap.incremental_mapping(db, str(image_dir), out, options=opts)
+            if fixed_focal:
+                for r in recs.values():
+                    ba = pycolmap.BundleAdjustmentOptions()
+                    ba.refine_focal_length = True
+                    ba.print_summary = False
+                    pycolmap.bundle_adjustment(r, ba)
+            for r in recs.values():
+                if best is None or _rank(r) > _rank(best):
+                    best = r
+            if best is not None and _good(best, len(names)):
+                return best
+        if best is None:
+            break  # no model at all: the views do not overlap; another round will not help
+    return best
+
+
+def landmark_descriptors() -> np.ndarray:
+    """(68, 128) uint8: one fixed pseudo-random SIFT-like descriptor per landmark index. The
+    same index gets the same descriptor in every view (distance 0), different indices are far
+    apart, so brute-force matching with the ratio test pairs equal indices only."""
+    d = np.abs(np.random.default_rng(68).normal(size=(68, 128)))
+    d *= 512.0 / np.linalg.norm(d, axis=1, keepdims=True)  # COLMAP's uint8 descriptor scale
+    return np.clip(np.round(d), 0, 255).astype(np.uint8)
+
+
+def add_landmark_features(pycolmap, db_path, landmarks: dict) -> int:
+    """Append the 68 landmarks of each view to its keypoints and descriptors in the database.
+    Returns the number of views augmented."""
+    L = landmark_descriptors()
+    db = pycolmap.Database.open(str(db_path))
+    try:
+        data = {}
+        for im in db.read_all_images():
+            pts = landmarks.get(im.name)
+            if pts is not None:
+                data[im.image_id] = (np.asarray(pts, np.float32), db.read_keypoints(im.image_id),
+                                     db.read_descriptors(im.image_id))
+        if not data:
+            return 0
+        # descriptors cannot be updated in place, only cleared and rewritten
+        keep = {im.image_id: db.read_descriptors(im.image_id) for im in db.read_all_images()
+                if im.image_id not in data}
+        db.clear_descriptors()
+        for iid, desc in keep.items():
+            db.write_descriptors(iid, desc)
+        for iid, (pts, kp, desc) in data.items():
+            extra = np.zeros((len(pts), kp.shape[1]), np.float32)
+            extra[:, :2] = pts
+            if kp.shape[1] == 6:       # affine shape a11, a12, a21, a22: an isotropic 4 px blob
+                extra[:, 2] = extra[:, 5] = 4.0
+            elif kp.shape[1] == 4:     # scale, orientation
+                extra[:, 2] = 4.0
+            db.update_keypoints(iid, np.vstack([kp, extra]).astype(np.float32))
+            db.write_descriptors(iid, pycolmap.FeatureDescriptors(desc.type, np.vstack([desc.data, L])))
+        return len(data)
+    finally:
+        db.close()
+
+
+def _good(rec, n: int) -> bool:
+    return _plausible_rec(rec) and rec.num_reg_images() >= 0.8 * n
+
+
+def _plausible_rec(rec) -> bool:
+    if rec.num_points3D() < MIN_POINTS3D:
+        return False
+    cam = next(iter(rec.cameras.values()))
+    n_focal = 2 if cam.model.name in ("PINHOLE", "OPENCV", "FULL_OPENCV") else 1
+    return check_plausible(np.asarray(cam.calibration_matrix()), list(np.asarray(cam.params)[n_focal + 2:]),
+                           cam.width, cam.height, rec.compute_mean_reprojection_error()) is None
+
+
+def _rank(rec) -> tuple:
+    """Plausible models first, then more registered views."""
+    return (_plausible_rec(rec), rec.num_reg_images())
+
+
+def cameras_from_reconstruction(rec, width: int, height: int) -> dict:
+    """cameras.json content from a pycolmap Reconstruction with one camera."""
+    cams = list(rec.cameras.values())
+    if len(cams) != 1:
+        raise ValueError(f"expected one shared camera, the reconstruction has {len(cams)}")
+    cam = cams[0]
+    K = np.asarray(cam.calibration_matrix(), dtype=np.float64)
+    n_focal = 2 if cam.model.name in ("PINHOLE", "OPENCV", "FULL_OPENCV") else 1
+    distortion = [float(v) for v in np.asarray(cam.params)[n_focal + 2:]]
+    poses = {}
+    for im in rec.images.values():
+        if not im.has_pose:
+            continue
+        T = im.cam_from_world() if callable(im.cam_from_world) else im.cam_from_world
+        poses[im.name] = {"R": np.asarray(T.rotation.matrix()).tolist(), "t": np.asarray(T.translation).tolist()}
+    if (cam.width, cam.height) != (width, height):
+        raise ValueError(f"SfM camera is {cam.width}x{cam.height}, expected {width}x{height}")
+    return {"K": K.tolist(), "width": int(width), "height": int(height), "model": cam.model.name,
+            "distortion": distortion, "source": "sfm", "registered": sorted(poses),
+            "sfm_poses": poses, "mean_reprojection_error": float(rec.compute_mean_reprojection_error()),
+            "num_points3D": int(rec.num_points3D())}
+
+
+def estimate_intrinsics(image_dir, names: list[str], *, work_dir=None, fov_deg: float = 30.0,
+                        min_registered: int = 3, max_image_size: int = 1024, sequential: bool = False,
+                        num_threads: int = -1, landmarks: dict | None = None,
+                        use_landmarks: str = "fallback") -> tuple[dict, object, list[str]]:
+    """Shared intrinsics of ``names`` (all the same size) in ``image_dir``.
+
+    landmarks: optional {name: (68, 2)} used as extra correspondences (see run_sfm).
+    Returns (cameras dict as in cameras.json, pycolmap.Reconstruction or None, warnings)."""
+    if use_landmarks not in ("never", "always", "fallback"):
+        raise ValueError(f"use_landmarks must be 'never', 'always' or 'fallback', got {use_landmarks!r}")
+    if not names:
+        raise ValueError("estimate_intrinsics needs at least one image")
+    sizes = {Image.open(Path(image_dir) / n).size for n in names}
+    if len(sizes) != 1:
+        raise ValueError(f"all images must share one size for one camera model, got {sorted(sizes)}")
+    (width, height), = sizes
+    warns: list[str] = []
+    rec, cams = None, None
+    tmp = None
+    if work_dir is None:
+        tmp = tempfile.mkdtemp(prefix="sfm_")
+        work_dir = tmp
+    t0 = time.time()
+    try:
+        if len(names) >= min_registered:
+            rec = run_sfm(image_dir, names, work_dir, max_image_size=max_image_size, sequential=sequential,
+                          num_threads=num_threads, landmarks=landmarks, use_landmarks=use_landmarks)
+        if rec is None:
+            warns.append("SfM reconstructed nothing")
+        elif rec.num_reg_images() < min_registered:
+            warns.append(f"SfM registered only {rec.num_reg_images()} of {len(names)} views (< {min_registered})")
+        else:
+            cams = cameras_from_reconstruction(rec, width, height)
+            why = check_plausible(np.array(cams["K"]), cams["distortion"], width, height,
+                                  cams["mean_reprojection_error"])
+            if why is None and cams["num_points3D"] < MIN_POINTS3D:
+                why = f"only {cams['num_points3D']} triangulated points"
+            if why:
+                warns.append(f"SfM result rejected: {why}")
+                cams = None
+    except Exception as e:  # pycolmap raises RuntimeError on degenerate input
+        warns.append(f"SfM failed: {e}")
+        cams = None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if cams is not None:
+        cams["sfm_seconds"] = round(time.time() - t0, 2)
+        return cams, rec, warns
+    focals = [f for f in (exif_focal_px(Path(image_dir) / n) for n in names) if f]
+    if focals:
+        K = K_from_fov(width, height, 60.0)
+        K[0, 0] = K[1, 1] = float(np.median(focals))
+        source = "exif"
+    else:
+        K = K_from_fov(width, height, fov_deg)
+        source = "fov"
+    warns.append(f"intrinsics fall back to {source}: f = {K[0, 0]:.1f} px; the fit should refine the focal length")
+    for w in warns:
+        warnings.warn(w)
+    return ({"K": K.tolist(), "width": int(width), "height": int(height), "model": "SIMPLE_PINHOLE",
+             "distortion": [], "source": source, "registered": [], "sfm_poses": {}}, None, warns)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m process_data.intrinsics",
+                                description="Shared camera intrinsics of a scene with pycolmap (writes cameras.json, sfm/).")
+    p.add_argument("scene")
+    p.add_argument("--out", default=None)
+    p.add_argument("--fov", type=float, default=30.0, help="fallback horizontal field of view, degrees")
+    p.add_argument("--sfm-max-size", type=int, default=1024)
+    p.add_argument("--sequential", action="store_true", help="sequential matching (frames of a video)")
+    p.add_argument("--force", action="store_true")
+    a = p.parse_args(argv)
+    from .pipeline import cli_run
+    return cli_run(scene_dir=a.scene, out_dir=a.out, force=a.force, stages=["scan", "intrinsics"], fov=a.fov,
+            sfm_max_size=a.sfm_max_size, sequential=a.sequential)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""run_all: scan -> landmarks -> pad/crop -> masks -> intrinsics, skipping up-to-date stages.
+
+A stage is redone when --force is given, when an output is missing, when its options or the
+set of views changed, or when an input (image, landmarks.json) is newer than its outputs."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import files, manifest as mf
+from .manifest import ImageTransform
+
+log = logging.getLogger("process_data")
+
+ALL_STAGES = ["scan", "landmarks", "pad", "masks", "intrinsics"]
+DEFAULTS = dict(backend="dlib", masks="default", bisenet_weights=None, pad_mode="pad", pad_size=512,
+                crop_margin=2.0, fov=30.0, sfm_max_size=1024, sequential=False, min_registered=3,
+                sfm_landmarks="fallback",
+                num_threads=-1, progress=True)
+
+
+def _say(msg: str) -> None:
+    tqdm.write(f"[process_data] {msg}")
+
+
+class _Scene:
+    def __init__(self, scene_dir, out_dir, opts):
+        self.scene = Path(scene_dir)
+        self.images_dir = self.scene / "images"
+        self.out = Path(out_dir) if out_dir is not None else self.scene
+        self.opts = opts
+        self._cache: dict[str, np.ndarray] = {}
+        self.manifest = None
+
+    def image(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            self._cache[name] = files.read_image(self.images_dir / name)
+        return self._cache[name]
+
+    def good(self, stages=("scan", "landmarks")) -> list[str]:
+        """Views that did not fail in any of ``stages``."""
+        return [n for n in self.manifest["views"]
+                if n not in self.manifest["failed"] or self.manifest["failed"][n]["stage"] not in stages]
+
+    def bar(self, it, desc):
+        return tqdm(it, desc=desc, unit="view", disable=not self.opts["progress"], leave=False)
+
+    def save(self):
+        files.atomic_write_json(self.out / mf.MANIFEST_NAME, self.manifest)
+
+
+def _mtime(p: Path) -> float:
+    return p.stat().st_mtime if p.exists() else -1.0
+
+
+def _stale(sc: _Scene, stage: str, options: dict, outputs: list[Path], inputs: list[Path], force: bool) -> bool:
+    rec = sc.manifest["stages"].get(stage)
+    if force or rec is None or rec.get("options") != options:
+        return True
+    if any(not p.exists() for p in outputs):
+        return True
+    newest_in = max((_mtime(p) for p in inputs), default=-1.0)
+    return min(_mtime(p) for p in outputs) < newest_in
+
+
+def _finish(sc: _Scene, stage: str, options: dict, tool: str, seconds: float, warnings=()) -> None:
+    sc.manifest["stages"][stage] = {"tool": tool, "options": options, "seconds": round(seconds, 3),
+                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "warnings": list(warnings)}
+    for w in warnings:
+        _say("warning: " + w)
+    sc.save()
+
+
+# ---------------------------------------------------------------- stages
+def _scan(sc: _Scene) -> None:
+    names, skipped = files.list_images(sc.images_dir)
+    old = sc.manifest
+    m = mf.new_manifest(sc.scene, sc.images_dir, sc.out)
+    # keep the stage records of a previous run; staleness checks compare their options
+    if old:
+        m["stages"] = old.get("stages", {})
+        for n, v in old.get("views", {}).items():
+            if n in names and "transform" in v:
+                m["views"].setdefault(n, {})["transform"] = v["transform"]
+    m["skipped_files"] = skipped
+    for n, why in skipped.items():
+        _say(f"skipping {n}: {why}")
+    for n in names:
+        v = m["views"].setdefault(n, {})
+        v["file"] = str(mf.image_path(m, sc.out, n))
+        try:
+            img = sc.image(n)
+            v["size"] = [int(img.shape[1]), int(img.shape[0])]
+            v["status"] = {"scan": "ok"}
+        except ValueError as e:
+            v["size"] = None
+            v["status"] = {"scan": "failed"}
+            m["failed"][n] = {"stage": "scan", "reason": str(e)}
+            _say(f"view {n} failed: {e}")
+    sizes = Counter(tuple(v["size"]) for v in m["views"].values() if v["size"])
+    if not sizes:
+        sc.manifest = m
+        sc.save()
+        raise ValueError(f"no readable image in {sc.images_dir}: {json.dumps(m['failed'])}")
+    (w, h), _ = sizes.most_common(1)[0]
+    m["camera_size"] = [w, h]
+    if len(sizes) > 1:
+        odd = [n for n, v in m["views"].items() if v["size"] and tuple(v["size"]) != (w, h)]
+        msg = (f"mixed image sizes {sorted(sizes)}: one camera model is assumed, so the {len(odd)} view(s) "
+               f"not {w}x{h} ({', '.join(odd)}) get landmarks and masks but no intrinsics")
+        m["warnings"].append(msg)
+        _say("warning: " + msg)
+        for n in odd:
+            mf.record_failure(m, n, "intrinsics", f"size {m['views'][n]['size']} differs from the scene's "
+                                                  f"camera size {[w, h]}")
+    sc.manifest = m
+    sc.save()
+
+
+def _landmarks(sc: _Scene, force: bool) -> None:
+    from . import landmarks as lm
+    from .preview import contact_sheet, landmark_tile
+
+    names = list(sc.manifest["views"])
+    opts = {"backend": sc.opts["backend"], "views": names}
+    out = sc.out / "landmarks.json"
+    sheet = sc.out / "preview" / "landmarks.png"
+    inputs = [sc.images_dir / n for n in names]
+    if not _stale(sc, "landmarks", opts, [out, sheet], inputs, force):
+        _restore_failures(sc, "landmarks")
+        return
+    t0 = time.time()
+    result, tiles = {}, []
+    for n in sc.bar(sc.good(("scan",)), "landmarks"):
+        r = lm.detect_landmarks(sc.image(n), backend=sc.opts["backend"])
+        pts = r["points"]
+        result[n] = {"points": None if pts is None else np.round(pts, 4).tolist(), "box": r["box"],
+                     "score": float(r["score"]), "detector": r["detector"]}
+        if pts is None:
+            mf.record_failure(sc.manifest, n, "landmarks", "no face found")
+            _say(f"view {n} failed: no face found")
+        else:
+            sc.manifest["views"][n]["status"]["landmarks"] = "ok"
+        tiles.append(landmark_tile(sc.image(n), pts, n))
+    files.atomic_write_json(out, result)
+    files.atomic_write_png(sheet, contact_sheet(tiles))
+    _finish(sc, "landmarks", opts, lm.tool_version(sc.opts["backend"]), time.time() - t0)
+
+
+def _restore_failures(sc: _Scene, stage: str) -> None:
+    """A skipped stage still contributes its recorded failures to the fresh manifest."""
+    if stage == "landmarks" and (sc.out / "landmarks.json").exists():
+        data = json.loads((sc.out / "landmarks.json").read_text())
+        for n, r in data.items():
+            if n in sc.manifest["views"] and r["points"] is None:
+                mf.record_failure(sc.manifest, n, "landmarks", "no face found")
+    rec = sc.manifest["stages"].get(stage, {})
+    for n, f in rec.get("failed", {}).items():
+        if n in sc.manifest["views"]:
+            mf.record_failure(sc.manifest, n, stage, f)
+
+
+def _load_points(sc: _Scene) -> dict:
+    path = sc.out / "landmarks.json"
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: run the landmarks stage first (python -m process_data SCENE)")
+    return json.loads(path.read_text())
+
+
+def _pad(sc: _Scene, force: bool) -> None:
+    from .pad import apply_transform, crop_transform, pad_transform
+
+    mode, size = sc.opts["pad_mode"], sc.opts["pad_size"]
+    names = sc.good(("scan",) if mode == "pad" else ("scan", "landmarks"))
+    opts = {"mode": mode, "size": size, "margin": sc.opts["crop_margin"], "views": names}
+    outs = [sc.out / "derived" / (Path(n).stem + ".png") for n in names]
+    inputs = [sc.images_dir / n for n in names] + ([sc.out / "landmarks.json"] if mode == "crop" else [])
+    if not _stale(sc, "pad", opts, outs, inputs, force) and all("transform" in sc.manifest["views"][n] for n in names):
+        return
+    t0 = time.time()
+    lms = _load_points(sc) if mode == "crop" else {}
+    for n, o in zip(sc.bar(names, f"{mode}"), outs):
+        img = sc.image(n)
+        H, W = img.shape[:2]
+        t = pad_transform(W, H, size) if mode == "pad" else crop_transform(lms[n]["box"], size, sc.opts["crop_margin"])
+        files.atomic_write_png(o, apply_transform(img, t))
+        v = sc.manifest["views"][n]
+        v["transform"] = t.to_dict()
+        v["derived"] = str(o.relative_to(sc.out))
+        v["status"]["pad"] = "ok"
+    _finish(sc, "pad", opts, f"process_data.pad ({mode})", time.time() - t0)
+
+
+def _masks(sc: _Scene, force: bool) -> None:
+    from . import masks as mk
+    from .preview import contact_sheet, mask_tile
+
+    names = sc.good(("scan", "landmarks"))
+    backend = sc.opts["masks"]
+    opts = {"backend": backend, "weights": sc.opts["bisenet_weights"], "views": names}
+    outs = [sc.out / "masks" / k / (Path(n).stem + ".png") for n in names for k in ("head", "skin")]
+    sheet = sc.out / "preview" / "masks.png"
+    inputs = [sc.images_dir / n for n in names] + [sc.out / "landmarks.json"]
+    if not _stale(sc, "masks", opts, outs + [sheet], inputs, force):
+        return
+    t0 = time.time()
+    if backend == "bisenet":
+        from .bisenet import FaceParser
+
+        parser = FaceParser(sc.opts["bisenet_weights"])
+        compute, tool = parser.compute_masks, f"bisenet ({sc.opts['bisenet_weights']})"
+    elif backend == "default":
+        compute, tool = mk.compute_masks, "process_data.masks default (skin colour model + GrabCut, OpenCV)"
+    else:
+        raise ValueError(f"unknown masks backend {backend!r}: use 'default' or 'bisenet'")
+    lms = _load_points(sc)
+    tiles = []
+    for n in sc.bar(names, "masks"):
+        img = sc.image(n)
+        head, skin = compute(img, np.asarray(lms[n]["points"], np.float64))
+        stem = Path(n).stem
+        files.atomic_write_png(sc.out / "masks" / "head" / f"{stem}.png", head)
+        files.atomic_write_png(sc.out / "masks" / "skin" / f"{stem}.png", skin)
+        sc.manifest["views"][n]["status"]["masks"] = "ok"
+        tiles.append(mask_tile(img, head, skin, n))
+    files.atomic_write_png(sheet, contact_sheet(tiles))
+    _finish(sc, "masks", opts, tool, time.time() - t0)
+
+
+def _intrinsics(sc: _Scene, force: bool) -> None:
+    import pycolmap
+
+    from .intrinsics import estimate_intrinsics
+
+    # every readable view of the camera size (a view without a face still helps SfM)
+    size = sc.manifest["camera_size"]
+    names = [n for n, v in sc.manifest["views"].items() if v["size"] == size]
+    opts = {k: sc.opts[k] for k in ("fov", "sfm_max_size", "sequential", "min_registered", "sfm_landmarks")}
+    opts["views"] = names
+    out = sc.out / "cameras.json"
+    lm_path = sc.out / "landmarks.json"
+    use_lm = sc.opts["sfm_landmarks"] != "never" and lm_path.is_file()
+    inputs = [sc.images_dir / n for n in names] + ([lm_path] if use_lm else [])
+    if not _stale(sc, "intrinsics", opts, [out], inputs, force):
+        return
+    points = None
+    if use_lm:
+        points = {n: r["points"] for n, r in _load_points(sc).items() if r["points"] is not None and n in names}
+    t0 = time.time()
+    work = sc.out / "sfm"
+    tmp_work = sc.out / ".sfm.tmp"
+    shutil.rmtree(tmp_work, ignore_errors=True)
+    _say(f"pycolmap SfM on {len(names)} views")
+    cams, rec, warns = estimate_intrinsics(sc.images_dir, names, work_dir=tmp_work, fov_deg=sc.opts["fov"],
+                                           min_registered=sc.opts["min_registered"],
+                                           max_image_size=sc.opts["sfm_max_size"], sequential=sc.opts["sequential"],
+                                           num_threads=sc.opts["num_threads"], landmarks=points,
+                                           use_landmarks=sc.opts["sfm_landmarks"])
+    if rec is not None:
+        model = tmp_work / "model"
+        model.mkdir(parents=True, exist_ok=True)
+        rec.write_binary(str(model))  # COLMAP's own binary writer
+        shutil.rmtree(tmp_work / "sparse", ignore_errors=True)
+        # swap the finished folder in whole, so sfm/ is never half written
+        old = sc.out / ".sfm.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if work.exists():
+            work.rename(old)
+        tmp_work.rename(work)
+        shutil.rmtree(old, ignore_errors=True)
+        cams["colmap_model"] = "sfm/model"
+    else:
+        shutil.rmtree(tmp_work, ignore_errors=True)
+    for n in names:
+        st = sc.manifest["views"][n]["status"]
+        st["intrinsics"] = "registered" if n in cams["registered"] else "not registered"
+    sc.manifest["warnings"].extend(warns)
+    files.atomic_write_json(out, cams)
+    _finish(sc, "intrinsics", opts, f"pycolmap {pycolmap.__version__} (COLMAP {pycolmap.COLMAP_version})",
+            time.time() - t0, warns)
+
+
+def run_all(scene_dir, out_dir=None, force: bool = False, stages=None, **options) -> Path:
+    """Run the missing or stale stages of ``scene_dir`` (a folder with images/).
+
+    out_dir: where outputs go (default: scene_dir, beside images/); images/ is never modified.
+    stages: subset of ALL_STAGES (scan always runs). options: see DEFAULTS.
+    Returns the output folder. Raises ValueError for an unusable scene (no images/, no
+    readable image); per-view problems are recorded in manifest.json instead."""
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    opts = {**DEFAULTS, **options}
+    if opts["masks"] == "bisenet" and not opts["bisenet_weights"]:
+        raise ValueError("--masks bisenet needs --bisenet-weights PATH (the face-parsing 79999_iter.pth file)")
+    stages = list(ALL_STAGES if stages is None else stages)
+    bad = set(stages) - set(ALL_STAGES)
+    if bad:
+        raise ValueError(f"unknown stages {sorted(bad)}; choose from {ALL_STAGES}")
+    scene_dir = Path(scene_dir)
+    if not scene_dir.is_dir():
+        raise ValueError(f"scene folder {scene_dir} does not exist")
+    sc = _Scene(scene_dir, out_dir, opts)
+    if sc.out.resolve() == sc.images_dir.resolve() or sc.images_dir.resolve() in sc.out.resolve().parents:
+        raise ValueError("the output folder must not be inside images/")
+    sc.out.mkdir(parents=True, exist_ok=True)
+    try:
+        sc.manifest = mf.load_manifest(sc.out)
+    except (ValueError, json.JSONDecodeError):
+        sc.manifest = None
+    _scan(sc)
+    runners = {"landmarks": _landmarks, "pad": _pad, "masks": _masks, "intrinsics": _intrinsics}
+    for st in ALL_STAGES[1:]:
+        if st in stages:
+            runners[st](sc, force)
+        elif st == "landmarks":
+            _restore_failures(sc, "landmarks")
+    sc.save()
+    nf = len(sc.manifest["failed"])
+    _say(f"done: {len(sc.manifest['views'])} views, {nf} failed" + (
+        "".join(f"\n  {n}: [{f['stage']}] {f['reason']}" for n, f in sc.manifest["failed"].items())) +
+        f"\n  outputs in {sc.out}")
+    return sc.out
+
+
+def cli_run(**kwargs) -> int:
+    """run_all for the stage commands: a clear one-line error and exit code 2 instead of a traceback."""
+    import sys
+
+    try:
+        run_all(**kwargs)
+    except (ValueError, RuntimeError) as e:
+        print(f"process_data: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,125 @@
+import json
+
+import numpy as np
+import pytest
+
+from process_data.intrinsics import K_from_fov, check_plausible, estimate_intrinsics
+
+
+@pytest.mark.slow
+def test_multiview_sfm(shared_data, tmp_path):
+    d = shared_data / "multiview_sample" / "images"
+    names = sorted(p.name for p in d.glob("*.jpg"))
+    # SIFT at a 400 px long side keeps this test fast (4 s on 2 cores); keypoints come back at
+    # full resolution, so K is still for 520x696
+    cams, rec, warns = estimate_intrinsics(d, names, work_dir=tmp_path / "sfm", num_threads=2, max_image_size=400)
+    assert cams["source"] == "sfm", warns
+    assert len(cams["registered"]) >= 6
+    assert len(rec.cameras) == 1
+    K = np.array(cams["K"])
+    assert np.isfinite(K).all() and 0.5 * 520 <= K[0, 0] <= 10 * 520
+    assert (cams["width"], cams["height"]) == (520, 696)
+    assert np.allclose(K[:2, 2], [260, 348])
+    # poses are rotations; the model reprojects well
+    for p in cams["sfm_poses"].values():
+        R = np.array(p["R"])
+        assert np.allclose(R @ R.T, np.eye(3), atol=1e-6)
+    assert cams["mean_reprojection_error"] < 2.0
+    # the camera centres of the registered views all look at the same point (the head):
+    # each optical axis passes near the centroid of the sparse points
+    pts = np.array([p.xyz for p in rec.points3D.values()])
+    centre = np.median(pts, axis=0)
+    for p in cams["sfm_poses"].values():
+        R, t = np.array(p["R"]), np.array(p["t"])
+        Xc = R @ centre + t
+        assert Xc[2] > 0 and np.linalg.norm(Xc[:2]) / Xc[2] < 0.2
+    json.dumps(cams)
+
+
+def test_plausibility_checks():
+    K = K_from_fov(500, 400, 40)
+    assert check_plausible(K, [], 500, 400, 0.5) is None
+    assert "focal" in check_plausible(np.diag([9.0, 9.0, 1.0]), [], 500, 400, 0.5)
+    assert "distortion" in check_plausible(K, [-2.7], 500, 400, 0.5)
+    assert "reprojection" in check_plausible(K, [], 500, 400, 5.0)
+
+
+def test_fov_fallback_when_sfm_cannot_run(tmp_path):
+    import cv2
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        cv2.imwrite(str(d / f"{i}.png"), rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    with pytest.warns(UserWarning, match="fall back"):
+        cams, rec, warns = estimate_intrinsics(d, ["0.png", "1.png"], fov_deg=60)
+    assert rec is None and cams["source"] == "fov" and cams["registered"] == []
+    # f = (W/2) / tan(fov/2)
+    assert np.isclose(cams["K"][0][0], 40 / np.tan(np.radians(30)))
+    assert cams["K"][0][2] == 40 and cams["K"][1][2] == 30
+
+
+def test_fov_validation():
+    with pytest.raises(ValueError):
+        K_from_fov(100, 100, 0)
+
+
+def test_exif_fallback(tmp_path):
+    from PIL import Image
+
+    from process_data.intrinsics import exif_focal_px
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        im = Image.fromarray(rng.integers(0, 255, (60, 90, 3), dtype=np.uint8))
+        exif = Image.Exif()
+        exif.get_ifd(0x8769)[0xA405] = 50  # FocalLengthIn35mmFilm = 50 mm
+        im.save(d / f"{i}.jpg", exif=exif)
+    # 50 mm on a 36 mm-wide frame: f = 50 / 36 * long side
+    assert np.isclose(exif_focal_px(d / "0.jpg"), 50 / 36 * 90)
+    with pytest.warns(UserWarning):
+        cams, _, _ = estimate_intrinsics(d, ["0.jpg", "1.jpg"])
+    assert cams["source"] == "exif" and np.isclose(cams["K"][0][0], 125.0)
+
+
+def test_landmarks_become_index_matched_features(tmp_path):
+    import cv2
+    import pycolmap
+
+    from process_data.intrinsics import add_landmark_features, landmark_descriptors
+
+    L = landmark_descriptors().astype(np.float64)
+    assert np.array_equal(landmark_descriptors(), landmark_descriptors())  # same in every view
+    dist = np.linalg.norm(L[:, None] - L[None], axis=-1) + np.eye(68) * 1e9
+    assert dist.min() > 100  # far apart: equal indices are the only distance-0 pairs
+
+    rng = np.random.default_rng(0)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    base = cv2.GaussianBlur(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8), (0, 0), 2)
+    cv2.imwrite(str(d / "a.png"), base)
+    cv2.imwrite(str(d / "b.png"), np.roll(base, 3, axis=1))
+    db = tmp_path / "db.db"
+    pycolmap.extract_features(db, str(d), camera_mode=pycolmap.CameraMode.SINGLE, device=pycolmap.Device.cpu)
+    pts = {"a.png": rng.uniform(10, 110, (68, 2)), "b.png": rng.uniform(10, 110, (68, 2))}
+    h = pycolmap.Database.open(str(db))
+    before = {im.name: h.num_keypoints_for_image(im.image_id) for im in h.read_all_images()}
+    h.close()
+    assert add_landmark_features(pycolmap, db, pts) == 2
+    mo = pycolmap.FeatureMatchingOptions()
+    mo.skip_geometric_verification = True
+    pycolmap.match_exhaustive(db, matching_options=mo, device=pycolmap.Device.cpu)
+    h = pycolmap.Database.open(str(db))
+    ims = {im.name: im.image_id for im in h.read_all_images()}
+    for n, iid in ims.items():
+        kp = h.read_keypoints(iid)
+        assert len(kp) == before[n] + 68 == h.read_descriptors(iid).data.shape[0]
+        assert np.allclose(kp[-68:, :2], pts[n], atol=1e-4)
+    m = h.read_matches(ims["a.png"], ims["b.png"])
+    h.close()
+    na, nb = before["a.png"], before["b.png"]
+    lm = m[(m[:, 0] >= na) | (m[:, 1] >= nb)]
+    assert len(lm) == 68 and np.array_equal(lm[:, 0] - na, lm[:, 1] - nb)
