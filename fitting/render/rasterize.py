@@ -1,0 +1,369 @@
+"""Hard rasterization: nearest face per pixel, perspective-correct barycentrics, depth.
+
+Two passes, one code path for CPU and CUDA, no Python loop over views, faces or pixels:
+
+1. **Visibility** (no gradient). Each face's screen-space bounding box is enumerated as
+   (face, pixel) candidate pairs in flat tensors (in chunks of at most
+   ``RasterSettings.max_pairs`` pairs to bound memory). For every pair the pixel-centre
+   ray ``d = K^-1 (u, v, 1)`` is tested against the triangle with the three edge
+   functions ``w_i = d . (P_j x P_k)`` (camera-space corners ``P``); these are the
+   unnormalised perspective-correct barycentrics, affine in (u, v), so each face needs
+   only a 3x3 coefficient table plus ``1/|det(P0, P1, P2)|`` for inverse depth. A pixel
+   centre is covered when all ``w_i`` carry the sign of ``det`` (closed triangle: centres
+   exactly on an edge count, for both faces sharing it). Faces with small boxes (almost
+   all of a head mesh) are grouped by box shape and evaluated as dense broadcast grids
+   with no per-pair gathers; larger ones are enumerated pair by pair. The z-buffer keeps,
+   per pixel, the maximum of an int64 key ``(float32 bits of inverse depth) << 32 |
+   (2^31 - 1 - face)`` with ``scatter_reduce('amax')``: positive floats order like their
+   bit patterns, and the low bits break exact ties deterministically (lowest id wins).
+2. **Barycentrics** (differentiable). For the winning face of each covered pixel only,
+   ``b_i = w_i / sum(w)`` and ``depth = sum_i b_i Z_i`` are recomputed with autograd
+   from the camera-space vertices and K, so gradients reach ``verts, K, R, t``; the
+   visibility decision itself is piecewise constant (as pytorch3d's hard rasterizer).
+
+**Near plane: triangles are clipped, not dropped.** The ray test above is exact in 3D,
+so a triangle crossing ``z = near`` is drawn exactly where its part in front of the
+plane is (a pixel is kept only when its intersection depth is ``>= near``); its screen
+bounding box is that of the clipped polygon (vertices in front plus the edge/near-plane
+intersections), which is finite. Triangles entirely behind ``near`` draw nothing.
+
+Background: ``face_idx = -1``, ``bary = 0``, ``depth = 0``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from fitting.render.cameras import check_cameras, world_to_camera
+
+__all__ = ["RasterSettings", "Fragments", "PackedFragments", "rasterize", "rasterize_packed",
+           "visible_faces", "pixel_rays", "pixel_centre_rays"]
+
+_FACE_MASK = 0xFFFFFFFF
+
+
+class RasterSettings(NamedTuple):
+    """image_size: (H, W); near: camera-space clip distance (same unit as verts);
+    cull_backfaces: drop faces whose (v0, v1, v2) winding is clockwise as seen by the camera
+    (i.e. whose right-hand normal points away from it); max_pairs: candidate (face, pixel)
+    pairs per chunk of the visibility pass (memory ~ 60-100 bytes per pair)."""
+    image_size: tuple[int, int]
+    near: float = 1e-3
+    cull_backfaces: bool = False
+    max_pairs: int = 1 << 22
+
+
+class Fragments(NamedTuple):
+    """face_idx (B,H,W) int64, -1 = background; bary (B,H,W,3) perspective-correct, 0 at
+    background; depth (B,H,W) camera z, 0 at background."""
+    face_idx: torch.Tensor
+    bary: torch.Tensor
+    depth: torch.Tensor
+
+
+class PackedFragments(NamedTuple):
+    """The covered pixels only (N of them), which is what the renderer computes on.
+
+    pix (N,) int64 flat index ``b*H*W + y*W + x``; view (N,) int64; face (N,) int64 face id
+    (per view, into ``faces``); bary (N,3); depth (N,); image_size (B, H, W)."""
+    pix: torch.Tensor
+    view: torch.Tensor
+    face: torch.Tensor
+    bary: torch.Tensor
+    depth: torch.Tensor
+    shape: tuple[int, int, int]
+
+    def to_dense(self) -> Fragments:
+        B, H, W = self.shape
+        n = B * H * W
+        dev = self.pix.device
+        face_idx = torch.full((n,), -1, dtype=torch.int64, device=dev).index_copy(0, self.pix, self.face)
+        bary = self.bary.new_zeros(n, 3).index_copy(0, self.pix, self.bary)
+        depth = self.depth.new_zeros(n).index_copy(0, self.pix, self.depth)
+        return Fragments(face_idx.view(B, H, W), bary.view(B, H, W, 3), depth.view(B, H, W))
+
+
+def _check_mesh(verts: torch.Tensor, faces: torch.Tensor) -> None:
+    if verts.dim() != 3 or verts.shape[-1] != 3:
+        raise ValueError(f"verts must be (B, V, 3), got {tuple(verts.shape)}; add a batch dim")
+    if faces.dim() != 2 or faces.shape[-1] != 3 or faces.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"faces must be an integer (F, 3) tensor, got {tuple(faces.shape)} {faces.dtype}")
+    if faces.device != verts.device:
+        raise ValueError(f"faces on {faces.device} but verts on {verts.device}; move them together")
+
+
+def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cross product over the last dim (explicit: faster than linalg.cross on strided views)."""
+    ax, ay, az = a.unbind(-1)
+    bx, by, bz = b.unbind(-1)
+    return torch.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], -1)
+
+
+def pixel_centre_rays(Kinv: torch.Tensor, view: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                      H: int, W: int) -> torch.Tensor:
+    """Rays d = K^-1 (x + 0.5, y + 0.5, 1) of integer pixels (x, y) of views ``view`` (all (N,)).
+
+    Kinv: (B, 3, 3) upper triangular with last row (0, 0, 1) (any pinhole K). Per-view
+    column / row tables keep the per-pixel work to three scalar gathers. Returns (N, 3)."""
+    dt = Kinv.dtype
+    cols = torch.arange(W, device=Kinv.device, dtype=dt) + 0.5
+    rows = torch.arange(H, device=Kinv.device, dtype=dt) + 0.5
+    col_x = Kinv[:, 0, 0, None] * cols + Kinv[:, 0, 2, None]          # (B, W)
+    row_x = Kinv[:, 0, 1, None] * rows                                 # (B, H)  (skew)
+    row_y = Kinv[:, 1, 1, None] * rows + Kinv[:, 1, 2, None]          # (B, H)
+    ci, ri = view * W + x, view * H + y
+    dx = col_x.reshape(-1).index_select(0, ci) + row_x.reshape(-1).index_select(0, ri)
+    dy = row_y.reshape(-1).index_select(0, ri)
+    return torch.stack([dx, dy, torch.ones_like(dx)], -1)
+
+
+def pixel_rays(u: torch.Tensor, v: torch.Tensor, Kinv: torch.Tensor) -> torch.Tensor:
+    """Camera-frame ray directions d = K^-1 (u, v, 1) (z component 1 for a pinhole K).
+
+    u, v: (N,) continuous pixel coordinates; Kinv: (N, 3, 3) -> (N, 3)."""
+    return Kinv[:, :, 0] * u[:, None] + Kinv[:, :, 1] * v[:, None] + Kinv[:, :, 2]
+
+
+def _face_boxes(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, near: float, H: int, W: int):
+    """Inclusive pixel boxes (x0, x1, y0, y1), each (B, F) int64, of the faces' parts in front
+    of the near plane (empty, x1 < x0 or y1 < y0, for faces that can draw nothing)."""
+    B, F = Xc.shape[0], faces.shape[0]
+    fx, fy = K[:, 0, 0, None, None], K[:, 1, 1, None, None]
+    cx, cy, sk = K[:, 0, 2, None, None], K[:, 1, 2, None, None], K[:, 0, 1, None, None]
+    z = Xc[..., 2]
+    if bool(z.min() >= near):
+        # common case: every vertex in front; project vertices once, then gather per corner
+        x, y = Xc[..., 0] / z, Xc[..., 1] / z
+        uv = torch.stack([fx[:, 0] * x + sk[:, 0] * y + cx[:, 0], fy[:, 0] * y + cy[:, 0]], -1)
+        uv = uv.index_select(1, faces.reshape(-1)).view(B, F, 3, 2)
+        lo, hi = uv.amin(2), uv.amax(2)
+        umin, vmin, umax, vmax = lo[..., 0], lo[..., 1], hi[..., 0], hi[..., 1]
+    else:
+        # box of the clipped polygon: in-front corners plus the points where edges cross
+        # z = near (finite by construction)
+        P = Xc.index_select(1, faces.reshape(-1)).view(B, F, 3, 3)
+        zi = P[..., 2]
+        zj = zi.roll(-1, dims=2)
+        Pj = P.roll(-1, dims=2)
+        crosses = (zi - near) * (zj - near) < 0
+        t = ((near - zi) / torch.where(crosses, zj - zi, torch.ones_like(zi))).clamp(0, 1)
+        Q = torch.cat([P, P + t[..., None] * (Pj - P)], 2)
+        valid = torch.cat([zi >= near, crosses], 2)              # (B, F, 6)
+        Qz = Q[..., 2].clamp_min(near)
+        qx, qy = Q[..., 0] / Qz, Q[..., 1] / Qz
+        u = fx * qx + sk * qy + cx
+        v = fy * qy + cy
+        big = torch.finfo(u.dtype).max
+        umin = torch.where(valid, u, big).amin(-1)
+        umax = torch.where(valid, u, -big).amax(-1)
+        vmin = torch.where(valid, v, big).amin(-1)
+        vmax = torch.where(valid, v, -big).amax(-1)
+    # pixel j is a candidate when its centre j + 0.5 lies in [umin, umax]; clamp to the image
+    # in float before the integer cast so huge boxes cannot overflow.
+    x0 = torch.ceil(umin - 0.5).clamp(0, W).long()
+    x1 = torch.floor(umax - 0.5).clamp(-1, W - 1).long()
+    y0 = torch.ceil(vmin - 0.5).clamp(0, H).long()
+    y1 = torch.floor(vmax - 0.5).clamp(-1, H - 1).long()
+    return x0, x1, y0, y1
+
+
+def _face_coefficients(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, gidx: torch.Tensor):
+    """Edge-function and inverse-depth coefficients of the faces ``gidx`` (flat b*F + f).
+
+    Returns coef (M, 12): rows ``[a0 b0 c0 a1 b1 c1 a2 b2 c2 az bz cz]`` with
+    ``w_i = a_i u + b_i v + c_i`` sign-normalised (all >= 0 inside) and inverse depth
+    ``az u + bz v + cz``, and det (M,) = det(P0, P1, P2) (0: degenerate or edge-on;
+    > 0: the right-hand normal points away from the camera)."""
+    B, V = Xc.shape[:2]
+    F = faces.shape[0]
+    view = torch.div(gidx, F, rounding_mode="floor")
+    vid = faces.index_select(0, gidx - view * F) + (view * V)[:, None]
+    P = Xc.reshape(B * V, 3).index_select(0, vid.reshape(-1)).view(-1, 3, 3)
+    P0, P1, P2 = P.unbind(1)
+    E = torch.stack([_cross(P1, P2), _cross(P2, P0), _cross(P0, P1)], 1)    # (M, 3, 3)
+    det = (P0 * E[:, 0]).sum(-1)
+    # w_i = E_i . (Kinv (u, v, 1)), Kinv upper triangular with last row (0, 0, 1)
+    Ki = torch.linalg.inv(K).reshape(B, 9).index_select(0, view)            # (M, 9)
+    Es = E * torch.sign(det)[:, None, None]
+    ex, ey, ez = Es.unbind(-1)                                              # (M, 3) each
+    a = ex * Ki[:, 0:1]
+    b = ex * Ki[:, 1:2] + ey * Ki[:, 4:5]
+    c = ex * Ki[:, 2:3] + ey * Ki[:, 5:6] + ez
+    inv_det = 1.0 / det.abs()
+    # inverse depth (w0 + w1 + w2) / |det| is affine in (u, v) as well
+    z = torch.stack([a.sum(-1), b.sum(-1), c.sum(-1)], -1) * inv_det[:, None]
+    coef = torch.cat([torch.stack([a, b, c], -1).flatten(1), z], -1)
+    return coef, det
+
+
+_SMALL_BOX = 8   # faces whose pixel box is at most this many pixels wide and tall are bucketed
+_PAD_TO = (0, 1, 2, 3, 4, 6, 6, 8, 8)   # a small box n pixels wide (or tall) is evaluated as _PAD_TO[n]
+
+
+def _key(invz, fid):
+    """int64 z-buffer key: float32 bits of inverse depth << 32 | (2^31 - 1 - face)."""
+    return (invz.float().view(torch.int32).to(torch.int64) << 32) | (0x7FFFFFFF - fid)
+
+
+def _pairs_key(w0, w1, w2, invz, fid, near):
+    """int64 z-buffer key of candidate pairs, 0 where the pixel centre is not covered.
+
+    Key = float32 bits of inverse depth (positive floats order like their bit patterns;
+    larger = nearer) << 32 | (2^31 - 1 - face), so 'amax' keeps the nearest face and, on an
+    exact tie, the lowest face id."""
+    ok = (torch.minimum(torch.minimum(w0, w1), w2) >= 0) & (invz <= 1.0 / near)
+    key = (invz.float().view(torch.int32).to(torch.int64) << 32) | (0x7FFFFFFF - fid)
+    return torch.where(ok, key, 0)   # inside implies invz >= 0; invz == 0 (degenerate) is not a hit
+
+
+@torch.no_grad()
+def visible_faces(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, settings: RasterSettings):
+    """Visibility pass. Xc: (B, V, 3) camera frame. Returns (pix (N,), face (N,)) int64 for the
+    covered pixels, sorted by pixel; ``face`` indexes ``faces`` (per view).
+
+    Boxes come first (cheap, per vertex), edge coefficients only for faces whose box holds
+    a pixel centre. Faces with small pixel boxes (the vast majority for a head mesh) are grouped by box
+    shape (nx, ny): each group is a dense (faces, ny, nx) grid of candidates evaluated by
+    broadcasting, with no per-pair gathers. Larger faces are enumerated pair by pair in
+    chunks of at most ``settings.max_pairs``.
+    """
+    H, W = settings.image_size
+    B, F = Xc.shape[0], faces.shape[0]
+    dev = Xc.device
+    x0, x1, y0, y1 = _face_boxes(Xc, faces, K, settings.near, H, W)
+    nx = (x1 - x0 + 1).clamp_min(0).flatten()
+    ny = (y1 - y0 + 1).clamp_min(0).flatten()
+    gidx = ((nx > 0) & (ny > 0)).nonzero()[:, 0]            # faces that may cover a pixel centre
+    zbuf = torch.zeros(B * H * W, dtype=torch.int64, device=dev)
+    coef, det = _face_coefficients(Xc, faces, K, gidx)
+    nx, ny = nx.index_select(0, gidx), ny.index_select(0, gidx)
+    draw = det < 0 if settings.cull_backfaces else det != 0  # camera at the origin: N faces it when det < 0
+    S = _SMALL_BOX
+    # bucket per face: padded box shape for small boxes, S*S for large ones, S*S+1 for no
+    # drawing; padding widths/heights to _PAD_TO halves the number of buckets (and so
+    # per-call overhead) for a few extra candidates that fail the inside test
+    pad = torch.tensor(_PAD_TO if min(H, W) >= S else tuple(range(S + 1)), device=dev)
+    small = (nx <= S) & (ny <= S)
+    px = torch.where(small, pad[nx.clamp(max=S)], nx)      # large boxes keep their size
+    py = torch.where(small, pad[ny.clamp(max=S)], ny)
+    bucket = torch.where(small, (py - 1) * S + (px - 1), S * S)
+    bucket = torch.where(draw, bucket, S * S + 1)
+    sizes = torch.bincount(bucket, minlength=S * S + 2).tolist()
+    order = torch.argsort(bucket)
+    # everything per face, permuted once into bucket order (each bucket is then a slice)
+    coef, nx, ny = coef.index_select(0, order), nx.index_select(0, order), ny.index_select(0, order)
+    count = nx * ny
+    gidx = gidx.index_select(0, order)
+    view = torch.div(gidx, F, rounding_mode="floor")
+    fid = gidx - view * F
+    x0, y0 = x0.flatten().index_select(0, gidx), y0.flatten().index_select(0, gidx)
+    # a padded box must stay inside the image: shift it left/up (it still holds the box)
+    px, py = px.index_select(0, order), py.index_select(0, order)
+    x0 = torch.minimum(x0, W - px).clamp_min(0)
+    y0 = torch.minimum(y0, H - py).clamp_min(0)
+    pix0 = view * (H * W) + y0 * W + x0                     # flat index of each box's corner
+    u0 = x0.to(coef.dtype) + 0.5
+    v0 = y0.to(coef.dtype) + 0.5
+    start = 0
+    for b, size in enumerate(sizes[:-1]):
+        sl = slice(start, start + size)
+        start += size
+        if size == 0:
+            continue
+        if b == S * S:
+            _enumerate_pairs(zbuf, coef[sl], u0[sl], v0[sl], nx[sl], count[sl], pix0[sl], fid[sl], W, settings)
+            continue
+        bx, by = b % S + 1, b // S + 1
+        dx = torch.arange(bx, device=dev, dtype=coef.dtype)
+        dy = torch.arange(by, device=dev, dtype=coef.dtype)
+        offs = (torch.arange(by, device=dev) * W)[:, None] + torch.arange(bx, device=dev)
+        rows = max(1, settings.max_pairs // (bx * by))          # bound the memory of one grid
+        for r0 in range(sl.start, sl.stop, rows):
+            ch = slice(r0, min(r0 + rows, sl.stop))
+            c = coef[ch].view(-1, 4, 3)                         # w0, w1, w2, inverse depth
+            base = c[..., 0] * u0[ch, None] + c[..., 1] * v0[ch, None] + c[..., 2]        # (n, 4)
+            # (n, 4, by, bx) = base + b*dy + a*dx, from two small outer products
+            ws = (base[..., None] + c[..., 1, None] * dy)[..., None] + (c[..., 0, None] * dx)[..., None, :]
+            key = _pairs_key(*ws.unbind(1), fid[ch][:, None, None], settings.near)
+            pix = pix0[ch][:, None, None] + offs
+            zbuf.scatter_reduce_(0, pix.flatten(), key.flatten(), "amax")
+    pix = zbuf.nonzero()[:, 0]
+    face = 0x7FFFFFFF - (zbuf.index_select(0, pix) & _FACE_MASK)
+    return pix, face
+
+
+def _enumerate_pairs(zbuf, coef, u0, v0, nx, count, pix0, fid, W, settings):
+    """Candidate pairs of faces with large boxes, enumerated in chunks of <= max_pairs."""
+    dev = zbuf.device
+    ends = count.cumsum(0)
+    first, nf = 0, len(count)
+    while first < nf:
+        offset = int(ends[first - 1]) if first > 0 else 0
+        last = int(torch.searchsorted(ends, offset + settings.max_pairs, right=True))
+        last = max(last, first + 1)                           # a huge face is a chunk of its own
+        sl = slice(first, last)
+        cnt = count[sl]
+        n = int(ends[last - 1]) - offset
+        j = torch.repeat_interleave(torch.arange(last - first, device=dev), cnt, output_size=n)
+        local = torch.arange(n, device=dev) - (ends[sl] - cnt - offset)[j]
+        w = nx[sl][j]
+        ry = torch.div(local, w, rounding_mode="floor")
+        rx = local - ry * w
+        c = coef[sl][j]
+        u = u0[sl][j] + rx.to(c.dtype)
+        v = v0[sl][j] + ry.to(c.dtype)
+        ws = [c[:, 3 * i] * u + c[:, 3 * i + 1] * v + c[:, 3 * i + 2] for i in range(4)]
+        key = _pairs_key(*ws, fid[sl][j], settings.near)
+        zbuf.scatter_reduce_(0, pix0[sl][j] + ry * W + rx, key, "amax")
+        first = last
+
+
+def _barycentrics(Xc, faces, Kinv, pix, view, face, H, W):
+    """Differentiable perspective-correct barycentrics and depth of the given pixels."""
+    B, V = Xc.shape[:2]
+    rem = pix - view * (H * W)
+    y = torch.div(rem, W, rounding_mode="floor")
+    x = rem - y * W
+    # index_select rather than advanced indexing: ~3x faster gathers and scatter-adds on CPU
+    d = pixel_centre_rays(Kinv.to(Xc.dtype), view, x, y, H, W)                # (N, 3)
+    vid = faces.index_select(0, face) + (view * V)[:, None]                   # (N, 3)
+    P = Xc.reshape(B * V, 3).index_select(0, vid.reshape(-1)).view(-1, 3, 3)  # (N, 3, 3)
+    P0, P1, P2 = P.unbind(1)
+    # w_i = d . (P_j x P_k); with q = d x P0 the last two are triple products with q, and
+    # their sum is d . ((P1 - P0) x (P2 - P0)): two cross products instead of three
+    q = _cross(d, P0)
+    w1 = -(P2 * q).sum(-1)
+    w2 = (P1 * q).sum(-1)
+    total = (d * _cross(P1 - P0, P2 - P0)).sum(-1)
+    w = torch.stack([total - w1 - w2, w1, w2], -1)
+    bary = w * total.reciprocal()[:, None]           # one reciprocal: cheaper than a division backward
+    depth = (bary * P[..., 2]).sum(-1)
+    return bary, depth
+
+
+def rasterize_packed(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: torch.Tensor,
+                     t: torch.Tensor, settings: RasterSettings) -> PackedFragments:
+    """Like :func:`rasterize` but returns only the covered pixels (see PackedFragments)."""
+    _check_mesh(verts, faces)
+    check_cameras(K, R, t, verts.shape[0])
+    H, W = settings.image_size
+    if H <= 0 or W <= 0:
+        raise ValueError(f"image_size must be positive (H, W), got {settings.image_size}")
+    faces = faces.long()
+    Xc = world_to_camera(verts, R, t)
+    pix, face = visible_faces(Xc.detach(), faces, K.detach(), settings)
+    view = torch.div(pix, H * W, rounding_mode="floor")
+    bary, depth = _barycentrics(Xc, faces, torch.linalg.inv(K), pix, view, face, H, W)
+    return PackedFragments(pix, view, face, bary, depth, (verts.shape[0], H, W))
+
+
+def rasterize(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: torch.Tensor,
+              t: torch.Tensor, settings: RasterSettings) -> Fragments:
+    """Rasterize a batch of views of a mesh.
+
+    verts: (B, V, 3) world; faces: (F, 3) int64; K, R: (B, 3, 3); t: (B, 3).
+    Returns Fragments(face_idx (B,H,W) int64 (-1 background), bary (B,H,W,3), depth (B,H,W)),
+    with bary and depth differentiable w.r.t. verts, K, R, t.
+    """
+    return rasterize_packed(verts, faces, K, R, t, settings).to_dense()

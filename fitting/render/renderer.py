@@ -1,0 +1,169 @@
+"""MeshRenderer: rasterize -> interpolate -> texture / vertex colours -> SH shading.
+
+All per-pixel work runs on the covered pixels only (PackedFragments) and is scattered into
+dense images at the end, so its cost scales with the head's area, not the frame's. The
+secondary outputs (albedo, shading, normals, fragments) are made dense on first access.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+
+from fitting.render.interpolate import interpolate_packed
+from fitting.render.rasterize import Fragments, PackedFragments, RasterSettings, rasterize_packed
+from fitting.render.shading import sh_basis, vertex_normals
+from fitting.render.silhouette import silhouette
+from fitting.render.texture import uv_to_grid
+
+__all__ = ["MeshRenderer", "RenderOutput", "sample_texture_packed", "per_view_matmul"]
+
+
+def _dense(values: torch.Tensor, pix: torch.Tensor, shape) -> torch.Tensor:
+    """Scatter (N, C) values at flat pixels into a zero (B, C, H, W) image."""
+    B, H, W = shape
+    out = values.new_zeros(B * H * W, values.shape[-1]).index_copy(0, pix, values)
+    return out.view(B, H, W, -1).permute(0, 3, 1, 2)
+
+
+@dataclass
+class RenderOutput:
+    """image: (B,3,H,W) albedo * shading, black background; alpha: (B,1,H,W) hard coverage;
+    silhouette: (B,1,H,W) antialiased, differentiable at the outline; packed: the covered
+    pixels (PackedFragments). Computed on first access (then cached): albedo, shading,
+    normals (world, unit): (B,3,H,W), zero at background; fragments: dense Fragments."""
+    image: torch.Tensor
+    alpha: torch.Tensor
+    silhouette: torch.Tensor
+    packed: PackedFragments
+    face_idx: torch.Tensor = field(repr=False)
+    packed_albedo: torch.Tensor = field(repr=False)
+    packed_shading: torch.Tensor = field(repr=False)
+    packed_normals: torch.Tensor = field(repr=False)
+
+    @cached_property
+    def albedo(self) -> torch.Tensor:
+        return _dense(self.packed_albedo, self.packed.pix, self.packed.shape)
+
+    @cached_property
+    def shading(self) -> torch.Tensor:
+        return _dense(self.packed_shading, self.packed.pix, self.packed.shape)
+
+    @cached_property
+    def normals(self) -> torch.Tensor:
+        return _dense(self.packed_normals, self.packed.pix, self.packed.shape)
+
+    @cached_property
+    def fragments(self) -> Fragments:
+        pf = self.packed
+        bary = _dense(pf.bary, pf.pix, pf.shape).permute(0, 2, 3, 1)
+        depth = _dense(pf.depth[:, None], pf.pix, pf.shape)[:, 0]
+        return Fragments(self.face_idx, bary, depth)
+
+
+def sample_texture_packed(texture: torch.Tensor, uv: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+    """Bilinear lookup at scattered points. texture: (1 or B, C, Ht, Wt); uv: (N, 2) OBJ
+    convention; view: (N,) view of each point -> (N, C). Same sampling as sample_texture."""
+    grid = uv_to_grid(uv).to(texture.dtype)
+    if texture.shape[0] == 1:
+        out = F.grid_sample(texture, grid[None, None], mode="bilinear", padding_mode="border",
+                            align_corners=False)                    # (1, C, 1, N)
+        return out[0, :, 0].t()
+    # one texture per view: bilinear weights by hand (grid_sample needs equal counts per view)
+    Bt, C, Ht, Wt = texture.shape
+    x = ((grid[:, 0] + 1) * Wt - 1) / 2                             # texel-centre coordinates
+    y = ((grid[:, 1] + 1) * Ht - 1) / 2
+    x = x.clamp(0, Wt - 1)
+    y = y.clamp(0, Ht - 1)
+    x0 = x.detach().floor().clamp(max=Wt - 2 if Wt > 1 else 0)
+    y0 = y.detach().floor().clamp(max=Ht - 2 if Ht > 1 else 0)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp(max=Wt - 1), (y0 + 1).clamp(max=Ht - 1)
+    flat = texture.permute(0, 2, 3, 1).reshape(-1, C)
+    base = view * (Ht * Wt)
+
+    def at(yy, xx):
+        return flat.index_select(0, base + yy * Wt + xx)
+
+    return ((1 - fy) * ((1 - fx) * at(y0, x0) + fx * at(y0, x1))
+            + fy * ((1 - fx) * at(y1, x0) + fx * at(y1, x1)))
+
+
+def per_view_matmul(x: torch.Tensor, view: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
+    """Row-wise ``x[n] @ mats[view[n]]``. x: (N, K); view: (N,) sorted; mats: (B, K, C) -> (N, C).
+
+    Packs the rows into a zero-padded (B, max_count, K) batch for one bmm: far cheaper
+    (forward and backward) than gathering a (K, C) matrix per row."""
+    B = mats.shape[0]
+    N = x.shape[0]
+    counts = torch.bincount(view, minlength=B)
+    starts = counts.cumsum(0) - counts
+    m = int(counts.max()) if N else 0
+    slot = torch.arange(N, device=x.device) - starts.index_select(0, view) + view * m
+    padded = x.new_zeros(B * m, x.shape[1]).index_copy(0, slot, x).view(B, m, -1)
+    return torch.bmm(padded, mats.to(x.dtype)).view(B * m, -1).index_select(0, slot)
+
+
+class MeshRenderer(torch.nn.Module):
+    """Differentiable renderer of one mesh topology seen by B cameras.
+
+    faces: (F, 3); verts_uvs: (T, 2) and faces_uvs: (F, 3) (needed for textures);
+    settings: RasterSettings.
+    """
+
+    def __init__(self, faces: torch.Tensor, verts_uvs: torch.Tensor | None = None,
+                 faces_uvs: torch.Tensor | None = None, settings: RasterSettings | None = None):
+        super().__init__()
+        if settings is None:
+            raise ValueError("MeshRenderer needs settings=RasterSettings(image_size=(H, W))")
+        if (verts_uvs is None) != (faces_uvs is None):
+            raise ValueError("give both verts_uvs and faces_uvs, or neither")
+        if faces_uvs is not None and faces_uvs.shape != faces.shape:
+            raise ValueError(f"faces_uvs {tuple(faces_uvs.shape)} must match faces {tuple(faces.shape)}")
+        self.register_buffer("faces", faces.long(), persistent=False)
+        self.register_buffer("verts_uvs", None if verts_uvs is None else verts_uvs.float(), persistent=False)
+        self.register_buffer("faces_uvs", None if faces_uvs is None else faces_uvs.long(), persistent=False)
+        self.settings = settings
+
+    def forward(self, verts: torch.Tensor, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor,
+                texture: torch.Tensor | None = None, sh: torch.Tensor | None = None,
+                vertex_colors: torch.Tensor | None = None) -> RenderOutput:
+        """verts: (B, V, 3) world; K, R: (B, 3, 3); t: (B, 3); texture: (B or 1, 3, Ht, Wt);
+        sh: (B, 9, 3); vertex_colors: (B, V, 3) or (V, 3). Albedo is the texture if given,
+        else the vertex colours, else 1; shading is SH if given, else 1."""
+        faces = self.faces
+        B = verts.shape[0] if verts.dim() == 3 else -1
+        if texture is not None:
+            if self.faces_uvs is None:
+                raise ValueError("a texture needs verts_uvs and faces_uvs in MeshRenderer(...)")
+            if texture.dim() != 4 or texture.shape[0] not in (1, B):
+                raise ValueError(f"texture must be (B or 1, C, Ht, Wt) with B = {B}, got {tuple(texture.shape)}")
+        if sh is not None and (sh.dim() != 3 or sh.shape[0] != B or sh.shape[1] != 9):
+            raise ValueError(f"sh must be (B, 9, C) with B = {B}, got {tuple(sh.shape)}")
+
+        pf = rasterize_packed(verts, faces, K, R, t, self.settings)
+        n = interpolate_packed(pf, faces, vertex_normals(verts, faces))
+        n = n * torch.rsqrt((n * n).sum(-1, keepdim=True).clamp_min(1e-24))
+        if texture is not None:
+            uv = interpolate_packed(pf, self.faces_uvs, self.verts_uvs.to(verts.dtype))
+            albedo = sample_texture_packed(texture, uv, pf.view)
+        elif vertex_colors is not None:
+            albedo = interpolate_packed(pf, faces, vertex_colors)
+        else:
+            albedo = n.new_ones(n.shape[0], 3)
+        if sh is not None:
+            shading = per_view_matmul(sh_basis(n), pf.view, sh)
+        else:
+            shading = n.new_ones(n.shape[0], albedo.shape[-1])
+
+        Bv, H, W = pf.shape
+        face_idx = torch.full((Bv * H * W,), -1, dtype=torch.int64, device=verts.device)
+        face_idx = face_idx.index_copy(0, pf.pix, pf.face).view(Bv, H, W)
+        alpha = (face_idx >= 0).to(verts.dtype)[:, None]
+        sil = silhouette(verts, faces, K, R, t, face_idx=face_idx)
+        return RenderOutput(image=_dense(albedo * shading, pf.pix, pf.shape), alpha=alpha, silhouette=sil,
+                            packed=pf, face_idx=face_idx, packed_albedo=albedo, packed_shading=shading,
+                            packed_normals=n)

@@ -1,0 +1,120 @@
+"""Differentiable silhouette by analytic edge antialiasing (nvdiffrast-style).
+
+Choice: analytic antialiasing of the hard-raster coverage rather than soft rasterization.
+
+* It costs almost nothing: work is done only for the ~perimeter-many pairs of
+  neighbouring pixels that straddle the outline, reusing the hard rasterizer's output;
+  soft rasterization evaluates every (face, pixel) pair within a blur radius with autograd,
+  which is orders of magnitude more work and memory for 30 views.
+* It does not blur: away from the outline the silhouette equals the hard coverage, and
+  at the outline it is the (axis-aligned) fraction of the pixel that the mesh covers, so
+  it matches the mask a camera sees; soft rasterization's sigma is a bias to tune.
+* The gradient is exactly where a mask loss needs it (on the outline). Its limitation,
+  shared with nvdiffrast: no gradient reaches an outline that is more than a pixel away
+  from the target's, so mask losses should start from a roughly aligned fit (ours do:
+  landmarks first) or use a coarse-to-fine image pyramid.
+
+Method. For each horizontally or vertically adjacent pixel pair (p covered by face f, q
+background) the pixel-centre rays ``d_p, d_q`` are tested against f's edge functions
+``w_i(d) = d . (P_j x P_k)`` (linear in d, and d is affine along the segment), so the
+outline crosses the segment p -> q at ``s = min_i w_i(p) / (w_i(p) - w_i(q))`` over the edges
+that change sign, in pixel units from p's centre. Coverage then moves by the signed
+distance of that crossing from the pixel boundary at s = 0.5: if s < 0.5 pixel p loses
+0.5 - s, otherwise q gains s - 0.5. A pair only counts in the direction closer to the
+edge's screen-space normal (horizontal pairs for steep edges, vertical pairs for flat
+ones) so that diagonal outlines are not counted twice. ``s`` is differentiable w.r.t.
+verts, K, R, t; the result is clamped to [0, 1].
+"""
+from __future__ import annotations
+
+import torch
+
+from fitting.render.cameras import check_cameras, world_to_camera
+from fitting.render.rasterize import Fragments, RasterSettings, pixel_centre_rays, rasterize
+
+__all__ = ["silhouette"]
+
+
+def _pairs(face_idx: torch.Tensor, dim: int):
+    """Outline pairs along ``dim`` (2: horizontal, 1: vertical) of face_idx (B, H, W).
+
+    Returns flat indices (p covered, q background) into B*H*W."""
+    B, H, W = face_idx.shape
+    cov = face_idx >= 0
+    n = cov.shape[dim] - 1
+    a = cov.narrow(dim, 0, n)
+    edge = (a != cov.narrow(dim, 1, n)).nonzero()            # (M, 3): b, y, x of the first pixel
+    first = (edge[:, 0] * H + edge[:, 1]) * W + edge[:, 2]
+    step = W if dim == 1 else 1
+    a_cov = a[edge[:, 0], edge[:, 1], edge[:, 2]]
+    p = torch.where(a_cov, first, first + step)
+    q = torch.where(a_cov, first + step, first)
+    return p, q
+
+
+def silhouette(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: torch.Tensor,
+               t: torch.Tensor, fragments: Fragments | None = None,
+               settings: RasterSettings | None = None, face_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """Antialiased silhouette (B, 1, H, W) in [0, 1] with gradients at the outline.
+
+    verts: (B, V, 3) world; faces: (F, 3); K, R: (B, 3, 3); t: (B, 3). Pass the
+    ``fragments`` of the same mesh and cameras (or only their ``face_idx`` (B, H, W)), or
+    ``settings`` to rasterize here.
+    """
+    check_cameras(K, R, t, verts.shape[0])
+    if face_idx is None:
+        if fragments is None:
+            if settings is None:
+                raise ValueError("silhouette needs fragments (or face_idx) from rasterize(), or settings")
+            fragments = rasterize(verts, faces, K, R, t, settings)
+        face_idx = fragments.face_idx
+    B, H, W = face_idx.shape
+    faces = faces.long()
+    V = verts.shape[1]
+    Xc = world_to_camera(verts, R, t)
+    Kinv = torch.linalg.inv(K)
+    flat_face = face_idx.reshape(-1)
+    cover = (flat_face >= 0).to(verts.dtype)
+
+    ph, qh = _pairs(face_idx, 2)
+    pv, qv = _pairs(face_idx, 1)
+    p = torch.cat([ph, pv])
+    q = torch.cat([qh, qv])
+    horizontal = torch.arange(len(p), device=p.device) < len(ph)
+    if len(p) == 0:
+        return cover.view(B, 1, H, W)
+
+    hw = H * W
+    view = torch.div(p, hw, rounding_mode="floor")
+
+    def ray(pix):
+        rem = pix - view * hw
+        y = torch.div(rem, W, rounding_mode="floor")
+        x = rem - y * W
+        return pixel_centre_rays(Kinv.to(verts.dtype), view, x, y, H, W)
+
+    dp, dq = ray(p), ray(q)                                             # (N, 3)
+    vid = faces.index_select(0, flat_face.index_select(0, p)) + (view * V)[:, None]
+    P = Xc.reshape(B * V, 3).index_select(0, vid.reshape(-1)).view(-1, 3, 3)
+    P0, P1, P2 = P.unbind(1)
+    E = torch.stack([torch.cross(P1, P2, dim=-1), torch.cross(P2, P0, dim=-1),
+                     torch.cross(P0, P1, dim=-1)], 1)                   # (N, 3 edges, 3)
+    wp = (E * dp[:, None]).sum(-1)                                      # (N, 3)
+    wq = (E * dq[:, None]).sum(-1)
+    with torch.no_grad():
+        changes = (wp * wq) < 0
+        s_det = torch.where(changes, wp / (wp - wq), torch.full_like(wp, 2.0))
+        edge = s_det.argmin(-1, keepdim=True)                           # the edge crossed first
+        ok = changes.gather(1, edge)[:, 0]
+        # edge's screen-space normal: gradient of w_edge(u, v) = E_edge . Kinv (u, v, 1)
+        g = (E.gather(1, edge[..., None].expand(-1, 1, 3))[:, 0, None, :] @ Kinv[view])[:, 0, :2]
+        steep = g[:, 0].abs() >= g[:, 1].abs()
+        ok &= torch.where(horizontal, steep, ~steep)
+    a, b = wp.gather(1, edge)[:, 0], wq.gather(1, edge)[:, 0]
+    s = (a / torch.where(ok, a - b, torch.ones_like(a))).clamp(0, 1)
+    lose = ok & (s < 0.5)
+    gain = ok & (s >= 0.5)
+    delta = cover.new_zeros(B * H * W)
+    delta = delta.index_add(0, p[lose], s[lose] - 0.5)
+    delta = delta.index_add(0, q[gain], s[gain] - 0.5)
+    return (cover + delta).clamp(0, 1).view(B, 1, H, W)
