@@ -1,0 +1,177 @@
+"""Configuration shared by ``run_fitting.py`` and ``single_view/fit.py`` (configargparse).
+
+Every option has a default and a ``--help`` line, and can be given on the command line or
+in a config file (``--config FILE``, ``key = value`` lines, ``#`` comments). Command-line
+values override the file. :func:`build_parser` returns the parser so the single-image CLI
+can add its own options (``add_single_view=False`` leaves them out) and override defaults.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import configargparse
+import torch
+
+__all__ = ["build_parser", "parse_config", "resolve_device", "config_to_dict"]
+
+
+def _bool(s) -> bool:
+    if isinstance(s, bool):
+        return s
+    v = str(s).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {s!r}")
+
+
+def build_parser(description: str | None = None) -> configargparse.ArgumentParser:
+    """All fitting options. Returns a parser; callers may add options or ``set_defaults``."""
+    p = configargparse.ArgumentParser(
+        description=description or "Multi-view FLAME fitting by analysis-by-synthesis.",
+        config_file_parser_class=configargparse.DefaultConfigFileParser,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", is_config_file=True, help="config file (key = value lines)")
+
+    g = p.add_argument_group("scene and outputs")
+    g.add_argument("--scene_dir", type=str, default="",
+                   help="scene folder with images/ (and preprocessing outputs beside it)")
+    g.add_argument("--preprocess_dir", type=str, default="",
+                   help="folder holding the preprocessing outputs (landmarks.json, masks/, cameras.json, "
+                        "manifest.json); default: the scene folder, or <savefolder>/<scene>/preprocess "
+                        "when the scene folder is read-only")
+    g.add_argument("--savefolder", type=str, default="output", help="outputs go to <savefolder>/<scene>/")
+    g.add_argument("--scene_name", type=str, default="", help="name of the output subfolder (default: scene folder name)")
+    g.add_argument("--force_preprocess", type=_bool, default=False, help="redo every preprocessing stage")
+    g.add_argument("--landmark_backend", type=str, default="dlib", help="process_data landmark backend (dlib | fan)")
+    g.add_argument("--min_views", type=int, default=1, help="fewest usable views to start a fit")
+
+    g = p.add_argument_group("demo scene (synthetic, with ground truth)")
+    g.add_argument("--demo", type=_bool, default=False,
+                   help="build a synthetic scene from the stand-in model into --scene_dir first (with ground_truth.npz)")
+    g.add_argument("--demo_views", type=int, default=12, help="number of demo views on the yaw arc")
+    g.add_argument("--demo_yaw_deg", type=float, default=60.0, help="demo views span +-this yaw")
+    g.add_argument("--demo_pitch_deg", type=float, default=10.0, help="demo views' pitch amplitude")
+    g.add_argument("--demo_width", type=int, default=384, help="demo image width (pixels)")
+    g.add_argument("--demo_height", type=int, default=384, help="demo image height (pixels)")
+    g.add_argument("--demo_fov_deg", type=float, default=20.0, help="demo horizontal field of view")
+    g.add_argument("--demo_distance", type=float, default=1.0, help="demo camera distance to the head (metres)")
+    g.add_argument("--demo_noise_px", type=float, default=1.0, help="demo landmark noise sigma (pixels)")
+    g.add_argument("--demo_shape_std", type=float, default=1.0, help="demo shape coefficients ~ N(0, std)")
+    g.add_argument("--demo_exp_std", type=float, default=0.5, help="demo expression coefficients ~ N(0, std)")
+    g.add_argument("--demo_faceless_views", type=int, default=0,
+                   help="replace this many demo views with faceless images (robustness check)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--flame_model", type=str, default="synthetic",
+                   help="FLAME generic_model.pkl / .npz, or 'synthetic' for the stand-in built on --standin_template")
+    g.add_argument("--landmark_embedding", type=str, default="",
+                   help="landmark embedding .npy (DECA layout); default: the stand-in's or beside the model")
+    g.add_argument("--tex_space", type=str, default="auto",
+                   help="texture space .npz; 'auto' looks beside the model, 'none' fits a free UV texture map")
+    g.add_argument("--standin_template", type=str, default="",
+                   help="OBJ template for the stand-in model (e.g. ../shared/data/flame_topology/head_template_mesh.obj); "
+                        "empty: the built-in procedural head")
+    g.add_argument("--standin_embedding", type=str, default="",
+                   help="landmark embedding for the stand-in built on --standin_template")
+    g.add_argument("--standin_dir", type=str, default="",
+                   help="where the stand-in model is built and cached (default <savefolder>/_standin)")
+    g.add_argument("--standin_seed", type=int, default=0, help="seed of the stand-in model")
+    g.add_argument("--n_shape", type=int, default=100, help="number of shape parameters")
+    g.add_argument("--n_exp", type=int, default=50, help="number of expression parameters")
+    g.add_argument("--n_tex", type=int, default=50, help="number of texture-space parameters")
+    g.add_argument("--tex_res", type=int, default=256, help="free UV texture map resolution (no texture space)")
+
+    g = p.add_argument_group("fitting")
+    g.add_argument("--image_size", type=int, default=256, help="fitting resolution: the longer image side (pixels)")
+    g.add_argument("--device", type=str, default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
+    g.add_argument("--seed", type=int, default=0, help="random seed")
+    g.add_argument("--refine_focal", type=str, default="auto", choices=["auto", "always", "never"],
+                   help="estimate the focal length jointly from the face prior; auto: when SfM registered "
+                        "few views, its focal is implausible, or no SfM")
+    g.add_argument("--sfm_min_views", type=int, default=10,
+                   help="auto focal refinement: trust SfM's focal only when it registered at least this many views")
+    g.add_argument("--pose_disagree_deg", type=float, default=10.0,
+                   help="flag a view when its PnP and (aligned) SfM rotations differ by more than this")
+    g.add_argument("--pose_disagree_rel", type=float, default=0.1,
+                   help="flag a view when its PnP and SfM camera centres differ by more than this fraction of the distance")
+
+    g.add_argument("--geom_lm_iters", type=int, default=10,
+                   help="Levenberg-Marquardt iterations per geometry round (cameras, focal, shape, expression, jaw)")
+    g.add_argument("--geom_rounds", type=int, default=2, help="geometry rounds (static landmarks first, then all 68)")
+    g.add_argument("--geom_iters", type=int, default=0, help="optional Adam iterations after the LM rounds")
+    g.add_argument("--geom_lr", type=float, default=0.05, help="geometry Adam learning rate (shape/expression/pose)")
+    g.add_argument("--geom_static_rounds", type=int, default=1,
+                   help="first rounds use only the 51 static landmarks, later ones all 68")
+
+    g.add_argument("--photo_iters", type=int, default=150, help="photometric stage iterations (0 skips it)")
+    g.add_argument("--photo_lr", type=float, default=0.002, help="photometric Adam learning rate of shape, expression, jaw")
+    g.add_argument("--photo_warmup", type=float, default=0.3,
+                   help="fraction of the photometric iterations that fit only texture and light (geometry frozen)")
+    g.add_argument("--tex_lr", type=float, default=0.05, help="learning rate of the texture code or map")
+    g.add_argument("--sh_lr", type=float, default=0.02, help="learning rate of the SH lighting")
+    g.add_argument("--photo_cam_lr", type=float, default=1e-4, help="learning rate of the cameras in the photometric stage")
+
+    g = p.add_argument_group("loss weights")
+    g.add_argument("--w_lmk", type=float, default=1.0, help="landmark reprojection (per pixel^2 at fitting size)")
+    g.add_argument("--w_contour", type=float, default=0.3, help="per-point weight of the 17 contour landmarks")
+    g.add_argument("--lmk_robust_px", type=float, default=3.0, help="Geman-McClure/Huber-like scale of the landmark loss (pixels)")
+    g.add_argument("--w_rim", type=float, default=0.0,
+                   help="geometry stage, experimental: outline term, rim vertices vs the head-mask boundary "
+                        "(0 = off; measured on the demo it biased the fit, and real masks include hair)")
+    g.add_argument("--rim_max_px", type=float, default=4.0, help="drop rim pairs farther apart than this (fitting pixels)")
+    g.add_argument("--rim_robust_px", type=float, default=1.0, help="Cauchy scale of the outline term (fitting pixels)")
+    g.add_argument("--w_photo", type=float, default=2.0, help="photometric L1 inside the skin mask")
+    g.add_argument("--w_sil", type=float, default=1.0, help="silhouette vs head mask")
+    g.add_argument("--w_photo_lmk", type=float, default=1.0, help="landmark weight during the photometric stage")
+    g.add_argument("--w_shape", type=float, default=1e-3, help="shape prior (squared coefficients)")
+    g.add_argument("--w_exp", type=float, default=1e-3, help="expression prior")
+    g.add_argument("--w_pose", type=float, default=1e-4, help="jaw pose prior (on jaw / 0.1 rad); stronger values bias the head pitch")
+    g.add_argument("--w_tex", type=float, default=1e-4, help="texture-code prior")
+    g.add_argument("--w_tex_smooth", type=float, default=1e-2, help="free texture map smoothness")
+    g.add_argument("--w_focal", type=float, default=1e-4,
+                   help="prior pulling log focal towards its initial value (on log f / 0.1)")
+
+    g = p.add_argument_group("progress and checkpoints")
+    g.add_argument("--resume", type=_bool, default=False, help="resume from <out>/checkpoint.pt when present")
+    g.add_argument("--checkpoint_every", type=int, default=50, help="iterations between checkpoints inside a stage")
+    g.add_argument("--progress", type=_bool, default=True, help="show tqdm progress bars")
+    g.add_argument("--write_images", type=_bool, default=True, help="write overlays, contact sheet and losses.png")
+    return p
+
+
+def parse_config(argv=None, parser: configargparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """Parse ``argv`` (default sys.argv[1:]) into a Namespace, validated."""
+    parser = parser or build_parser()
+    cfg = parser.parse_args(argv)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: argparse.Namespace) -> None:
+    if not cfg.scene_dir:
+        raise ValueError("no scene: give --scene_dir DIR (a folder with images/), or --demo true --scene_dir DIR")
+    for k in ("n_shape", "n_exp", "image_size"):
+        if getattr(cfg, k) <= 0:
+            raise ValueError(f"--{k} must be positive, got {getattr(cfg, k)}")
+    for k in ("geom_iters", "photo_iters", "geom_lm_iters", "geom_rounds"):
+        if getattr(cfg, k) < 0:
+            raise ValueError(f"--{k} must be >= 0, got {getattr(cfg, k)}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for CUDA but none is available; use --device auto or cpu")
+    return dev
+
+
+def config_to_dict(cfg: argparse.Namespace) -> dict:
+    """JSON/pickle-friendly copy of the config (paths as strings)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()}

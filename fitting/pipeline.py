@@ -1,0 +1,327 @@
+"""config -> scene -> stages -> exports, with progress bars and checkpoints.
+
+:func:`fit_scene` is what ``run_fitting.py`` calls. Outputs go to ``<savefolder>/<scene>/``
+(see :mod:`fitting.export` and docs/FITTING.md). A checkpoint (``checkpoint.pt``: the
+FitState, config, finished stages and position inside the current one) is written after
+init, after each geometry round and every ``checkpoint_every`` photometric iterations;
+``--resume true`` continues from it (Adam's moments restart, the variables do not).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fitting.config import config_to_dict, resolve_device
+from fitting.init import align_sfm_poses, rotation_angle_deg
+from fitting.scene import Scene, load_scene
+from fitting.stages import FitContext, evaluate, init_appearance, initialize, stage_geometry, stage_photometric, \
+    texture_maps
+from fitting.state import FitState, load_checkpoint, save_checkpoint
+
+__all__ = ["fit_scene", "load_model", "standin_path", "decide_refine_focal", "ground_truth_errors", "write_outputs"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def standin_path(cfg) -> Path:
+    """Where the stand-in model for this config lives (built on first use, then cached)."""
+    base = Path(cfg.standin_dir) if cfg.standin_dir else Path(cfg.savefolder) / "_standin"
+    key = f"{cfg.standin_template}|{cfg.standin_embedding}|{cfg.standin_seed}"
+    tag = hashlib.sha1(key.encode()).hexdigest()[:8]
+    return base / f"standin_{tag}.pkl"
+
+
+def load_model(cfg, device):
+    """-> (FLAME, TextureSpace | None, info dict). ``--flame_model synthetic`` builds the stand-in."""
+    from fitting.flame import FLAME, find_texture_space, load_texture_space
+
+    emb = cfg.landmark_embedding or None
+    if cfg.flame_model == "synthetic":
+        path = standin_path(cfg)
+        if not path.is_file():
+            from fitting.synthetic import build_standin
+            path.parent.mkdir(parents=True, exist_ok=True)
+            build_standin(path, template=cfg.standin_template or None,
+                          landmark_embedding=cfg.standin_embedding or None, seed=cfg.standin_seed)
+        emb = emb or str(path.with_name(f"{path.stem}_landmark_embedding.npy"))
+    else:
+        path = Path(cfg.flame_model)
+        if not path.is_file():
+            raise ValueError(f"--flame_model {path} not found: give FLAME's generic_model.pkl, or 'synthetic'")
+    flame = FLAME(path, emb, n_shape=cfg.n_shape, n_exp=cfg.n_exp).to(device)
+    tex = None
+    if cfg.tex_space != "none":
+        tp = find_texture_space(path) if cfg.tex_space == "auto" else Path(cfg.tex_space)
+        if tp is not None:
+            tex = load_texture_space(tp, n_tex=cfg.n_tex).to(device)
+    return flame, tex, {"model": str(path), "texture_space": None if tex is None else str(tex.source or "")}
+
+
+def decide_refine_focal(cfg, cameras: dict) -> tuple[bool, str]:
+    """Whether to estimate the focal length here, and why."""
+    if cfg.refine_focal != "auto":
+        return cfg.refine_focal == "always", f"--refine_focal {cfg.refine_focal}"
+    src = cameras.get("source", "")
+    if src == "known":
+        return False, "intrinsics known"
+    if src != "sfm":
+        return True, f"intrinsics from {src or 'unknown source'}, not SfM"
+    n_reg = len(cameras.get("registered") or [])
+    K = np.asarray(cameras["K"], np.float64)
+    w = float(cameras.get("width") or 2 * K[0, 2])
+    fr = K[0, 0] / max(w, 1)
+    if not 0.5 <= fr <= 20:
+        return True, f"SfM focal {K[0, 0]:.0f} px = {fr:.2f} x width is implausible"
+    if n_reg < cfg.sfm_min_views:
+        return True, f"SfM registered only {n_reg} views (< {cfg.sfm_min_views}): its focal is unreliable"
+    return False, f"SfM registered {n_reg} views"
+
+
+def _seed(s: int) -> None:
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def _orig_K(K_fit: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """K at fitting resolution -> original pixels (undo the per-view resize)."""
+    inv = torch.diag_embed(torch.cat([1 / scale, torch.ones_like(scale[:, :1])], 1))
+    return inv @ K_fit
+
+
+def ground_truth_errors(gt: dict, names: list, R: np.ndarray, t: np.ndarray, verts: np.ndarray,
+                        lmk_orig: np.ndarray, aligned: bool = False) -> dict:
+    """Errors against ground_truth.npz (synthetic scenes), for the used views ``names``.
+
+    R, t: (N, 3, 3), (N, 3) fitted world-to-camera; verts (V, 3) fitted; lmk_orig (N, 68, 2)
+    fitted landmarks in original pixels, compared with the noise-free projections."""
+    idx = [list(map(str, gt["names"])).index(n) for n in names]
+    Rg, tg = torch.as_tensor(gt["R"][idx], dtype=torch.float64), torch.as_tensor(gt["t"][idx], dtype=torch.float64)
+    Rf, tf = torch.as_tensor(R, dtype=torch.float64), torch.as_tensor(t, dtype=torch.float64)
+    rot = rotation_angle_deg(Rf, Rg).numpy()
+    Cg = -(Rg.transpose(1, 2) @ tg[..., None])[..., 0]
+    Cf = -(Rf.transpose(1, 2) @ tf[..., None])[..., 0]
+    cc = (Cf - Cg).norm(dim=-1).numpy() * 1000
+    ve = np.linalg.norm(verts - gt["vertices"], axis=-1).mean() * 1000
+    lr = np.sqrt(((lmk_orig - gt["landmarks"][idx]) ** 2).sum(-1).mean())
+    out = {"rotation_error_deg_mean": float(rot.mean()), "rotation_error_deg_max": float(rot.max()),
+           "camera_center_error_mm_mean": float(cc.mean()), "vertex_error_mm_mean": float(ve),
+           "landmark_rmse_px": float(lr)}
+    if aligned and len(idx) >= 2:
+        # The same errors after the similarity (Sim(3)) that best maps the fitted cameras onto the
+        # true ones: the model's shape space can rotate and scale the head a little, which the
+        # images cannot see, so the head frame itself is only fixed by the prior.
+        al = align_sfm_poses(R, t, gt["R"][idx], gt["t"][idx], max_deg=180, max_rel=1e9)
+        Ca = -np.einsum("nji,nj->ni", al["R"], al["t"])
+        va = al["s"] * verts @ al["Q"].T + al["T"]
+        out["aligned"] = {"rotation_error_deg_mean": float(al["angle_deg"].mean()),
+                          "rotation_error_deg_max": float(al["angle_deg"].max()),
+                          "camera_center_error_mm_mean": float(np.linalg.norm(Ca - Cg.numpy(), axis=1).mean() * 1000),
+                          "vertex_error_mm_mean": float(np.linalg.norm(va - gt["vertices"], axis=-1).mean() * 1000),
+                          "similarity_scale": float(al["s"]),
+                          "similarity_rotation_deg": float(np.degrees(np.arccos(np.clip((np.trace(al["Q"]) - 1) / 2, -1, 1))))}
+    return out
+
+
+def write_outputs(out: Path, scene: Scene, ctx: FitContext, state: FitState, used: np.ndarray, ev: dict,
+                  write_images: bool = True) -> dict:
+    """params.npz, mesh.obj + texture, transforms.json, COLMAP text model, previews.
+    Only views in ``used`` (N,) bool are exported. Returns arrays used by the report."""
+    from fitting.export import vertex_colors_from_texture, write_colmap_text, write_mesh, write_params, \
+        write_png, write_transforms
+
+    out.mkdir(parents=True, exist_ok=True)
+    K = _orig_K(state.K().cpu(), scale=scene.scale).numpy()
+    R, t = state.R().cpu().numpy(), state.cam_t.cpu().numpy()
+    idx = np.nonzero(used)[0]
+    names = [scene.names[i] for i in idx]
+    sizes = scene.orig_size.numpy()
+    tex = texture_maps(ctx, state).cpu()
+    vt, ft = ctx.uvs()
+    verts = ev["verts"][0].cpu().numpy()
+    sfm_f = float(np.asarray(scene.cameras["K"])[0, 0])
+    params = dict(shape=state.shape, expression=state.expression, pose=state.pose, sh=state.sh[idx],
+                  K=K[idx], R=R[idx], t=t[idx], names=names, image_size=sizes[idx],
+                  view_subject=state.view_subject[idx], focal_initial=np.float64(sfm_f),
+                  focal_fit=np.float64(K[idx][0, 0, 0] if len(idx) else math.nan))
+    if state.free_texture:
+        params["tex_map"] = state.tex
+    else:
+        params["tex"] = state.tex
+    write_params(out / "params.npz", **params)
+    write_mesh(out, verts, ctx.flame.faces.cpu(), None if vt is None else vt.cpu(), None if ft is None else ft.cpu(),
+               tex[0])
+    rel = [os.path.relpath(scene.image_paths[i], out) for i in idx]
+    write_transforms(out / "transforms.json", K[idx], R[idx], t[idx], sizes[idx], rel, mesh_path="mesh.obj")
+    colors = None
+    if vt is not None:
+        colors = vertex_colors_from_texture(tex[0], vt.cpu(), ctx.flame.faces.cpu(), ft.cpu(), len(verts))
+    write_colmap_text(out / "colmap", K[idx], R[idx], t[idx], sizes[idx], names, points=verts, colors=colors)
+
+    if write_images:
+        from fitting.visualize import contact_sheet, overlay, plot_losses
+        r = ev["render"]
+        ovs = []
+        for k, i in enumerate(idx):  # image files, one per view
+            ov = overlay(ctx.images[i], r.image[i], r.alpha[i], ctx.landmarks[i], ev["landmarks"][i])
+            write_png(out / "overlays" / f"{Path(scene.names[i]).stem}.png", ov)
+            ovs.append(ov)
+        if ovs:
+            write_png(out / "contact_sheet.png", contact_sheet(ovs, names))
+        plot_losses(ctx.history, out / "losses.png")
+    return {"K": K, "R": R, "t": t}
+
+
+def fit_scene(cfg: argparse.Namespace) -> dict:
+    """Run the whole fit for ``cfg`` and write every output. Returns the report dict."""
+    from fitting.export import write_json
+
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    _seed(cfg.seed)
+    scene_dir = Path(cfg.scene_dir)
+    timing = {"preprocess": 0.0, "init": 0.0, "geometry": 0.0, "photometric": 0.0}
+
+    if cfg.demo and not (scene_dir / "ground_truth.npz").is_file():
+        from fitting.synthetic_scene import make_scene
+        t0 = time.perf_counter()
+        demo_model = standin_path(cfg)
+        load_model(cfg, "cpu")  # builds the stand-in when missing
+        make_scene(scene_dir, demo_model, n_views=cfg.demo_views, width=cfg.demo_width, height=cfg.demo_height,
+                   fov_deg=cfg.demo_fov_deg, distance=cfg.demo_distance, yaw_deg=cfg.demo_yaw_deg,
+                   pitch_deg=cfg.demo_pitch_deg, noise_px=cfg.demo_noise_px, shape_std=cfg.demo_shape_std,
+                   exp_std=cfg.demo_exp_std, faceless_views=cfg.demo_faceless_views, seed=cfg.seed,
+                   n_shape=cfg.n_shape, n_exp=cfg.n_exp)
+        timing["demo_scene"] = time.perf_counter() - t0
+
+    name = cfg.scene_name or scene_dir.resolve().name
+    out = Path(cfg.savefolder) / name
+    t0 = time.perf_counter()
+    scene = load_scene(scene_dir, cfg.image_size, prep_dir=cfg.preprocess_dir or None,
+                       fallback_prep_dir=out / "preprocess", force=cfg.force_preprocess, name=name,
+                       preprocess_options={"backend": cfg.landmark_backend, "progress": cfg.progress})
+    timing["preprocess"] = time.perf_counter() - t0
+    if scene.num_views < cfg.min_views:
+        raise ValueError(f"only {scene.num_views} usable views (< --min_views {cfg.min_views}); "
+                         f"left out: {scene.unused}")
+    scene.to(device)
+    flame, texspace, model_info = load_model(cfg, device)
+    N = scene.num_views
+    refine, refine_why = decide_refine_focal(cfg, scene.cameras)
+    tex_shape = (texspace.n_tex,) if texspace is not None else (3, cfg.tex_res, cfg.tex_res)
+    if texspace is None and flame.verts_uvs is None:
+        raise ValueError("the model has no UVs and no texture space: give --tex_space or a model with UVs")
+    state = FitState.create(N, torch.zeros(N, dtype=torch.long), scene.K, cfg.n_shape, cfg.n_exp, tex_shape,
+                            device=device)
+    ctx = FitContext(flame=flame, images=scene.images, landmarks=scene.landmarks, skin_mask=scene.skin_mask,
+                     head_mask=scene.head_mask, view_weights=torch.ones(N, device=device), cfg=cfg,
+                     texspace=texspace, refine_focal=refine, progress=cfg.progress)
+
+    ckpt_path = out / "checkpoint.pt"
+    done, pos, init_info = [], 0, {}
+    if cfg.resume and ckpt_path.is_file():
+        ck = load_checkpoint(ckpt_path, device)
+        if ck["extra"].get("names") == scene.names:
+            state, done, pos = ck["state"], ck["progress"]["done"], ck["progress"].get("pos", 0)
+            ctx.history = ck["history"]
+            init_info = ck["extra"].get("init_info", {})
+            timing.update(ck["extra"].get("timing", {}))
+            ctx.view_weights = torch.as_tensor(ck["extra"]["view_weights"], device=device)
+        else:
+            print(f"[fit] {ckpt_path} is for other views; starting afresh")
+    cfg_d = config_to_dict(cfg)
+
+    def checkpoint(stage_done: list, stage: str, p: int, st: FitState):
+        save_checkpoint(ckpt_path, st, cfg_d, {"done": stage_done, "stage": stage, "pos": p}, ctx.history,
+                        {"names": scene.names, "init_info": init_info, "timing": timing,
+                         "view_weights": ctx.view_weights.cpu().tolist()})
+
+    if "init" not in done:
+        t0 = time.perf_counter()
+        sfm = [scene.sfm_poses.get(n) for n in scene.names]
+        state, init_info = initialize(ctx, state, sfm)
+        failed = np.array([s == "failed" for s in init_info["source"]])
+        ctx.view_weights = torch.as_tensor(~failed, dtype=torch.float32, device=device)
+        if failed.all():
+            raise ValueError("pose initialisation failed in every view (PnP found no consistent pose): "
+                             "check landmarks.json and cameras.json")
+        timing["init"] = time.perf_counter() - t0
+        done = ["init"]
+        pos = 0
+        checkpoint(done, "geometry", 0, state)
+    ctx.on_iter = lambda stage, p, st: checkpoint(list(done), stage, p, st)
+
+    if "geometry" not in done:
+        t0 = time.perf_counter()
+        state = stage_geometry(ctx, state, start_round=pos)
+        timing["geometry"] += time.perf_counter() - t0
+        done.append("geometry")
+        pos = 0
+        state = init_appearance(ctx, state)
+        checkpoint(done, "photometric", 0, state)
+    if "photometric" not in done:
+        t0 = time.perf_counter()
+        state = stage_photometric(ctx, state, start_iter=pos)
+        timing["photometric"] += time.perf_counter() - t0
+        done.append("photometric")
+        checkpoint(done, "export", 0, state)
+
+    ev = evaluate(ctx, state, render=True)
+    used = ctx.view_weights.cpu().numpy() > 0
+    arr = write_outputs(out, scene, ctx, state, used, ev, cfg.write_images)
+
+    sx_sy = scene.scale.cpu().numpy()
+    lm_pred = ev["landmarks"].cpu().numpy() / sx_sy[:, None, :]
+    lm_obs = scene.landmarks.cpu().numpy() / sx_sy[:, None, :]
+    rmse_orig = np.sqrt(((lm_pred - lm_obs) ** 2).sum(-1).mean(-1))
+    views = []
+    for n in scene.all_names:  # report rows, one per image
+        if n in scene.names:
+            i = scene.names.index(n)
+            if used[i]:
+                views.append({"name": n, "used": True, "reason_if_unused": None,
+                              "landmark_rmse_px": float(rmse_orig[i]),
+                              "photometric_l1": float(ev["photometric_l1"][i]),
+                              "mask_iou": float(ev["mask_iou"][i]),
+                              "K": arr["K"][i].tolist(), "R": arr["R"][i].tolist(), "t": arr["t"][i].tolist()})
+                continue
+            reason = "pose initialisation failed (PnP found no consistent pose, no SfM pose)"
+        else:
+            reason = scene.unused.get(n, "not loaded")
+        views.append({"name": n, "used": False, "reason_if_unused": reason, "landmark_rmse_px": None,
+                      "photometric_l1": None, "mask_iou": None, "K": None, "R": None, "t": None})
+    # the fit's total: the demo's scene synthesis (timing["demo_scene"]) is not part of it
+    timing["total"] = time.perf_counter() - t_start - timing.get("demo_scene", 0.0)
+    report = {"scene": name, "num_views": int(used.sum()), "device": str(device), "views": views,
+              "timing_s": {k: round(float(timing.get(k, 0.0)), 3)
+                           for k in ("preprocess", "init", "geometry", "photometric", "total")}}
+    # The issue asks for views whose PnP and SfM poses disagree to be flagged in the report.
+    report["flagged_views"] = [
+        {"name": scene.names[i], "reason": f"PnP and SfM poses disagree by {init_info['sfm_angle_deg'][i]:.1f} deg, "
+                                           f"{100 * init_info['sfm_center_rel'][i]:.0f}% of the distance"}
+        for i, d in enumerate(init_info.get("sfm_disagree", [])) if d]
+    if scene.ground_truth is not None:
+        ui = np.nonzero(used)[0]
+        gt_err = ground_truth_errors(scene.ground_truth, [scene.names[i] for i in ui], arr["R"][ui], arr["t"][ui],
+                                     ev["verts"][0].cpu().numpy(), lm_pred[ui], aligned=True)
+        gt_aligned = gt_err.pop("aligned", None)
+        report["ground_truth"] = gt_err
+    write_json(out / "report.json", report)
+    # Details beyond the issue's report fields: focal, init agreement, the model used.
+    K_fit = arr["K"][used][0] if used.any() else np.full((3, 3), np.nan)
+    write_json(out / "fit_details.json", {
+        "focal": {"initial_px": float(np.asarray(scene.cameras["K"])[0][0]), "source": scene.cameras.get("source"),
+                  "refined": refine, "why": refine_why, "fitted_px": float(K_fit[0, 0]),
+                  "width": int(scene.orig_size[0, 0])},
+        "init": init_info, "model": model_info, "left_out": scene.unused,
+        "ground_truth_after_similarity": gt_aligned if scene.ground_truth is not None else None,
+        "flagged_views": [scene.names[i] for i, d in enumerate(init_info.get("sfm_disagree", [])) if d]})
+    return report

@@ -1,0 +1,240 @@
+"""Load a preprocessed scene at fitting resolution.
+
+A scene folder holds ``images/``; preprocessing (process_data, issue 4) writes beside it, or
+into another folder for read-only scenes: ``landmarks.json`` (68 points per view in original
+pixels, pixel centres at +0.5), ``masks/head/<stem>.png`` and ``masks/skin/<stem>.png``
+(original size), ``cameras.json`` (K at original resolution, SfM poses) and
+``manifest.json`` (failures). :func:`load_scene` runs the missing stages, then resizes every
+usable view to the fitting size (longer side = ``image_size``) and scales landmarks and K by
+the same factors (a plain scale in the +0.5 pixel convention).
+
+Views without a face, without masks, unreadable, or of another aspect ratio are left out and
+listed with the reason, so one bad view never stops the fit.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+__all__ = ["Scene", "load_scene", "find_preprocess_dir", "PREPROCESS_FILES"]
+
+PREPROCESS_FILES = ("landmarks.json", "cameras.json")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+@dataclass
+class Scene:
+    """A scene at fitting resolution; arrays cover the N *used* views in ``names`` order.
+
+    images: (N, 3, H, W) float32 RGB in [0, 1]; landmarks: (N, 68, 2) fitting pixels;
+    head_mask, skin_mask: (N, 1, H, W) in [0, 1]; K: (N, 3, 3) at fitting resolution;
+    K_orig: (N, 3, 3) original pixels; scale: (N, 2) (sx, sy) original -> fitting pixels;
+    orig_size: (N, 2) (W, H) original pixels; size: (H, W) fitting size.
+    unused: {name: reason} for every view left out; all_names: every image, in order.
+    cameras: cameras.json as read; sfm_poses: {name: (R (3,3), t (3,))} up-to-scale SfM poses.
+    """
+
+    name: str
+    scene_dir: Path
+    prep_dir: Path
+    names: list
+    image_paths: list
+    images: torch.Tensor
+    landmarks: torch.Tensor
+    head_mask: torch.Tensor
+    skin_mask: torch.Tensor
+    K: torch.Tensor
+    K_orig: torch.Tensor
+    scale: torch.Tensor
+    orig_size: torch.Tensor
+    size: tuple
+    all_names: list
+    unused: dict
+    cameras: dict
+    sfm_poses: dict = field(default_factory=dict)
+    ground_truth: dict | None = None
+    timing_s: float = 0.0
+
+    @property
+    def num_views(self) -> int:
+        return len(self.names)
+
+    def to(self, device) -> "Scene":
+        for k in ("images", "landmarks", "head_mask", "skin_mask", "K"):
+            setattr(self, k, getattr(self, k).to(device))
+        return self
+
+
+def _writable(d: Path) -> bool:
+    # os.access says yes to root even for a dr-xr-xr-x folder: honour the mode bits too, so a
+    # scene marked read-only (like the shared test data) is never written into.
+    return d.is_dir() and os.access(d, os.W_OK) and bool(d.stat().st_mode & stat.S_IWUSR)
+
+
+def find_preprocess_dir(scene_dir: Path, prep_dir=None, fallback: Path | None = None) -> Path:
+    """Where the preprocessing outputs are (or go): ``prep_dir`` when given; the scene folder
+    when it already holds them or is writable; else ``fallback``."""
+    scene_dir = Path(scene_dir)
+    if prep_dir:
+        return Path(prep_dir)
+    if all((scene_dir / f).is_file() for f in PREPROCESS_FILES) or _writable(scene_dir):
+        return scene_dir
+    if fallback is None:
+        raise ValueError(f"{scene_dir} is read-only and has no preprocessing outputs: give --preprocess_dir DIR")
+    return Path(fallback)
+
+
+def _missing(prep: Path) -> list:
+    miss = [f for f in PREPROCESS_FILES if not (prep / f).is_file()]
+    for sub in ("head", "skin"):
+        if not (prep / "masks" / sub).is_dir():
+            miss.append(f"masks/{sub}/")
+    return miss
+
+
+def _read_rgb(path: Path) -> np.ndarray | None:
+    im = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return None if im is None else cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
+
+
+def _read_mask(path: Path, size_wh) -> np.ndarray | None:
+    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        return None
+    if (m.shape[1], m.shape[0]) != tuple(size_wh):
+        m = cv2.resize(m, tuple(size_wh), interpolation=cv2.INTER_LINEAR)
+    return m
+
+
+def load_scene(scene_dir, image_size: int = 256, prep_dir=None, fallback_prep_dir=None, run_missing: bool = True,
+               force: bool = False, preprocess_options: dict | None = None, name: str | None = None) -> Scene:
+    """Read (and if needed first compute) a scene's preprocessing outputs at fitting size.
+
+    scene_dir: folder with images/. image_size: longer side of the fitting images.
+    prep_dir: folder with the preprocessing outputs (default: see :func:`find_preprocess_dir`).
+    run_missing: run ``process_data.run_all`` when outputs are missing (or ``force``).
+    Raises ValueError when no view is usable, naming each view's reason.
+    """
+    t0 = time.perf_counter()
+    scene_dir = Path(scene_dir)
+    if not (scene_dir / "images").is_dir():
+        raise ValueError(f"{scene_dir} has no images/ folder: a scene is a folder with images/ (jpg or png)")
+    prep = find_preprocess_dir(scene_dir, prep_dir, fallback_prep_dir)
+    missing = _missing(prep)
+    if (missing or force) and run_missing:
+        import process_data  # late: the fitting library works on preprocessed scenes without it
+        prep.mkdir(parents=True, exist_ok=True)
+        out = process_data.run_all(scene_dir, out_dir=None if prep.resolve() == scene_dir.resolve() else prep,
+                                   force=force, **(preprocess_options or {}))
+        prep = Path(out) if out is not None else prep
+        missing = _missing(prep)
+    if missing:
+        raise ValueError(f"{prep} lacks {', '.join(missing)}: run `python -m process_data {scene_dir}` first")
+    preprocess_s = time.perf_counter() - t0
+
+    lmk_all = json.loads((prep / "landmarks.json").read_text())
+    cams = json.loads((prep / "cameras.json").read_text())
+    manifest = {}
+    if (prep / "manifest.json").is_file():
+        manifest = json.loads((prep / "manifest.json").read_text())
+    failed = {k: (v.get("reason", str(v)) if isinstance(v, dict) else str(v))
+              for k, v in manifest.get("failed", {}).items()}
+
+    all_names = sorted(p.name for p in (scene_dir / "images").iterdir()
+                       if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    K_cam = np.asarray(cams["K"], np.float64)
+    cam_wh = (int(cams.get("width", 0)), int(cams.get("height", 0)))
+    unused, rows = {}, []
+    for n in all_names:  # file reading is per view by nature
+        entry = lmk_all.get(n)
+        pts = None if entry is None else entry.get("points")
+        if pts is None:
+            unused[n] = failed.get(n) or "no face detected (no landmarks)"
+            continue
+        pts = np.asarray(pts, np.float64)
+        if pts.shape != (68, 2) or not np.isfinite(pts).all():
+            unused[n] = f"landmarks malformed (shape {pts.shape})"
+            continue
+        img = _read_rgb(scene_dir / "images" / n)
+        if img is None:
+            unused[n] = failed.get(n) or "image unreadable"
+            continue
+        wh = (img.shape[1], img.shape[0])
+        stem = Path(n).stem
+        head = _read_mask(prep / "masks" / "head" / f"{stem}.png", wh)
+        skin = _read_mask(prep / "masks" / "skin" / f"{stem}.png", wh)
+        if head is None or skin is None:
+            unused[n] = failed.get(n) or "mask missing"
+            continue
+        rows.append((n, img, pts, head, skin, wh))
+    if not rows:
+        raise ValueError(f"no usable view in {scene_dir}: " + "; ".join(f"{k}: {v}" for k, v in unused.items()))
+
+    # One fitting size for all views, from the most common original size.
+    sizes = [r[5] for r in rows]
+    ref_wh = max(set(sizes), key=sizes.count)
+    s = image_size / max(ref_wh)
+    fw, fh = max(1, round(ref_wh[0] * s)), max(1, round(ref_wh[1] * s))
+    if cam_wh[0] <= 0:
+        cam_wh = ref_wh
+    names, paths, ims, lmks, heads, skins, Ks, Korig, scales, osz = ([] for _ in range(10))
+    for n, img, pts, head, skin, wh in rows:
+        if abs(wh[0] / wh[1] - ref_wh[0] / ref_wh[1]) > 0.01 * ref_wh[0] / ref_wh[1]:
+            unused[n] = f"aspect ratio {wh[0]}x{wh[1]} differs from the scene's {ref_wh[0]}x{ref_wh[1]}"
+            continue
+        sx, sy = fw / wh[0], fh / wh[1]
+        # Same physical camera: K of another resolution scales with the image.
+        Ko = np.diag([wh[0] / cam_wh[0], wh[1] / cam_wh[1], 1.0]) @ K_cam
+        interp = cv2.INTER_AREA if sx < 1 else cv2.INTER_LINEAR
+        names.append(n)
+        paths.append(str(scene_dir / "images" / n))
+        ims.append(cv2.resize(img, (fw, fh), interpolation=interp))
+        heads.append(cv2.resize(head, (fw, fh), interpolation=cv2.INTER_AREA))
+        skins.append(cv2.resize(skin, (fw, fh), interpolation=cv2.INTER_AREA))
+        lmks.append(pts * np.array([sx, sy]))
+        Korig.append(Ko)
+        Ks.append(np.diag([sx, sy, 1.0]) @ Ko)
+        scales.append((sx, sy))
+        osz.append(wh)
+    if not names:
+        raise ValueError(f"no usable view in {scene_dir}: " + "; ".join(f"{k}: {v}" for k, v in unused.items()))
+
+    sfm = {}
+    for n, p in (cams.get("sfm_poses") or {}).items():
+        if n in names:
+            sfm[n] = (np.asarray(p["R"], np.float64), np.asarray(p["t"], np.float64))
+    gt = None
+    if (scene_dir / "ground_truth.npz").is_file():
+        gt = dict(np.load(scene_dir / "ground_truth.npz", allow_pickle=False))
+
+    f32 = torch.float32
+    return Scene(
+        name=name or scene_dir.resolve().name,
+        scene_dir=scene_dir,
+        prep_dir=prep,
+        names=names,
+        image_paths=paths,
+        images=torch.from_numpy(np.stack(ims)).permute(0, 3, 1, 2).to(f32) / 255.0,
+        landmarks=torch.tensor(np.stack(lmks), dtype=f32),
+        head_mask=torch.from_numpy(np.stack(heads))[:, None].to(f32) / 255.0,
+        skin_mask=torch.from_numpy(np.stack(skins))[:, None].to(f32) / 255.0,
+        K=torch.tensor(np.stack(Ks), dtype=f32),
+        K_orig=torch.tensor(np.stack(Korig), dtype=f32),
+        scale=torch.tensor(scales, dtype=f32),
+        orig_size=torch.tensor(osz, dtype=torch.int64),
+        size=(fh, fw),
+        all_names=all_names,
+        unused=unused,
+        cameras=cams,
+        sfm_poses=sfm,
+        ground_truth=gt,
+        timing_s=preprocess_s,
+    )

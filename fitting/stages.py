@@ -1,0 +1,536 @@
+"""Fitting stages: initialise -> geometry (landmarks) -> photometric (render).
+
+Each stage takes a :class:`FitContext` (model, observations, weights, options) and a
+:class:`~fitting.state.FitState` and returns a new FitState. They work for N views of G
+subjects (``state.view_subject``): multi-view fitting is G = 1, a batch of single images is
+G = N with one view each. Nothing here loops over views: per-view work is batched.
+
+Gauge: the world is FLAME's head frame, so the head's global rotation stays 0 and the
+cameras carry the rigid motion; the neck stays 0 too (landmarks cannot tell it from the
+cameras) and the eyes stay 0 (no landmark sees the eyeballs). The jaw is fitted.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fitting.init import FLIP, align_sfm_poses, matrix_to_rot, pnp_views, project
+from fitting.losses import (gaussian_prior, landmark_point_weights, landmark_rmse, mask_iou, masked_photometric_l1,
+                            robust_landmark_loss, silhouette_loss, texture_smoothness)
+from fitting.rotations import axis_angle_to_matrix
+from fitting.state import FitState
+
+__all__ = ["FitContext", "subject_vertices", "view_geometry", "initialize", "stage_geometry", "lm_geometry",
+           "rim_correspondences", "init_appearance", "project_landmarks",
+           "stage_photometric", "evaluate", "render_views", "texture_maps"]
+
+JAW = slice(6, 9)
+
+
+@dataclass
+class FitContext:
+    """What the stages need besides the state.
+
+    flame: FLAME module; images: (N, 3, H, W); landmarks: (N, 68, 2) fitting pixels;
+    skin_mask, head_mask: (N, 1, H, W); view_weights: (N,) (0 drops a view from every loss);
+    cfg: the config Namespace (iterations, learning rates, weights); texspace: TextureSpace or None;
+    refine_focal: optimise state.log_focal; history: {stage: [{loss: value}, ...]};
+    on_iter(stage, position, state): checkpoint hook; progress: show tqdm bars.
+    """
+
+    flame: torch.nn.Module
+    images: torch.Tensor
+    landmarks: torch.Tensor
+    skin_mask: torch.Tensor
+    head_mask: torch.Tensor
+    view_weights: torch.Tensor
+    cfg: argparse.Namespace
+    texspace: torch.nn.Module | None = None
+    refine_focal: bool = False
+    history: dict = field(default_factory=dict)
+    on_iter: Callable | None = None
+    progress: bool = True
+    _renderer: torch.nn.Module | None = None
+    _boundary: tuple | None = None
+
+    @property
+    def size(self) -> tuple:
+        return tuple(self.images.shape[-2:])
+
+    def renderer(self):
+        if self._renderer is None:
+            from fitting.render import MeshRenderer, RasterSettings
+            vt, ft = self.uvs()
+            self._renderer = MeshRenderer(self.flame.faces, vt, ft, RasterSettings(self.size)).to(self.images.device)
+        return self._renderer
+
+    def boundary(self):
+        """Nearest head-mask boundary point and outward normal per pixel of a finer grid.
+
+        Returns (points (N, Hs, Ws, 2) fitting pixels, normals (N, Hs, Ws, 2), factor): the
+        mask is upsampled by ``factor`` and thresholded at 0.5, so the outline is located to
+        1 / factor of a fitting pixel. Computed once (OpenCV, per view)."""
+        if self._boundary is None:
+            import cv2
+            H, W = self.size
+            f = max(1, round(512 / max(H, W)))
+            pts, nrm = [], []
+            for m in self.head_mask[:, 0].detach().cpu().numpy():  # once per view, at setup
+                up = cv2.resize(m.astype(np.float32), (W * f, H * f), interpolation=cv2.INTER_LINEAR)
+                inside = (up > 0.5).astype(np.uint8)
+                edge = inside - cv2.erode(inside, np.ones((3, 3), np.uint8))
+                if edge.sum() == 0:
+                    edge[0, 0] = 1
+                _, lab = cv2.distanceTransformWithLabels(1 - edge, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+                ys, xs = np.nonzero(edge)  # label k (1-based) is the k-th edge pixel in scan order
+                order = np.zeros(lab.max() + 1, np.int64)
+                order[1:len(ys) + 1] = np.arange(len(ys))
+                k = order[lab]
+                pts.append(np.stack([(xs[k] + 0.5) / f, (ys[k] + 0.5) / f], -1))
+                sm = cv2.GaussianBlur(up, (0, 0), 1.5 * f)
+                gx, gy = cv2.Sobel(sm, cv2.CV_32F, 1, 0), cv2.Sobel(sm, cv2.CV_32F, 0, 1)
+                g = -np.stack([gx, gy], -1)  # outward: the mask decreases
+                g /= np.linalg.norm(g, axis=-1, keepdims=True) + 1e-12
+                nrm.append(g[ys[k], xs[k]])
+            dev = self.images.device
+            self._boundary = (torch.tensor(np.stack(pts), dtype=torch.float32, device=dev),
+                              torch.tensor(np.stack(nrm), dtype=torch.float32, device=dev), f)
+        return self._boundary
+
+    def uvs(self):
+        if self.texspace is not None:
+            return self.texspace.verts_uvs, self.texspace.faces_uvs
+        return self.flame.verts_uvs, self.flame.faces_uvs
+
+
+# -- model evaluation --------------------------------------------------------------------------
+def subject_vertices(ctx: FitContext, state: FitState, pose: torch.Tensor | None = None) -> torch.Tensor:
+    """(G, V, 3) vertices of every subject in the head frame."""
+    verts, _ = ctx.flame(state.shape, state.expression, state.pose if pose is None else pose)
+    return verts
+
+
+def view_geometry(ctx: FitContext, state: FitState, verts: torch.Tensor, pose: torch.Tensor | None = None):
+    """Per-view vertices (N, V, 3) and 68 landmarks (N, 68, 3), contour chosen by each view's yaw."""
+    pose = state.pose if pose is None else pose
+    head = axis_angle_to_matrix(pose[:, 0:3]) @ axis_angle_to_matrix(pose[:, 3:6])  # (G, 3, 3)
+    N = state.num_views
+    if verts.shape[0] == 1:
+        vv, hv = verts.expand(N, -1, -1), head.expand(N, 3, 3)
+    else:
+        vv, hv = verts[state.view_subject], head[state.view_subject]
+    view_rot = FLIP.to(verts) @ state.R() @ hv
+    return vv, ctx.flame.landmarks(vv, view_rot)
+
+
+def project_landmarks(state: FitState, lmk3d: torch.Tensor) -> torch.Tensor:
+    return project(lmk3d, state.K(), state.R(), state.cam_t)
+
+
+def texture_maps(ctx: FitContext, state: FitState) -> torch.Tensor:
+    """(G, 3, Ht, Wt) albedo maps from the code or the free map."""
+    if state.free_texture:
+        return state.tex.clamp(0, 1)
+    return ctx.texspace(state.tex)
+
+
+def render_views(ctx: FitContext, state: FitState, verts_v: torch.Tensor | None = None):
+    """Render every view (one batch). Returns RenderOutput."""
+    if verts_v is None:
+        verts_v, _ = view_geometry(ctx, state, subject_vertices(ctx, state))
+    tex = texture_maps(ctx, state)
+    if tex.shape[0] > 1:
+        tex = tex[state.view_subject]
+    return ctx.renderer()(verts_v, state.K(), state.R(), state.cam_t, texture=tex, sh=state.sh)
+
+
+def _prior(ctx: FitContext, shape, expr, jaw, log_focal=None) -> torch.Tensor:
+    c = ctx.cfg
+    p = c.w_shape * gaussian_prior(shape) + c.w_exp * gaussian_prior(expr) + c.w_pose * gaussian_prior(jaw / 0.1)
+    if log_focal is not None and ctx.refine_focal:
+        p = p + c.w_focal * (log_focal / 0.1).pow(2).sum()
+    return p
+
+
+# -- initialisation ------------------------------------------------------------------------------
+@torch.no_grad()
+def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None) -> tuple[FitState, dict]:
+    """Per-view cameras from robust PnP of the 51 static landmarks on the mean shape, checked
+    against (and, where PnP failed or fits worse, replaced by) SfM poses after a similarity.
+
+    sfm_poses: N entries of (R (3,3), t (3,)) or None. Returns (state, info) with per-view
+    ``pnp_ok``, ``pnp_rmse_px``, ``source`` ('pnp' | 'sfm' | 'failed'), ``sfm_angle_deg``,
+    ``sfm_center_rel``, ``sfm_disagree`` (NaN / False where SfM has no pose) and SfM's scale.
+    """
+    st = state.detach()
+    N = st.num_views
+    mean = st.detach()
+    mean.shape.zero_()
+    mean.expression.zero_()
+    mean.pose.zero_()
+    verts = subject_vertices(ctx, mean)
+    _, lmk3d = view_geometry(ctx, mean, verts)  # frontal contour; PnP uses the static points only
+    K = st.K().cpu().double().numpy()
+    lm = ctx.landmarks.cpu().double().numpy()
+    reproj = max(4.0, 0.03 * max(ctx.size))
+    R, t, ok, rmse, _ = pnp_views(lm, lmk3d.cpu().double().numpy(), K, reproj_px=reproj)
+    source = np.where(ok, "pnp", "failed").astype(object)
+    info = {"pnp_ok": ok.tolist(), "pnp_rmse_px": rmse.tolist(), "sfm_angle_deg": [math.nan] * N,
+            "sfm_center_rel": [math.nan] * N, "sfm_disagree": [False] * N, "sfm_scale": None}
+    has = np.array([p is not None for p in (sfm_poses or [None] * N)])
+    if has.sum() >= 2 and (ok & has).sum() >= 2:
+        idx = np.nonzero(has)[0]
+        Rs = np.stack([sfm_poses[i][0] for i in idx])
+        ts = np.stack([sfm_poses[i][1] for i in idx])
+        al = align_sfm_poses(Rs, ts, R[idx], t[idx], ref_ok=ok[idx], max_deg=ctx.cfg.pose_disagree_deg,
+                             max_rel=ctx.cfg.pose_disagree_rel)
+        if al is not None:
+            info["sfm_scale"] = al["s"]
+            static = np.zeros(68, bool)
+            static[17:] = True
+            for j, i in enumerate(idx):  # a few views; picks the better of two poses
+                info["sfm_angle_deg"][i] = float(al["angle_deg"][j])
+                info["sfm_center_rel"][i] = float(al["center_rel"][j])
+                info["sfm_disagree"][i] = bool(al["disagree"][j]) and bool(ok[i])
+                x = lmk3d[i, 17:].cpu().double().numpy() @ al["R"][j].T + al["t"][j]
+                if x[:, 2].min() <= 0:
+                    continue
+                uv = x[:, :2] / x[:, 2:] * np.array([K[i, 0, 0], K[i, 1, 1]]) + K[i, :2, 2]
+                e = float(np.sqrt(((uv - lm[i, 17:]) ** 2).sum(1).mean()))
+                if not ok[i] or e < rmse[i]:
+                    R[i], t[i], rmse[i], source[i] = al["R"][j], al["t"][j], e, "sfm"
+    info["source"] = source.tolist()
+    info["init_rmse_px"] = rmse.tolist()
+    st.cam_rot = matrix_to_rot(torch.as_tensor(R, dtype=torch.float32)).to(st.cam_rot.device)
+    st.cam_t = torch.as_tensor(t, dtype=torch.float32).to(st.cam_t.device)
+    return st, info
+
+
+# -- stage 1: geometry -----------------------------------------------------------------------------
+def _bar(ctx, iterable, desc):
+    return tqdm(iterable, desc=desc, disable=not ctx.progress, leave=False, dynamic_ncols=True)
+
+
+def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int, hist: list | None = None,
+                rnd: int = 0, use_rim: bool = False) -> FitState:
+    """Levenberg-Marquardt on everything the landmarks (and outlines) see: per-view cameras, the
+    shared focal factor (when refined), and per-subject shape, expression and jaw.
+
+    Cost (the same as the Adam formulation):
+    ``sum_i w_i rho(r_i) / sum_i w_i`` over landmarks (Cauchy rho, by IRLS)
+    ``+ w_rim / w_lmk * mean_k rho(n_k . (u_k - b_k))`` over rim vertices u_k and their nearest
+    head-mask outline points b_k with outline normals n_k (when ``use_rim``; correspondences
+    redone every iteration, see :func:`rim_correspondences`)
+    ``+ (w_shape |shape|^2 + w_exp |exp|^2 + w_pose |jaw / 0.1|^2) / (w_lmk G)``.
+
+    The Jacobian comes from one ``torch.func.jacfwd`` per iteration with *compressed* tangents:
+    a residual of view i depends only on camera i and subject s(i), so one tangent perturbs the
+    same camera parameter in every view (6 tangents for all cameras) and one perturbs the same
+    coefficient in every subject; the dense Jacobian is scattered from them by each row's view.
+    The tangent count is 7 + n_shape + n_exp + 3 whatever N and G are.
+    """
+    c = ctx.cfg
+    st = state.detach()
+    N, G = st.num_views, st.num_subjects
+    S, E = st.shape.shape[1], st.expression.shape[1]
+    P = S + E + 3
+    dev, dt = st.shape.device, st.shape.dtype
+    pw = landmark_point_weights(c.w_contour, static_only, dev)[None] * ctx.view_weights[:, None]  # (N, 68)
+    vs = st.view_subject
+    refine = ctx.refine_focal
+    n_cam = 6 * N + (1 if refine else 0)
+    n_unk = n_cam + G * P
+    lam_s, lam_e, lam_j = (c.w_shape / c.w_lmk / G, c.w_exp / c.w_lmk / G, c.w_pose / c.w_lmk / G / 0.01)
+    prior_diag = torch.cat([torch.full((S,), lam_s), torch.full((E,), lam_e), torch.full((3,), lam_j)]).to(dev, dt)
+    lam_f = c.w_focal / c.w_lmk / 0.01 if refine else 0.0
+    use_rim = use_rim and c.w_rim > 0
+    fmask = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=dt, device=dev)
+    ar = torch.arange(N, device=dev)
+    cam_cols = 6 * ar[:, None] + torch.arange(6, device=dev)[None]         # (N, 6)
+    co_cols = n_cam + vs[:, None] * P + torch.arange(P, device=dev)[None]  # (N, P)
+
+    def coeffs(st_):
+        return torch.cat([st_.shape, st_.expression, st_.pose[:, JAW]], 1)  # (G, P)
+
+    def residuals(x, R_b, t_b, lf_b, co_b, pose_b, sw, rim):
+        """Flat weighted residuals: N*136 landmark rows, then one row per rim pair."""
+        R = axis_angle_to_matrix(x[:3].expand(N, 3)) @ R_b
+        t = t_b + x[3:6]
+        co = co_b + x[7:]
+        pose = torch.cat([pose_b[:, :6], co[:, S + E:], pose_b[:, 9:]], 1)
+        verts, _ = ctx.flame(co[:, :S], co[:, S:S + E], pose)
+        head = axis_angle_to_matrix(pose[:, 0:3]) @ axis_angle_to_matrix(pose[:, 3:6])
+        vv = verts.expand(N, -1, -1) if G == 1 else verts[vs]
+        hv = head.expand(N, 3, 3) if G == 1 else head[vs]
+        lmk = ctx.flame.landmarks(vv, FLIP.to(R) @ R @ hv)
+        K = st.K0 * (1 + (torch.exp(lf_b + x[6]) - 1) * fmask)
+        out = [((project(lmk, K, R, t) - ctx.landmarks) * sw[..., None]).reshape(-1)]
+        if rim is not None:
+            view, vert, tgt, nrm, rw = rim
+            X = vv[view, vert]                                            # (K, 3)
+            xc = (R[view] @ X[..., None])[..., 0] + t[view]
+            uv = xc[:, :2] / xc[:, 2:3] * torch.stack([K[view, 0, 0], K[view, 1, 1]], -1) + K[view, :2, 2]
+            out.append(((uv - tgt) * nrm).sum(-1) * rw)
+        return torch.cat(out)
+
+    def cost_of(r, co, lf):
+        return float((r * r).sum() + (prior_diag * co * co).sum() + lam_f * float(lf) ** 2)
+
+    lam = 1e-3
+    for it in range(iters):
+        x0 = torch.zeros(7 + P, device=dev, dtype=dt)
+        args = (st.R(), st.cam_t, st.log_focal.reshape(()), coeffs(st), st.pose)
+        with torch.no_grad():
+            rim = None
+            if use_rim:
+                rc = rim_correspondences(ctx, st, c.rim_max_px)
+                if rc is not None:
+                    rim = (*rc, torch.ones(len(rc[0]), device=dev, dtype=dt))
+            r_all = residuals(x0, *args, torch.ones_like(pw), rim)
+            r_lmk = r_all[: N * 136].reshape(N, 68, 2)
+            w = pw / (1 + (r_lmk ** 2).sum(-1) / c.lmk_robust_px ** 2)  # IRLS weights of the Cauchy loss
+            sw = (w / pw.sum().clamp_min(1e-8)).sqrt()
+            row_view = ar.repeat_interleave(136)
+            if rim is not None:
+                rr = r_all[N * 136:]
+                wr = 1 / (1 + rr ** 2 / c.rim_robust_px ** 2)
+                rim = (*rim[:4], (wr * c.w_rim / c.w_lmk / len(rr)).sqrt())
+                row_view = torch.cat([row_view, rim[0]])
+        Jc = torch.func.jacfwd(residuals)(x0, *args, sw, rim).detach()  # (rows, 7 + P)
+        with torch.no_grad():
+            r0 = residuals(x0, *args, sw, rim)
+        rows = r0.shape[0]
+        Jf = torch.zeros(rows, n_unk, device=dev, dtype=dt)
+        Jf.scatter_(1, cam_cols[row_view], Jc[:, :6])
+        if refine:
+            Jf[:, 6 * N] = Jc[:, 6]
+        Jf.scatter_(1, co_cols[row_view], Jc[:, 7:])
+        co = coeffs(st)
+        diag_p = torch.zeros(n_unk, device=dev, dtype=dt)
+        grad_p = torch.zeros(n_unk, device=dev, dtype=dt)
+        diag_p[n_cam:] = prior_diag.repeat(G)
+        grad_p[n_cam:] = (prior_diag * co).reshape(-1)
+        if refine:
+            diag_p[6 * N] = lam_f
+            grad_p[6 * N] = lam_f * st.log_focal.reshape(())
+        A = Jf.T @ Jf + torch.diag(diag_p)
+        g = Jf.T @ r0 + grad_p
+        cost0 = cost_of(r0, co, st.log_focal)
+        accepted = False
+        for _try in range(6):
+            dx = -torch.linalg.solve(A + lam * torch.diag(A.diagonal().clamp_min(1e-9)), g)
+            cand = _apply_delta(st, dx, N, G, S, E, n_cam, refine)
+            with torch.no_grad():
+                r1 = residuals(x0, cand.R(), cand.cam_t, cand.log_focal.reshape(()), coeffs(cand), cand.pose, sw, rim)
+            cost1 = cost_of(r1, coeffs(cand), cand.log_focal)
+            if cost1 < cost0:
+                st, accepted = cand, True
+                lam = max(lam / 3, 1e-7)
+                break
+            lam *= 4
+        if hist is not None:
+            hist.append({"round": rnd, "iter": it, "landmark": float((r0[: N * 136] ** 2).sum()),
+                         "rim": float((r0[N * 136:] ** 2).sum()), "lambda": lam})
+        if not accepted or float(dx.abs().max()) < 1e-7:
+            break
+    return st
+
+
+@torch.no_grad()
+def rim_correspondences(ctx: FitContext, st: FitState, max_px: float):
+    """Silhouette correspondences for the current fit (ICP-style, redone every LM iteration).
+
+    Rim vertices (normal perpendicular to the viewing ray, |n . d| < 0.1) of each view are
+    projected; each takes the nearest head-mask boundary point and its outward normal, and
+    pairs farther than ``max_px`` are dropped (internal occluding contours like the nose lie
+    inside the mask, far from its outline). Returns (view (K,), vertex (K,), target (K, 2),
+    normal (K, 2)) or None."""
+    from fitting.render.shading import vertex_normals
+    pts_map, nrm_map, f = ctx.boundary()
+    verts = subject_vertices(ctx, st)
+    vv, _ = view_geometry(ctx, st, verts)
+    n = vertex_normals(vv, ctx.flame.faces)
+    R = st.R()
+    C = -(R.transpose(1, 2) @ st.cam_t[..., None])[..., 0]
+    d = torch.nn.functional.normalize(vv - C[:, None], dim=-1)
+    rim = ((n * d).sum(-1).abs() < 0.1) & (ctx.view_weights[:, None] > 0)
+    uv = project(vv, st.K(), R, st.cam_t)
+    Hs, Ws = pts_map.shape[1:3]
+    ix = (uv[..., 0] * f).floor().long()
+    iy = (uv[..., 1] * f).floor().long()
+    rim &= (ix >= 0) & (ix < Ws) & (iy >= 0) & (iy < Hs)
+    view, vert = torch.nonzero(rim, as_tuple=True)
+    if view.numel() == 0:
+        return None
+    tgt = pts_map[view, iy[view, vert], ix[view, vert]]
+    nrm = nrm_map[view, iy[view, vert], ix[view, vert]]
+    keep = (uv[view, vert] - tgt).norm(dim=-1) < max_px
+    if keep.sum() == 0:
+        return None
+    return view[keep], vert[keep], tgt[keep], nrm[keep]
+
+
+def _apply_delta(st: FitState, dx: torch.Tensor, N, G, S, E, n_cam, refine) -> FitState:
+    out = st.detach()
+    d = dx[: 6 * N].reshape(N, 6)
+    out.cam_rot = matrix_to_rot(axis_angle_to_matrix(d[:, :3]) @ st.R())
+    out.cam_t = st.cam_t + d[:, 3:]
+    if refine:
+        out.log_focal = st.log_focal + dx[6 * N]
+    co = dx[n_cam:].reshape(G, S + E + 3)
+    out.shape = st.shape + co[:, :S]
+    out.expression = st.expression + co[:, S:S + E]
+    out.pose = torch.cat([st.pose[:, :6], st.pose[:, JAW] + co[:, S + E:], st.pose[:, 9:]], 1)
+    return out
+
+
+def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> FitState:
+    """Landmark fit: ``geom_rounds`` rounds of Levenberg-Marquardt (:func:`lm_geometry`) over
+    cameras, focal, shape, expression and jaw; the first ``geom_static_rounds`` use the 51
+    static points, later ones all 68 with the contour down-weighted by ``w_contour``. Then
+    ``geom_iters`` optional Adam iterations on the same loss (0 by default: LM converges).
+    Records go to ``ctx.history['geometry']``."""
+    c = ctx.cfg
+    st = state.detach()
+    hist = ctx.history.setdefault("geometry", [])
+    rounds = _bar(ctx, range(start_round, c.geom_rounds), "geometry")
+    for rnd in rounds:
+        static = rnd < c.geom_static_rounds
+        st = lm_geometry(ctx, st, static, c.geom_lm_iters, hist, rnd, use_rim=not static)
+        if hist:
+            rounds.set_postfix(lmk=f"{hist[-1]['landmark']:.3f}")
+        if ctx.on_iter is not None:
+            ctx.on_iter("geometry", rnd + 1, st)
+    if c.geom_iters > 0:
+        st = _adam_geometry(ctx, st, hist)
+    return st
+
+
+def _adam_geometry(ctx: FitContext, state: FitState, hist: list) -> FitState:
+    c = ctx.cfg
+    st = state.detach()
+    pw = landmark_point_weights(c.w_contour, False, st.shape.device)
+    jaw = st.pose[:, JAW].clone()
+    for p in (st.shape, st.expression, st.cam_rot, st.cam_t, jaw):
+        p.requires_grad_(True)
+    opt = torch.optim.Adam([{"params": [st.shape, st.expression, jaw], "lr": c.geom_lr},
+                            {"params": [st.cam_rot, st.cam_t], "lr": c.geom_lr * 0.01}])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, c.geom_iters, eta_min=c.geom_lr * 0.05)
+    for it in _bar(ctx, range(c.geom_iters), "geometry (adam)"):
+        opt.zero_grad(set_to_none=True)
+        pose = torch.cat([st.pose[:, :6], jaw, st.pose[:, 9:]], 1)
+        _, lmk3d = view_geometry(ctx, st, subject_vertices(ctx, st, pose), pose)
+        l_lmk = robust_landmark_loss(project_landmarks(st, lmk3d), ctx.landmarks, pw, ctx.view_weights,
+                                     c.lmk_robust_px)
+        loss = c.w_lmk * l_lmk + _prior(ctx, st.shape, st.expression, jaw)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if it % 10 == 0:
+            hist.append({"round": "adam", "iter": it, "landmark": float(l_lmk.detach())})
+    st.pose = torch.cat([st.pose[:, :6], jaw.detach(), st.pose[:, 9:]], 1)
+    return st.detach()
+
+
+# -- stage 2: photometric --------------------------------------------------------------------------
+@torch.no_grad()
+def init_appearance(ctx: FitContext, state: FitState) -> FitState:
+    """Free texture map: fill with the mean skin colour of each subject's photos (a good start
+    for Adam, and the colour the map keeps where no view sees the surface)."""
+    st = state.detach()
+    if st.free_texture:
+        m = ctx.skin_mask * ctx.view_weights[:, None, None, None]
+        col = (ctx.images * m).sum((2, 3)) / m.sum((2, 3)).clamp_min(1)  # (N, 3)
+        G = st.num_subjects
+        acc = torch.zeros(G, 3, device=col.device).index_add_(0, st.view_subject, col)
+        cnt = torch.zeros(G, device=col.device).index_add_(0, st.view_subject, torch.ones_like(col[:, 0]))
+        st.tex[:] = (acc / cnt.clamp_min(1)[:, None])[:, :, None, None]
+    return st
+
+
+def stage_photometric(ctx: FitContext, state: FitState, start_iter: int = 0) -> FitState:
+    """Analysis-by-synthesis on every view at once: masked photometric L1 (skin mask of the photo
+    AND coverage of the render), silhouette vs head mask, landmarks, priors; optimises shape,
+    expression, jaw, texture (code or map), SH per view, cameras (small steps) and the focal
+    factor when refined. Losses go to ``ctx.history['photometric']``."""
+    c = ctx.cfg
+    st = state.detach()
+    hist = ctx.history.setdefault("photometric", [])
+    if c.photo_iters <= start_iter:
+        return st
+    jaw = st.pose[:, JAW].clone()
+    leaves = [st.shape, st.expression, jaw, st.tex, st.sh, st.cam_rot, st.cam_t, st.log_focal]
+    for p in leaves:
+        p.requires_grad_(True)
+    groups = [{"params": [st.shape, st.expression, jaw], "lr": c.photo_lr},
+              {"params": [st.tex], "lr": c.tex_lr},
+              {"params": [st.sh], "lr": c.sh_lr},
+              {"params": [st.cam_rot, st.cam_t], "lr": c.photo_cam_lr}]
+    if ctx.refine_focal:
+        groups.append({"params": [st.log_focal], "lr": c.photo_cam_lr})
+    opt = torch.optim.Adam(groups)
+    # cosine decay to 10% over the stage (resumed runs continue the schedule where it stopped)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: 0.1 + 0.45 * (1 + math.cos(math.pi * min(k + start_iter, c.photo_iters) / c.photo_iters)))
+    pw = landmark_point_weights(c.w_contour, False, st.shape.device)
+    bar = _bar(ctx, range(start_iter, c.photo_iters), "photometric")
+    warmup = int(round(c.photo_warmup * c.photo_iters))
+    geo = [st.shape, st.expression, jaw, st.cam_rot, st.cam_t, st.log_focal]
+    for it in bar:
+        opt.zero_grad(set_to_none=True)
+        # appearance first: with texture and light still wrong, geometry would bend to explain them
+        for p in geo:
+            p.requires_grad_(it >= warmup)
+        pose = torch.cat([st.pose[:, :6], jaw, st.pose[:, 9:]], 1)
+        verts = subject_vertices(ctx, st, pose)
+        vv, lmk3d = view_geometry(ctx, st, verts, pose)
+        out = render_views(ctx, st, vv)
+        l_photo = masked_photometric_l1(out.image, ctx.images, ctx.skin_mask, out.alpha, ctx.view_weights)
+        l_sil = silhouette_loss(out.silhouette, ctx.head_mask, ctx.view_weights)
+        l_lmk = robust_landmark_loss(project_landmarks(st, lmk3d), ctx.landmarks, pw, ctx.view_weights,
+                                     c.lmk_robust_px)
+        l_prior = _prior(ctx, st.shape, st.expression, jaw, st.log_focal)
+        if st.free_texture:
+            l_tex = c.w_tex_smooth * texture_smoothness(st.tex)
+        else:
+            l_tex = c.w_tex * gaussian_prior(st.tex)
+        loss = c.w_photo * l_photo + c.w_sil * l_sil + c.w_photo_lmk * l_lmk + l_prior + l_tex
+        loss.backward()
+        opt.step()
+        sched.step()
+        rec = {"iter": it, "photometric": float(l_photo.detach()), "silhouette": float(l_sil.detach()),
+               "landmark": float(l_lmk.detach()),
+               "prior": float(l_prior.detach()), "texture": float(l_tex.detach()), "total": float(loss.detach())}
+        hist.append(rec)
+        bar.set_postfix(photo=f"{rec['photometric']:.4f}", sil=f"{rec['silhouette']:.3f}",
+                        lmk=f"{rec['landmark']:.2f}")
+        if ctx.on_iter is not None and c.checkpoint_every > 0 and (it + 1) % c.checkpoint_every == 0:
+            snap = st.detach()
+            snap.pose = torch.cat([st.pose[:, :6], jaw.detach(), st.pose[:, 9:]], 1)
+            ctx.on_iter("photometric", it + 1, snap)
+    st.pose = torch.cat([st.pose[:, :6], jaw.detach(), st.pose[:, 9:]], 1)
+    return st.detach()
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(ctx: FitContext, state: FitState, render: bool = True) -> dict:
+    """Per-view numbers at fitting resolution: predicted landmarks (N, 68, 2), landmark RMSE
+    (fitting px), photometric L1 and mask IoU (when ``render``), and the RenderOutput."""
+    verts = subject_vertices(ctx, state)
+    vv, lmk3d = view_geometry(ctx, state, verts)
+    pred = project_landmarks(state, lmk3d)
+    out = {"verts": verts, "landmarks": pred, "lmk3d": lmk3d,
+           "landmark_rmse": landmark_rmse(pred, ctx.landmarks)}
+    if render:
+        r = render_views(ctx, state, vv)
+        out["render"] = r
+        out["photometric_l1"] = masked_photometric_l1(r.image, ctx.images, ctx.skin_mask, r.alpha, per_view=True)
+        out["mask_iou"] = mask_iou(r.alpha, ctx.head_mask)
+    return out

@@ -1,0 +1,146 @@
+"""FitState: every optimised variable of a fit, as tensors, plus checkpoints.
+
+One state covers ``N`` views of ``G`` subjects with a view -> subject index, so the same
+stages serve multi-view fitting (G = 1, every view shows the one head) and a batch of
+single images (G = N, one view each).
+
+World frame: FLAME's canonical head frame (metres, y up, +z out of the face); each subject
+sits at the origin of its own copy of it, and the views' extrinsics place the cameras.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fitting.init import rot_to_matrix
+
+__all__ = ["FitState", "save_checkpoint", "load_checkpoint"]
+
+
+@dataclass
+class FitState:
+    """Optimised variables.
+
+    shape: (G, n_shape); expression: (G, n_exp); pose: (G, 15) FLAME pose
+        [global, neck, jaw, left eye, right eye] axis-angle (global stays 0 in multi-view fits:
+        the cameras carry the rigid motion).
+    cam_rot: (N, 3) axis-angle; world-to-camera R = exp(cam_rot) @ diag(1, -1, -1) (0 = a camera
+        on the +z axis facing the head); cam_t: (N, 3) metres.
+    K0: (N, 3, 3) intrinsics at fitting resolution before focal refinement (not optimised).
+    log_focal: (1,) log of the shared focal-length factor (0 = K0 unchanged).
+    tex: (G, n_tex) texture-space code, or (G, 3, Ht, Wt) free UV texture map in [0, 1].
+    sh: (N, 9, 3) SH lighting per view.
+    view_subject: (N,) int64 index of the subject each view shows.
+    """
+
+    shape: torch.Tensor
+    expression: torch.Tensor
+    pose: torch.Tensor
+    cam_rot: torch.Tensor
+    cam_t: torch.Tensor
+    K0: torch.Tensor
+    log_focal: torch.Tensor
+    tex: torch.Tensor
+    sh: torch.Tensor
+    view_subject: torch.Tensor
+
+    @property
+    def num_views(self) -> int:
+        return self.cam_rot.shape[0]
+
+    @property
+    def num_subjects(self) -> int:
+        return self.shape.shape[0]
+
+    @property
+    def free_texture(self) -> bool:
+        return self.tex.dim() == 4
+
+    def R(self) -> torch.Tensor:
+        """(N, 3, 3) world-to-camera rotations (cam_rot is relative to FLIP, see fitting.init)."""
+        return rot_to_matrix(self.cam_rot)
+
+    def K(self) -> torch.Tensor:
+        """(N, 3, 3) intrinsics at fitting resolution with the focal factor applied to fx, fy."""
+        s = torch.exp(self.log_focal).reshape(()) - 1
+        # only fx, skew and fy scale; the principal point stays
+        mask = self.K0.new_tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+        return self.K0 * (1 + s * mask)
+
+    def per_view(self, x: torch.Tensor) -> torch.Tensor:
+        """Expand a per-subject tensor (G, ...) to per-view (N, ...)."""
+        return x[self.view_subject]
+
+    @classmethod
+    def create(cls, num_views: int, view_subject: torch.Tensor, K0: torch.Tensor, n_shape: int, n_exp: int,
+               tex_shape: tuple, cam_rot: torch.Tensor | None = None, cam_t: torch.Tensor | None = None,
+               device=None) -> "FitState":
+        """A zero state: mean shape, neutral expression, ambient white light (sh[0] = 1)."""
+        G = int(view_subject.max()) + 1 if view_subject.numel() else 1
+        dev = device or K0.device
+        sh = torch.zeros(num_views, 9, 3, device=dev)
+        sh[:, 0] = 1.0 / 0.8862269  # DECA's first SH constant folded in: shading ~1 everywhere
+        tex = torch.zeros((G,) + tuple(tex_shape), device=dev)
+        if len(tex_shape) == 3:
+            tex = tex + 0.5
+        return cls(
+            shape=torch.zeros(G, n_shape, device=dev),
+            expression=torch.zeros(G, n_exp, device=dev),
+            pose=torch.zeros(G, 15, device=dev),
+            cam_rot=(cam_rot if cam_rot is not None else torch.zeros(num_views, 3)).to(dev).float().clone(),
+            cam_t=(cam_t if cam_t is not None else torch.tensor([[0.0, 0.0, 1.0]]).repeat(num_views, 1)).to(dev).float().clone(),
+            K0=K0.to(dev).float().clone(),
+            log_focal=torch.zeros(1, device=dev),
+            tex=tex,
+            sh=sh,
+            view_subject=view_subject.to(dev).long().clone(),
+        )
+
+    def tensors(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def detach(self) -> "FitState":
+        """A copy with detached, cloned tensors (stages work on copies)."""
+        return FitState(**{k: v.detach().clone() for k, v in self.tensors().items()})
+
+    def to(self, device) -> "FitState":
+        return FitState(**{k: v.to(device) for k, v in self.tensors().items()})
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(path, state: FitState, config: dict, progress: dict, history: dict | None = None,
+                    extra: dict | None = None) -> None:
+    """torch.save of the state (on CPU) + config + progress ({'stage', 'iter', 'done': [...]}) atomically."""
+    _atomic_torch_save({
+        "state": {k: v.detach().cpu() for k, v in state.tensors().items()},
+        "config": config,
+        "progress": progress,
+        "history": history or {},
+        "extra": extra or {},
+    }, path)
+
+
+def load_checkpoint(path, device=None) -> dict:
+    """Inverse of :func:`save_checkpoint`; ``d['state']`` is a FitState on ``device``."""
+    d = torch.load(path, map_location="cpu", weights_only=False)
+    d["state"] = FitState(**d["state"])
+    if device is not None:
+        d["state"] = d["state"].to(device)
+    return d

@@ -1,0 +1,163 @@
+"""The demo scene: a synthetic multi-view capture of the stand-in head with ground truth.
+
+:func:`make_scene` renders a random head (shape, expression, jaw, texture code; SH light per
+view) from ``n_views`` cameras on a +-yaw arc with some pitch, known K, over a textured
+background, and writes a normal scene folder, so the fit runs through the normal pipeline:
+
+    images/view_XX.png, landmarks.json, masks/head/, masks/skin/, cameras.json, manifest.json
+
+plus ``ground_truth.npz`` (parameters, K, R, t, vertices, noise-free landmarks).
+Landmarks are the projected model landmarks (contour by each view's yaw) + N(0, sigma) px, in
+original pixels with pixel centres at +0.5; the head mask is the render's coverage, the skin
+mask the covered pixels inside the landmark hull minus eyes and inner mouth (what the
+preprocessing's skin mask means). ``faceless`` views show the background only and are
+recorded as failed detections, as process_data would.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from fitting.export import write_json, write_png
+from fitting.init import FLIP
+
+__all__ = ["make_scene", "textured_background", "skin_mask_from_landmarks"]
+
+
+def textured_background(H: int, W: int, rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) float in [0, 1]: smooth colour gradients plus sinusoid stripes and fine noise."""
+    y, x = np.mgrid[0:H, 0:W].astype(np.float64)
+    x, y = x / W, y / H
+    img = np.zeros((H, W, 3))
+    for c in range(3):
+        img[..., c] = 0.35 + 0.15 * rng.uniform(-1, 1) * x + 0.15 * rng.uniform(-1, 1) * y
+        for _ in range(4):
+            k = rng.uniform(3, 25, size=2)
+            img[..., c] += 0.06 * np.sin(2 * np.pi * (k[0] * x + k[1] * y) + rng.uniform(0, 2 * np.pi))
+    noise = cv2.GaussianBlur(rng.normal(0, 0.08, (H, W, 3)), (0, 0), 1.5)
+    return np.clip(img + noise, 0, 1)
+
+
+def skin_mask_from_landmarks(coverage: np.ndarray, lmk: np.ndarray) -> np.ndarray:
+    """coverage: (H, W) bool render coverage; lmk: (68, 2) pixels (+0.5 convention) -> (H, W) uint8.
+
+    Inside the convex hull of the 68 points (raised above the brows), minus the eye and inner
+    mouth polygons, and only where the head covers the pixel."""
+    H, W = coverage.shape
+    m = np.zeros((H, W), np.uint8)
+    pts = lmk.astype(np.float64) - 0.5  # OpenCV drawing puts pixel centres at integers
+    brow_lift = pts[17:27].copy()
+    eye_c = pts[36:48].mean(0)
+    brow_lift[:, 1] -= 0.4 * np.abs(eye_c[1] - pts[8, 1]) * 0.35
+    hull = cv2.convexHull(np.concatenate([pts[:17], brow_lift]).astype(np.float32))
+    cv2.fillConvexPoly(m, np.round(hull).astype(np.int32), 255)
+    for poly in (pts[36:42], pts[42:48], pts[60:68]):
+        cv2.fillPoly(m, [np.round(poly).astype(np.int32)], 0)
+    return np.where(coverage, m, 0).astype(np.uint8)
+
+
+def _sh_random(n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 9, 3) plausible lighting: ambient ~1 plus a random directional part, mildly coloured."""
+    sh = np.zeros((n, 9, 3))
+    sh[:, 0] = (1.0 / 0.8862269) * rng.uniform(0.85, 1.05, (n, 1)) * np.array([1.0, 0.97, 0.93])
+    d = rng.normal(0, 1, (n, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    d[:, 2] = np.abs(d[:, 2])  # light from the front half
+    sh[:, 1:4] = 0.35 * d[:, :, None]
+    sh[:, 4:] = rng.normal(0, 0.05, (n, 5, 1))
+    return sh.astype(np.float32)
+
+
+@torch.no_grad()
+def make_scene(out_dir, model_path, n_views: int = 12, width: int = 384, height: int = 384, fov_deg: float = 20.0,
+               distance: float = 1.0, yaw_deg: float = 60.0, pitch_deg: float = 10.0, noise_px: float = 1.0,
+               shape_std: float = 1.0, exp_std: float = 0.5, faceless_views: int = 0, seed: int = 0,
+               n_shape: int = 100, n_exp: int = 50, landmark_embedding=None) -> Path:
+    """Write a synthetic scene folder with ground truth; returns ``out_dir``.
+
+    Cameras: yaw evenly on [-yaw_deg, yaw_deg]; pitch = pitch_deg * cos(3 pi i / (n - 1));
+    each looks at a point jittered by a few mm around the head centre from ``distance``
+    metres. ``faceless_views`` views (spread over the arc) show the background only.
+    """
+    from fitting.flame import FLAME, find_texture_space, load_texture_space
+    from fitting.render import MeshRenderer, RasterSettings, intrinsics_from_fov, look_at, project_points
+
+    if n_views < 2:
+        raise ValueError(f"a multi-view demo needs n_views >= 2, got {n_views}")
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    flame = FLAME(model_path, landmark_embedding, n_shape=n_shape, n_exp=n_exp)
+    tex_path = find_texture_space(model_path)
+    texspace = load_texture_space(tex_path) if tex_path is not None else None
+
+    shape = torch.tensor(rng.normal(0, shape_std, (1, n_shape)), dtype=torch.float32)
+    expr = torch.tensor(rng.normal(0, exp_std, (1, n_exp)), dtype=torch.float32)
+    pose = torch.zeros(1, 15)
+    pose[0, 6] = float(rng.uniform(0.03, 0.12))  # jaw slightly open
+    verts, _ = flame(shape, expr, pose)
+
+    i = np.arange(n_views)
+    yaw = np.radians(np.linspace(-yaw_deg, yaw_deg, n_views))
+    pitch = np.radians(pitch_deg) * np.cos(3 * np.pi * i / max(n_views - 1, 1))
+    eye = distance * np.stack([np.cos(pitch) * np.sin(yaw), np.sin(pitch), np.cos(pitch) * np.cos(yaw)], -1)
+    target = rng.normal(0, 0.005, (n_views, 3)) + np.array([0.0, 0.01, 0.0])
+    R, t = look_at(torch.tensor(eye, dtype=torch.float32), torch.tensor(target, dtype=torch.float32))
+    K = intrinsics_from_fov(fov_deg, width, height, n_views)
+    sh = torch.tensor(_sh_random(n_views, rng))
+
+    vv = verts.expand(n_views, -1, -1)
+    head_rot = torch.eye(3).expand(n_views, 3, 3)
+    lmk3d = flame.landmarks(vv, FLIP @ R @ head_rot)
+    lmk2d, _ = project_points(lmk3d, K, R, t)
+
+    if texspace is not None:
+        code = torch.tensor(rng.normal(0, 1, (1, texspace.n_tex)), dtype=torch.float32)
+        texture = texspace(code)
+        vt, ft = texspace.verts_uvs, texspace.faces_uvs
+    else:
+        code = torch.zeros(1, 0)
+        texture, vt, ft = None, flame.verts_uvs, flame.faces_uvs
+    renderer = MeshRenderer(flame.faces, vt, ft, RasterSettings((height, width)))
+    r = renderer(vv, K, R, t, texture=texture, sh=sh,
+                 vertex_colors=None if texture is not None else torch.full_like(vv, 0.7))
+
+    faceless = set()
+    if faceless_views > 0:
+        faceless = set(np.linspace(1, n_views - 2, faceless_views).round().astype(int).tolist())
+    names = [f"view_{k:02d}.png" for k in range(n_views)]
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    landmarks, failed, views = {}, {}, {}
+    noisy = lmk2d.numpy() + rng.normal(0, noise_px, lmk2d.shape)
+    for k, n in enumerate(names):  # writing files is per view by nature
+        bg = textured_background(height, width, rng)
+        a = r.silhouette[k, 0].numpy()[..., None]
+        img = bg if k in faceless else a * r.image[k].permute(1, 2, 0).numpy().clip(0, 1) + (1 - a) * bg
+        write_png(out / "images" / n, img)
+        views[n] = {"size": [width, height]}
+        if k in faceless:
+            landmarks[n] = {"points": None, "box": None, "score": 0.0, "detector": "synthetic"}
+            failed[n] = {"stage": "landmarks", "reason": "no face detected"}
+            continue
+        pts = noisy[k]
+        landmarks[n] = {"points": pts.tolist(), "box": [*pts.min(0).tolist(), *pts.max(0).tolist()],
+                        "score": 1.0, "detector": "synthetic"}
+        cov = r.alpha[k, 0].numpy() > 0.5
+        write_png(out / "masks" / "head" / f"{Path(n).stem}.png", (cov * 255).astype(np.uint8))
+        write_png(out / "masks" / "skin" / f"{Path(n).stem}.png", skin_mask_from_landmarks(cov, lmk2d[k].numpy()))
+
+    write_json(out / "landmarks.json", landmarks)
+    write_json(out / "cameras.json", {
+        "K": K[0].tolist(), "width": width, "height": height, "model": "PINHOLE", "distortion": [],
+        "source": "known", "registered": [], "sfm_poses": {}})
+    write_json(out / "manifest.json", {
+        "version": 1, "scene": str(out.resolve()), "images_dir": "images", "views": views, "failed": failed,
+        "skipped_files": {}, "warnings": [],
+        "stages": {"synthetic": {"tool": "fitting.synthetic_scene", "model": str(model_path), "seed": seed}}})
+    np.savez(out / "ground_truth.npz", shape=shape.numpy(), expression=expr.numpy(), pose=pose.numpy(),
+             tex=code.numpy(), sh=sh.numpy(), K=K.numpy(), R=R.numpy(), t=t.numpy(), names=np.array(names),
+             vertices=verts[0].numpy(), landmarks=lmk2d.numpy(), faceless=np.array(sorted(faceless), dtype=np.int64),
+             noise_px=np.float32(noise_px))
+    return out

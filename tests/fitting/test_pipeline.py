@@ -1,0 +1,158 @@
+"""The whole fit on synthetic scenes with ground truth (the demo at reduced size), a faceless
+view, resume from a checkpoint, and the real multi-view sample (slow)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fitting.config import parse_config
+from fitting.export import read_colmap_text, read_params, read_transforms
+from fitting.meshio import load_obj
+from fitting.pipeline import fit_scene
+
+REPO = Path(__file__).resolve().parents[2]
+
+REPORT_VIEW_KEYS = {"name", "used", "reason_if_unused", "landmark_rmse_px", "photometric_l1", "mask_iou", "K", "R", "t"}
+GT_KEYS = {"rotation_error_deg_mean", "rotation_error_deg_max", "camera_center_error_mm_mean",
+           "vertex_error_mm_mean", "landmark_rmse_px"}
+
+
+@pytest.fixture(scope="module")
+def demo_fit(tmp_path_factory):
+    """6 views + 1 faceless on the +-60 deg arc at 192 px, fitted at 96 px."""
+    root = tmp_path_factory.mktemp("demo")
+    cfg = parse_config([
+        "--demo", "true", "--scene_dir", str(root / "scene"), "--savefolder", str(root / "out"),
+        "--scene_name", "demo", "--standin_dir", str(root / "standin"), "--demo_views", "7",
+        "--demo_faceless_views", "1", "--demo_width", "192", "--demo_height", "192", "--image_size", "96",
+        "--geom_lm_iters", "8", "--photo_iters", "4", "--progress", "false", "--n_shape", "40", "--n_exp", "20",
+        "--tex_res", "64"])
+    report = fit_scene(cfg)
+    return cfg, report, root / "out" / "demo"
+
+
+@pytest.mark.slow  # shares the ~20 s reduced-demo fit
+def test_demo_ground_truth(demo_fit):
+    _, report, out = demo_fit
+    gt = report["ground_truth"]
+    assert set(gt) == GT_KEYS
+    # reduced demo (6 views, 96 px, few iterations): looser than the full demo's targets
+    assert gt["landmark_rmse_px"] < 1.5
+    assert gt["rotation_error_deg_mean"] < 1.5
+    assert gt["camera_center_error_mm_mean"] < 30
+    assert gt["vertex_error_mm_mean"] < 6
+    assert set(report) >= {"scene", "num_views", "device", "views", "timing_s", "ground_truth"}
+    assert set(report["timing_s"]) == {"preprocess", "init", "geometry", "photometric", "total"}
+    for v in report["views"]:
+        assert set(v) == REPORT_VIEW_KEYS
+    for f in ("params.npz", "mesh.obj", "mesh.mtl", "texture.png", "transforms.json", "colmap/cameras.txt",
+              "colmap/images.txt", "colmap/points3D.txt", "contact_sheet.png", "losses.png", "report.json"):
+        assert (out / f).is_file(), f
+
+
+@pytest.mark.slow  # shares the ~20 s reduced-demo fit
+def test_faceless_view_is_left_out_and_named(demo_fit):
+    _, report, out = demo_fit
+    unused = [v for v in report["views"] if not v["used"]]
+    assert len(unused) == 1 and "face" in unused[0]["reason_if_unused"]
+    assert report["num_views"] == 6
+    assert all(v["landmark_rmse_px"] < 3 for v in report["views"] if v["used"])
+    assert len(list((out / "overlays").glob("*.png"))) == 6
+
+
+@pytest.mark.slow  # shares the ~20 s reduced-demo fit
+def test_exports_agree_with_params(demo_fit):
+    """transforms.json, the COLMAP model and params.npz hold the same cameras; a mesh vertex
+    projects to the same pixel through each (1e-3 px)."""
+    _, report, out = demo_fit
+    p = read_params(out / "params.npz")
+    Kt, Rt, tt, st, paths, d = read_transforms(out / "transforms.json")
+    Kc, Rc, tc, sc, names, pts = read_colmap_text(out / "colmap")
+    assert list(p["names"]) == names and len(paths) == len(names)
+    assert (out / paths[0]).resolve().is_file() and (out / d["mesh_path"]).is_file()
+    verts, *_ = load_obj(out / "mesh.obj")
+    np.testing.assert_allclose(pts, verts, atol=1e-6)
+    X = verts[:50]
+
+    def proj(K, R, t):
+        x = X @ R.T + t
+        return x[:, :2] / x[:, 2:] * np.array([K[0, 0], K[1, 1]]) + K[:2, 2]
+    for i in range(len(names)):
+        ours = proj(p["K"][i], p["R"][i], p["t"][i])
+        np.testing.assert_allclose(proj(Kt[i], Rt[i], tt[i]), ours, atol=1e-3)
+        np.testing.assert_allclose(proj(Kc[i], Rc[i], tc[i]), ours, atol=1e-3)
+    rep = {v["name"]: v for v in report["views"] if v["used"]}
+    np.testing.assert_allclose(np.asarray(rep[names[0]]["K"]), p["K"][0], atol=1e-4)
+
+
+@pytest.mark.slow  # shares the ~20 s reduced-demo fit
+def test_resume_skips_finished_stages(demo_fit, tmp_path):
+    cfg, report, out = demo_fit
+    cfg2 = parse_config(["--scene_dir", cfg.scene_dir, "--savefolder", cfg.savefolder, "--scene_name", "demo",
+                         "--standin_dir", cfg.standin_dir, "--image_size", "96", "--progress", "false",
+                         "--n_shape", "40", "--n_exp", "20", "--tex_res", "64", "--photo_iters", "6",
+                         "--resume", "true", "--write_images", "false"])
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ck["progress"]["done"] == ["init", "geometry", "photometric"]
+    # pretend the photometric stage stopped after 2 iterations: resume must run 4 more only
+    ck["progress"] = {"done": ["init", "geometry"], "stage": "photometric", "pos": 2}
+    ck["history"]["photometric"] = ck["history"]["photometric"][:2]
+    torch.save(ck, out / "checkpoint.pt")
+    rep2 = fit_scene(cfg2)
+    ck2 = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert [h["iter"] for h in ck2["history"]["photometric"]] == list(range(6))
+    assert rep2["timing_s"]["geometry"] == pytest.approx(report["timing_s"]["geometry"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_real_multiview_sample(shared_data, tmp_path):
+    """8 real views, stand-in on the FLAME template: all views used, RMSE <= 4 px at 520x696."""
+    scene = shared_data / "multiview_sample"
+    topo = shared_data / "flame_topology"
+    cfg = parse_config([
+        "--config", str(REPO / "configs" / "scene.txt"),
+        "--scene_dir", str(scene), "--savefolder", str(tmp_path), "--preprocess_dir", str(tmp_path / "prep"),
+        "--standin_template", str(topo / "head_template_mesh.obj"),
+        "--standin_embedding", str(topo / "landmark_embedding.npy"), "--standin_dir", str(tmp_path / "standin"),
+        "--image_size", "128", "--photo_iters", "5", "--progress", "false"])
+    report = fit_scene(cfg)
+    assert report["num_views"] == 8 and all(v["used"] for v in report["views"])
+    rmse = [v["landmark_rmse_px"] for v in report["views"]]
+    assert np.mean(rmse) <= 4.0, rmse
+    out = tmp_path / "multiview_sample"
+    for f in ("report.json", "params.npz", "mesh.obj", "transforms.json", "colmap/images.txt"):
+        assert (out / f).is_file()
+    det = json.loads((out / "fit_details.json").read_text())
+    assert det["focal"]["refined"]
+    assert not any(p.name in ("landmarks.json", "masks") for p in scene.iterdir())  # read-only scene untouched
+
+
+@pytest.mark.slow  # shares the ~20 s reduced-demo fit
+def test_stages_with_one_subject_per_view(demo_fit):
+    """The single-image batch layout (G = N, one view each) runs through the same init and LM
+    stage: every view's landmarks fit, and each subject gets its own shape."""
+    from fitting.pipeline import load_model
+    from fitting.scene import load_scene
+    from fitting.stages import FitContext, evaluate, initialize, stage_geometry
+    from fitting.state import FitState
+
+    import argparse
+    cfg, _, _ = demo_fit
+    cfg = argparse.Namespace(**{**vars(cfg), "geom_lm_iters": 5})
+    flame, tex, _ = load_model(cfg, "cpu")
+    sc = load_scene(cfg.scene_dir, 96)
+    N = 3  # three views, each its own subject
+    st = FitState.create(N, torch.arange(N), sc.K[:N], cfg.n_shape, cfg.n_exp, (tex.n_tex,))
+    ctx = FitContext(flame, sc.images[:N], sc.landmarks[:N], sc.skin_mask[:N], sc.head_mask[:N], torch.ones(N),
+                     cfg, tex, progress=False)
+    st, info = initialize(ctx, st)
+    assert all(s == "pnp" for s in info["source"])
+    st = stage_geometry(ctx, st)
+    ev = evaluate(ctx, st, render=False)
+    assert st.shape.shape == (N, cfg.n_shape)
+    assert float(ev["landmark_rmse"].max()) < 1.0  # fitting pixels (96 px images, 0.5 px noise)
+    assert float((st.shape[0] - st.shape[1]).abs().max()) > 0  # subjects are independent
