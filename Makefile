@@ -16,7 +16,7 @@ $(STAMP): requirements.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m fitting.flame synthetic
+	$(PY) run_fitting.py --config configs/demo.txt
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -338,7 +338,8 @@ def _orthogonalise(cands: list[np.ndarray], n: int, against: np.ndarray | None =
 
 
 def _bases(anc: _Anchors, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Shape (V, 3, 300) and expression (V, 3, 100) bases, all 400 mutually orthogonal."""
+    """Shape (V, 3, 300) and expression (V, 3, 100) bases, all 400 mutually orthogonal and
+    orthogonal to the similarity transforms of the template."""
     v = anc.v
     V = len(v)
     face = anc.gauss(anc.nose, 1.3) * anc.front
@@ -398,9 +399,16 @@ def _bases(anc: _Anchors, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         for deg in range(4):
             for a in range(deg + 1):
                 local_exp += [along(g * u ** a * w ** (deg - a), ax) for ax in range(3)]
+    # No component may mimic a similarity transform of the whole head (translation, rotation,
+    # uniform scale): those belong to the pose and the cameras. With them in the bases, a
+    # fit could trade head scale against camera distance, and only the prior would decide.
+    c = 0.5 * (v.min(0) + v.max(0))
+    similarity = [along(np.ones(V), a) for a in range(3)] + [np.cross(np.eye(3)[a], v - c) for a in range(3)] + [v - c]
+    gauge = np.stack([f.ravel() for f in similarity], -1).reshape(V, 3, -1)
     # Expression first, so its local fields stay local; shape is orthogonalised against it.
-    exp = _orthogonalise([follow_sockets(f) for f in semantic_exp + local_exp], N_EXP)
-    shape = _orthogonalise([follow_sockets(f) for f in semantic_shape + generic_shape], N_SHAPE, against=exp)
+    exp = _orthogonalise([follow_sockets(f) for f in semantic_exp + local_exp], N_EXP, against=gauge)
+    shape = _orthogonalise([follow_sockets(f) for f in semantic_shape + generic_shape], N_SHAPE,
+                           against=np.concatenate([gauge, exp], -1))
     # Scale by the largest vertex displacement (local fields have small rms but large peaks),
     # so that N(0, 1) coefficients give plausible variation decaying with the index, as a PCA
     # spectrum does: 8 mm for the first identity component, 6 mm for the first expression.
