@@ -1,0 +1,95 @@
+"""Options of ``single_view/fit.py``: the shared definitions of fitting/config.py (same names,
+same config-file syntax as run_fitting.py) plus the single-image ones, with defaults that suit
+one photo per subject.
+
+Defaults that differ from run_fitting.py, and why:
+
+* ``refine_focal = never``: one photo cannot tell focal length from distance; the field of
+  view is a choice (``--fov``), documented in docs/SINGLE_VIEW.md.
+* ``w_sil = 0``: the silhouette term compares the render with a head mask that includes hair;
+  with one view nothing else constrains the back of the head, so it would inflate the skull
+  into the hair. The head mask is then not needed and not computed (it costs a GrabCut).
+  ``w_rim = 0`` for the same reason (the outline term matches the head mask's outline).
+* ``geom_static_rounds = 1, geom_rounds = 3``: stage 1 (rigid PnP, then one LM round on the 51
+  static landmarks), stage 2 (two LM rounds on all 68 with shape and expression; the yaw-
+  dependent contour converges more slowly, FFHQ 00001: NME 0.038 after one round of 5, 0.022
+  after two).
+* ``geom_lm_iters = 5``: LM on one photo's landmarks converges in ~5 steps (measured on
+  FFHQ), and each step's Jacobian is the costliest part of the geometry stage.
+* ``photo_iters = 40``: the masked L1 falls by > 50 % within ~20 iterations on FFHQ; every
+  iteration renders the whole batch.
+* ``w_photo_lmk = 1.0``: with one view the photometric term (against a texture space that
+  cannot reproduce every face) would otherwise drag the landmarks (NME 0.022 -> 0.036 on
+  FFHQ 00001 after 80 iterations at 0.2).
+* ``checkpoint_every = 10``: single-image fits write no checkpoints; this is how often the
+  per-photo losses for losses.png are recorded.
+* ``savefolder = output/single_view``.
+"""
+from __future__ import annotations
+
+import argparse
+
+import configargparse
+
+from fitting.config import _bool, build_parser
+from single_view.camera import CAMERA_MODELS, DEFAULT_FOV_DEG
+
+__all__ = ["build_single_view_parser", "parse_single_view", "SINGLE_VIEW_DEFAULTS"]
+
+SINGLE_VIEW_DEFAULTS = dict(
+    savefolder="output/single_view",
+    refine_focal="never",
+    w_sil=0.0,
+    w_rim=0.0,
+    geom_rounds=3,
+    geom_static_rounds=1,
+    geom_lm_iters=5,
+    photo_iters=40,
+    w_photo_lmk=1.0,
+    checkpoint_every=10,
+)
+
+
+def build_single_view_parser() -> configargparse.ArgumentParser:
+    """fitting.config.build_parser() + the single-image options and defaults."""
+    p = build_parser("Single-image FLAME fitting (a folder is fitted as one batch, one subject per image).")
+    p.add_argument("input", help="an image (jpg/png) or a folder of images")
+    g = p.add_argument_group("single image")
+    g.add_argument("--landmarks", type=str, default="",
+                   help="68x2 landmarks .npy overriding detection (pixel-index convention, e.g. face-alignment / "
+                        "dlib; 0.5 is added). For a folder: a pattern with {stem} (e.g. "
+                        "'DIR/{stem}_landmarks68.npy') or a folder holding <stem>_landmarks68.npy or <stem>.npy")
+    g.add_argument("--mask", type=str, default="",
+                   help="face-skin mask image (255 = skin) overriding process_data's; for a folder a {stem} "
+                        "pattern or a folder holding <stem>_skinmask.png or <stem>.png")
+    g.add_argument("--head_mask", type=str, default="",
+                   help="head mask image (face, ears, hair) overriding process_data's, used by --w_sil / --w_rim; "
+                        "for a folder a {stem} pattern or a folder holding <stem>_headmask.png")
+    g.add_argument("--camera", type=str, default="perspective", choices=list(CAMERA_MODELS),
+                   help="perspective pinhole with --fov, or weak_perspective (DECA / photometric_optimization)")
+    g.add_argument("--fov", type=float, default=DEFAULT_FOV_DEG,
+                   help="horizontal field of view of the perspective camera (degrees)")
+    g.add_argument("--exclude", type=str, default="*_skinmask.*,*_mask.*,*_headmask.*,*_landmarks*",
+                   help="comma-separated glob patterns of files in the folder that are not photos")
+    g.add_argument("--write_mesh", type=_bool, default=True, help="write mesh.obj + texture per image")
+    p.set_defaults(**SINGLE_VIEW_DEFAULTS)
+    return p
+
+
+def validate_single_view(cfg: argparse.Namespace) -> None:
+    for k in ("n_shape", "n_exp", "image_size"):
+        if getattr(cfg, k) <= 0:
+            raise ValueError(f"--{k} must be positive, got {getattr(cfg, k)}")
+    for k in ("geom_iters", "photo_iters", "geom_lm_iters", "geom_rounds"):
+        if getattr(cfg, k) < 0:
+            raise ValueError(f"--{k} must be >= 0, got {getattr(cfg, k)}")
+    if cfg.refine_focal == "always":
+        raise ValueError("--refine_focal always is not available for single images: one photo cannot separate "
+                         "focal length from distance; set --fov instead")
+
+
+def parse_single_view(argv=None) -> argparse.Namespace:
+    """Parse ``argv`` (default sys.argv[1:]) and validate."""
+    cfg = build_single_view_parser().parse_args(argv)
+    validate_single_view(cfg)
+    return cfg
