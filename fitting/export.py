@@ -27,7 +27,8 @@ import cv2
 import numpy as np
 import torch
 
-from fitting.meshio import atomic_write_bytes, save_obj
+from fitting.atomic import atomic_write_bytes
+from fitting.meshio import save_obj
 from fitting.rotations import matrix_to_quaternion
 
 __all__ = ["write_json", "write_png", "write_params", "read_params", "write_mesh", "write_transforms",

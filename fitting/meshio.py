@@ -1,33 +1,16 @@
 """Wavefront OBJ reading and writing (positions, triangles, UVs, one texture material).
 
-Files are written atomically (temp file in the same folder, then ``os.replace``) so an
-interrupted run never leaves a half-written mesh where a good one was.
+Files are written atomically (:mod:`fitting.atomic`) so an interrupted run never leaves a
+half-written mesh where a good one was.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from fitting.atomic import atomic_write_bytes
 
 
 def load_obj(path: str | os.PathLike):

@@ -10,13 +10,12 @@ sits at the origin of its own copy of it, and the views' extrinsics place the ca
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from fitting.atomic import atomic_path
 from fitting.init import rot_to_matrix
 
 __all__ = ["FitState", "save_checkpoint", "load_checkpoint"]
@@ -113,16 +112,8 @@ class FitState:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_checkpoint(path, state: FitState, config: dict, progress: dict, history: dict | None = None,

@@ -1,47 +1,14 @@
 """Scene files: listing and safely reading images, atomic writes of every output."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 
+from fitting.atomic import atomic_write_bytes, atomic_write_json, atomic_write_png  # noqa: F401 (re-exported)
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-
-
-def atomic_write_bytes(path, data: bytes) -> Path:
-    """Write ``data`` to a temp file in the target folder, then ``os.replace`` it into place,
-    so a reader never sees a half-written file (and an interrupted run leaves the old one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_json(path, obj) -> Path:
-    return atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
-
-
-def atomic_write_png(path, image: np.ndarray) -> Path:
-    """image: (H, W) uint8 or (H, W, 3) uint8 RGB."""
-    if image.ndim == 3:
-        image = image[:, :, ::-1]
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image))
-    if not ok:
-        raise RuntimeError(f"could not encode {path} as PNG")
-    return atomic_write_bytes(path, buf.tobytes())
 
 
 def list_images(images_dir) -> tuple[list[str], dict[str, str]]:

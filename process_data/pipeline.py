@@ -15,7 +15,6 @@ import numpy as np
 from tqdm import tqdm
 
 from . import files, manifest as mf
-from .manifest import ImageTransform
 
 log = logging.getLogger("process_data")
 

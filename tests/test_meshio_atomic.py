@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from fitting.meshio import atomic_write_bytes, load_obj, save_obj
+from fitting.atomic import atomic_write_bytes, atomic_write_json
+from fitting.meshio import load_obj, save_obj
 
 
 def test_obj_round_trip_with_uvs_and_material(tmp_path):
@@ -45,10 +46,16 @@ def test_bad_obj_files(tmp_path):
 def test_atomic_write_leaves_no_partial_file(tmp_path):
     target = tmp_path / "out.bin"
     atomic_write_bytes(target, b"first")
-
-
     with pytest.raises(TypeError):
         atomic_write_bytes(target, object())  # fails mid-write
     assert target.read_bytes() == b"first"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]  # temp file cleaned up
     assert (target.stat().st_mode & 0o777) != 0o600
+
+
+def test_atomic_json_overwrites_in_place(tmp_path):
+    target = tmp_path / "a" / "r.json"
+    atomic_write_json(target, {"x": 1})
+    atomic_write_json(target, {"x": 2})
+    assert target.read_text() == '{\n "x": 2\n}\n'
+    assert sorted(p.name for p in target.parent.iterdir()) == ["r.json"]
