@@ -32,7 +32,7 @@ from fitting.stages import FitContext, evaluate, init_appearance, initialize, st
 from fitting.state import FitState
 from single_view.camera import fitting_intrinsics
 from single_view.inputs import list_inputs, prepare_batch
-from single_view.landmark_model import landmark_submodel
+from fitting.flame import landmark_submodel
 
 __all__ = ["fit_images", "PerImageRecorder"]
 

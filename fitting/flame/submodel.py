@@ -10,13 +10,13 @@ Skinning needs the joints, which FLAME regresses from *all* shaped vertices. Bot
 in the coefficients, so the joints are appended as J extra "vertices" whose template and
 blendshapes are the regressed ones (``J_regressor @ v_template`` and ``J_regressor @
 shapedirs``), and the new regressor picks them out exactly. Those extra vertices come last
-and no face uses them. (A candidate for fitting/flame: ``FLAME.landmark_submodel()``.)
+and no face uses them.
 """
 from __future__ import annotations
 
 import torch
 
-from fitting.flame import FLAME
+from .model import FLAME
 
 __all__ = ["landmark_submodel"]
 
