@@ -120,10 +120,13 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
     g.add_argument("--w_contour", type=float, default=0.3, help="per-point weight of the 17 contour landmarks")
     g.add_argument("--lmk_robust_px", type=float, default=3.0, help="Geman-McClure/Huber-like scale of the landmark loss (pixels)")
     g.add_argument("--w_rim", type=float, default=0.0,
-                   help="geometry stage, experimental: outline term, rim vertices vs the head-mask boundary "
-                        "(0 = off; measured on the demo it biased the fit, and real masks include hair)")
+                   help="geometry stage: outline term, silhouette-edge vertices vs the head-mask boundary; fixes the "
+                        "head's size and its unseen back (0 = off, the default: real masks include hair; the demo uses 1)")
     g.add_argument("--rim_max_px", type=float, default=4.0, help="drop rim pairs farther apart than this (fitting pixels)")
     g.add_argument("--rim_robust_px", type=float, default=1.0, help="Cauchy scale of the outline term (fitting pixels)")
+    g.add_argument("--rim_occlusion_rel", type=float, default=0.005,
+                   help="outline term: a rim vertex counts as hidden when the surface in front of it is closer "
+                        "by more than this fraction of its depth")
     g.add_argument("--w_photo", type=float, default=2.0, help="photometric L1 inside the skin mask")
     g.add_argument("--w_sil", type=float, default=1.0, help="silhouette vs head mask")
     g.add_argument("--w_photo_lmk", type=float, default=1.0, help="landmark weight during the photometric stage")

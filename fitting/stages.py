@@ -58,6 +58,7 @@ class FitContext:
     progress: bool = True
     _renderer: torch.nn.Module | None = None
     _boundary: tuple | None = None
+    _edges: tuple | None = None
 
     @property
     def size(self) -> tuple:
@@ -92,16 +93,58 @@ class FitContext:
                 order = np.zeros(lab.max() + 1, np.int64)
                 order[1:len(ys) + 1] = np.arange(len(ys))
                 k = order[lab]
-                pts.append(np.stack([(xs[k] + 0.5) / f, (ys[k] + 0.5) / f], -1))
                 sm = cv2.GaussianBlur(up, (0, 0), 1.5 * f)
                 gx, gy = cv2.Sobel(sm, cv2.CV_32F, 1, 0), cv2.Sobel(sm, cv2.CV_32F, 0, 1)
                 g = -np.stack([gx, gy], -1)  # outward: the mask decreases
                 g /= np.linalg.norm(g, axis=-1, keepdims=True) + 1e-12
-                nrm.append(g[ys[k], xs[k]])
+                n_k = g[ys[k], xs[k]]
+                # Edge pixels are the innermost *inside* pixels; the outline (the 0.5 level of the
+                # mask, whose fractional values at a downsampled outline carry sub-pixel position)
+                # lies between an edge pixel and the point one fine pixel further out along the
+                # normal: interpolate the crossing there (a plain grid point is up to a pixel off,
+                # ~0.3 % of head scale at 128 px).
+                ex, ey = xs[k].astype(np.float32), ys[k].astype(np.float32)
+                v_in = up[ey.astype(np.int64), ex.astype(np.int64)]
+                v_out = cv2.remap(up, (ex + n_k[..., 0]).astype(np.float32), (ey + n_k[..., 1]).astype(np.float32),
+                                  cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                step = np.clip((v_in - 0.5) / np.maximum(v_in - v_out, 1e-3), 0.0, 1.0)
+                pts.append(np.stack([ex + 0.5, ey + 0.5], -1) / f + (step / f)[..., None] * n_k)
+                nrm.append(n_k)
             dev = self.images.device
             self._boundary = (torch.tensor(np.stack(pts), dtype=torch.float32, device=dev),
                               torch.tensor(np.stack(nrm), dtype=torch.float32, device=dev), f)
         return self._boundary
+
+    def edges(self):
+        """Interior mesh edges with their two faces, and the vertices near the border, computed once:
+        (vertices (E, 2), faces (E, 2), near_border (V,) bool). Border edges (one face, e.g. the
+        neck opening) are left out."""
+        if self._edges is None:
+            faces = self.flame.faces.long()
+            V = int(faces.max()) + 1
+            e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(1).values  # (3F, 2)
+            fid = torch.arange(len(faces), device=faces.device).repeat(3)
+            key = e[:, 0] * V + e[:, 1]
+            key, order = key.sort()
+            e, fid = e[order], fid[order]
+            same = key[1:] == key[:-1]
+            pair = same.nonzero()[:, 0]  # consecutive equal keys: an edge's two faces
+            ev = e[pair]
+            # vertices within two rings of the mesh border (the neck cut): the mask's outline
+            # there is the cut itself, not an occluding contour, so they pair with the wrong edge
+            single = torch.ones(len(key), dtype=torch.bool, device=key.device)
+            single[1:] &= ~same
+            single[:-1] &= ~same
+            near = torch.zeros(V, dtype=torch.bool, device=key.device)
+            near[e[single].reshape(-1)] = True
+            for _ in range(2):
+                grow = near.clone()
+                grow[ev[:, 0]] |= near[ev[:, 1]]
+                grow[ev[:, 1]] |= near[ev[:, 0]]
+                near = grow
+            dev = self.images.device
+            self._edges = (ev.to(dev), torch.stack([fid[pair], fid[pair + 1]], 1).to(dev), near.to(dev))
+        return self._edges
 
     def uvs(self):
         if self.texspace is not None:
@@ -346,20 +389,31 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
 def rim_correspondences(ctx: FitContext, st: FitState, max_px: float):
     """Silhouette correspondences for the current fit (ICP-style, redone every LM iteration).
 
-    Rim vertices (normal perpendicular to the viewing ray, |n . d| < 0.1) of each view are
-    projected; each takes the nearest head-mask boundary point and its outward normal, and
-    pairs farther than ``max_px`` are dropped (internal occluding contours like the nose lie
-    inside the mask, far from its outline). Returns (view (K,), vertex (K,), target (K, 2),
-    normal (K, 2)) or None."""
-    from fitting.render.shading import vertex_normals
+    Rim vertices of each view are the end points of its *silhouette edges*: mesh edges whose
+    two faces face opposite ways from that camera. They project exactly onto the outline of
+    the rendered polygon mesh (what the head mask is), whereas vertices picked by their
+    smoothed normal (|n . d| < eps) include points inside it; any such offset biases the head's
+    scale (0.1 px at 128 px is ~0.3 % of scale, 3 mm of camera distance at 1 m). Vertices near
+    the mesh border, hidden ones and those of internal contours (covered just outside) are
+    skipped. Each rim vertex takes the nearest (sub-pixel) head-mask boundary point and its
+    outward normal; pairs farther than ``max_px`` are dropped. Returns (view (K,), vertex (K,),
+    target (K, 2), normal (K, 2)) or None."""
     pts_map, nrm_map, f = ctx.boundary()
+    e_v, e_f, near_border = ctx.edges()
     verts = subject_vertices(ctx, st)
     vv, _ = view_geometry(ctx, st, verts)
-    n = vertex_normals(vv, ctx.flame.faces)
     R = st.R()
     C = -(R.transpose(1, 2) @ st.cam_t[..., None])[..., 0]
-    d = torch.nn.functional.normalize(vv - C[:, None], dim=-1)
-    rim = ((n * d).sum(-1).abs() < 0.1) & (ctx.view_weights[:, None] > 0)
+    fv = vv[:, ctx.flame.faces]                                             # (N, F, 3, 3)
+    fn = torch.cross(fv[:, :, 1] - fv[:, :, 0], fv[:, :, 2] - fv[:, :, 0], dim=-1)
+    front = (fn * (fv[:, :, 0] - C[:, None])).sum(-1) < 0                    # (N, F)
+    sil = front[:, e_f[:, 0]] != front[:, e_f[:, 1]]                        # (N, E)
+    N, V = vv.shape[:2]
+    rim = torch.zeros(N, V, dtype=torch.bool, device=vv.device)
+    ev, ee = torch.nonzero(sil, as_tuple=True)
+    rim[ev, e_v[ee, 0]] = True
+    rim[ev, e_v[ee, 1]] = True
+    rim &= (ctx.view_weights[:, None] > 0) & ~near_border[None]
     uv = project(vv, st.K(), R, st.cam_t)
     Hs, Ws = pts_map.shape[1:3]
     ix = (uv[..., 0] * f).floor().long()
@@ -371,6 +425,24 @@ def rim_correspondences(ctx: FitContext, st: FitState, max_px: float):
     tgt = pts_map[view, iy[view, vert], ix[view, vert]]
     nrm = nrm_map[view, iy[view, vert], ix[view, vert]]
     keep = (uv[view, vert] - tgt).norm(dim=-1) < max_px
+    # Internal occluding contours (nose over cheek, ear, the far cheek behind the face) have
+    # silhouette edges too; only vertices on the *outer* outline have empty space just outside
+    # them. Checked on the current fit's coverage 1.5 px outward along the mask normal.
+    from fitting.render.rasterize import RasterSettings, rasterize
+    H, W = ctx.size
+    frag = rasterize(vv, ctx.flame.faces, st.K(), R, st.cam_t, RasterSettings((H, W)))
+    cov = frag.face_idx >= 0                                                # (N, H, W)
+    out = uv[view, vert] + 1.5 * nrm
+    ox, oy = out[:, 0].floor().long(), out[:, 1].floor().long()
+    inside = (ox >= 0) & (ox < W) & (oy >= 0) & (oy < H)
+    keep &= ~(inside & cov[view, oy.clamp(0, H - 1), ox.clamp(0, W - 1)])
+    # ... and are not hidden: a contour just behind the outline-forming surface (the brow behind
+    # the nose in a profile) passes the test above but lies up to a pixel inside the outline
+    px = uv[view, vert].floor().long()
+    px_x, px_y = px[:, 0].clamp(0, W - 1), px[:, 1].clamp(0, H - 1)
+    z = ((R[view] @ vv[view, vert][..., None])[..., 0] + st.cam_t[view])[:, 2]
+    zr = frag.depth[view, px_y, px_x]
+    keep &= ~(cov[view, px_y, px_x] & (zr < z * (1 - getattr(ctx.cfg, "rim_occlusion_rel", 0.005))))
     if keep.sum() == 0:
         return None
     return view[keep], vert[keep], tgt[keep], nrm[keep]

@@ -156,3 +156,42 @@ def test_stages_with_one_subject_per_view(demo_fit):
     assert st.shape.shape == (N, cfg.n_shape)
     assert float(ev["landmark_rmse"].max()) < 1.0  # fitting pixels (96 px images, 0.5 px noise)
     assert float((st.shape[0] - st.shape[1]).abs().max()) > 0  # subjects are independent
+
+
+@pytest.mark.slow  # shares the ~20 s reduced-demo fit
+def test_rim_correspondences_unbiased_at_ground_truth(demo_fit):
+    """At the true head and cameras the outline pairs (silhouette-edge vertices vs the head-mask
+    boundary) sit on each other: median signed distance ~0 (a bias here is a head-scale error);
+    moving every camera 2 % farther shrinks the head, so the pairs move inside the mask."""
+    from fitting.init import matrix_to_rot, project
+    from fitting.pipeline import load_model
+    from fitting.scene import load_scene
+    from fitting.stages import FitContext, rim_correspondences, subject_vertices, view_geometry
+    from fitting.state import FitState
+
+    cfg, _, _ = demo_fit
+    flame, tex, _ = load_model(cfg, "cpu")
+    sc = load_scene(cfg.scene_dir, 96)
+    gt = sc.ground_truth
+    idx = [list(map(str, gt["names"])).index(n) for n in sc.names]
+    N = sc.num_views
+    st = FitState.create(N, torch.zeros(N, dtype=torch.long), sc.K, cfg.n_shape, cfg.n_exp, (tex.n_tex,))
+    st.shape, st.expression = torch.tensor(gt["shape"]).float(), torch.tensor(gt["expression"]).float()
+    st.pose = torch.tensor(gt["pose"]).float()
+    st.cam_rot, st.cam_t = matrix_to_rot(torch.tensor(gt["R"][idx]).float()), torch.tensor(gt["t"][idx]).float()
+    ctx = FitContext(flame, sc.images, sc.landmarks, sc.skin_mask, sc.head_mask, torch.ones(N), cfg, tex,
+                     progress=False)
+
+    def signed(s):
+        view, vert, tgt, nrm = rim_correspondences(ctx, s, 4.0)
+        vv, _ = view_geometry(ctx, s, subject_vertices(ctx, s))
+        return view, ((project(vv, s.K(), s.R(), s.cam_t)[view, vert] - tgt) * nrm).sum(-1)
+
+    view, r = signed(st)
+    assert set(view.tolist()) == set(range(N))  # every view has outline pairs
+    assert abs(float(r.median())) < 0.05       # fitting px (96 px images)
+    assert float(r.abs().median()) < 0.2
+    far = st.detach()
+    far.cam_t = st.cam_t * 1.02
+    _, r2 = signed(far)
+    assert float(r2.median()) < -0.15
