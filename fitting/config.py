@@ -16,7 +16,7 @@ import torch
 __all__ = ["build_parser", "parse_config", "resolve_device", "config_to_dict"]
 
 
-def _bool(s) -> bool:
+def str2bool(s) -> bool:
     if isinstance(s, bool):
         return s
     v = str(s).strip().lower()
@@ -45,12 +45,12 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
                         "when the scene folder is read-only")
     g.add_argument("--savefolder", type=str, default="output", help="outputs go to <savefolder>/<scene>/")
     g.add_argument("--scene_name", type=str, default="", help="name of the output subfolder (default: scene folder name)")
-    g.add_argument("--force_preprocess", type=_bool, default=False, help="redo every preprocessing stage")
+    g.add_argument("--force_preprocess", type=str2bool, default=False, help="redo every preprocessing stage")
     g.add_argument("--landmark_backend", type=str, default="dlib", help="process_data landmark backend (dlib | fan)")
     g.add_argument("--min_views", type=int, default=1, help="fewest usable views to start a fit")
 
     g = p.add_argument_group("demo scene (synthetic, with ground truth)")
-    g.add_argument("--demo", type=_bool, default=False,
+    g.add_argument("--demo", type=str2bool, default=False,
                    help="build a synthetic scene from the stand-in model into --scene_dir first (with ground_truth.npz)")
     g.add_argument("--demo_views", type=int, default=12, help="number of demo views on the yaw arc")
     g.add_argument("--demo_yaw_deg", type=float, default=60.0, help="demo views span +-this yaw")
@@ -139,10 +139,10 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
                    help="prior pulling log focal towards its initial value (on log f / 0.1)")
 
     g = p.add_argument_group("progress and checkpoints")
-    g.add_argument("--resume", type=_bool, default=False, help="resume from <out>/checkpoint.pt when present")
+    g.add_argument("--resume", type=str2bool, default=False, help="resume from <out>/checkpoint.pt when present")
     g.add_argument("--checkpoint_every", type=int, default=50, help="iterations between checkpoints inside a stage")
-    g.add_argument("--progress", type=_bool, default=True, help="show tqdm progress bars")
-    g.add_argument("--write_images", type=_bool, default=True, help="write overlays, contact sheet and losses.png")
+    g.add_argument("--progress", type=str2bool, default=True, help="show tqdm progress bars")
+    g.add_argument("--write_images", type=str2bool, default=True, help="write overlays, contact sheet and losses.png")
     return p
 
 
@@ -157,6 +157,11 @@ def parse_config(argv=None, parser: configargparse.ArgumentParser | None = None)
 def validate(cfg: argparse.Namespace) -> None:
     if not cfg.scene_dir:
         raise ValueError("no scene: give --scene_dir DIR (a folder with images/), or --demo true --scene_dir DIR")
+    validate_fit_options(cfg)
+
+
+def validate_fit_options(cfg: argparse.Namespace) -> None:
+    """Checks shared by run_fitting.py and single_view/fit.py."""
     for k in ("n_shape", "n_exp", "image_size"):
         if getattr(cfg, k) <= 0:
             raise ValueError(f"--{k} must be positive, got {getattr(cfg, k)}")

@@ -31,7 +31,7 @@ import argparse
 
 import configargparse
 
-from fitting.config import _bool, build_parser
+from fitting.config import build_parser, str2bool, validate_fit_options
 from single_view.camera import CAMERA_MODELS, DEFAULT_FOV_DEG
 
 __all__ = ["build_single_view_parser", "parse_single_view", "SINGLE_VIEW_DEFAULTS"]
@@ -71,18 +71,13 @@ def build_single_view_parser() -> configargparse.ArgumentParser:
                    help="horizontal field of view of the perspective camera (degrees)")
     g.add_argument("--exclude", type=str, default="*_skinmask.*,*_mask.*,*_headmask.*,*_landmarks*",
                    help="comma-separated glob patterns of files in the folder that are not photos")
-    g.add_argument("--write_mesh", type=_bool, default=True, help="write mesh.obj + texture per image")
+    g.add_argument("--write_mesh", type=str2bool, default=True, help="write mesh.obj + texture per image")
     p.set_defaults(**SINGLE_VIEW_DEFAULTS)
     return p
 
 
 def validate_single_view(cfg: argparse.Namespace) -> None:
-    for k in ("n_shape", "n_exp", "image_size"):
-        if getattr(cfg, k) <= 0:
-            raise ValueError(f"--{k} must be positive, got {getattr(cfg, k)}")
-    for k in ("geom_iters", "photo_iters", "geom_lm_iters", "geom_rounds"):
-        if getattr(cfg, k) < 0:
-            raise ValueError(f"--{k} must be >= 0, got {getattr(cfg, k)}")
+    validate_fit_options(cfg)
     if cfg.refine_focal == "always":
         raise ValueError("--refine_focal always is not available for single images: one photo cannot separate "
                          "focal length from distance; set --fov instead")
