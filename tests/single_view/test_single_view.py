@@ -180,11 +180,10 @@ def synthetic_fit(tmp_path_factory, standin_path):
 @pytest.mark.slow
 def test_synthetic_ground_truth_recovers_the_head(synthetic_fit):
     """The fit explains most of the head's deviation from the mean shape and reproduces the
-    landmarks to the noise level. Measured: 3.9-4.3 mm after the similarity (run-to-run
-    spread from thread scheduling in an ill-conditioned fit) (mean shape:
-    10.3 mm) since the stand-in's shape basis no longer contains similarity transforms (all of a
-    random head's deviation is now real deformation; it was 2.9-3.4 mm before); the bound
-    guards against regressions."""
+    landmarks to the noise level. Measured: 3.9-4.3 mm after the similarity (mean shape: 10.3 mm;
+    the spread is run to run, from thread scheduling in an ill-conditioned fit). The stand-in's
+    shape basis holds no similarity transform, so all of a random head's deviation is real
+    deformation (2.9-3.4 mm on the earlier basis). The bound guards against regressions."""
     err, raw, baseline, rep = synthetic_fit
     assert err <= 4.8
     assert err <= 0.47 * baseline
