@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 def standin_path(cfg) -> Path:
     """Where the stand-in model for this config lives (built on first use, then cached)."""
     base = Path(cfg.standin_dir) if cfg.standin_dir else Path(cfg.savefolder) / "_standin"
-    key = f"{cfg.standin_template}|{cfg.standin_embedding}|{cfg.standin_seed}"
+    from fitting.synthetic import VERSION
+    key = f"{cfg.standin_template}|{cfg.standin_embedding}|{cfg.standin_seed}|v{VERSION}"
     tag = hashlib.sha1(key.encode()).hexdigest()[:8]
     return base / f"standin_{tag}.pkl"
 
@@ -85,7 +86,8 @@ def decide_refine_focal(cfg, cameras: dict) -> tuple[bool, str]:
     return False, f"SfM registered {n_reg} views"
 
 
-def _seed(s: int) -> None:
+def seed_everything(s: int) -> None:
+    """Seed Python, numpy and torch (the fit is then repeatable up to thread scheduling)."""
     random.seed(s)
     np.random.seed(s)
     torch.manual_seed(s)
@@ -186,7 +188,7 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
 
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
-    _seed(cfg.seed)
+    seed_everything(cfg.seed)
     scene_dir = Path(cfg.scene_dir)
     timing = {"preprocess": 0.0, "init": 0.0, "geometry": 0.0, "photometric": 0.0}
 

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fitting.config import resolve_device
-from fitting.pipeline import load_model
+from fitting.pipeline import load_model, seed_everything
 from fitting.stages import FitContext, evaluate, init_appearance, initialize, stage_geometry, stage_photometric
 from fitting.state import FitState
 from single_view.camera import fitting_intrinsics
@@ -58,12 +56,6 @@ class PerImageRecorder:
             h[stage].append(rec)
 
 
-def _seed(s: int) -> None:
-    random.seed(s)
-    np.random.seed(s)
-    torch.manual_seed(s)
-
-
 def fit_images(cfg: argparse.Namespace, log=print) -> dict:
     """Fit every photo of ``cfg.input`` (a file or a folder) as one batch; write the outputs.
 
@@ -76,7 +68,7 @@ def fit_images(cfg: argparse.Namespace, log=print) -> dict:
 
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
-    _seed(cfg.seed)
+    seed_everything(cfg.seed)
     save = Path(cfg.savefolder)
     paths, is_folder, skipped = list_inputs(cfg.input, cfg.exclude)
     t0 = time.perf_counter()
