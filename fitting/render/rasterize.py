@@ -199,6 +199,8 @@ def _face_coefficients(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, g
 
 _SMALL_BOX = 8   # faces whose pixel box is at most this many pixels wide and tall are bucketed
 _PAD_TO = (0, 1, 2, 3, 4, 6, 6, 8, 8)   # a small box n pixels wide (or tall) is evaluated as _PAD_TO[n]
+# on CUDA the cost is the number of launches, not candidates: three sizes, <= 9 buckets
+_PAD_TO_COARSE = (0, 2, 2, 4, 4, 8, 8, 8, 8)
 
 
 def _key(invz, fid):
@@ -215,6 +217,22 @@ def _pairs_key(w0, w1, w2, invz, fid, near):
     ok = (torch.minimum(torch.minimum(w0, w1), w2) >= 0) & (invz <= 1.0 / near)
     key = (invz.float().view(torch.int32).to(torch.int64) << 32) | (0x7FFFFFFF - fid)
     return torch.where(ok, key, 0)   # inside implies invz >= 0; invz == 0 (degenerate) is not a hit
+
+
+def _grid_keys(coef, u0, v0, fid, dx, dy, near: float):
+    """z-buffer keys of each face's (by, bx) grid of candidate pixels.
+
+    Keep it unfused (no torch.compile): each operation is then rounded the same way on CPU
+    and CUDA, so both pick the same face for every pixel; a fused kernel may contract
+    a*b+c into an FMA and flip pixel centres that lie on an edge.
+
+    coef: (n, 12) from _face_coefficients; u0, v0: (n,) centre of each grid's corner pixel;
+    fid: (n,) face ids; dx: (bx,), dy: (by,) pixel offsets. Returns (n, by, bx) int64."""
+    c = coef.view(-1, 4, 3)                                  # w0, w1, w2, inverse depth
+    base = c[..., 0] * u0[:, None] + c[..., 1] * v0[:, None] + c[..., 2]      # (n, 4)
+    # (n, 4, by, bx) = base + b*dy + a*dx, from two small outer products
+    ws = (base[..., None] + c[..., 1, None] * dy)[..., None] + (c[..., 0, None] * dx)[..., None, :]
+    return _pairs_key(*ws.unbind(1), fid[:, None, None], near)
 
 
 @torch.no_grad()
@@ -243,7 +261,8 @@ def visible_faces(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, settin
     # bucket per face: padded box shape for small boxes, S*S for large ones, S*S+1 for no
     # drawing; padding widths/heights to _PAD_TO halves the number of buckets (and so
     # per-call overhead) for a few extra candidates that fail the inside test
-    pad = torch.tensor(_PAD_TO if min(H, W) >= S else tuple(range(S + 1)), device=dev)
+    table = _PAD_TO_COARSE if dev.type == "cuda" else _PAD_TO
+    pad = torch.tensor(table if min(H, W) >= S else tuple(range(S + 1)), device=dev)
     small = (nx <= S) & (ny <= S)
     px = torch.where(small, pad[nx.clamp(max=S)], nx)      # large boxes keep their size
     py = torch.where(small, pad[ny.clamp(max=S)], ny)
@@ -281,11 +300,7 @@ def visible_faces(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, settin
         rows = max(1, settings.max_pairs // (bx * by))          # bound the memory of one grid
         for r0 in range(sl.start, sl.stop, rows):
             ch = slice(r0, min(r0 + rows, sl.stop))
-            c = coef[ch].view(-1, 4, 3)                         # w0, w1, w2, inverse depth
-            base = c[..., 0] * u0[ch, None] + c[..., 1] * v0[ch, None] + c[..., 2]        # (n, 4)
-            # (n, 4, by, bx) = base + b*dy + a*dx, from two small outer products
-            ws = (base[..., None] + c[..., 1, None] * dy)[..., None] + (c[..., 0, None] * dx)[..., None, :]
-            key = _pairs_key(*ws.unbind(1), fid[ch][:, None, None], settings.near)
+            key = _grid_keys(coef[ch], u0[ch], v0[ch], fid[ch], dx, dy, settings.near)
             pix = pix0[ch][:, None, None] + offs
             zbuf.scatter_reduce_(0, pix.flatten(), key.flatten(), "amax")
     pix = zbuf.nonzero()[:, 0]

@@ -12,13 +12,15 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-from fitting.render.interpolate import interpolate_packed
+from fitting.render.interpolate import check_attrs as _check_attrs
+from fitting.render.interpolate import interpolate_barycentric
 from fitting.render.rasterize import Fragments, PackedFragments, RasterSettings, rasterize_packed
 from fitting.render.shading import sh_basis, vertex_normals
 from fitting.render.silhouette import silhouette
 from fitting.render.texture import uv_to_grid
 
-__all__ = ["MeshRenderer", "RenderOutput", "sample_texture_packed", "per_view_matmul"]
+__all__ = ["MeshRenderer", "RenderOutput", "sample_texture_packed", "per_view_matmul", "view_packing",
+           "packed_matmul"]
 
 
 def _dense(values: torch.Tensor, pix: torch.Tensor, shape) -> torch.Tensor:
@@ -92,19 +94,54 @@ def sample_texture_packed(texture: torch.Tensor, uv: torch.Tensor, view: torch.T
             + fy * ((1 - fx) * at(y1, x0) + fx * at(y1, x1)))
 
 
-def per_view_matmul(x: torch.Tensor, view: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
-    """Row-wise ``x[n] @ mats[view[n]]``. x: (N, K); view: (N,) sorted; mats: (B, K, C) -> (N, C).
+def view_packing(view: torch.Tensor, B: int) -> tuple[torch.Tensor, int]:
+    """Slots of rows grouped by view in a zero-padded (B, m) layout (see packed_matmul).
 
-    Packs the rows into a zero-padded (B, max_count, K) batch for one bmm: far cheaper
-    (forward and backward) than gathering a (K, C) matrix per row."""
-    B = mats.shape[0]
-    N = x.shape[0]
+    view: (N,) sorted -> slot (N,) int64 into B*m, and m (the largest count)."""
     counts = torch.bincount(view, minlength=B)
     starts = counts.cumsum(0) - counts
-    m = int(counts.max()) if N else 0
-    slot = torch.arange(N, device=x.device) - starts.index_select(0, view) + view * m
+    m = int(counts.max()) if view.numel() else 0
+    slot = torch.arange(view.shape[0], device=view.device) - starts.index_select(0, view) + view * m
+    return slot, m
+
+
+def packed_matmul(x: torch.Tensor, slot: torch.Tensor, m: int, mats: torch.Tensor) -> torch.Tensor:
+    """Row-wise ``x[n] @ mats[view[n]]`` with (slot, m) = view_packing(view, B).
+
+    x: (N, K); mats: (B, K, C) -> (N, C). One zero-padded bmm: far cheaper (forward and
+    backward) than gathering a (K, C) matrix per row."""
+    B = mats.shape[0]
     padded = x.new_zeros(B * m, x.shape[1]).index_copy(0, slot, x).view(B, m, -1)
     return torch.bmm(padded, mats.to(x.dtype)).view(B * m, -1).index_select(0, slot)
+
+
+def per_view_matmul(x: torch.Tensor, view: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
+    """Row-wise ``x[n] @ mats[view[n]]``. x: (N, K); view: (N,) sorted; mats: (B, K, C) -> (N, C)."""
+    slot, m = view_packing(view, mats.shape[0])
+    return packed_matmul(x, slot, m, mats)
+
+
+def _shade_pixels(verts, faces, bary, view, face, faces_uvs, verts_uvs, texture, vertex_colors,
+                  sh, slot, m: int):
+    """Everything per covered pixel after rasterization: normals, albedo, SH shading.
+
+    verts: (B, V, 3) world; bary: (N, 3); view, face: (N,); texture, vertex_colors, sh as
+    in MeshRenderer.forward (None when absent); (slot, m) = view_packing(view, B).
+    Returns unit world normals, albedo and shading, each (N, 3 or C)."""
+    n = interpolate_barycentric(bary, view, face, faces, vertex_normals(verts, faces))
+    n = n * torch.rsqrt((n * n).sum(-1, keepdim=True).clamp_min(1e-24))
+    if texture is not None:
+        uv = interpolate_barycentric(bary, view, face, faces_uvs, verts_uvs.to(verts.dtype))
+        albedo = sample_texture_packed(texture, uv, view)
+    elif vertex_colors is not None:
+        albedo = interpolate_barycentric(bary, view, face, faces, vertex_colors)
+    else:
+        albedo = n.new_ones(n.shape[0], 3)
+    if sh is not None:
+        shading = packed_matmul(sh_basis(n), slot, m, sh)
+    else:
+        shading = n.new_ones(n.shape[0], albedo.shape[-1])
+    return n, albedo, shading
 
 
 class MeshRenderer(torch.nn.Module):
@@ -144,20 +181,12 @@ class MeshRenderer(torch.nn.Module):
         if sh is not None and (sh.dim() != 3 or sh.shape[0] != B or sh.shape[1] != 9):
             raise ValueError(f"sh must be (B, 9, C) with B = {B}, got {tuple(sh.shape)}")
 
+        if vertex_colors is not None:
+            vertex_colors = _check_attrs(faces, vertex_colors, B)
         pf = rasterize_packed(verts, faces, K, R, t, self.settings)
-        n = interpolate_packed(pf, faces, vertex_normals(verts, faces))
-        n = n * torch.rsqrt((n * n).sum(-1, keepdim=True).clamp_min(1e-24))
-        if texture is not None:
-            uv = interpolate_packed(pf, self.faces_uvs, self.verts_uvs.to(verts.dtype))
-            albedo = sample_texture_packed(texture, uv, pf.view)
-        elif vertex_colors is not None:
-            albedo = interpolate_packed(pf, faces, vertex_colors)
-        else:
-            albedo = n.new_ones(n.shape[0], 3)
-        if sh is not None:
-            shading = per_view_matmul(sh_basis(n), pf.view, sh)
-        else:
-            shading = n.new_ones(n.shape[0], albedo.shape[-1])
+        slot, m = view_packing(pf.view, B) if sh is not None else (None, 0)
+        n, albedo, shading = _shade_pixels(verts, faces, pf.bary, pf.view, pf.face, self.faces_uvs,
+                                           self.verts_uvs, texture, vertex_colors, sh, slot, m)
 
         Bv, H, W = pf.shape
         face_idx = torch.full((Bv * H * W,), -1, dtype=torch.int64, device=verts.device)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from fitting.render.cameras import check_cameras, world_to_camera
-from fitting.render.rasterize import Fragments, RasterSettings, pixel_centre_rays, rasterize
+from fitting.render.rasterize import Fragments, RasterSettings, _cross, pixel_centre_rays, rasterize
 
 __all__ = ["silhouette"]
 
@@ -52,6 +52,47 @@ def _pairs(face_idx: torch.Tensor, dim: int):
     return p, q
 
 
+def _outline_delta(Xc, faces, Kinv, flat_face, p, q, horizontal, H: int, W: int):
+    """Coverage change (B*H*W,) of the outline pairs (p covered, q background), (M,) each;
+    horizontal: (M,) bool; Xc: (B, V, 3) camera frame; Kinv: (B, 3, 3) (see module doc)."""
+    B, V = Xc.shape[:2]
+    hw = H * W
+    view = torch.div(p, hw, rounding_mode="floor")
+    Kinv = Kinv.to(Xc.dtype)
+
+    def ray(pix):
+        rem = pix - view * hw
+        y = torch.div(rem, W, rounding_mode="floor")
+        x = rem - y * W
+        return pixel_centre_rays(Kinv, view, x, y, H, W)
+
+    dp, dq = ray(p), ray(q)                                             # (M, 3)
+    vid = faces.index_select(0, flat_face.index_select(0, p)) + (view * V)[:, None]
+    P = Xc.reshape(B * V, 3).index_select(0, vid.reshape(-1)).view(-1, 3, 3)
+    P0, P1, P2 = P.unbind(1)
+    E = torch.stack([_cross(P1, P2), _cross(P2, P0), _cross(P0, P1)], 1)    # (M, 3 edges, 3)
+    wp = (E * dp[:, None]).sum(-1)                                      # (M, 3)
+    wq = (E * dq[:, None]).sum(-1)
+    with torch.no_grad():
+        changes = (wp * wq) < 0
+        s_det = torch.where(changes, wp / torch.where(changes, wp - wq, 1.0), 2.0)
+        edge = s_det.argmin(-1, keepdim=True)                           # the edge crossed first
+        ok = changes.gather(1, edge)[:, 0]
+        # edge's screen-space normal: gradient of w_edge(u, v) = E_edge . Kinv (u, v, 1)
+        Ee = E.gather(1, edge[..., None].expand(-1, 1, 3))[:, 0]        # (M, 3)
+        Kv = Kinv.index_select(0, view)                                 # (M, 3, 3)
+        g = (Ee[:, :, None] * Kv[:, :, :2]).sum(1)                      # (M, 2)
+        steep = g[:, 0].abs() >= g[:, 1].abs()
+        ok = ok & torch.where(horizontal, steep, ~steep)
+    a, b = wp.gather(1, edge)[:, 0], wq.gather(1, edge)[:, 0]
+    s = (a / torch.where(ok, a - b, torch.ones_like(a))).clamp(0, 1)
+    # p loses 0.5 - s when s < 0.5, else q gains s - 0.5 (masked adds: no data-dependent shapes)
+    zero = torch.zeros_like(s)
+    delta = Xc.new_zeros(B * hw)
+    delta = delta.index_add(0, p, torch.where(ok & (s < 0.5), s - 0.5, zero))
+    return delta.index_add(0, q, torch.where(ok & (s >= 0.5), s - 0.5, zero))
+
+
 def silhouette(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: torch.Tensor,
                t: torch.Tensor, fragments: Fragments | None = None,
                settings: RasterSettings | None = None, face_idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -70,9 +111,7 @@ def silhouette(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: tor
         face_idx = fragments.face_idx
     B, H, W = face_idx.shape
     faces = faces.long()
-    V = verts.shape[1]
     Xc = world_to_camera(verts, R, t)
-    Kinv = torch.linalg.inv(K)
     flat_face = face_idx.reshape(-1)
     cover = (flat_face >= 0).to(verts.dtype)
 
@@ -84,37 +123,5 @@ def silhouette(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: tor
     if len(p) == 0:
         return cover.view(B, 1, H, W)
 
-    hw = H * W
-    view = torch.div(p, hw, rounding_mode="floor")
-
-    def ray(pix):
-        rem = pix - view * hw
-        y = torch.div(rem, W, rounding_mode="floor")
-        x = rem - y * W
-        return pixel_centre_rays(Kinv.to(verts.dtype), view, x, y, H, W)
-
-    dp, dq = ray(p), ray(q)                                             # (N, 3)
-    vid = faces.index_select(0, flat_face.index_select(0, p)) + (view * V)[:, None]
-    P = Xc.reshape(B * V, 3).index_select(0, vid.reshape(-1)).view(-1, 3, 3)
-    P0, P1, P2 = P.unbind(1)
-    E = torch.stack([torch.cross(P1, P2, dim=-1), torch.cross(P2, P0, dim=-1),
-                     torch.cross(P0, P1, dim=-1)], 1)                   # (N, 3 edges, 3)
-    wp = (E * dp[:, None]).sum(-1)                                      # (N, 3)
-    wq = (E * dq[:, None]).sum(-1)
-    with torch.no_grad():
-        changes = (wp * wq) < 0
-        s_det = torch.where(changes, wp / (wp - wq), torch.full_like(wp, 2.0))
-        edge = s_det.argmin(-1, keepdim=True)                           # the edge crossed first
-        ok = changes.gather(1, edge)[:, 0]
-        # edge's screen-space normal: gradient of w_edge(u, v) = E_edge . Kinv (u, v, 1)
-        g = (E.gather(1, edge[..., None].expand(-1, 1, 3))[:, 0, None, :] @ Kinv[view])[:, 0, :2]
-        steep = g[:, 0].abs() >= g[:, 1].abs()
-        ok &= torch.where(horizontal, steep, ~steep)
-    a, b = wp.gather(1, edge)[:, 0], wq.gather(1, edge)[:, 0]
-    s = (a / torch.where(ok, a - b, torch.ones_like(a))).clamp(0, 1)
-    lose = ok & (s < 0.5)
-    gain = ok & (s >= 0.5)
-    delta = cover.new_zeros(B * H * W)
-    delta = delta.index_add(0, p[lose], s[lose] - 0.5)
-    delta = delta.index_add(0, q[gain], s[gain] - 0.5)
+    delta = _outline_delta(Xc, faces, torch.linalg.inv(K), flat_face, p, q, horizontal, H, W)
     return (cover + delta).clamp(0, 1).view(B, 1, H, W)
