@@ -199,8 +199,9 @@ def _face_coefficients(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, g
 
 _SMALL_BOX = 8   # faces whose pixel box is at most this many pixels wide and tall are bucketed
 _PAD_TO = (0, 1, 2, 3, 4, 6, 6, 8, 8)   # a small box n pixels wide (or tall) is evaluated as _PAD_TO[n]
-# on CUDA the cost is the number of launches, not candidates: three sizes, <= 9 buckets
-_PAD_TO_COARSE = (0, 2, 2, 4, 4, 8, 8, 8, 8)
+# on CUDA the cost is the number of launches, not candidates: square 4x4 or 8x8 boxes only
+_PAD_TO_COARSE = (0, 4, 4, 4, 4, 8, 8, 8, 8)
+_COARSE_DEVICES = ("cuda",)
 
 
 def _key(invz, fid):
@@ -261,11 +262,15 @@ def visible_faces(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, settin
     # bucket per face: padded box shape for small boxes, S*S for large ones, S*S+1 for no
     # drawing; padding widths/heights to _PAD_TO halves the number of buckets (and so
     # per-call overhead) for a few extra candidates that fail the inside test
-    table = _PAD_TO_COARSE if dev.type == "cuda" else _PAD_TO
-    pad = torch.tensor(table if min(H, W) >= S else tuple(range(S + 1)), device=dev)
+    coarse = dev.type in _COARSE_DEVICES and min(H, W) >= S
+    pad = torch.tensor(_PAD_TO_COARSE if coarse else _PAD_TO if min(H, W) >= S else tuple(range(S + 1)),
+                       device=dev)
     small = (nx <= S) & (ny <= S)
     px = torch.where(small, pad[nx.clamp(max=S)], nx)      # large boxes keep their size
     py = torch.where(small, pad[ny.clamp(max=S)], ny)
+    if coarse:                                              # two square buckets: 4x4 and 8x8
+        side = torch.maximum(px, py)
+        px, py = torch.where(small, side, px), torch.where(small, side, py)
     bucket = torch.where(small, (py - 1) * S + (px - 1), S * S)
     bucket = torch.where(draw, bucket, S * S + 1)
     sizes = torch.bincount(bucket, minlength=S * S + 2).tolist()

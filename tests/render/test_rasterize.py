@@ -3,7 +3,11 @@ import numpy as np
 import pytest
 import torch
 
+import importlib
+
 from fitting.render import Fragments, RasterSettings, interpolate, rasterize
+
+rasterize_module = importlib.import_module("fitting.render.rasterize")  # the module, not the function
 
 H, W = 40, 48
 
@@ -163,7 +167,7 @@ def test_bad_inputs_raise():
         rasterize(TRI.expand(2, -1, -1), FACE, K, R, t, RasterSettings((H, W)))
 
 
-def test_small_face_buckets_and_chunks_agree_with_brute_force():
+def test_small_face_buckets_and_chunks_agree_with_brute_force(monkeypatch):
     # many small faces (the bucketed path), chunked or not, equal a per-pixel brute force
     from fitting.render.demo import ellipsoid_mesh, orbit_cameras
     v, f, _, _ = ellipsoid_mesh(16, 20)
@@ -174,6 +178,11 @@ def test_small_face_buckets_and_chunks_agree_with_brute_force():
     fr = rasterize(verts, f, K, R, t, s)
     small = rasterize(verts, f, K, R, t, s._replace(max_pairs=5))
     torch.testing.assert_close(small.face_idx, fr.face_idx)
+    # the coarse square buckets used on CUDA give the same fragments
+    monkeypatch.setattr(rasterize_module, "_COARSE_DEVICES", ("cuda", "cpu"))
+    coarse = rasterize(verts, f, K, R, t, s)
+    assert torch.equal(coarse.face_idx, fr.face_idx)
+    torch.testing.assert_close(coarse.bary, fr.bary)
     Xc = verts @ R.transpose(1, 2) + t[:, None]
     y, x = torch.meshgrid(torch.arange(32) + 0.5, torch.arange(32) + 0.5, indexing="ij")
     d = torch.stack([x, y, torch.ones_like(x)], -1).double().reshape(-1, 3)          # (P, 3)
