@@ -1,4 +1,5 @@
 """Renderer benchmark: python -m bench.render [--device cpu|cuda] [--views 1 8 30] [--res 256 512] [--threads N]
+[--mode packed static graph]
 
 One JSON line per case: forward (MeshRenderer with autograd on: rasterize, interpolate,
 texture, SH, silhouette) and forward + backward of ``image.mean() + silhouette.mean()``
@@ -19,15 +20,37 @@ import torch
 
 from bench._common import PeakMemory, emit, load_average, machine, timings_ms
 from fitting.render import MeshRenderer, RasterSettings
+from fitting.render.rasterize import static_sizes
 from fitting.render.demo import checker_texture, default_sh, load_head_mesh, orbit_cameras
 
 
-def run_case(mesh, views: int, res: int, device: str, repeats: int) -> dict:
+def _graphed(fn, dev):
+    """Capture fn() in a CUDA graph (after warm-up on a side stream); returns its replay."""
+    side = torch.cuda.Stream(dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream(dev).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def run_case(mesh, views: int, res: int, device: str, repeats: int, mode: str = "packed") -> dict:
+    """mode: 'packed' (default pipeline), 'static' (RasterSettings.static_tiles and
+    static_pixels, 20 % above what the views need) or 'graph' (static, forward and forward+backward each captured in a
+    CUDA graph and replayed)."""
     v, f, vt, ft, name = mesh
     dev = torch.device(device)
     K, R, t = (x.to(dev) for x in orbit_cameras(v, views, res))
-    renderer = MeshRenderer(f, vt, ft, RasterSettings((res, res))).to(dev)
+    settings = RasterSettings((res, res))
     verts = v.to(dev)[None].repeat(views, 1, 1).requires_grad_()
+    if mode != "packed":
+        tiles, pixels = static_sizes(verts.detach(), f.to(dev), K, R, t, settings)
+        settings = settings._replace(static_tiles=int(tiles * 1.2) + 64, static_pixels=int(pixels * 1.2) + 64)
+    renderer = MeshRenderer(f, vt, ft, settings).to(dev)
     tex = checker_texture(256).to(dev).requires_grad_()
     sh = default_sh(views).to(dev).requires_grad_()
 
@@ -39,13 +62,19 @@ def run_case(mesh, views: int, res: int, device: str, repeats: int) -> dict:
         (out.image.mean() + out.silhouette.mean()).backward()
         verts.grad = tex.grad = sh.grad = None
 
-    fwd, fwd_cpu = timings_ms(forward, dev, repeats)
-    fb, fb_cpu = timings_ms(forward_backward, dev, repeats)
+    if mode == "graph":
+        if dev.type != "cuda":
+            raise SystemExit("--mode graph needs --device cuda")
+        fwd, fwd_cpu = timings_ms(_graphed(lambda: forward(), dev), dev, repeats)
+        fb, fb_cpu = timings_ms(_graphed(forward_backward, dev), dev, repeats)
+    else:
+        fwd, fwd_cpu = timings_ms(forward, dev, repeats)
+        fb, fb_cpu = timings_ms(forward_backward, dev, repeats)
     with PeakMemory(dev) as mem:
         forward_backward()
     with torch.no_grad():
         cover = forward().alpha.mean().item()
-    return dict(device=dev.type, machine=machine(), mesh=name, faces=int(f.shape[0]), views=views,
+    return dict(device=dev.type, mode=mode, machine=machine(), mesh=name, faces=int(f.shape[0]), views=views,
                 resolution=res, forward_ms=round(fwd, 2), forward_backward_ms=round(fb, 2),
                 forward_cpu_ms=round(fwd_cpu, 2), forward_backward_cpu_ms=round(fb_cpu, 2),
                 threads=torch.get_num_threads(), load_avg_1min=load_average(),
@@ -62,13 +91,16 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (>= 10)")
     ap.add_argument("--mesh", default=None, help="OBJ to use instead of the FLAME template")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--mode", choices=["packed", "static", "graph"], nargs="+", default=["packed"],
+                    help="packed pipeline, static shapes, or static shapes replayed from a CUDA graph")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     mesh = load_head_mesh(args.mesh)
     for res in args.res:
         for views in args.views:
-            emit(run_case(mesh, views, res, args.device, max(args.repeats, 10)))
+            for mode in args.mode:
+                emit(run_case(mesh, views, res, args.device, max(args.repeats, 10), mode))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from fitting.rotations import matrix_to_rotation_6d, rotation_6d_to_matrix  # no
 __all__ = [
     "project_points", "world_to_camera", "camera_centers", "intrinsics_from_fov", "look_at",
     "opencv_to_opengl_c2w", "opengl_c2w_to_opencv", "to_pytorch3d", "from_pytorch3d",
-    "scale_intrinsics", "check_cameras",
+    "scale_intrinsics", "check_cameras", "pinhole_inverse",
 ]
 
 _FLIP_YZ = (1.0, -1.0, -1.0)   # OpenCV camera axes <-> OpenGL camera axes
@@ -61,11 +61,31 @@ def check_cameras(K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, batch: int 
                          "give one camera per view")
 
 
+def pinhole_inverse(K: torch.Tensor) -> torch.Tensor:
+    """Inverse of pinhole intrinsics K (B, 3, 3) = [[fx, s, cx], [0, fy, cy], [0, 0, 1]].
+
+    Closed form instead of torch.linalg.inv: elementwise, so it rounds identically on CPU
+    and CUDA and never syncs the host (linalg.inv checks for singularity on the device)."""
+    fx, s, cx = K[:, 0, 0], K[:, 0, 1], K[:, 0, 2]
+    fy, cy = K[:, 1, 1], K[:, 1, 2]
+    ifx, ify = 1.0 / fx, 1.0 / fy
+    zero, one = torch.zeros_like(fx), torch.ones_like(fx)
+    return torch.stack([ifx, -s * ifx * ify, (s * cy - cx * fy) * ifx * ify,
+                        zero, ify, -cy * ify,
+                        zero, zero, one], -1).view(-1, 3, 3)
+
+
 def world_to_camera(points: torch.Tensor, R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """points: (B, N, 3) world, R: (B, 3, 3), t: (B, 3) -> (B, N, 3) OpenCV camera frame."""
     if points.dim() != 3 or points.shape[-1] != 3:
         raise ValueError(f"points must be (B, N, 3), got {tuple(points.shape)}")
-    return points @ R.transpose(-1, -2) + t[:, None, :]
+    # elementwise rather than a matmul: BLAS and cuBLAS round differently (blocking, FMA),
+    # and the rasterizer needs the same camera-space vertices on CPU and CUDA to pick the
+    # same face at pixel centres lying on an edge
+    x, y, z = points.unbind(-1)                                       # (B, N) each
+    r = R[:, :, :, None]                                              # (B, 3, 3, 1)
+    return torch.stack([((x * r[:, i, 0] + y * r[:, i, 1]) + z * r[:, i, 2]) + t[:, i, None]
+                        for i in range(3)], -1)
 
 
 def project_points(points: torch.Tensor, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor):

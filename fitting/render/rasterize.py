@@ -35,10 +35,10 @@ from typing import NamedTuple
 
 import torch
 
-from fitting.render.cameras import check_cameras, world_to_camera
+from fitting.render.cameras import check_cameras, pinhole_inverse, world_to_camera
 
 __all__ = ["RasterSettings", "Fragments", "PackedFragments", "rasterize", "rasterize_packed",
-           "visible_faces", "pixel_rays", "pixel_centre_rays"]
+           "visible_faces", "visible_faces_static", "static_sizes", "pixel_rays", "pixel_centre_rays"]
 
 _FACE_MASK = 0xFFFFFFFF
 
@@ -47,11 +47,18 @@ class RasterSettings(NamedTuple):
     """image_size: (H, W); near: camera-space clip distance (same unit as verts);
     cull_backfaces: drop faces whose (v0, v1, v2) winding is clockwise as seen by the camera
     (i.e. whose right-hand normal points away from it); max_pairs: candidate (face, pixel)
-    pairs per chunk of the visibility pass (memory ~ 60-100 bytes per pair)."""
+    pairs per chunk of the visibility pass (memory ~ 60-100 bytes per pair);
+    static_tiles, static_pixels: 0 (default) for the packed pipeline, whose tensor sizes
+    follow the image content. Both > 0 for static shapes throughout (at most that many 4x4
+    candidate tiles and covered pixels per call, padded to exactly that many), which lets
+    a CUDA graph capture a forward + backward (docs/RENDERER.md). A call that needs more
+    raises; :func:`static_sizes` measures what a set of views needs."""
     image_size: tuple[int, int]
     near: float = 1e-3
     cull_backfaces: bool = False
     max_pairs: int = 1 << 22
+    static_tiles: int = 0
+    static_pixels: int = 0
 
 
 class Fragments(NamedTuple):
@@ -66,22 +73,40 @@ class PackedFragments(NamedTuple):
     """The covered pixels only (N of them), which is what the renderer computes on.
 
     pix (N,) int64 flat index ``b*H*W + y*W + x``; view (N,) int64; face (N,) int64 face id
-    (per view, into ``faces``); bary (N,3); depth (N,); image_size (B, H, W)."""
+    (per view, into ``faces``); bary (N,3); depth (N,); shape (B, H, W).
+    Static mode (``RasterSettings.static_tiles``): N = static_pixels, the slots after the
+    covered pixels are padding with ``pix = B*H*W`` (one past the image), ``covered`` (N,)
+    bool False, view and face 0, bary and depth 0; ``needed`` = (tiles, pixels) the call
+    needed (after a CUDA graph replay, check it against the settings: more means faces or
+    pixels were dropped). Both are None in the packed mode."""
     pix: torch.Tensor
     view: torch.Tensor
     face: torch.Tensor
     bary: torch.Tensor
     depth: torch.Tensor
     shape: tuple[int, int, int]
+    covered: torch.Tensor | None = None
+    needed: torch.Tensor | None = None
+
+    def scatter(self, values: torch.Tensor, fill: float = 0) -> torch.Tensor:
+        """(N, C) values at the listed pixels -> (B*H*W, C), ``fill`` elsewhere."""
+        B, H, W = self.shape
+        n = B * H * W
+        pad = int(self.covered is not None)                # a dump slot for the padding
+        out = values.new_full((n + pad, values.shape[-1]), fill)
+        return out.index_copy(0, self.pix, values)[:n]
+
+    def face_idx(self) -> torch.Tensor:
+        """(B, H, W) int64 face per pixel, -1 for background."""
+        B, H, W = self.shape
+        face = self.face if self.covered is None else torch.where(self.covered, self.face, -1)
+        return self.scatter(face[:, None], -1).view(B, H, W)
 
     def to_dense(self) -> Fragments:
         B, H, W = self.shape
-        n = B * H * W
-        dev = self.pix.device
-        face_idx = torch.full((n,), -1, dtype=torch.int64, device=dev).index_copy(0, self.pix, self.face)
-        bary = self.bary.new_zeros(n, 3).index_copy(0, self.pix, self.bary)
-        depth = self.depth.new_zeros(n).index_copy(0, self.pix, self.depth)
-        return Fragments(face_idx.view(B, H, W), bary.view(B, H, W, 3), depth.view(B, H, W))
+        bary = self.scatter(self.bary).view(B, H, W, 3)
+        depth = self.scatter(self.depth[:, None]).view(B, H, W)
+        return Fragments(self.face_idx(), bary, depth)
 
 
 def _check_mesh(verts: torch.Tensor, faces: torch.Tensor) -> None:
@@ -125,14 +150,16 @@ def pixel_rays(u: torch.Tensor, v: torch.Tensor, Kinv: torch.Tensor) -> torch.Te
     return Kinv[:, :, 0] * u[:, None] + Kinv[:, :, 1] * v[:, None] + Kinv[:, :, 2]
 
 
-def _face_boxes(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, near: float, H: int, W: int):
+def _face_boxes(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, near: float, H: int, W: int,
+                static: bool = False):
     """Inclusive pixel boxes (x0, x1, y0, y1), each (B, F) int64, of the faces' parts in front
-    of the near plane (empty, x1 < x0 or y1 < y0, for faces that can draw nothing)."""
+    of the near plane (empty, x1 < x0 or y1 < y0, for faces that can draw nothing).
+    static: always take the clipping branch (no host sync on the vertices' depths)."""
     B, F = Xc.shape[0], faces.shape[0]
     fx, fy = K[:, 0, 0, None, None], K[:, 1, 1, None, None]
     cx, cy, sk = K[:, 0, 2, None, None], K[:, 1, 2, None, None], K[:, 0, 1, None, None]
     z = Xc[..., 2]
-    if bool(z.min() >= near):
+    if not static and bool(z.min() >= near):
         # common case: every vertex in front; project vertices once, then gather per corner
         x, y = Xc[..., 0] / z, Xc[..., 1] / z
         uv = torch.stack([fx[:, 0] * x + sk[:, 0] * y + cx[:, 0], fy[:, 0] * y + cy[:, 0]], -1)
@@ -168,6 +195,12 @@ def _face_boxes(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, near: fl
     return x0, x1, y0, y1
 
 
+def _sum3(x: torch.Tensor) -> torch.Tensor:
+    """x[..., 0] + x[..., 1] + x[..., 2] in that order: a reduction kernel may add in another
+    order on CUDA, and visibility must round identically on both devices."""
+    return (x[..., 0] + x[..., 1]) + x[..., 2]
+
+
 def _face_coefficients(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, gidx: torch.Tensor):
     """Edge-function and inverse-depth coefficients of the faces ``gidx`` (flat b*F + f).
 
@@ -182,9 +215,9 @@ def _face_coefficients(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, g
     P = Xc.reshape(B * V, 3).index_select(0, vid.reshape(-1)).view(-1, 3, 3)
     P0, P1, P2 = P.unbind(1)
     E = torch.stack([_cross(P1, P2), _cross(P2, P0), _cross(P0, P1)], 1)    # (M, 3, 3)
-    det = (P0 * E[:, 0]).sum(-1)
+    det = _sum3(P0 * E[:, 0])
     # w_i = E_i . (Kinv (u, v, 1)), Kinv upper triangular with last row (0, 0, 1)
-    Ki = torch.linalg.inv(K).reshape(B, 9).index_select(0, view)            # (M, 9)
+    Ki = pinhole_inverse(K).reshape(B, 9).index_select(0, view)            # (M, 9)
     Es = E * torch.sign(det)[:, None, None]
     ex, ey, ez = Es.unbind(-1)                                              # (M, 3) each
     a = ex * Ki[:, 0:1]
@@ -192,7 +225,7 @@ def _face_coefficients(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, g
     c = ex * Ki[:, 2:3] + ey * Ki[:, 5:6] + ez
     inv_det = 1.0 / det.abs()
     # inverse depth (w0 + w1 + w2) / |det| is affine in (u, v) as well
-    z = torch.stack([a.sum(-1), b.sum(-1), c.sum(-1)], -1) * inv_det[:, None]
+    z = torch.stack([_sum3(a), _sum3(b), _sum3(c)], -1) * inv_det[:, None]
     coef = torch.cat([torch.stack([a, b, c], -1).flatten(1), z], -1)
     return coef, det
 
@@ -223,16 +256,18 @@ def _pairs_key(w0, w1, w2, invz, fid, near):
 def _grid_keys(coef, u0, v0, fid, dx, dy, near: float):
     """z-buffer keys of each face's (by, bx) grid of candidate pixels.
 
-    Keep it unfused (no torch.compile): each operation is then rounded the same way on CPU
-    and CUDA, so both pick the same face for every pixel; a fused kernel may contract
-    a*b+c into an FMA and flip pixel centres that lie on an edge.
-
     coef: (n, 12) from _face_coefficients; u0, v0: (n,) centre of each grid's corner pixel;
-    fid: (n,) face ids; dx: (bx,), dy: (by,) pixel offsets. Returns (n, by, bx) int64."""
+    fid: (n,) face ids; dx: (bx,), dy: (by,) pixel offsets. Returns (n, by, bx) int64.
+
+    Every candidate is evaluated as ``(a * u + b * v) + c`` at its own pixel centre (u, v)
+    (exact in float32), whatever grid, tile or chunk it belongs to, so all the candidate
+    strategies below give bit-identical keys. Keep it unfused (no torch.compile): each
+    operation is then rounded the same way on CPU and CUDA; an FMA in a fused kernel can
+    flip a pixel centre that lies on an edge."""
     c = coef.view(-1, 4, 3)                                  # w0, w1, w2, inverse depth
-    base = c[..., 0] * u0[:, None] + c[..., 1] * v0[:, None] + c[..., 2]      # (n, 4)
-    # (n, 4, by, bx) = base + b*dy + a*dx, from two small outer products
-    ws = (base[..., None] + c[..., 1, None] * dy)[..., None] + (c[..., 0, None] * dx)[..., None, :]
+    au = c[..., 0, None] * (u0[:, None] + dx)[:, None, :]    # (n, 4, bx)
+    bv = c[..., 1, None] * (v0[:, None] + dy)[:, None, :]    # (n, 4, by)
+    ws = (au[:, :, None, :] + bv[..., None]) + c[..., 2, None, None]            # (n, 4, by, bx)
     return _pairs_key(*ws.unbind(1), fid[:, None, None], near)
 
 
@@ -313,6 +348,73 @@ def visible_faces(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, settin
     return pix, face
 
 
+_TILE = 4
+
+
+def _tiles(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, settings: RasterSettings):
+    """Per face (flat b*F + f): boxes x0, x1, y0, y1, edge tables coef (B*F, 12), tiles per
+    row tx and the number of 4x4 tiles ``count`` (0 for faces that cannot draw)."""
+    H, W = settings.image_size
+    B, F = Xc.shape[0], faces.shape[0]
+    x0, x1, y0, y1 = (b.flatten() for b in _face_boxes(Xc, faces, K, settings.near, H, W, static=True))
+    coef, det = _face_coefficients(Xc, faces, K, torch.arange(B * F, device=Xc.device))
+    draw = det < 0 if settings.cull_backfaces else det != 0
+    tx = torch.div(x1 - x0 + _TILE, _TILE, rounding_mode="floor").clamp_min(0)
+    ty = torch.div(y1 - y0 + _TILE, _TILE, rounding_mode="floor").clamp_min(0)
+    return x0, x1, y0, y1, coef, tx, torch.where(draw, tx * ty, 0)
+
+
+@torch.no_grad()
+def static_sizes(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: torch.Tensor,
+                 t: torch.Tensor, settings: RasterSettings) -> tuple[int, int]:
+    """(tiles, pixels) that the static mode needs to render these views; choose
+    ``RasterSettings.static_tiles`` / ``static_pixels`` with a margin for motion.
+
+    verts: (B, V, 3) world; K, R: (B, 3, 3); t: (B, 3)."""
+    faces = faces.long()
+    Xc = world_to_camera(verts, R, t)
+    tiles = int(_tiles(Xc, faces, K, settings)[-1].sum())
+    pix, _ = visible_faces(Xc, faces, K, settings._replace(static_tiles=0, static_pixels=0))
+    return tiles, int(pix.numel())
+
+
+@torch.no_grad()
+def visible_faces_static(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, settings: RasterSettings):
+    """Visibility pass with static shapes and no host sync (capturable in a CUDA graph).
+
+    Every face's box is cut into 4x4 tiles; a fixed number ``settings.static_tiles`` of tile
+    slots is filled by a search over the faces' cumulative tile counts. Keys are
+    bit-identical to :func:`visible_faces` (see _grid_keys). Returns face (B*H*W,) int64,
+    -1 for background, and the number of tiles needed (0-dim int64 tensor; more than
+    ``static_tiles`` means tiles were dropped: the caller must check)."""
+    H, W = settings.image_size
+    B, F = Xc.shape[0], faces.shape[0]
+    dev = Xc.device
+    T = _TILE
+    x0, x1, y0, y1, coef, tx, count = _tiles(Xc, faces, K, settings)
+    ends = count.cumsum(0)
+    slot = torch.arange(settings.static_tiles, device=dev)
+    g = torch.searchsorted(ends, slot, right=True).clamp(max=B * F - 1)     # face of each slot
+    local = slot - (ends.index_select(0, g) - count.index_select(0, g))
+    w = tx.index_select(0, g).clamp_min(1)
+    ry = torch.div(local, w, rounding_mode="floor")
+    tile_x = x0.index_select(0, g) + T * (local - ry * w)                   # tile corner pixel
+    tile_y = y0.index_select(0, g) + T * ry
+    view = torch.div(g, F, rounding_mode="floor")
+    d = torch.arange(T, device=dev)
+    xs, ys = tile_x[:, None] + d, tile_y[:, None] + d                       # (S, T) each
+    key = _grid_keys(coef.index_select(0, g), tile_x.to(coef.dtype) + 0.5, tile_y.to(coef.dtype) + 0.5,
+                     g - view * F, d.to(coef.dtype), d.to(coef.dtype), settings.near)   # (S, T, T)
+    inside = ((slot < ends[-1])[:, None, None]
+              & (ys <= y1.index_select(0, g)[:, None])[:, :, None]
+              & (xs <= x1.index_select(0, g)[:, None])[:, None, :])
+    pix = (view * (H * W))[:, None, None] + ys.clamp(max=H - 1)[:, :, None] * W + xs.clamp(max=W - 1)[:, None, :]
+    zbuf = torch.zeros(B * H * W, dtype=torch.int64, device=dev)
+    zbuf.scatter_reduce_(0, pix.flatten(), torch.where(inside, key, 0).flatten(), "amax")
+    face = torch.where(zbuf > 0, 0x7FFFFFFF - (zbuf & _FACE_MASK), -1)
+    return face, ends[-1]
+
+
 def _enumerate_pairs(zbuf, coef, u0, v0, nx, count, pix0, fid, W, settings):
     """Candidate pairs of faces with large boxes, enumerated in chunks of <= max_pairs."""
     dev = zbuf.device
@@ -339,8 +441,9 @@ def _enumerate_pairs(zbuf, coef, u0, v0, nx, count, pix0, fid, W, settings):
         first = last
 
 
-def _barycentrics(Xc, faces, Kinv, pix, view, face, H, W):
-    """Differentiable perspective-correct barycentrics and depth of the given pixels."""
+def _barycentrics(Xc, faces, Kinv, pix, view, face, H, W, covered=None):
+    """Differentiable perspective-correct barycentrics and depth of the given pixels
+    (zero where ``covered`` (N,) bool, if given, is False)."""
     B, V = Xc.shape[:2]
     rem = pix - view * (H * W)
     y = torch.div(rem, W, rounding_mode="floor")
@@ -357,6 +460,9 @@ def _barycentrics(Xc, faces, Kinv, pix, view, face, H, W):
     w2 = (P1 * q).sum(-1)
     total = (d * _cross(P1 - P0, P2 - P0)).sum(-1)
     w = torch.stack([total - w1 - w2, w1, w2], -1)
+    if covered is not None:                          # background rays may be parallel to face 0
+        total = torch.where(covered, total, 1.0)
+        w = torch.where(covered[:, None], w, 0.0)
     bary = w * total.reciprocal()[:, None]           # one reciprocal: cheaper than a division backward
     depth = (bary * P[..., 2]).sum(-1)
     return bary, depth
@@ -372,10 +478,44 @@ def rasterize_packed(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, 
         raise ValueError(f"image_size must be positive (H, W), got {settings.image_size}")
     faces = faces.long()
     Xc = world_to_camera(verts, R, t)
-    pix, face = visible_faces(Xc.detach(), faces, K.detach(), settings)
-    view = torch.div(pix, H * W, rounding_mode="floor")
-    bary, depth = _barycentrics(Xc, faces, torch.linalg.inv(K), pix, view, face, H, W)
-    return PackedFragments(pix, view, face, bary, depth, (verts.shape[0], H, W))
+    B = verts.shape[0]
+    if settings.static_tiles > 0 or settings.static_pixels > 0:
+        pix, face, covered, needed = _static_pixels(Xc.detach(), faces, K.detach(), settings)
+    else:
+        pix, face = visible_faces(Xc.detach(), faces, K.detach(), settings)
+        covered = needed = None
+    at = pix if covered is None else torch.where(covered, pix, torch.arange(len(pix), device=pix.device) % (B * H * W))
+    view = torch.div(at, H * W, rounding_mode="floor")
+    bary, depth = _barycentrics(Xc, faces, pinhole_inverse(K), at, view, face, H, W, covered)
+    return PackedFragments(pix, view, face, bary, depth, (B, H, W), covered, needed)
+
+
+def _static_pixels(Xc, faces, K, settings):
+    """Static-mode visibility: (pix (P,), face (P,), covered (P,), needed (2,)) with
+    P = settings.static_pixels (see PackedFragments)."""
+    if settings.static_tiles <= 0 or settings.static_pixels <= 0:
+        raise ValueError("static mode needs both RasterSettings.static_tiles and static_pixels > 0 "
+                         "(static_sizes() measures what your views need)")
+    B = Xc.shape[0]
+    H, W = settings.image_size
+    face_all, tiles = visible_faces_static(Xc, faces, K, settings)
+    hit = face_all >= 0
+    needed = torch.stack([tiles, hit.sum()])
+    if not (Xc.is_cuda and torch.cuda.is_current_stream_capturing()):
+        nt, npix = needed.tolist()
+        if nt > settings.static_tiles or npix > settings.static_pixels:
+            raise ValueError(f"these views need {nt} tiles and {npix} pixels but RasterSettings allows "
+                             f"static_tiles={settings.static_tiles}, static_pixels={settings.static_pixels}; "
+                             "raise them (static_sizes() measures what views need)")
+    n = B * H * W
+    pix = torch.nonzero_static(hit, size=settings.static_pixels, fill_value=n)[:, 0]
+    covered = pix < n
+    # padding slots compute on spread-out pixels and faces: were they all the same, the
+    # backward's atomic adds into that one face's vertices would serialise
+    spread = torch.arange(settings.static_pixels, device=pix.device)
+    face = face_all.index_select(0, torch.where(covered, pix, spread % n))
+    face = torch.where(covered, face, spread % faces.shape[0])
+    return pix, face, covered, needed
 
 
 def rasterize(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: torch.Tensor,

@@ -23,11 +23,10 @@ __all__ = ["MeshRenderer", "RenderOutput", "sample_texture_packed", "per_view_ma
            "packed_matmul"]
 
 
-def _dense(values: torch.Tensor, pix: torch.Tensor, shape) -> torch.Tensor:
-    """Scatter (N, C) values at flat pixels into a zero (B, C, H, W) image."""
-    B, H, W = shape
-    out = values.new_zeros(B * H * W, values.shape[-1]).index_copy(0, pix, values)
-    return out.view(B, H, W, -1).permute(0, 3, 1, 2)
+def _dense(values: torch.Tensor, pf: PackedFragments) -> torch.Tensor:
+    """Scatter (N, C) values at the fragments' pixels into a zero (B, C, H, W) image."""
+    B, H, W = pf.shape
+    return pf.scatter(values).view(B, H, W, -1).permute(0, 3, 1, 2)
 
 
 @dataclass
@@ -47,22 +46,19 @@ class RenderOutput:
 
     @cached_property
     def albedo(self) -> torch.Tensor:
-        return _dense(self.packed_albedo, self.packed.pix, self.packed.shape)
+        return _dense(self.packed_albedo, self.packed)
 
     @cached_property
     def shading(self) -> torch.Tensor:
-        return _dense(self.packed_shading, self.packed.pix, self.packed.shape)
+        return _dense(self.packed_shading, self.packed)
 
     @cached_property
     def normals(self) -> torch.Tensor:
-        return _dense(self.packed_normals, self.packed.pix, self.packed.shape)
+        return _dense(self.packed_normals, self.packed)
 
     @cached_property
     def fragments(self) -> Fragments:
-        pf = self.packed
-        bary = _dense(pf.bary, pf.pix, pf.shape).permute(0, 2, 3, 1)
-        depth = _dense(pf.depth[:, None], pf.pix, pf.shape)[:, 0]
-        return Fragments(self.face_idx, bary, depth)
+        return self.packed.to_dense()
 
 
 def sample_texture_packed(texture: torch.Tensor, uv: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
@@ -126,7 +122,8 @@ def _shade_pixels(verts, faces, bary, view, face, faces_uvs, verts_uvs, texture,
     """Everything per covered pixel after rasterization: normals, albedo, SH shading.
 
     verts: (B, V, 3) world; bary: (N, 3); view, face: (N,); texture, vertex_colors, sh as
-    in MeshRenderer.forward (None when absent); (slot, m) = view_packing(view, B).
+    in MeshRenderer.forward (None when absent); (slot, m) = view_packing(view, B), or
+    (None, 0) to gather the SH coefficients per pixel instead.
     Returns unit world normals, albedo and shading, each (N, 3 or C)."""
     n = interpolate_barycentric(bary, view, face, faces, vertex_normals(verts, faces))
     n = n * torch.rsqrt((n * n).sum(-1, keepdim=True).clamp_min(1e-24))
@@ -137,7 +134,9 @@ def _shade_pixels(verts, faces, bary, view, face, faces_uvs, verts_uvs, texture,
         albedo = interpolate_barycentric(bary, view, face, faces, vertex_colors)
     else:
         albedo = n.new_ones(n.shape[0], 3)
-    if sh is not None:
+    if sh is not None and slot is None:
+        shading = (sh_basis(n)[:, :, None] * sh.index_select(0, view).to(n.dtype)).sum(1)
+    elif sh is not None:
         shading = packed_matmul(sh_basis(n), slot, m, sh)
     else:
         shading = n.new_ones(n.shape[0], albedo.shape[-1])
@@ -184,15 +183,19 @@ class MeshRenderer(torch.nn.Module):
         if vertex_colors is not None:
             vertex_colors = _check_attrs(faces, vertex_colors, B)
         pf = rasterize_packed(verts, faces, K, R, t, self.settings)
-        slot, m = view_packing(pf.view, B) if sh is not None else (None, 0)
+        static = pf.covered is not None
+        # static: per-pixel SH by gather (a padded per-view batch would need the counts: a sync)
+        slot, m = view_packing(pf.view, B) if sh is not None and not static else (None, 0)
         n, albedo, shading = _shade_pixels(verts, faces, pf.bary, pf.view, pf.face, self.faces_uvs,
                                            self.verts_uvs, texture, vertex_colors, sh, slot, m)
+        if static:
+            cov = pf.covered[:, None].to(n.dtype)
+            n, albedo, shading = n * cov, albedo * cov, shading * cov
 
-        Bv, H, W = pf.shape
-        face_idx = torch.full((Bv * H * W,), -1, dtype=torch.int64, device=verts.device)
-        face_idx = face_idx.index_copy(0, pf.pix, pf.face).view(Bv, H, W)
+        face_idx = pf.face_idx()
         alpha = (face_idx >= 0).to(verts.dtype)[:, None]
-        sil = silhouette(verts, faces, K, R, t, face_idx=face_idx)
-        return RenderOutput(image=_dense(albedo * shading, pf.pix, pf.shape), alpha=alpha, silhouette=sil,
+        sil = silhouette(verts, faces, K, R, t, face_idx=face_idx,
+                         static_pairs=2 * self.settings.static_pixels if static else 0)
+        return RenderOutput(image=_dense(albedo * shading, pf), alpha=alpha, silhouette=sil,
                             packed=pf, face_idx=face_idx, packed_albedo=albedo, packed_shading=shading,
                             packed_normals=n)

@@ -29,32 +29,45 @@ from __future__ import annotations
 
 import torch
 
-from fitting.render.cameras import check_cameras, world_to_camera
+from fitting.render.cameras import check_cameras, pinhole_inverse, world_to_camera
 from fitting.render.rasterize import Fragments, RasterSettings, _cross, pixel_centre_rays, rasterize
 
 __all__ = ["silhouette"]
 
 
-def _pairs(face_idx: torch.Tensor, dim: int):
+def _pairs(face_idx: torch.Tensor, dim: int, capacity: int = 0):
     """Outline pairs along ``dim`` (2: horizontal, 1: vertical) of face_idx (B, H, W).
 
-    Returns flat indices (p covered, q background) into B*H*W."""
+    Returns flat indices (p covered, q background) into B*H*W and a validity mask. With
+    ``capacity`` > 0 exactly that many pairs are returned (no host sync; padding invalid;
+    pairs beyond it are dropped, so give at least twice the covered pixels)."""
     B, H, W = face_idx.shape
     cov = face_idx >= 0
     n = cov.shape[dim] - 1
     a = cov.narrow(dim, 0, n)
-    edge = (a != cov.narrow(dim, 1, n)).nonzero()            # (M, 3): b, y, x of the first pixel
+    differs = a != cov.narrow(dim, 1, n)
+    if capacity > 0:
+        edge = torch.nonzero_static(differs, size=capacity, fill_value=-1)
+        valid = edge[:, 0] >= 0
+        # padding on spread-out pairs (the same pair everywhere would serialise atomic adds)
+        spread = torch.arange(capacity, device=edge.device)
+        filler = torch.stack([spread % size for size in differs.shape], -1)
+        edge = torch.where(valid[:, None], edge, filler)
+    else:
+        edge = differs.nonzero()                              # (M, 3): b, y, x of the first pixel
+        valid = torch.ones(len(edge), dtype=torch.bool, device=face_idx.device)
     first = (edge[:, 0] * H + edge[:, 1]) * W + edge[:, 2]
-    step = W if dim == 1 else 1
     a_cov = a[edge[:, 0], edge[:, 1], edge[:, 2]]
+    step = W if dim == 1 else 1
     p = torch.where(a_cov, first, first + step)
     q = torch.where(a_cov, first + step, first)
-    return p, q
+    return p, q, valid
 
 
-def _outline_delta(Xc, faces, Kinv, flat_face, p, q, horizontal, H: int, W: int):
+def _outline_delta(Xc, faces, Kinv, flat_face, p, q, horizontal, valid, H: int, W: int):
     """Coverage change (B*H*W,) of the outline pairs (p covered, q background), (M,) each;
-    horizontal: (M,) bool; Xc: (B, V, 3) camera frame; Kinv: (B, 3, 3) (see module doc)."""
+    horizontal, valid: (M,) bool (invalid pairs change nothing); Xc: (B, V, 3) camera
+    frame; Kinv: (B, 3, 3) (see module doc)."""
     B, V = Xc.shape[:2]
     hw = H * W
     view = torch.div(p, hw, rounding_mode="floor")
@@ -67,7 +80,7 @@ def _outline_delta(Xc, faces, Kinv, flat_face, p, q, horizontal, H: int, W: int)
         return pixel_centre_rays(Kinv, view, x, y, H, W)
 
     dp, dq = ray(p), ray(q)                                             # (M, 3)
-    vid = faces.index_select(0, flat_face.index_select(0, p)) + (view * V)[:, None]
+    vid = faces.index_select(0, flat_face.index_select(0, p).clamp_min(0)) + (view * V)[:, None]
     P = Xc.reshape(B * V, 3).index_select(0, vid.reshape(-1)).view(-1, 3, 3)
     P0, P1, P2 = P.unbind(1)
     E = torch.stack([_cross(P1, P2), _cross(P2, P0), _cross(P0, P1)], 1)    # (M, 3 edges, 3)
@@ -77,7 +90,7 @@ def _outline_delta(Xc, faces, Kinv, flat_face, p, q, horizontal, H: int, W: int)
         changes = (wp * wq) < 0
         s_det = torch.where(changes, wp / torch.where(changes, wp - wq, 1.0), 2.0)
         edge = s_det.argmin(-1, keepdim=True)                           # the edge crossed first
-        ok = changes.gather(1, edge)[:, 0]
+        ok = changes.gather(1, edge)[:, 0] & valid
         # edge's screen-space normal: gradient of w_edge(u, v) = E_edge . Kinv (u, v, 1)
         Ee = E.gather(1, edge[..., None].expand(-1, 1, 3))[:, 0]        # (M, 3)
         Kv = Kinv.index_select(0, view)                                 # (M, 3, 3)
@@ -95,12 +108,14 @@ def _outline_delta(Xc, faces, Kinv, flat_face, p, q, horizontal, H: int, W: int)
 
 def silhouette(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: torch.Tensor,
                t: torch.Tensor, fragments: Fragments | None = None,
-               settings: RasterSettings | None = None, face_idx: torch.Tensor | None = None) -> torch.Tensor:
+               settings: RasterSettings | None = None, face_idx: torch.Tensor | None = None,
+               static_pairs: int = 0) -> torch.Tensor:
     """Antialiased silhouette (B, 1, H, W) in [0, 1] with gradients at the outline.
 
     verts: (B, V, 3) world; faces: (F, 3); K, R: (B, 3, 3); t: (B, 3). Pass the
     ``fragments`` of the same mesh and cameras (or only their ``face_idx`` (B, H, W)), or
-    ``settings`` to rasterize here.
+    ``settings`` to rasterize here. static_pairs: > 0 for fixed shapes (CUDA graphs): the
+    outline pairs of each direction padded to that many (at least 2x the covered pixels).
     """
     check_cameras(K, R, t, verts.shape[0])
     if face_idx is None:
@@ -115,13 +130,14 @@ def silhouette(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: tor
     flat_face = face_idx.reshape(-1)
     cover = (flat_face >= 0).to(verts.dtype)
 
-    ph, qh = _pairs(face_idx, 2)
-    pv, qv = _pairs(face_idx, 1)
+    ph, qh, vh = _pairs(face_idx, 2, static_pairs)
+    pv, qv, vv = _pairs(face_idx, 1, static_pairs)
     p = torch.cat([ph, pv])
     q = torch.cat([qh, qv])
+    valid = torch.cat([vh, vv])
     horizontal = torch.arange(len(p), device=p.device) < len(ph)
     if len(p) == 0:
         return cover.view(B, 1, H, W)
 
-    delta = _outline_delta(Xc, faces, torch.linalg.inv(K), flat_face, p, q, horizontal, H, W)
+    delta = _outline_delta(Xc, faces, pinhole_inverse(K), flat_face, p, q, horizontal, valid, H, W)
     return (cover + delta).clamp(0, 1).view(B, 1, H, W)

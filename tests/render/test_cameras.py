@@ -116,3 +116,11 @@ def test_scale_intrinsics_is_resizing():
     torch.testing.assert_close(uv2, uv * torch.tensor([0.5, 0.25], dtype=torch.float64))
     # pixel (0, 0) covers [0, 1]^2; after halving, the corner stays at 0 and the centre 0.5 -> 0.25
     assert torch.allclose(scale_intrinsics(K, 2.0)[:, :2, 2], 2 * K[:, :2, 2])
+
+
+def test_pinhole_inverse_matches_linalg_inv_with_skew():
+    from fitting.render.cameras import pinhole_inverse
+    K = torch.tensor([[[800.0, 3.0, 260.5], [0.0, 790.0, 349.25], [0.0, 0.0, 1.0]],
+                      [[100.0, 0.0, 32.0], [0.0, 120.0, 30.0], [0.0, 0.0, 1.0]]], dtype=torch.float64)
+    torch.testing.assert_close(pinhole_inverse(K), torch.linalg.inv(K), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(pinhole_inverse(K) @ K, torch.eye(3, dtype=torch.float64).expand(2, 3, 3))
