@@ -92,3 +92,20 @@ def test_cuda_graph_replay_of_forward_and_backward_matches_eager():
         torch.testing.assert_close(out.image, ref.image, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(x.grad, ref_x.grad, atol=1e-6, rtol=1e-4)
         torch.testing.assert_close(sh.grad, ref_sh.grad, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cull", [False, True])
+def test_static_mode_equals_packed_for_vertex_colours_culling_and_near_clipping(cull):
+    f, vt, ft, verts, K, R, t = _scene(views=2, res=32)
+    verts = verts.clone()
+    verts[1] = verts[1] * 4.0                     # view 1: the camera sits inside the mesh (near plane)
+    colours = torch.rand(verts.shape[1], 3)
+    packed = RasterSettings((32, 32), cull_backfaces=cull)
+    tiles, pixels = static_sizes(verts, f, K, R, t, packed)
+    static = packed._replace(static_tiles=tiles, static_pixels=pixels)
+    ref = MeshRenderer(f, settings=packed)(verts, K, R, t, vertex_colors=colours)
+    out = MeshRenderer(f, settings=static)(verts, K, R, t, vertex_colors=colours)
+    assert torch.equal(out.fragments.face_idx, ref.fragments.face_idx)
+    assert (ref.fragments.face_idx[1] >= 0).any()
+    for name in ("image", "silhouette"):
+        torch.testing.assert_close(getattr(out, name), getattr(ref, name), atol=1e-6, rtol=1e-6)
