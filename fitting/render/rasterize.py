@@ -92,8 +92,9 @@ class PackedFragments(NamedTuple):
         """(N, C) values at the listed pixels -> (B*H*W, C), ``fill`` elsewhere."""
         B, H, W = self.shape
         n = B * H * W
-        pad = int(self.covered is not None)                # a dump slot for the padding
-        out = values.new_full((n + pad, values.shape[-1]), fill)
+        if self.covered is None:
+            return values.new_full((n, values.shape[-1]), fill).index_copy(0, self.pix, values)
+        out = values.new_full((n + 1, values.shape[-1]), fill)      # a dump slot for the padding
         return out.index_copy(0, self.pix, values)[:n]
 
     def face_idx(self) -> torch.Tensor:
