@@ -127,6 +127,17 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
     g.add_argument("--rim_occlusion_rel", type=float, default=0.005,
                    help="outline term: a rim vertex counts as hidden when the surface in front of it is closer "
                         "by more than this fraction of its depth")
+    g.add_argument("--w_photo_gn", type=float, default=0.0,
+                   help="geometry stage: an extra Levenberg-Marquardt round with photometric rows (photo at projected "
+                        "surface samples vs their fitted albedo x SH shading, texture space only; weight against the "
+                        "landmark mean, colours in [0, 1]); 0 = off")
+    g.add_argument("--photo_gn_iters", type=int, default=8, help="iterations of that photometric LM round")
+    g.add_argument("--photo_gn_robust", type=float, default=0.01,
+                   help="Cauchy scale of its colour residuals (colours in [0, 1])")
+    g.add_argument("--photo_gn_stride", type=int, default=3, help="that round uses every n-th skin pixel as a sample")
+    g.add_argument("--photo_gn_blur", type=float, default=1.5,
+                   help="that round blurs photo and model by this Gaussian sigma (fitting px) at first, down to none "
+                        "half-way (coarse to fine)")
     g.add_argument("--w_photo", type=float, default=2.0, help="photometric L1 inside the skin mask")
     g.add_argument("--w_sil", type=float, default=1.0, help="silhouette vs head mask")
     g.add_argument("--w_photo_lmk", type=float, default=1.0, help="landmark weight during the photometric stage")

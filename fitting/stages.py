@@ -27,7 +27,7 @@ from fitting.rotations import axis_angle_to_matrix
 from fitting.state import FitState
 
 __all__ = ["FitContext", "subject_vertices", "view_geometry", "initialize", "stage_geometry", "lm_geometry",
-           "rim_correspondences", "init_appearance", "project_landmarks",
+           "rim_correspondences", "photo_samples", "solve_appearance", "init_appearance", "project_landmarks",
            "stage_photometric", "evaluate", "render_views", "texture_maps"]
 
 JAW = slice(6, 9)
@@ -261,7 +261,7 @@ def _bar(ctx, iterable, desc):
 
 
 def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int, hist: list | None = None,
-                rnd: int = 0, use_rim: bool = False) -> FitState:
+                rnd: int = 0, use_rim: bool = False, use_photo: bool = False) -> FitState:
     """Levenberg-Marquardt on everything the landmarks (and outlines) see: per-view cameras, the
     shared focal factor (when refined), and per-subject shape, expression and jaw.
 
@@ -270,6 +270,10 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
     ``+ w_rim / w_lmk * mean_k rho(n_k . (u_k - b_k))`` over rim vertices u_k and their nearest
     head-mask outline points b_k with outline normals n_k (when ``use_rim``; correspondences
     redone every iteration, see :func:`rim_correspondences`)
+    ``+ w_photo_gn / w_lmk * mean_s rho(|I(u_s) - a_s|)`` over surface samples s (when
+    ``use_photo``, see :func:`photo_samples`): the photo at the sample's projection u_s against
+    its fitted appearance a_s (albedo x shading, solved in closed form every iteration by
+    :func:`solve_appearance` and held fixed within it)
     ``+ (w_shape |shape|^2 + w_exp |exp|^2 + w_pose |jaw / 0.1|^2) / (w_lmk G)``.
 
     The Jacobian comes from one ``torch.func.jacfwd`` per iteration with *compressed* tangents:
@@ -293,6 +297,10 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
     prior_diag = torch.cat([torch.full((S,), lam_s), torch.full((E,), lam_e), torch.full((3,), lam_j)]).to(dev, dt)
     lam_f = c.w_focal / c.w_lmk / 0.01 if refine else 0.0
     use_rim = use_rim and c.w_rim > 0
+    use_photo = use_photo and getattr(c, "w_photo_gn", 0.0) > 0 and ctx.texspace is not None and G == 1
+    H, W = ctx.size
+    img_flat = ctx.images.permute(0, 2, 3, 1).reshape(-1, 3)
+    ph = {}  # the photo the photometric rows see this iteration (blurred early on) and its gradients
     fmask = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=dt, device=dev)
     ar = torch.arange(N, device=dev)
     cam_cols = 6 * ar[:, None] + torch.arange(6, device=dev)[None]         # (N, 6)
@@ -301,8 +309,9 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
     def coeffs(st_):
         return torch.cat([st_.shape, st_.expression, st_.pose[:, JAW]], 1)  # (G, P)
 
-    def residuals(x, R_b, t_b, lf_b, co_b, pose_b, sw, rim):
-        """Flat weighted residuals: N*136 landmark rows, then one row per rim pair."""
+    def residuals(x, R_b, t_b, lf_b, co_b, pose_b, sw, rim, pho=None):
+        """Flat weighted residuals: N*136 landmark rows, then one row per rim pair, then three
+        (RGB) per photometric sample."""
         R = axis_angle_to_matrix(x[:3].expand(N, 3)) @ R_b
         t = t_b + x[3:6]
         co = co_b + x[7:]
@@ -320,6 +329,19 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
             xc = (R[view] @ X[..., None])[..., 0] + t[view]
             uv = xc[:, :2] / xc[:, 2:3] * torch.stack([K[view, 0, 0], K[view, 1, 1]], -1) + K[view, :2, 2]
             out.append(((uv - tgt) * nrm).sum(-1) * rw)
+        if pho is not None:
+            view, face, bary, pix, u0, target, pw_, exact = pho
+            X = (vv[view[:, None], ctx.flame.faces[face]] * bary[..., None]).sum(1)  # (S, 3)
+            xc = (R[view] @ X[..., None])[..., 0] + t[view]
+            uv = xc[:, :2] / xc[:, 2:3] * torch.stack([K[view, 0, 0], K[view, 1, 1]], -1) + K[view, :2, 2]
+            if exact:  # the cost of a candidate step: the photo where the sample lands now
+                col = _bilinear(ph["img"], H, W, view, uv)
+            else:
+                # Jacobian: the photo linearised at the sample's pixel with central differences (a
+                # bilinear lookup's one-sided slope at a pixel centre would bias the fixed point)
+                du = uv - u0
+                col = ph["img"][pix] + ph["gx"][pix] * du[:, :1] + ph["gy"][pix] * du[:, 1:]
+            out.append(((col - target) * pw_[:, None]).reshape(-1))
         return torch.cat(out)
 
     def cost_of(r, co, lf):
@@ -331,8 +353,9 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
         args = (st.R(), st.cam_t, st.log_focal.reshape(()), coeffs(st), st.pose)
         with torch.no_grad():
             rim = None
+            frag = _rasterize_state(ctx, st) if use_photo else None  # shared by outline and samples
             if use_rim:
-                rc = rim_correspondences(ctx, st, c.rim_max_px)
+                rc = rim_correspondences(ctx, st, c.rim_max_px, frag)
                 if rc is not None:
                     rim = (*rc, torch.ones(len(rc[0]), device=dev, dtype=dt))
             r_all = residuals(x0, *args, torch.ones_like(pw), rim)
@@ -345,9 +368,35 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
                 wr = 1 / (1 + rr ** 2 / c.rim_robust_px ** 2)
                 rim = (*rim[:4], (wr * c.w_rim / c.w_lmk / len(rr)).sqrt())
                 row_view = torch.cat([row_view, rim[0]])
-        Jc = torch.func.jacfwd(residuals)(x0, *args, sw, rim).detach()  # (rows, 7 + P)
+            pho = None
+            if use_photo:
+                smp = photo_samples(ctx, st, frag)
+                if smp is not None:
+                    vv0, _ = view_geometry(ctx, st, subject_vertices(ctx, st))
+                    st, target = solve_appearance(ctx, st, smp)
+                    view, face, bary, pix = smp
+                    # coarse to fine: blur photo and model alike (inside the sampled pixels) for the
+                    # first half of the round, which widens the basin of the linearised photo
+                    sigma = c.photo_gn_blur * (1 - it / max(1.0, iters / 2))
+                    photo = img_flat
+                    if sigma >= 0.3:
+                        m = torch.zeros(N * H * W, 1, device=dev).index_fill_(0, pix, 1.0)
+                        a_img = torch.zeros(N * H * W, 3, device=dev).index_copy_(0, pix, target)
+                        photo = _masked_blur(img_flat, m, N, H, W, sigma)
+                        target = _masked_blur(a_img, m, N, H, W, sigma)[pix]
+                    ph["img"], ph["gx"], ph["gy"] = photo, *_central_gradients(photo, N, H, W)
+                    keep = torch.arange(0, len(pix), max(1, int(c.photo_gn_stride)), device=dev)
+                    view, face, bary, pix, target = view[keep], face[keep], bary[keep], pix[keep], target[keep]
+                    rp = (photo[pix] - target).norm(dim=-1)
+                    wp = 1 / (1 + rp ** 2 / c.photo_gn_robust ** 2)  # IRLS weights of the Cauchy loss
+                    X = (vv0[view[:, None], ctx.flame.faces[face]] * bary[..., None]).sum(1)
+                    u0 = project(X[:, None], st.K()[view], st.R()[view], st.cam_t[view])[:, 0]
+                    pho = (view, face, bary, pix, u0, target, (wp * c.w_photo_gn / c.w_lmk / len(rp)).sqrt(), False)
+                    row_view = torch.cat([row_view, view.repeat_interleave(3)])
+                    args = (st.R(), st.cam_t, st.log_focal.reshape(()), coeffs(st), st.pose)
+        Jc = torch.func.jacfwd(residuals)(x0, *args, sw, rim, pho).detach()  # (rows, 7 + P)
         with torch.no_grad():
-            r0 = residuals(x0, *args, sw, rim)
+            r0 = residuals(x0, *args, sw, rim, pho)
         rows = r0.shape[0]
         Jf = torch.zeros(rows, n_unk, device=dev, dtype=dt)
         Jf.scatter_(1, cam_cols[row_view], Jc[:, :6])
@@ -370,7 +419,8 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
             dx = -torch.linalg.solve(A + lam * torch.diag(A.diagonal().clamp_min(1e-9)), g)
             cand = _apply_delta(st, dx, N, G, S, E, n_cam, refine)
             with torch.no_grad():
-                r1 = residuals(x0, cand.R(), cand.cam_t, cand.log_focal.reshape(()), coeffs(cand), cand.pose, sw, rim)
+                r1 = residuals(x0, cand.R(), cand.cam_t, cand.log_focal.reshape(()), coeffs(cand), cand.pose, sw, rim,
+                               None if pho is None else (*pho[:-1], True))
             cost1 = cost_of(r1, coeffs(cand), cand.log_focal)
             if cost1 < cost0:
                 st, accepted = cand, True
@@ -378,15 +428,17 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
                 break
             lam *= 4
         if hist is not None:
+            n_rim = 0 if rim is None else len(rim[0])
             hist.append({"round": rnd, "iter": it, "landmark": float((r0[: N * 136] ** 2).sum()),
-                         "rim": float((r0[N * 136:] ** 2).sum()), "lambda": lam})
+                         "rim": float((r0[N * 136:N * 136 + n_rim] ** 2).sum()),
+                         "photo": float((r0[N * 136 + n_rim:] ** 2).sum()), "lambda": lam})
         if not accepted or float(dx.abs().max()) < 1e-7:
             break
     return st
 
 
 @torch.no_grad()
-def rim_correspondences(ctx: FitContext, st: FitState, max_px: float):
+def rim_correspondences(ctx: FitContext, st: FitState, max_px: float, frag=None):
     """Silhouette correspondences for the current fit (ICP-style, redone every LM iteration).
 
     Rim vertices of each view are the end points of its *silhouette edges*: mesh edges whose
@@ -397,7 +449,8 @@ def rim_correspondences(ctx: FitContext, st: FitState, max_px: float):
     the mesh border, hidden ones and those of internal contours (covered just outside) are
     skipped. Each rim vertex takes the nearest (sub-pixel) head-mask boundary point and its
     outward normal; pairs farther than ``max_px`` are dropped. Returns (view (K,), vertex (K,),
-    target (K, 2), normal (K, 2)) or None."""
+    target (K, 2), normal (K, 2)) or None. ``frag``: this state's dense Fragments, when already
+    rasterized."""
     pts_map, nrm_map, f = ctx.boundary()
     e_v, e_f, near_border = ctx.edges()
     verts = subject_vertices(ctx, st)
@@ -430,7 +483,8 @@ def rim_correspondences(ctx: FitContext, st: FitState, max_px: float):
     # them. Checked on the current fit's coverage 1.5 px outward along the mask normal.
     from fitting.render.rasterize import RasterSettings, rasterize
     H, W = ctx.size
-    frag = rasterize(vv, ctx.flame.faces, st.K(), R, st.cam_t, RasterSettings((H, W)))
+    if frag is None:
+        frag = rasterize(vv, ctx.flame.faces, st.K(), R, st.cam_t, RasterSettings((H, W)))
     cov = frag.face_idx >= 0                                                # (N, H, W)
     out = uv[view, vert] + 1.5 * nrm
     ox, oy = out[:, 0].floor().long(), out[:, 1].floor().long()
@@ -446,6 +500,116 @@ def rim_correspondences(ctx: FitContext, st: FitState, max_px: float):
     if keep.sum() == 0:
         return None
     return view[keep], vert[keep], tgt[keep], nrm[keep]
+
+
+def _bilinear(img_flat: torch.Tensor, H: int, W: int, view: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Bilinear lookup of per-view images at continuous pixel positions, differentiable in ``uv``
+    (forward and reverse mode; the cell index is piecewise constant). img_flat: (N*H*W, C) rows
+    ``n*H*W + y*W + x``; view: (S,); uv: (S, 2) pixels with centres at +0.5 -> (S, C)."""
+    x = (uv[:, 0] - 0.5).clamp(0, W - 1.001)
+    y = (uv[:, 1] - 0.5).clamp(0, H - 1.001)
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    i00 = view * (H * W) + y0.long() * W + x0.long()
+    return ((1 - fy) * ((1 - fx) * img_flat[i00] + fx * img_flat[i00 + 1])
+            + fy * ((1 - fx) * img_flat[i00 + W] + fx * img_flat[i00 + W + 1]))
+
+
+def _masked_blur(flat: torch.Tensor, mask: torch.Tensor, N: int, H: int, W: int, sigma: float) -> torch.Tensor:
+    """Gaussian blur of (N*H*W, C) per-view images inside a (N*H*W, 1) mask (normalised
+    convolution: outside pixels do not bleed in). Returns (N*H*W, C)."""
+    r = int(math.ceil(3 * sigma))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, device=flat.device, dtype=flat.dtype) / sigma) ** 2)
+    k = k / k.sum()
+    C = flat.shape[1]
+    x = torch.cat([flat * mask, mask], 1).view(N, H, W, C + 1).permute(0, 3, 1, 2).reshape(N * (C + 1), 1, H, W)
+    x = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1), padding=(0, r))
+    x = torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1), padding=(r, 0))
+    x = x.view(N, C + 1, H, W).permute(0, 2, 3, 1).reshape(-1, C + 1)
+    return x[:, :C] / x[:, C:].clamp_min(1e-6)
+
+
+def _central_gradients(flat: torch.Tensor, N: int, H: int, W: int):
+    """d/dx and d/dy (per pixel) of (N*H*W, C) per-view images by central differences."""
+    img = flat.view(N, H, W, -1).permute(0, 3, 1, 2)
+    pad = torch.nn.functional.pad(img, (1, 1, 1, 1), mode="replicate")
+    gx = (pad[..., 1:-1, 2:] - pad[..., 1:-1, :-2]) / 2
+    gy = (pad[..., 2:, 1:-1] - pad[..., :-2, 1:-1]) / 2
+    return gx.permute(0, 2, 3, 1).reshape(flat.shape), gy.permute(0, 2, 3, 1).reshape(flat.shape)
+
+
+@torch.no_grad()
+def photo_samples(ctx: FitContext, st: FitState, frag=None):
+    """Surface samples for the photometric rows of the LM, one per covered pixel of the current
+    fit inside the photo's skin mask, at least one pixel inside the rendered outline (a step
+    would slide an outline pixel off the surface). ``frag``: this state's dense Fragments, when
+    already rasterized. Returns (view (S,), face (S,), bary (S, 3), flat pixel index (S,) into
+    ``n*H*W + y*W + x``) or None."""
+    H, W = ctx.size
+    N = st.num_views
+    if frag is None:
+        frag = _rasterize_state(ctx, st)
+    cov = (frag.face_idx >= 0).float()[:, None]                                  # (N, 1, H, W)
+    inner = -torch.nn.functional.max_pool2d(-cov, 3, 1, 1)  # 3x3 erosion
+    ok = inner * (ctx.skin_mask > 0.5) * (ctx.view_weights[:, None, None, None] > 0)
+    pix = torch.nonzero(ok.reshape(-1) > 0)[:, 0]
+    if pix.numel() == 0:
+        return None
+    view = torch.div(pix, H * W, rounding_mode="floor")
+    return view, frag.face_idx.reshape(-1)[pix], frag.bary.reshape(-1, 3)[pix].detach(), pix
+
+
+@torch.no_grad()
+def _rasterize_state(ctx: FitContext, st: FitState):
+    """Dense Fragments of every view of the current fit at fitting resolution."""
+    from fitting.render.rasterize import RasterSettings, rasterize
+    vv, _ = view_geometry(ctx, st, subject_vertices(ctx, st))
+    return rasterize(vv, ctx.flame.faces, st.K(), st.R(), st.cam_t, RasterSettings(ctx.size))
+
+
+@torch.no_grad()
+def solve_appearance(ctx: FitContext, st: FitState, samples, rounds: int = 4) -> tuple[FitState, torch.Tensor]:
+    """Texture code and per-view SH by alternating linear least squares on the photometric
+    samples (G = 1, texture space): colour = (mean + basis code) * (Y(n) . sh_view), linear in
+    the SH for a fixed code and in the code for fixed SH. Returns (state with the new ``tex``
+    and ``sh``, the fitted colour of every sample (S, 3))."""
+    from fitting.render.shading import sh_basis, vertex_normals
+    from fitting.render.texture import uv_to_grid
+    view, face, bary, pix = samples
+    ts = ctx.texspace
+    N, S = st.num_views, len(view)
+    vv, _ = view_geometry(ctx, st, subject_vertices(ctx, st))
+    faces = ctx.flame.faces.long()
+    vn = vertex_normals(vv, faces)
+    n = (vn[view[:, None], faces[face]] * bary[..., None]).sum(1)
+    Y = sh_basis(n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12))                  # (S, 9)
+    vt, ft = ctx.uvs()
+    uv = (vt[ft[face]] * bary[..., None]).sum(1)
+    Kt = ts.n_tex
+    stack = torch.cat([ts.mean[None], ts.basis.reshape(1, Kt * 3, *ts.basis.shape[-2:])], 1)
+    smp = torch.nn.functional.grid_sample(stack, uv_to_grid(uv)[None, None].to(stack), mode="bilinear",
+                                          padding_mode="border", align_corners=False)[0, :, 0].t()
+    mean, basis = smp[:, :3], smp[:, 3:].reshape(S, Kt, 3).transpose(1, 2)             # (S, 3), (S, 3, Kt)
+    img = ctx.images.permute(0, 2, 3, 1).reshape(-1, 3)[pix]                           # (S, 3)
+    code, sh = st.tex[0].clone(), st.sh.clone()
+    eye9 = torch.eye(9, device=Y.device)
+    for _ in range(rounds):
+        alb = mean + basis @ code                                                        # (S, 3)
+        # SH per view and channel: min sum (alb Y . h - img)^2 -> (N, 3) 9x9 normal equations
+        a = alb[..., None] * Y[:, None, :]                                               # (S, 3, 9)
+        A = torch.zeros(N, 3, 9, 9, device=Y.device).index_add_(0, view, a[..., :, None] * a[..., None, :])
+        b = torch.zeros(N, 3, 9, device=Y.device).index_add_(0, view, a * img[..., None])
+        sh = torch.linalg.solve(A + 1e-6 * eye9, b[..., None])[..., 0].transpose(1, 2)   # (N, 9, 3)
+        shade = (Y[:, :, None] * sh[view]).sum(1)                                        # (S, 3)
+        # texture code (one subject): min sum (shade (mean + basis code) - img)^2 + code prior
+        Bg = (shade[..., None] * basis).reshape(S * 3, Kt)
+        rhs = Bg.t() @ (img - shade * mean).reshape(-1)
+        # prior code ~ N(0, 1) against colour noise 0.01 (a ridge of w_tex x samples biased the code by 2.6)
+        code = torch.linalg.solve(Bg.t() @ Bg + 1e-4 * torch.eye(Kt, device=Y.device), rhs)
+    out = st.detach()
+    out.tex = code[None].to(st.tex)
+    out.sh = sh.to(st.sh)
+    return out, (mean + basis @ code) * shade
 
 
 def _apply_delta(st: FitState, dx: torch.Tensor, N, G, S, E, n_cam, refine) -> FitState:
@@ -465,16 +629,24 @@ def _apply_delta(st: FitState, dx: torch.Tensor, N, G, S, E, n_cam, refine) -> F
 def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> FitState:
     """Landmark fit: ``geom_rounds`` rounds of Levenberg-Marquardt (:func:`lm_geometry`) over
     cameras, focal, shape, expression and jaw; the first ``geom_static_rounds`` use the 51
-    static points, later ones all 68 with the contour down-weighted by ``w_contour``. Then
+    static points, later ones all 68 with the contour down-weighted by ``w_contour``; with
+    ``w_photo_gn > 0`` (texture space, one subject) a last round of ``photo_gn_iters`` adds the
+    photometric rows (see :func:`lm_geometry`). Then
     ``geom_iters`` optional Adam iterations on the same loss (0 by default: LM converges).
     Records go to ``ctx.history['geometry']``."""
     c = ctx.cfg
     st = state.detach()
     hist = ctx.history.setdefault("geometry", [])
-    rounds = _bar(ctx, range(start_round, c.geom_rounds), "geometry")
+    # the photometric round needs a texture space (a closed-form albedo) and one subject
+    photo_round = (getattr(c, "w_photo_gn", 0.0) > 0 and getattr(c, "photo_gn_iters", 0) > 0
+                   and ctx.texspace is not None and state.num_subjects == 1)
+    rounds = _bar(ctx, range(start_round, c.geom_rounds + int(photo_round)), "geometry")
     for rnd in rounds:
         static = rnd < c.geom_static_rounds
-        st = lm_geometry(ctx, st, static, c.geom_lm_iters, hist, rnd, use_rim=not static)
+        if rnd >= c.geom_rounds:  # the photometric round: landmarks, outline and colour samples
+            st = lm_geometry(ctx, st, False, c.photo_gn_iters, hist, rnd, use_rim=True, use_photo=True)
+        else:
+            st = lm_geometry(ctx, st, static, c.geom_lm_iters, hist, rnd, use_rim=not static)
         if hist:
             rounds.set_postfix(lmk=f"{hist[-1]['landmark']:.3f}")
         if ctx.on_iter is not None:
