@@ -163,15 +163,13 @@ def test_stages_with_one_subject_per_view(demo_fit):
     assert float((st.shape[0] - st.shape[1]).abs().max()) > 0  # subjects are independent
 
 
-@pytest.mark.slow  # shares the ~20 s reduced-demo fit
-def test_rim_correspondences_unbiased_at_ground_truth(demo_fit):
-    """At the true head and cameras the outline pairs (silhouette-edge vertices vs the head-mask
-    boundary) sit on each other: median signed distance ~0 (a bias here is a head-scale error);
-    moving every camera 2 % farther shrinks the head, so the pairs move inside the mask."""
-    from fitting.init import matrix_to_rot, project
+def _true_state(demo_fit):
+    """The reduced demo's scene at 96 px with the true head and cameras:
+    (FitContext, FitState, ground truth, index of each loaded view in it, number of views)."""
+    from fitting.init import matrix_to_rot
     from fitting.pipeline import load_model
     from fitting.scene import load_scene
-    from fitting.stages import FitContext, rim_correspondences, subject_vertices, view_geometry
+    from fitting.stages import FitContext
     from fitting.state import FitState
 
     cfg, _, _ = demo_fit
@@ -184,8 +182,20 @@ def test_rim_correspondences_unbiased_at_ground_truth(demo_fit):
     st.shape, st.expression = torch.tensor(gt["shape"]).float(), torch.tensor(gt["expression"]).float()
     st.pose = torch.tensor(gt["pose"]).float()
     st.cam_rot, st.cam_t = matrix_to_rot(torch.tensor(gt["R"][idx]).float()), torch.tensor(gt["t"][idx]).float()
-    ctx = FitContext(flame, sc.images, sc.landmarks, sc.skin_mask, sc.head_mask, torch.ones(N), cfg, tex,
-                     progress=False)
+    ctx = FitContext(flame, sc.images, sc.landmarks, sc.skin_mask, sc.head_mask, torch.ones(N),
+                     argparse.Namespace(**vars(cfg)), tex, progress=False)
+    return ctx, st, gt, idx, N
+
+
+@pytest.mark.slow  # shares the ~20 s reduced-demo fit
+def test_rim_correspondences_unbiased_at_ground_truth(demo_fit):
+    """At the true head and cameras the outline pairs (silhouette-edge vertices vs the head-mask
+    boundary) sit on each other: median signed distance ~0 (a bias here is a head-scale error);
+    moving every camera 2 % farther shrinks the head, so the pairs move inside the mask."""
+    from fitting.init import project
+    from fitting.stages import rim_correspondences, subject_vertices, view_geometry
+
+    ctx, st, _, _, N = _true_state(demo_fit)
 
     def signed(s):
         view, vert, tgt, nrm = rim_correspondences(ctx, s, 4.0)
@@ -206,29 +216,14 @@ def test_rim_correspondences_unbiased_at_ground_truth(demo_fit):
 def test_closed_form_appearance_matches_the_renderer_at_the_truth(demo_fit):
     """At the true head and cameras, the alternating least squares for texture code and SH
     explain the photo as well as the true appearance does, with the renderer's colour model."""
-    from fitting.init import matrix_to_rot
-    from fitting.pipeline import load_model
-    from fitting.scene import load_scene
-    from fitting.stages import FitContext, photo_samples, render_views, solve_appearance
-    from fitting.state import FitState
+    from fitting.stages import photo_samples, render_views, solve_appearance
 
-    cfg, _, _ = demo_fit
-    flame, tex, _ = load_model(cfg, "cpu")
-    sc = load_scene(cfg.scene_dir, 96)
-    gt = sc.ground_truth
-    idx = [list(map(str, gt["names"])).index(n) for n in sc.names]
-    N = sc.num_views
-    st = FitState.create(N, torch.zeros(N, dtype=torch.long), sc.K, cfg.n_shape, cfg.n_exp, (tex.n_tex,))
-    st.shape, st.expression = torch.tensor(gt["shape"]).float(), torch.tensor(gt["expression"]).float()
-    st.pose = torch.tensor(gt["pose"]).float()
-    st.cam_rot, st.cam_t = matrix_to_rot(torch.tensor(gt["R"][idx]).float()), torch.tensor(gt["t"][idx]).float()
+    ctx, st, gt, idx, N = _true_state(demo_fit)
     st.tex, st.sh = torch.tensor(gt["tex"]).float(), torch.tensor(gt["sh"][idx]).float()
-    ctx = FitContext(flame, sc.images, sc.landmarks, sc.skin_mask, sc.head_mask, torch.ones(N),
-                     argparse.Namespace(**vars(cfg)), tex, progress=False)
     smp = photo_samples(ctx, st)
     assert smp is not None and set(smp[0].tolist()) == set(range(N))
     pix = smp[3]
-    photo = sc.images.permute(0, 2, 3, 1).reshape(-1, 3)[pix]
+    photo = ctx.images.permute(0, 2, 3, 1).reshape(-1, 3)[pix]
     with torch.no_grad():
         ren = render_views(ctx, st).image.permute(0, 2, 3, 1).reshape(-1, 3)[pix]
     rms_true = float((ren - photo).pow(2).mean().sqrt())
