@@ -481,19 +481,19 @@ def rasterize_packed(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, 
     Xc = world_to_camera(verts, R, t)
     B = verts.shape[0]
     if settings.static_tiles > 0 or settings.static_pixels > 0:
-        pix, face, covered, needed = _static_pixels(Xc.detach(), faces, K.detach(), settings)
+        pix, at, face, covered, needed = _static_pixels(Xc.detach(), faces, K.detach(), settings)
     else:
         pix, face = visible_faces(Xc.detach(), faces, K.detach(), settings)
-        covered = needed = None
-    at = pix if covered is None else torch.where(covered, pix, torch.arange(len(pix), device=pix.device) % (B * H * W))
+        at, covered, needed = pix, None, None
     view = torch.div(at, H * W, rounding_mode="floor")
     bary, depth = _barycentrics(Xc, faces, pinhole_inverse(K), at, view, face, H, W, covered)
     return PackedFragments(pix, view, face, bary, depth, (B, H, W), covered, needed)
 
 
 def _static_pixels(Xc, faces, K, settings):
-    """Static-mode visibility: (pix (P,), face (P,), covered (P,), needed (2,)) with
-    P = settings.static_pixels (see PackedFragments)."""
+    """Static-mode visibility: (pix (P,), at (P,), face (P,), covered (P,), needed (2,)) with
+    P = settings.static_pixels (see PackedFragments); ``at`` is ``pix`` with the padding slots
+    on valid, spread-out pixels, for computing on."""
     if settings.static_tiles <= 0 or settings.static_pixels <= 0:
         raise ValueError("static mode needs both RasterSettings.static_tiles and static_pixels > 0 "
                          "(static_sizes() measures what your views need)")
@@ -514,9 +514,9 @@ def _static_pixels(Xc, faces, K, settings):
     # padding slots compute on spread-out pixels and faces: were they all the same, the
     # backward's atomic adds into that one face's vertices would serialise
     spread = torch.arange(settings.static_pixels, device=pix.device)
-    face = face_all.index_select(0, torch.where(covered, pix, spread % n))
-    face = torch.where(covered, face, spread % faces.shape[0])
-    return pix, face, covered, needed
+    at = torch.where(covered, pix, spread % n)
+    face = torch.where(covered, face_all.index_select(0, at), spread % faces.shape[0])
+    return pix, at, face, covered, needed
 
 
 def rasterize(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: torch.Tensor,

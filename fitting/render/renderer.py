@@ -58,7 +58,11 @@ class RenderOutput:
 
     @cached_property
     def fragments(self) -> Fragments:
-        return self.packed.to_dense()
+        pf = self.packed
+        B, H, W = pf.shape
+        bary = pf.scatter(pf.bary).view(B, H, W, 3)
+        depth = pf.scatter(pf.depth[:, None]).view(B, H, W)
+        return Fragments(self.face_idx, bary, depth)     # the face map is already dense
 
 
 def sample_texture_packed(texture: torch.Tensor, uv: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
