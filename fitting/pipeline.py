@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import os
 import random
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from fitting.config import config_to_dict, resolve_device
+from fitting.export import write_json
 from fitting.init import align_sfm_poses, rotation_angle_deg
 from fitting.scene import Scene, load_scene
 from fitting.stages import FitContext, evaluate, init_appearance, initialize, stage_geometry, stage_photometric, \
@@ -182,27 +184,60 @@ def write_outputs(out: Path, scene: Scene, ctx: FitContext, state: FitState, use
     return {"K": K, "R": R, "t": t}
 
 
+_DEMO_RECIPE = "demo_recipe.json"
+
+
+def _demo_recipe(cfg) -> dict:
+    """Everything the demo scene depends on: rebuilt when any of it changes."""
+    keys = ["demo_views", "demo_width", "demo_height", "demo_fov_deg", "demo_distance", "demo_yaw_deg",
+            "demo_pitch_deg", "demo_noise_px", "demo_shape_std", "demo_exp_std", "demo_faceless_views",
+            "seed", "n_shape", "n_exp"]
+    from fitting.synthetic_scene import SCENE_VERSION
+    return {"model": standin_path(cfg).name, "scene_version": SCENE_VERSION, **{k: getattr(cfg, k) for k in keys}}
+
+
+def _ensure_demo_scene(cfg, scene_dir: Path) -> bool:
+    """Build the demo's synthetic scene unless an up-to-date one is there. A scene that this
+    tool generated from another recipe (older stand-in, other demo_* options or seed) is
+    replaced: its ground truth would no longer match the model. Returns True when built."""
+    import shutil
+
+    from fitting.synthetic_scene import make_scene
+    recipe = _demo_recipe(cfg)
+    marker = scene_dir / _DEMO_RECIPE
+    if (scene_dir / "ground_truth.npz").is_file():
+        old = json.loads(marker.read_text()) if marker.is_file() else None
+        if old == recipe:
+            return False
+        manifest = scene_dir / "manifest.json"
+        ours = manifest.is_file() and "synthetic" in json.loads(manifest.read_text()).get("stages", {})
+        if not ours:
+            raise ValueError(f"{scene_dir} holds a ground-truth scene that the demo did not generate; "
+                             "give another --scene_dir for the demo")
+        print(f"[demo] {scene_dir} was built from another recipe (model, options or seed); rebuilding it")
+        shutil.rmtree(scene_dir)
+    load_model(cfg, "cpu")  # builds the stand-in when missing
+    make_scene(scene_dir, standin_path(cfg), n_views=cfg.demo_views, width=cfg.demo_width,
+               height=cfg.demo_height, fov_deg=cfg.demo_fov_deg, distance=cfg.demo_distance,
+               yaw_deg=cfg.demo_yaw_deg, pitch_deg=cfg.demo_pitch_deg, noise_px=cfg.demo_noise_px,
+               shape_std=cfg.demo_shape_std, exp_std=cfg.demo_exp_std,
+               faceless_views=cfg.demo_faceless_views, seed=cfg.seed, n_shape=cfg.n_shape, n_exp=cfg.n_exp)
+    write_json(marker, recipe)
+    return True
+
+
 def fit_scene(cfg: argparse.Namespace) -> dict:
     """Run the whole fit for ``cfg`` and write every output. Returns the report dict."""
-    from fitting.export import write_json
-
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     scene_dir = Path(cfg.scene_dir)
     timing = {"preprocess": 0.0, "init": 0.0, "geometry": 0.0, "photometric": 0.0}
 
-    if cfg.demo and not (scene_dir / "ground_truth.npz").is_file():
-        from fitting.synthetic_scene import make_scene
+    if cfg.demo:
         t0 = time.perf_counter()
-        demo_model = standin_path(cfg)
-        load_model(cfg, "cpu")  # builds the stand-in when missing
-        make_scene(scene_dir, demo_model, n_views=cfg.demo_views, width=cfg.demo_width, height=cfg.demo_height,
-                   fov_deg=cfg.demo_fov_deg, distance=cfg.demo_distance, yaw_deg=cfg.demo_yaw_deg,
-                   pitch_deg=cfg.demo_pitch_deg, noise_px=cfg.demo_noise_px, shape_std=cfg.demo_shape_std,
-                   exp_std=cfg.demo_exp_std, faceless_views=cfg.demo_faceless_views, seed=cfg.seed,
-                   n_shape=cfg.n_shape, n_exp=cfg.n_exp)
-        timing["demo_scene"] = time.perf_counter() - t0
+        if _ensure_demo_scene(cfg, scene_dir):
+            timing["demo_scene"] = time.perf_counter() - t0
 
     name = cfg.scene_name or scene_dir.resolve().name
     out = Path(cfg.savefolder) / name
@@ -237,6 +272,7 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
             init_info = ck["extra"].get("init_info", {})
             timing.update(ck["extra"].get("timing", {}))
             ctx.view_weights = torch.as_tensor(ck["extra"]["view_weights"], device=device)
+            ctx.photo_opt_state = ck["extra"].get("photo_opt")
         else:
             print(f"[fit] {ckpt_path} is for other views; starting afresh")
     cfg_d = config_to_dict(cfg)
@@ -244,7 +280,8 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
     def checkpoint(stage_done: list, stage: str, p: int, st: FitState):
         save_checkpoint(ckpt_path, st, cfg_d, {"done": stage_done, "stage": stage, "pos": p}, ctx.history,
                         {"names": scene.names, "init_info": init_info, "timing": timing,
-                         "view_weights": ctx.view_weights.cpu().tolist()})
+                         "view_weights": ctx.view_weights.cpu().tolist(),
+                         "photo_opt": ctx.photo_opt_state if stage == "photometric" and p > 0 else None})
 
     if "init" not in done:
         t0 = time.perf_counter()

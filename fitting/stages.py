@@ -41,7 +41,9 @@ class FitContext:
     skin_mask, head_mask: (N, 1, H, W); view_weights: (N,) (0 drops a view from every loss);
     cfg: the config Namespace (iterations, learning rates, weights); texspace: TextureSpace or None;
     refine_focal: optimise state.log_focal; history: {stage: [{loss: value}, ...]};
-    on_iter(stage, position, state): checkpoint hook; progress: show tqdm bars.
+    on_iter(stage, position, state): checkpoint hook; progress: show tqdm bars;
+    photo_opt_state: the photometric stage's Adam state at its last ``on_iter`` call (saved
+    with checkpoints; set it before resuming so the moments carry on, not restart).
     """
 
     flame: torch.nn.Module
@@ -56,6 +58,7 @@ class FitContext:
     history: dict = field(default_factory=dict)
     on_iter: Callable | None = None
     progress: bool = True
+    photo_opt_state: dict | None = None
     _renderer: torch.nn.Module | None = None
     _boundary: tuple | None = None
     _edges: tuple | None = None
@@ -568,11 +571,20 @@ def _rasterize_state(ctx: FitContext, st: FitState):
 
 
 @torch.no_grad()
-def solve_appearance(ctx: FitContext, st: FitState, samples, rounds: int = 4) -> tuple[FitState, torch.Tensor]:
-    """Texture code and per-view SH by alternating linear least squares on the photometric
-    samples (G = 1, texture space): colour = (mean + basis code) * (Y(n) . sh_view), linear in
-    the SH for a fixed code and in the code for fixed SH. Returns (state with the new ``tex``
-    and ``sh``, the fitted colour of every sample (S, 3))."""
+def solve_appearance(ctx: FitContext, st: FitState, samples, rounds: int = 8,
+                     tol: float = 1e-5) -> tuple[FitState, torch.Tensor]:
+    """Texture code and per-view SH that best explain the photo at the samples (G = 1, texture
+    space): colour = (mean + basis code) * (Y(n) . sh_view) in least squares, plus a weak
+    N(0, 1) prior on the code. Returns (state with the new ``tex`` and ``sh``, the fitted colour
+    of every sample (S, 3)).
+
+    The problem is bilinear. Alternating the two linear solves converges slowly along the
+    albedo-versus-lighting valley (measured on the demo: 4 rounds left 2.8x the converged
+    residual, and the geometry bent to explain the rest), so this is variable projection: the
+    SH is always the exact least-squares solution for the current code, and the code takes
+    Gauss-Newton steps on the reduced problem (the SH eliminated by a Schur complement), for
+    at most ``rounds`` steps or until the cost drops by less than ``tol`` relatively."""
+    from fitting.render.renderer import view_packing
     from fitting.render.shading import sh_basis, vertex_normals
     from fitting.render.texture import uv_to_grid
     view, face, bary, pix = samples
@@ -591,25 +603,59 @@ def solve_appearance(ctx: FitContext, st: FitState, samples, rounds: int = 4) ->
                                           padding_mode="border", align_corners=False)[0, :, 0].t()
     mean, basis = smp[:, :3], smp[:, 3:].reshape(S, Kt, 3).transpose(1, 2)             # (S, 3), (S, 3, Kt)
     img = ctx.images.permute(0, 2, 3, 1).reshape(-1, 3)[pix]                           # (S, 3)
-    code, sh = st.tex[0].clone(), st.sh.clone()
-    eye9 = torch.eye(9, device=Y.device)
-    for _ in range(rounds):
+    slot, m = view_packing(view, N)            # samples are sorted by view: zero-padded (N, m) batches
+    Yp = Y.new_zeros(N * m, 9).index_copy_(0, slot, Y).view(N, 1, m, 9)
+    eye9 = torch.eye(9, device=Y.device, dtype=Y.dtype)
+    prior = 1e-4   # code ~ N(0, 1) against colour noise 0.01 (a ridge of w_tex x samples biased the code)
+
+    def padded(x):                             # (S, 3, C) -> (N, 3, m, C)
+        return x.new_zeros(N * m, *x.shape[1:]).index_copy_(0, slot, x).view(N, m, 3, -1).transpose(1, 2)
+
+    def light(code):
+        """Exact SH for a code: per view and channel 9x9 normal equations. -> alb, A_hh, sh, shade."""
         alb = mean + basis @ code                                                        # (S, 3)
-        # SH per view and channel: min sum (alb Y . h - img)^2 -> (N, 3) 9x9 normal equations
-        a = alb[..., None] * Y[:, None, :]                                               # (S, 3, 9)
-        A = torch.zeros(N, 3, 9, 9, device=Y.device).index_add_(0, view, a[..., :, None] * a[..., None, :])
-        b = torch.zeros(N, 3, 9, device=Y.device).index_add_(0, view, a * img[..., None])
-        sh = torch.linalg.solve(A + 1e-6 * eye9, b[..., None])[..., 0].transpose(1, 2)   # (N, 9, 3)
+        aY = padded(alb[..., None] * Y[:, None, :])                                      # (N, 3, m, 9)
+        A = aY.transpose(-1, -2) @ aY + 1e-6 * eye9                                      # (N, 3, 9, 9)
+        b = aY.transpose(-1, -2) @ padded(img[..., None])                                # (N, 3, 9, 1)
+        sh = torch.linalg.solve(A, b)[..., 0].transpose(1, 2)                           # (N, 9, 3)
         shade = (Y[:, :, None] * sh[view]).sum(1)                                        # (S, 3)
-        # texture code (one subject): min sum (shade (mean + basis code) - img)^2 + code prior
-        Bg = (shade[..., None] * basis).reshape(S * 3, Kt)
-        rhs = Bg.t() @ (img - shade * mean).reshape(-1)
-        # prior code ~ N(0, 1) against colour noise 0.01 (a ridge of w_tex x samples biased the code by 2.6)
-        code = torch.linalg.solve(Bg.t() @ Bg + 1e-4 * torch.eye(Kt, device=Y.device), rhs)
+        return alb, A, sh, shade
+
+    def cost(code, alb, shade):
+        return float(((alb * shade - img) ** 2).sum()) + prior * float(code @ code)
+
+    code = st.tex[0].clone()
+    alb, A_hh, sh, shade = light(code)
+    c0 = cost(code, alb, shade)
+    for _ in range(rounds):
+        r = alb * shade - img                                                            # (S, 3)
+        Jc = shade[..., None] * basis                                                    # (S, 3, Kt)
+        A_cc = torch.einsum("skt,sku->tu", Jc, Jc) + prior * torch.eye(Kt, device=Y.device, dtype=Y.dtype)
+        g_c = torch.einsum("skt,sk->t", Jc, r) + prior * code
+        # cross blocks d(colour)/d(code) x d(colour)/d(sh) per view and channel: (N, 3, Kt, 9)
+        A_ch = padded(Jc * alb[..., None]).transpose(-1, -2) @ Yp
+        X = torch.linalg.solve(A_hh, A_ch.transpose(-1, -2))                             # A_hh^-1 A_ch^T
+        M = A_cc - torch.einsum("nktj,nkju->tu", A_ch, X)
+        # the SH gradient is zero at its exact solve (up to the 1e-6 ridge), so it drops out
+        step = -torch.linalg.solve(M, g_c)
+        for _try in range(4):                  # Gauss-Newton on a bilinear problem: backtrack if needed
+            cand = code + step
+            alb1, A1, sh1, shade1 = light(cand)
+            c1 = cost(cand, alb1, shade1)
+            if c1 <= c0:
+                break
+            step = step / 2
+        else:
+            break
+        code, alb, A_hh, sh, shade = cand, alb1, A1, sh1, shade1
+        done = c0 - c1 <= tol * c0
+        c0 = c1
+        if done:
+            break
     out = st.detach()
     out.tex = code[None].to(st.tex)
     out.sh = sh.to(st.sh)
-    return out, (mean + basis @ code) * shade
+    return out, alb * shade
 
 
 def _apply_delta(st: FitState, dx: torch.Tensor, N, G, S, E, n_cam, refine) -> FitState:
@@ -719,6 +765,8 @@ def stage_photometric(ctx: FitContext, state: FitState, start_iter: int = 0) -> 
     if ctx.refine_focal:
         groups.append({"params": [st.log_focal], "lr": c.photo_cam_lr})
     opt = torch.optim.Adam(groups)
+    if start_iter > 0 and ctx.photo_opt_state is not None:
+        opt.load_state_dict(ctx.photo_opt_state)   # resumed: Adam's moments carry on
     # cosine decay to 10% over the stage (resumed runs continue the schedule where it stopped)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: 0.1 + 0.45 * (1 + math.cos(math.pi * min(k + start_iter, c.photo_iters) / c.photo_iters)))
@@ -757,6 +805,7 @@ def stage_photometric(ctx: FitContext, state: FitState, start_iter: int = 0) -> 
         if ctx.on_iter is not None and c.checkpoint_every > 0 and (it + 1) % c.checkpoint_every == 0:
             snap = st.detach()
             snap.pose = torch.cat([st.pose[:, :6], jaw.detach(), st.pose[:, 9:]], 1)
+            ctx.photo_opt_state = opt.state_dict()
             ctx.on_iter("photometric", it + 1, snap)
     st.pose = torch.cat([st.pose[:, :6], jaw.detach(), st.pose[:, 9:]], 1)
     return st.detach()

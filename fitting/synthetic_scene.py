@@ -24,6 +24,9 @@ import torch
 from fitting.export import write_json, write_png
 from fitting.init import FLIP
 
+# Bump when the scene's content changes for the same options: demo scenes are rebuilt then.
+SCENE_VERSION = 1
+
 __all__ = ["make_scene", "textured_background", "skin_mask_from_landmarks"]
 
 
