@@ -11,6 +11,7 @@ $(STAMP): requirements.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is needed (found %s); set PYTHON=python3.11" % sys.version.split()[0]'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	-$(PY) -m fitting.render.native   # C++ CPU kernels (~50 s once); on failure rendering uses PyTorch
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -273,9 +273,34 @@ def _grid_keys(coef, u0, v0, fid, dx, dy, near: float):
 
 
 @torch.no_grad()
-def visible_faces(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, settings: RasterSettings):
+def visible_faces(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, settings: RasterSettings,
+                  native: bool | None = None):
     """Visibility pass. Xc: (B, V, 3) camera frame. Returns (pix (N,), face (N,)) int64 for the
     covered pixels, sorted by pixel; ``face`` indexes ``faces`` (per view).
+
+    native: None (default) runs the compiled CPU kernel (fitting.render.native, bit-identical
+    to the torch path) for CPU float32 inputs when it is available, else the torch path;
+    False always runs the torch path; True requires the kernel (RuntimeError otherwise)."""
+    if native is not False and Xc.device.type == "cpu":
+        out = _native_visible_faces(Xc, faces, K, settings)
+        if out is not None:
+            return out
+        if native:
+            raise RuntimeError("the native visibility kernel is not available for these inputs (it needs CPU "
+                               "float32 Xc and K, near > 0, finite values, and a successful build: "
+                               "python -m fitting.render.native)")
+    return _visible_faces_torch(Xc, faces, K, settings)
+
+
+def _native_visible_faces(Xc, faces, K, settings):
+    """The compiled kernel's (pix, face), or None where it does not apply (see native)."""
+    from fitting.render import native as _native
+    H, W = settings.image_size
+    return _native.visible_faces(Xc, faces, K, H, W, settings.near, settings.cull_backfaces)
+
+
+def _visible_faces_torch(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, settings: RasterSettings):
+    """Pure-PyTorch visibility pass (any device and float dtype); see visible_faces.
 
     Boxes come first (cheap, per vertex), edge coefficients only for faces whose box holds
     a pixel centre. Faces with small pixel boxes (the vast majority for a head mesh) are grouped by box

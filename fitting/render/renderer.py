@@ -14,7 +14,9 @@ import torch.nn.functional as F
 
 from fitting.render.interpolate import check_attrs as _check_attrs
 from fitting.render.interpolate import interpolate_barycentric
-from fitting.render.rasterize import Fragments, PackedFragments, RasterSettings, rasterize_packed
+from fitting.render.cameras import check_cameras, pinhole_inverse, world_to_camera
+from fitting.render.rasterize import (Fragments, PackedFragments, RasterSettings, _check_mesh, rasterize_packed,
+                                      visible_faces)
 from fitting.render.shading import sh_basis, vertex_normals
 from fitting.render.silhouette import silhouette
 from fitting.render.texture import uv_to_grid
@@ -173,7 +175,16 @@ class MeshRenderer(torch.nn.Module):
                 vertex_colors: torch.Tensor | None = None) -> RenderOutput:
         """verts: (B, V, 3) world; K, R: (B, 3, 3); t: (B, 3); texture: (B or 1, 3, Ht, Wt);
         sh: (B, 9, 3); vertex_colors: (B, V, 3) or (V, 3). Albedo is the texture if given,
-        else the vertex colours, else 1; shading is SH if given, else 1."""
+        else the vertex colours, else 1; shading is SH if given, else 1.
+
+        On CPU, in the packed mode (settings.static_tiles == 0) and when K needs no gradient,
+        everything per covered pixel (barycentrics, depth, normals, albedo, shading, the
+        image scatter) and the vertex normals run in a compiled kernel
+        (fitting.render.native.shade, built on first use; FLAME_FIT_NATIVE=0 disables it, a
+        failed build warns once and keeps the torch path). Same values to float rounding;
+        the packed bary / depth / normals / albedo / shading stay differentiable w.r.t.
+        verts, R, t, texture, vertex colours and SH (only K gets no gradient, hence the
+        condition)."""
         faces = self.faces
         B = verts.shape[0] if verts.dim() == 3 else -1
         if texture is not None:
@@ -186,12 +197,17 @@ class MeshRenderer(torch.nn.Module):
 
         if vertex_colors is not None:
             vertex_colors = _check_attrs(faces, vertex_colors, B)
-        pf = rasterize_packed(verts, faces, K, R, t, self.settings)
-        static = pf.covered is not None
-        # static: per-pixel SH by gather (a padded per-view batch would need the counts: a sync)
-        slot, m = view_packing(pf.view, B) if sh is not None and not static else (None, 0)
-        n, albedo, shading = _shade_pixels(verts, faces, pf.bary, pf.view, pf.face, self.faces_uvs,
-                                           self.verts_uvs, texture, vertex_colors, sh, slot, m)
+        fused = self._fused(verts, K, R, t, texture, vertex_colors, sh)
+        if fused is not None:
+            pf, n, albedo, shading, colour = fused
+            static = False
+        else:
+            pf = rasterize_packed(verts, faces, K, R, t, self.settings)
+            static = pf.covered is not None
+            # static: per-pixel SH by gather (a padded per-view batch would need the counts: a sync)
+            slot, m = view_packing(pf.view, B) if sh is not None and not static else (None, 0)
+            n, albedo, shading = _shade_pixels(verts, faces, pf.bary, pf.view, pf.face, self.faces_uvs,
+                                               self.verts_uvs, texture, vertex_colors, sh, slot, m)
         if static:
             cov = pf.covered[:, None].to(n.dtype)
             n, albedo, shading = n * cov, albedo * cov, shading * cov
@@ -200,6 +216,40 @@ class MeshRenderer(torch.nn.Module):
         alpha = (face_idx >= 0).to(verts.dtype)[:, None]
         sil = silhouette(verts, faces, K, R, t, face_idx=face_idx,
                          static_pairs=2 * self.settings.static_pixels if static else 0)
-        return RenderOutput(image=_dense(albedo * shading, pf), alpha=alpha, silhouette=sil,
+        if fused is None:
+            image = _dense(albedo * shading, pf)
+        else:
+            from fitting.render.native.shade import dense_image
+            image = dense_image(colour, pf.pix, pf.shape)
+        return RenderOutput(image=image, alpha=alpha, silhouette=sil,
                             packed=pf, face_idx=face_idx, packed_albedo=albedo, packed_shading=shading,
                             packed_normals=n)
+
+    def _fused(self, verts, K, R, t, texture, vertex_colors, sh):
+        """The CPU fast path: visibility, then the compiled per-pixel chain
+        (fitting.render.native.shade) instead of the torch ops of _barycentrics and
+        _shade_pixels (same values; gradients reach verts, R, t, texture, vertex colours and
+        SH, not K). Taken on CPU in the packed mode when K needs no gradient and the kernel
+        is built (FLAME_FIT_NATIVE=0 disables it). Returns (PackedFragments, normals, albedo,
+        shading, colour), or None for the torch path."""
+        from fitting.render.native import shade
+        s = self.settings
+        if (s.static_tiles > 0 or s.static_pixels > 0 or K.requires_grad or not shade.enabled()
+                or not shade.supports(verts, texture, vertex_colors, sh) or K.device.type != "cpu"
+                or verts.dim() != 3 or not shade.available()):
+            return None
+        faces = self.faces
+        _check_mesh(verts, faces)
+        check_cameras(K, R, t, verts.shape[0])
+        H, W = s.image_size
+        if H <= 0 or W <= 0:
+            raise ValueError(f"image_size must be positive (H, W), got {s.image_size}")
+        B = verts.shape[0]
+        Xc = world_to_camera(verts, R, t)
+        pix, face = visible_faces(Xc.detach(), faces, K.detach(), s)
+        view = torch.div(pix, H * W, rounding_mode="floor")
+        colour, bary, depth, n, albedo, shading = shade.shade_pixels(
+            Xc, shade.vertex_normals(verts, faces), pinhole_inverse(K), pix, view, face, faces, (H, W),
+            texture=texture, verts_uvs=self.verts_uvs, faces_uvs=self.faces_uvs, vertex_colors=vertex_colors, sh=sh)
+        return PackedFragments(pix, view, face, bary, depth, (B, H, W)), n, albedo, shading, colour
+

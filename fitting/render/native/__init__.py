@@ -1,0 +1,129 @@
+"""Optional compiled CPU kernel for the rasterizer's visibility pass.
+
+``visibility.cpp`` is a C++ torch extension built on first use (or ahead of time with
+``python -m fitting.render.native``) with ``torch.utils.cpp_extension.load``: it needs a
+C++ compiler (g++ or clang++, or ``$CXX``) and the ``ninja`` Python package. It returns the
+same (pix, face) as the torch path of :func:`fitting.render.rasterize.visible_faces`, bit
+for bit: every float32 operation mirrors one torch operation, in the same order, compiled
+without FMA contraction (``-ffp-contract=off``) or fast-math. It is parallel over views
+(``at::parallel_for``, torch's thread count).
+
+When the build fails the renderer warns once and keeps the torch path; it never fails
+because of this module. ``FLAME_FIT_NATIVE=0`` disables it; ``FLAME_FIT_NATIVE_DIR`` moves
+the build cache (default ``~/.cache/flame_fit/native/<python>-<torch>/flame_fit_visibility``).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "build", "visible_faces", "build_directory"]
+
+_SOURCE = Path(__file__).with_name("visibility.cpp")
+_NAME = "flame_fit_visibility"
+# no FMA contraction and no fast-math: the kernel must round like torch's separate ops
+_CFLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fopenmp"]
+_LDFLAGS = ["-fopenmp"]
+
+_lock = threading.Lock()
+_module = None          # the loaded extension
+_failed: str | None = None   # why the build failed (then we warn once and never retry)
+
+
+def enabled() -> bool:
+    """False when the environment variable FLAME_FIT_NATIVE is 0 / false / off / no."""
+    return os.environ.get("FLAME_FIT_NATIVE", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def build_directory() -> Path:
+    """Where the extension is built and cached: ``$FLAME_FIT_NATIVE_DIR`` or
+    ~/.cache/flame_fit/native, then one folder per Python and torch version (a virtualenv
+    upgrade never loads a stale binary), then one per kernel."""
+    root = os.environ.get("FLAME_FIT_NATIVE_DIR")
+    base = Path(root) if root else Path.home() / ".cache" / "flame_fit" / "native"
+    tag = f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}".replace("+", "_")
+    return base / tag / _NAME
+
+
+def _missing() -> list[str]:
+    """Build prerequisites that are absent (empty list: all present)."""
+    from torch.utils.cpp_extension import is_ninja_available
+    missing = []
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None and shutil.which("g++") is None and shutil.which("clang++") is None:
+        missing.append(f"a C++ compiler ({cxx!r}, g++ or clang++ on PATH; e.g. apt-get install g++)")
+    if not is_ninja_available():
+        missing.append("the 'ninja' build tool (pip install ninja)")
+    return missing
+
+
+def build(verbose: bool = False):
+    """Build (or load the cached build of) the extension and return the module.
+
+    Raises RuntimeError saying what is missing or how the compilation failed."""
+    global _module
+    with _lock:
+        if _module is not None:
+            return _module
+        missing = _missing()
+        if missing:
+            raise RuntimeError("cannot build the native visibility kernel: missing " + " and ".join(missing))
+        from torch.utils.cpp_extension import load
+        out = build_directory()
+        out.mkdir(parents=True, exist_ok=True)
+        if not any(out.glob(_NAME + "*.so")):
+            print(f"building the native visibility kernel in {out} (once, ~20-60 s)...", file=sys.stderr)
+        try:
+            _module = load(name=_NAME, sources=[str(_SOURCE)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
+                           build_directory=str(out), verbose=verbose)
+        except Exception as e:   # compiler errors come as RuntimeError / CalledProcessError / OSError
+            raise RuntimeError(f"building the native visibility kernel in {out} failed: {e}") from e
+        return _module
+
+
+def _load():
+    """The extension, building it on first use; None (with one warning) when it cannot be
+    built or is disabled."""
+    global _failed
+    if not enabled():
+        return None
+    if _module is not None:
+        return _module
+    if _failed is not None:
+        return None
+    try:
+        return build()
+    except Exception as e:
+        _failed = str(e)
+        warnings.warn(f"{_failed}. Rendering goes on with the slower pure-PyTorch visibility pass "
+                      "(set FLAME_FIT_NATIVE=0 to silence this).", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def available() -> bool:
+    """True when the native kernel is enabled and built (building it now if needed)."""
+    return _load() is not None
+
+
+def visible_faces(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, H: int, W: int, near: float,
+                  cull_backfaces: bool):
+    """Native visibility pass, or None when it does not apply (not built, disabled, not
+    CPU float32, near <= 0, non-finite input): the caller then uses the torch path.
+
+    Xc: (B, V, 3) camera frame; faces: (F, 3) integer; K: (B, 3, 3).
+    Returns (pix (N,), face (N,)) int64, as :func:`fitting.render.rasterize.visible_faces`."""
+    if (Xc.device.type != "cpu" or Xc.dtype != torch.float32 or K.dtype != torch.float32
+            or not near > 0 or faces.device.type != "cpu"):
+        return None
+    mod = _load()
+    if mod is None:
+        return None
+    pix, face, ok = mod.visible_faces(Xc.contiguous(), faces.long().contiguous(), K.contiguous(),
+                                      int(H), int(W), float(near), bool(cull_backfaces))
+    return (pix, face) if ok else None

@@ -1,0 +1,33 @@
+"""python -m fitting.render.native [-v]: build the native CPU kernels now (the Makefile's
+install step calls it so the first render does not pay for the compilation): the visibility
+pass (visibility.cpp) and the fused per-pixel shading (shade.cpp). Prints where they live and
+exits non-zero when one cannot be built (rendering then uses the torch path for it)."""
+from __future__ import annotations
+
+import sys
+import time
+
+from fitting.render import native
+from fitting.render.native import shade
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not native.enabled():
+        print("native kernels disabled (FLAME_FIT_NATIVE=0); nothing built")
+        return 0
+    rc = 0
+    for what, mod in (("visibility", native), ("shading", shade)):
+        t0 = time.perf_counter()
+        try:
+            ext = mod.build(verbose="-v" in argv)
+        except RuntimeError as e:
+            print(f"{e}\nRendering will use the pure-PyTorch {what} path.", file=sys.stderr)
+            rc = 1
+            continue
+        print(f"native {what} kernel ready in {time.perf_counter() - t0:.1f} s: {ext.__file__}")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

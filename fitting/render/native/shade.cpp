@@ -1,0 +1,677 @@
+// Fused per-pixel shading chain of fitting/render/renderer.py for CPU: perspective-correct
+// barycentrics and depth (rasterize._barycentrics), interpolated unit normals, albedo
+// (bilinear texture lookup as renderer.sample_texture_packed / grid_sample with
+// padding_mode="border", align_corners=False, or interpolated vertex colours) and 9-term SH
+// shading (shading.sh_basis), with a hand-written backward.
+//
+// The torch path runs ~100 small elementwise kernels, gathers and scatter-adds over the N
+// covered pixels; here each pixel is one pass over registers. The backward recomputes the
+// forward of its pixel (cheaper than storing a dozen (N, k) intermediates) and accumulates
+// into per-vertex / per-texel gradients. Pixels arrive sorted by view, so threads take
+// contiguous view ranges: the rows of Xc, vn, sh and of per-view textures / vertex colours
+// a thread writes are then its own; a texture (or colour table) shared by all views gets one
+// gradient buffer per thread range, summed at the end (deterministic for a given thread count).
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+constexpr int kMaxC = 4;          // colour channels handled (the Python side falls back above this)
+enum AlbedoMode : int64_t { kNone = 0, kTexture = 1, kVertex = 2 };
+
+template <typename T>
+struct Inputs {
+  const T* Xc;          // (B, V, 3) camera frame
+  const T* vn;          // (B, V, 3) world vertex normals
+  const T* Kinv;        // (B, 9) row-major pinhole_inverse(K)
+  const int64_t* pix;   // (N,) b*H*W + y*W + x
+  const int64_t* view;  // (N,)
+  const int64_t* face;  // (N,)
+  const int64_t* faces; // (F, 3)
+  int64_t B, V, N, H, W, C;
+  int64_t mode;         // AlbedoMode
+  const T* src;         // texture (Bs, Ht, Wt, C) channels-last, or vertex colours (Bs, V, C)
+  int64_t Bs, Ht, Wt;
+  const T* vt;          // (T, 2) UVs
+  const int64_t* ft;    // (F, 3) UV indices
+  const T* sh;          // (B, 9, C) or nullptr (shading 1)
+  T shc[9];             // shading.SH_CONSTANTS
+};
+
+// Everything the backward needs about one pixel.
+template <typename T>
+struct Pixel {
+  int64_t b, f, row[3];   // view, face, corner rows b*V + v
+  T d[3], P[3][3];        // pixel ray K^-1 (x+.5, y+.5, 1) and corners
+  T w1, w2, total, bary[3], depth;
+  T nraw[3], r, n[3];
+  bool clamped;           // |nraw|^2 below the normalisation's clamp (no gradient through it)
+  T uv[3][2];             // corner UVs (texture mode)
+  T fx, fy, sx, sy;       // bilinear fractions; d(texel coord)/d(uv) (0 where clipped)
+  int64_t tap[4];         // texel rows of (y0,x0) (y0,x1) (y1,x0) (y1,x1) in the flat (Bs*Ht*Wt, C) table
+  int64_t srow;           // vertex-colour table of this pixel (b or 0), times V
+  T albedo[kMaxC], basis[9], shading[kMaxC];
+};
+
+template <typename T>
+inline void cross(const T* a, const T* b, T* o) {
+  o[0] = a[1] * b[2] - a[2] * b[1];
+  o[1] = a[2] * b[0] - a[0] * b[2];
+  o[2] = a[0] * b[1] - a[1] * b[0];
+}
+
+template <typename T>
+inline T dot(const T* a, const T* b) { return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]; }
+
+template <typename T>
+inline __attribute__((always_inline)) void eval_pixel(const Inputs<T>& in, int64_t i, Pixel<T>& px) {
+  const int64_t b = in.view[i], f = in.face[i];
+  px.b = b;
+  px.f = f;
+  // 32-bit division: a 64-bit one costs several times more, and rem < H * W fits
+  const int32_t rem = static_cast<int32_t>(in.pix[i] - b * in.H * in.W), Wi = static_cast<int32_t>(in.W);
+  const int32_t y = rem / Wi, x = rem - y * Wi;
+  const T* K = in.Kinv + 9 * b;
+  const T xc = static_cast<T>(x) + T(0.5), yc = static_cast<T>(y) + T(0.5);
+  px.d[0] = (K[0] * xc + K[2]) + K[1] * yc;         // rasterize.pixel_centre_rays
+  px.d[1] = K[4] * yc + K[5];
+  px.d[2] = T(1);
+  for (int k = 0; k < 3; ++k) {
+    px.row[k] = b * in.V + in.faces[3 * f + k];
+    for (int j = 0; j < 3; ++j) px.P[k][j] = in.Xc[3 * px.row[k] + j];
+  }
+  // w_i = d . (P_j x P_k); the sum of all three is d . ((P1 - P0) x (P2 - P0))
+  T q[3], e1[3], e2[3], e[3];
+  cross(px.d, px.P[0], q);
+  px.w1 = -dot(px.P[2], q);
+  px.w2 = dot(px.P[1], q);
+  for (int j = 0; j < 3; ++j) {
+    e1[j] = px.P[1][j] - px.P[0][j];
+    e2[j] = px.P[2][j] - px.P[0][j];
+  }
+  cross(e1, e2, e);
+  px.total = dot(px.d, e);
+  const T inv = T(1) / px.total;
+  px.bary[0] = (px.total - px.w1 - px.w2) * inv;
+  px.bary[1] = px.w1 * inv;
+  px.bary[2] = px.w2 * inv;
+  px.depth = px.bary[0] * px.P[0][2] + px.bary[1] * px.P[1][2] + px.bary[2] * px.P[2][2];
+
+  for (int j = 0; j < 3; ++j)
+    px.nraw[j] = px.bary[0] * in.vn[3 * px.row[0] + j] + px.bary[1] * in.vn[3 * px.row[1] + j] +
+                 px.bary[2] * in.vn[3 * px.row[2] + j];
+  const T s = dot(px.nraw, px.nraw);
+  const T lo = static_cast<T>(1e-24);
+  px.clamped = s < lo;
+  px.r = T(1) / std::sqrt(px.clamped ? lo : s);
+  for (int j = 0; j < 3; ++j) px.n[j] = px.nraw[j] * px.r;
+
+  const int64_t C = in.C;
+  if (in.mode == kTexture) {
+    T u = 0, v = 0;
+    for (int k = 0; k < 3; ++k) {
+      const T* t = in.vt + 2 * in.ft[3 * f + k];
+      px.uv[k][0] = t[0];
+      px.uv[k][1] = t[1];
+      u += px.bary[k] * t[0];
+      v += px.bary[k] * t[1];
+    }
+    // uv_to_grid, then grid_sample's unnormalisation (align_corners=False) and border clip
+    const T gx = T(2) * u - T(1), gy = T(1) - T(2) * v;
+    const int64_t Ht = in.Ht, Wt = in.Wt;
+    T ix = ((gx + T(1)) * static_cast<T>(Wt) - T(1)) / T(2);
+    T iy = ((gy + T(1)) * static_cast<T>(Ht) - T(1)) / T(2);
+    const T xmax = static_cast<T>(Wt - 1), ymax = static_cast<T>(Ht - 1);
+    px.sx = (ix > T(0) && ix < xmax) ? static_cast<T>(Wt) : T(0);     // d ix / d u
+    px.sy = (iy > T(0) && iy < ymax) ? -static_cast<T>(Ht) : T(0);    // d iy / d v
+    ix = std::min(std::max(ix, T(0)), xmax);
+    iy = std::min(std::max(iy, T(0)), ymax);
+    // ix, iy >= 0 here, so truncation is floor (std::floor is a libm call without SSE4.1);
+    // NaN UVs (degenerate faces) must not index out of the table
+    int64_t x0 = ix == ix ? static_cast<int64_t>(ix) : 0;
+    int64_t y0 = iy == iy ? static_cast<int64_t>(iy) : 0;
+    x0 = std::max<int64_t>(0, std::min<int64_t>(x0, Wt > 1 ? Wt - 2 : 0));
+    y0 = std::max<int64_t>(0, std::min<int64_t>(y0, Ht > 1 ? Ht - 2 : 0));
+    px.fx = ix - static_cast<T>(x0);
+    px.fy = iy - static_cast<T>(y0);
+    const int64_t x1 = std::min(x0 + 1, Wt - 1), y1 = std::min(y0 + 1, Ht - 1);
+    const int64_t base = (in.Bs == 1 ? 0 : b) * Ht * Wt;
+    px.tap[0] = base + y0 * Wt + x0;
+    px.tap[1] = base + y0 * Wt + x1;
+    px.tap[2] = base + y1 * Wt + x0;
+    px.tap[3] = base + y1 * Wt + x1;
+    for (int64_t c = 0; c < C; ++c) {
+      const T t00 = in.src[px.tap[0] * C + c], t01 = in.src[px.tap[1] * C + c];
+      const T t10 = in.src[px.tap[2] * C + c], t11 = in.src[px.tap[3] * C + c];
+      px.albedo[c] = (T(1) - px.fy) * ((T(1) - px.fx) * t00 + px.fx * t01) +
+                     px.fy * ((T(1) - px.fx) * t10 + px.fx * t11);
+    }
+  } else if (in.mode == kVertex) {
+    px.srow = (in.Bs == 1 ? 0 : b) * in.V;
+    for (int64_t c = 0; c < C; ++c) {
+      T a = 0;
+      for (int k = 0; k < 3; ++k) a += px.bary[k] * in.src[(px.srow + in.faces[3 * f + k]) * C + c];
+      px.albedo[c] = a;
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) px.albedo[c] = T(1);
+  }
+
+  if (in.sh != nullptr) {
+    const T x = px.n[0], yy = px.n[1], z = px.n[2];
+    const T* c = in.shc;
+    px.basis[0] = c[0];
+    px.basis[1] = c[1] * x;
+    px.basis[2] = c[2] * yy;
+    px.basis[3] = c[3] * z;
+    px.basis[4] = c[4] * x * yy;
+    px.basis[5] = c[5] * x * z;
+    px.basis[6] = c[6] * yy * z;
+    px.basis[7] = c[7] * (x * x - yy * yy);
+    px.basis[8] = c[8] * (T(3) * z * z - T(1));
+    const T* L = in.sh + b * 9 * C;
+    for (int64_t ch = 0; ch < C; ++ch) {
+      T acc = 0;
+      for (int k = 0; k < 9; ++k) acc += px.basis[k] * L[k * C + ch];
+      px.shading[ch] = acc;
+    }
+  } else {
+    for (int64_t ch = 0; ch < C; ++ch) px.shading[ch] = T(1);
+  }
+}
+
+// Incoming gradients (nullptr: that output was not used).
+template <typename T>
+struct Grads {
+  const T *colour, *bary, *depth, *normals, *albedo, *shading;
+};
+
+// Outgoing gradients (nullptr: not needed). src is this thread range's buffer; sh is a
+// (9, C) accumulator of the current view.
+template <typename T>
+struct Outs {
+  T *Xc, *vn, *src, *sh;
+};
+
+template <typename T>
+inline __attribute__((always_inline)) void backward_pixel(const Inputs<T>& in, const Grads<T>& g, const Outs<T>& o, int64_t i, Pixel<T>& px) {
+  eval_pixel(in, i, px);
+  const int64_t C = in.C;
+  T ga[kMaxC], gs[kMaxC];
+  for (int64_t c = 0; c < C; ++c) {
+    ga[c] = g.albedo ? g.albedo[i * C + c] : T(0);
+    gs[c] = g.shading ? g.shading[i * C + c] : T(0);
+    if (g.colour) {
+      const T gc = g.colour[i * C + c];
+      ga[c] += gc * px.shading[c];
+      gs[c] += gc * px.albedo[c];
+    }
+  }
+  T gb[3] = {0, 0, 0};          // d loss / d bary
+  T gn[3] = {0, 0, 0};          // d loss / d unit normal
+  if (g.bary)
+    for (int k = 0; k < 3; ++k) gb[k] = g.bary[3 * i + k];
+  if (g.normals)
+    for (int j = 0; j < 3; ++j) gn[j] = g.normals[3 * i + j];
+
+  if (in.sh != nullptr) {
+    const T* L = in.sh + px.b * 9 * C;
+    T gbasis[9];
+    for (int k = 0; k < 9; ++k) {
+      T acc = 0;
+      for (int64_t c = 0; c < C; ++c) acc += L[k * C + c] * gs[c];
+      gbasis[k] = acc;
+    }
+    if (o.sh) {
+      T* G = o.sh;                 // this view's accumulator (see shade_backward)
+      for (int k = 0; k < 9; ++k)
+        for (int64_t c = 0; c < C; ++c) G[k * C + c] += px.basis[k] * gs[c];
+    }
+    const T x = px.n[0], y = px.n[1], z = px.n[2];
+    const T* c = in.shc;
+    gn[0] += c[1] * gbasis[1] + c[4] * y * gbasis[4] + c[5] * z * gbasis[5] + T(2) * c[7] * x * gbasis[7];
+    gn[1] += c[2] * gbasis[2] + c[4] * x * gbasis[4] + c[6] * z * gbasis[6] - T(2) * c[7] * y * gbasis[7];
+    gn[2] += c[3] * gbasis[3] + c[5] * x * gbasis[5] + c[6] * y * gbasis[6] + T(6) * c[8] * z * gbasis[8];
+  }
+
+  // n = nraw * rsqrt(max(|nraw|^2, 1e-24))
+  T gr[3];
+  const T ndg = dot(px.n, gn);
+  for (int j = 0; j < 3; ++j) gr[j] = px.clamped ? gn[j] * px.r : px.r * (gn[j] - px.n[j] * ndg);
+  for (int k = 0; k < 3; ++k) {
+    const T* vk = in.vn + 3 * px.row[k];
+    gb[k] += dot(vk, gr);
+    if (o.vn)
+      for (int j = 0; j < 3; ++j) o.vn[3 * px.row[k] + j] += px.bary[k] * gr[j];
+  }
+
+  if (in.mode == kTexture) {
+    T gix = 0, giy = 0;
+    const T fx = px.fx, fy = px.fy;
+    const T w[4] = {(T(1) - fy) * (T(1) - fx), (T(1) - fy) * fx, fy * (T(1) - fx), fy * fx};
+    for (int64_t c = 0; c < C; ++c) {
+      const T t00 = in.src[px.tap[0] * C + c], t01 = in.src[px.tap[1] * C + c];
+      const T t10 = in.src[px.tap[2] * C + c], t11 = in.src[px.tap[3] * C + c];
+      gix += ga[c] * ((T(1) - fy) * (t01 - t00) + fy * (t11 - t10));
+      giy += ga[c] * ((T(1) - fx) * (t10 - t00) + fx * (t11 - t01));
+      if (o.src)
+        for (int k = 0; k < 4; ++k) o.src[px.tap[k] * C + c] += w[k] * ga[c];
+    }
+    const T gu = gix * px.sx, gv = giy * px.sy;
+    for (int k = 0; k < 3; ++k) gb[k] += px.uv[k][0] * gu + px.uv[k][1] * gv;
+  } else if (in.mode == kVertex) {
+    for (int k = 0; k < 3; ++k) {
+      const int64_t r = (px.srow + in.faces[3 * px.f + k]) * C;
+      T acc = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        acc += in.src[r + c] * ga[c];
+        if (o.src) o.src[r + c] += px.bary[k] * ga[c];
+      }
+      gb[k] += acc;
+    }
+  }
+
+  if (o.Xc == nullptr) return;
+  T gP[3][3] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}};
+  if (g.depth) {
+    const T gd = g.depth[i];
+    for (int k = 0; k < 3; ++k) {
+      gb[k] += gd * px.P[k][2];
+      gP[k][2] += gd * px.bary[k];
+    }
+  }
+  // bary = (1 - (w1 + w2) / total, w1 / total, w2 / total)
+  const T inv = T(1) / px.total;
+  const T gw1 = (gb[1] - gb[0]) * inv, gw2 = (gb[2] - gb[0]) * inv;
+  const T gt = (gb[0] - (gb[0] * px.bary[0] + gb[1] * px.bary[1] + gb[2] * px.bary[2])) * inv;
+  // w1 = -P2 . (d x P0), w2 = P1 . (d x P0), total = d . ((P1 - P0) x (P2 - P0))
+  T q[3], p2d[3], p1d[3], e1[3], e2[3], e2d[3], de1[3];
+  cross(px.d, px.P[0], q);
+  cross(px.P[2], px.d, p2d);
+  cross(px.P[1], px.d, p1d);
+  for (int j = 0; j < 3; ++j) {
+    e1[j] = px.P[1][j] - px.P[0][j];
+    e2[j] = px.P[2][j] - px.P[0][j];
+  }
+  cross(e2, px.d, e2d);
+  cross(px.d, e1, de1);
+  for (int j = 0; j < 3; ++j) {
+    gP[0][j] += -gw1 * p2d[j] + gw2 * p1d[j] - gt * (e2d[j] + de1[j]);
+    gP[1][j] += gw2 * q[j] + gt * e2d[j];
+    gP[2][j] += -gw1 * q[j] + gt * de1[j];
+  }
+  for (int k = 0; k < 3; ++k)
+    for (int j = 0; j < 3; ++j) o.Xc[3 * px.row[k] + j] += gP[k][j];
+}
+
+template <typename T>
+Inputs<T> make_inputs(const at::Tensor& Xc, const at::Tensor& vn, const at::Tensor& Kinv, const at::Tensor& pix,
+                      const at::Tensor& view, const at::Tensor& face, const at::Tensor& faces, int64_t H,
+                      int64_t W, int64_t mode, const at::Tensor& src, const at::Tensor& vt, const at::Tensor& ft,
+                      const at::Tensor& sh, int64_t C, const std::vector<double>& shc) {
+  Inputs<T> in;
+  in.Xc = Xc.data_ptr<T>();
+  in.vn = vn.data_ptr<T>();
+  in.Kinv = Kinv.data_ptr<T>();
+  in.pix = pix.data_ptr<int64_t>();
+  in.view = view.data_ptr<int64_t>();
+  in.face = face.data_ptr<int64_t>();
+  in.faces = faces.data_ptr<int64_t>();
+  in.B = Xc.size(0);
+  in.V = Xc.size(1);
+  in.N = pix.size(0);
+  in.H = H;
+  in.W = W;
+  in.C = C;
+  in.mode = mode;
+  in.src = mode == kNone ? nullptr : src.data_ptr<T>();
+  in.Bs = mode == kNone ? 1 : src.size(0);
+  in.Ht = mode == kTexture ? src.size(1) : 0;
+  in.Wt = mode == kTexture ? src.size(2) : 0;
+  in.vt = mode == kTexture ? vt.data_ptr<T>() : nullptr;
+  in.ft = mode == kTexture ? ft.data_ptr<int64_t>() : nullptr;
+  in.sh = sh.numel() > 0 ? sh.data_ptr<T>() : nullptr;
+  for (int k = 0; k < 9; ++k) in.shc[k] = static_cast<T>(shc[k]);
+  return in;
+}
+
+void check_inputs(const at::Tensor& Xc, const at::Tensor& vn, const at::Tensor& Kinv, const at::Tensor& pix,
+                  const at::Tensor& view, const at::Tensor& face, const at::Tensor& faces, int64_t H, int64_t W,
+                  int64_t mode, const at::Tensor& src, const at::Tensor& vt, const at::Tensor& ft,
+                  const at::Tensor& sh, int64_t C, const std::vector<double>& shc) {
+  const auto dt = Xc.scalar_type();
+  auto ok = [&](const at::Tensor& t) { return t.device().is_cpu() && t.scalar_type() == dt && t.is_contiguous(); };
+  auto ok_long = [](const at::Tensor& t) {
+    return t.device().is_cpu() && t.scalar_type() == at::kLong && t.is_contiguous();
+  };
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "Xc must be float32 or float64");
+  TORCH_CHECK(ok(Xc) && Xc.dim() == 3 && Xc.size(2) == 3, "Xc must be a contiguous CPU (B, V, 3) tensor");
+  const int64_t B = Xc.size(0), V = Xc.size(1), F = faces.size(0), N = pix.size(0);
+  TORCH_CHECK(ok(vn) && vn.sizes() == Xc.sizes(), "vn must be a contiguous (B, V, 3) tensor of Xc's dtype");
+  TORCH_CHECK(ok(Kinv) && Kinv.numel() == 9 * B, "Kinv must be a contiguous (B, 3, 3) tensor of Xc's dtype");
+  TORCH_CHECK(ok_long(pix) && ok_long(view) && ok_long(face) && pix.dim() == 1 && view.sizes() == pix.sizes() &&
+                  face.sizes() == pix.sizes(), "pix, view, face must be contiguous int64 (N,) tensors");
+  TORCH_CHECK(ok_long(faces) && faces.dim() == 2 && faces.size(1) == 3, "faces must be a contiguous int64 (F, 3)");
+  TORCH_CHECK(H > 0 && W > 0 && H * W < (int64_t(1) << 31), "image size must be positive and below 2^31 pixels");
+  TORCH_CHECK(C >= 1 && C <= kMaxC, "1 to ", kMaxC, " colour channels");
+  TORCH_CHECK(shc.size() == 9, "9 SH constants");
+  TORCH_CHECK(mode == kNone || mode == kTexture || mode == kVertex, "unknown albedo mode");
+  if (mode == kTexture) {
+    TORCH_CHECK(ok(src) && src.dim() == 4 && (src.size(0) == 1 || src.size(0) == B) && src.size(3) == C &&
+                    src.size(1) > 0 && src.size(2) > 0, "texture must be a contiguous (1 or B, Ht, Wt, C) tensor");
+    TORCH_CHECK(ok(vt) && vt.dim() == 2 && vt.size(1) == 2, "verts_uvs must be a contiguous (T, 2) tensor");
+    TORCH_CHECK(ok_long(ft) && ft.sizes() == faces.sizes(), "faces_uvs must be contiguous int64 like faces");
+    const int64_t* f = ft.data_ptr<int64_t>();
+    for (int64_t k = 0; k < 3 * F; ++k)
+      TORCH_CHECK(f[k] >= 0 && f[k] < vt.size(0), "faces_uvs indexes UV ", f[k], " of ", vt.size(0));
+  } else if (mode == kVertex) {
+    TORCH_CHECK(ok(src) && src.dim() == 3 && (src.size(0) == 1 || src.size(0) == B) && src.size(1) == V &&
+                    src.size(2) == C, "vertex colours must be a contiguous (1 or B, V, C) tensor");
+  }
+  if (sh.numel() > 0)
+    TORCH_CHECK(ok(sh) && sh.dim() == 3 && sh.size(0) == B && sh.size(1) == 9 && sh.size(2) == C,
+                "sh must be a contiguous (B, 9, C) tensor");
+  const int64_t* fa = faces.data_ptr<int64_t>();
+  for (int64_t k = 0; k < 3 * F; ++k)
+    TORCH_CHECK(fa[k] >= 0 && fa[k] < V, "faces indexes vertex ", fa[k], " of ", V);
+  const int64_t* p = pix.data_ptr<int64_t>();
+  const int64_t* v = view.data_ptr<int64_t>();
+  const int64_t* fc = face.data_ptr<int64_t>();
+  for (int64_t i = 0; i < N; ++i) {
+    TORCH_CHECK(v[i] >= 0 && v[i] < B && p[i] >= v[i] * H * W && p[i] < (v[i] + 1) * H * W && fc[i] >= 0 &&
+                    fc[i] < F, "pixel ", i, ": view, pix or face out of range");
+    TORCH_CHECK(i == 0 || v[i] >= v[i - 1], "pixels must be sorted by view");
+  }
+}
+
+// Returns colour, bary, depth, normals, albedo, shading.
+std::vector<at::Tensor> shade_forward(const at::Tensor& Xc, const at::Tensor& vn, const at::Tensor& Kinv,
+                                      const at::Tensor& pix, const at::Tensor& view, const at::Tensor& face,
+                                      const at::Tensor& faces, int64_t H, int64_t W, int64_t mode,
+                                      const at::Tensor& src, const at::Tensor& vt, const at::Tensor& ft,
+                                      const at::Tensor& sh, int64_t C, const std::vector<double>& shc) {
+  check_inputs(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt, ft, sh, C, shc);
+  const int64_t N = pix.size(0);
+  const auto opt = Xc.options();
+  at::Tensor colour = at::empty({N, C}, opt), bary = at::empty({N, 3}, opt), depth = at::empty({N}, opt);
+  at::Tensor normals = at::empty({N, 3}, opt), albedo = at::empty({N, C}, opt), shading = at::empty({N, C}, opt);
+  AT_DISPATCH_FLOATING_TYPES(Xc.scalar_type(), "shade_forward", [&] {
+    const Inputs<scalar_t> in = make_inputs<scalar_t>(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt,
+                                                      ft, sh, C, shc);
+    scalar_t *co = colour.data_ptr<scalar_t>(), *ba = bary.data_ptr<scalar_t>(), *de = depth.data_ptr<scalar_t>();
+    scalar_t *no = normals.data_ptr<scalar_t>(), *al = albedo.data_ptr<scalar_t>(), *sd = shading.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 1024, [&](int64_t begin, int64_t end) {
+      Pixel<scalar_t> px;
+      for (int64_t i = begin; i < end; ++i) {
+        eval_pixel(in, i, px);
+        for (int k = 0; k < 3; ++k) {
+          ba[3 * i + k] = px.bary[k];
+          no[3 * i + k] = px.n[k];
+        }
+        de[i] = px.depth;
+        for (int64_t c = 0; c < C; ++c) {
+          al[i * C + c] = px.albedo[c];
+          sd[i * C + c] = px.shading[c];
+          co[i * C + c] = px.albedo[c] * px.shading[c];
+        }
+      }
+    });
+  });
+  return {colour, bary, depth, normals, albedo, shading};
+}
+
+// grads: colour, bary, depth, normals, albedo, shading (empty tensor: unused output);
+// need: Xc, vn, src, sh. Returns their gradients (undefined where not needed).
+std::vector<at::Tensor> shade_backward(const at::Tensor& Xc, const at::Tensor& vn, const at::Tensor& Kinv,
+                                       const at::Tensor& pix, const at::Tensor& view, const at::Tensor& face,
+                                       const at::Tensor& faces, int64_t H, int64_t W, int64_t mode,
+                                       const at::Tensor& src, const at::Tensor& vt, const at::Tensor& ft,
+                                       const at::Tensor& sh, int64_t C, const std::vector<double>& shc,
+                                       const std::vector<at::Tensor>& grads, const std::vector<bool>& need) {
+  check_inputs(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt, ft, sh, C, shc);
+  TORCH_CHECK(grads.size() == 6 && need.size() == 4, "6 output gradients and 4 flags");
+  const int64_t N = pix.size(0), B = Xc.size(0);
+  const int64_t widths[6] = {C, 3, 1, 3, C, C};
+  for (int k = 0; k < 6; ++k)
+    if (grads[k].numel() > 0)
+      TORCH_CHECK(grads[k].device().is_cpu() && grads[k].scalar_type() == Xc.scalar_type() &&
+                      grads[k].is_contiguous() && grads[k].numel() == N * widths[k],
+                  "gradient ", k, " must be a contiguous tensor of Xc's dtype with ", widths[k], " values per pixel");
+  const auto opt = Xc.options();
+  at::Tensor gXc, gvn, gsrc, gsh;
+  if (need[0]) gXc = at::zeros(Xc.sizes(), opt);
+  if (need[1]) gvn = at::zeros(vn.sizes(), opt);
+  if (need[2] && mode != kNone) gsrc = at::zeros(src.sizes(), opt);
+  if (need[3] && sh.numel() > 0) gsh = at::zeros(sh.sizes(), opt);
+  if (N == 0) return {gXc, gvn, gsrc, gsh};
+
+  // first pixel of every view (pixels are sorted by view), then thread ranges of whole
+  // views with about equal pixel counts
+  const int64_t* v = view.data_ptr<int64_t>();
+  std::vector<int64_t> start(B + 1);
+  for (int64_t b = 0; b <= B; ++b) start[b] = std::lower_bound(v, v + N, b) - v;
+  int64_t R = std::max<int64_t>(1, std::min<int64_t>(B, at::get_num_threads()));
+  // a shared texture needs a gradient buffer per range: bound their memory (~256 MB of floats)
+  if (gsrc.defined() && src.size(0) == 1)
+    R = std::max<int64_t>(1, std::min<int64_t>(R, 1 + (int64_t(1) << 26) / std::max<int64_t>(1, src.numel())));
+  std::vector<int64_t> bound(R + 1, B);
+  bound[0] = 0;
+  for (int64_t r = 1; r < R; ++r) {
+    const int64_t target = (N * r) / R;
+    bound[r] = std::max(bound[r - 1], static_cast<int64_t>(std::lower_bound(start.begin(), start.end(), target) -
+                                                           start.begin()));
+    bound[r] = std::min(bound[r], B);
+  }
+  const bool shared_src = gsrc.defined() && src.size(0) == 1 && R > 1;
+  at::Tensor extra;   // gradient buffers of ranges 1..R-1 for a texture / colour table shared by all views
+  if (shared_src) extra = at::zeros({R - 1, src.numel()}, opt);
+
+  AT_DISPATCH_FLOATING_TYPES(Xc.scalar_type(), "shade_backward", [&] {
+    const Inputs<scalar_t> in = make_inputs<scalar_t>(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt,
+                                                      ft, sh, C, shc);
+    auto gp = [&](int k) { return grads[k].numel() > 0 ? grads[k].data_ptr<scalar_t>() : nullptr; };
+    const Grads<scalar_t> g{gp(0), gp(1), gp(2), gp(3), gp(4), gp(5)};
+    auto op = [](at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    scalar_t* src_main = op(gsrc);
+    at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
+      Pixel<scalar_t> px;
+      for (int64_t r = begin; r < end; ++r) {
+        scalar_t* gsh_all = op(gsh);
+        // SH gradients go to a small per-view accumulator first: every pixel of a view adds
+        // into the same 9*C values, and a chain of read-modify-writes to memory is slow
+        scalar_t acc[9 * kMaxC];
+        Outs<scalar_t> o{op(gXc), op(gvn), src_main, gsh_all ? acc : nullptr};
+        if (shared_src && r > 0) o.src = extra.data_ptr<scalar_t>() + (r - 1) * src.numel();
+        for (int64_t b = bound[r]; b < bound[r + 1]; ++b) {
+          std::fill(acc, acc + 9 * C, scalar_t(0));
+          for (int64_t i = start[b]; i < start[b + 1]; ++i) backward_pixel(in, g, o, i, px);
+          if (gsh_all)
+            for (int64_t k = 0; k < 9 * C; ++k) gsh_all[b * 9 * C + k] += acc[k];
+        }
+      }
+    });
+    if (shared_src) {
+      const scalar_t* e = extra.data_ptr<scalar_t>();
+      const int64_t n = src.numel();
+      at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+        for (int64_t r = 0; r < R - 1; ++r)
+          for (int64_t j = begin; j < end; ++j) src_main[j] += e[r * n + j];
+      });
+    }
+  });
+  return {gXc, gvn, gsrc, gsh};
+}
+
+// shading.vertex_normals: area-weighted sums of right-hand face normals, normalised as
+// raw / max(|raw|, eps). The torch version (gathers, three index_adds, their backward)
+// costs as much as the whole per-pixel chain here. Returns the unit normals and the raw sums
+// (kept for the backward). One view per task: a view's vertex rows are its own.
+std::vector<at::Tensor> vnormals_forward(const at::Tensor& verts, const at::Tensor& faces, double eps) {
+  TORCH_CHECK(verts.device().is_cpu() && verts.dim() == 3 && verts.size(2) == 3 && verts.is_contiguous() &&
+                  (verts.scalar_type() == at::kFloat || verts.scalar_type() == at::kDouble),
+              "verts must be a contiguous float (B, V, 3) CPU tensor");
+  TORCH_CHECK(faces.device().is_cpu() && faces.scalar_type() == at::kLong && faces.is_contiguous() &&
+                  faces.dim() == 2 && faces.size(1) == 3, "faces must be a contiguous int64 (F, 3) tensor");
+  const int64_t B = verts.size(0), V = verts.size(1), F = faces.size(0);
+  const int64_t* fa = faces.data_ptr<int64_t>();
+  for (int64_t k = 0; k < 3 * F; ++k) TORCH_CHECK(fa[k] >= 0 && fa[k] < V, "faces indexes vertex ", fa[k], " of ", V);
+  at::Tensor raw = at::zeros(verts.sizes(), verts.options()), unit = at::empty(verts.sizes(), verts.options());
+  AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "vnormals_forward", [&] {
+    const scalar_t* X = verts.data_ptr<scalar_t>();
+    scalar_t* n = raw.data_ptr<scalar_t>();
+    scalar_t* u = unit.data_ptr<scalar_t>();
+    const scalar_t e = static_cast<scalar_t>(eps);
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const scalar_t* Xb = X + b * V * 3;
+        scalar_t* nb = n + b * V * 3;
+        for (int64_t f = 0; f < F; ++f) {
+          const scalar_t *p0 = Xb + 3 * fa[3 * f], *p1 = Xb + 3 * fa[3 * f + 1], *p2 = Xb + 3 * fa[3 * f + 2];
+          scalar_t a[3], c[3], fn[3];
+          for (int j = 0; j < 3; ++j) {
+            a[j] = p1[j] - p0[j];
+            c[j] = p2[j] - p0[j];
+          }
+          cross(a, c, fn);
+          for (int k = 0; k < 3; ++k)
+            for (int j = 0; j < 3; ++j) nb[3 * fa[3 * f + k] + j] += fn[j];
+        }
+        for (int64_t v = 0; v < V; ++v) {
+          const scalar_t* r = nb + 3 * v;
+          const scalar_t d = std::max(std::sqrt(dot(r, r)), e);
+          for (int j = 0; j < 3; ++j) u[b * V * 3 + 3 * v + j] = r[j] / d;
+        }
+      }
+    });
+  });
+  return {unit, raw};
+}
+
+at::Tensor vnormals_backward(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& raw,
+                             const at::Tensor& grad, double eps) {
+  TORCH_CHECK(raw.sizes() == verts.sizes() && grad.sizes() == verts.sizes() && grad.is_contiguous() &&
+                  raw.is_contiguous() && grad.scalar_type() == verts.scalar_type(),
+              "raw normals and gradient must be contiguous tensors like verts");
+  const int64_t B = verts.size(0), V = verts.size(1), F = faces.size(0);
+  const int64_t* fa = faces.data_ptr<int64_t>();
+  at::Tensor gverts = at::zeros(verts.sizes(), verts.options());
+  AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "vnormals_backward", [&] {
+    const scalar_t* X = verts.data_ptr<scalar_t>();
+    const scalar_t* n = raw.data_ptr<scalar_t>();
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    scalar_t* gx = gverts.data_ptr<scalar_t>();
+    const scalar_t e = static_cast<scalar_t>(eps);
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> graw(V * 3);
+      for (int64_t b = begin; b < end; ++b) {
+        // u = r / max(|r|, eps): the clamp passes no gradient below eps
+        for (int64_t v = 0; v < V; ++v) {
+          const scalar_t* r = n + b * V * 3 + 3 * v;
+          const scalar_t* gv = g + b * V * 3 + 3 * v;
+          const scalar_t len = std::sqrt(dot(r, r));
+          if (len >= e) {
+            const scalar_t k = dot(r, gv) / (len * len * len);
+            for (int j = 0; j < 3; ++j) graw[3 * v + j] = gv[j] / len - r[j] * k;
+          } else {
+            for (int j = 0; j < 3; ++j) graw[3 * v + j] = gv[j] / e;
+          }
+        }
+        const scalar_t* Xb = X + b * V * 3;
+        scalar_t* gb = gx + b * V * 3;
+        for (int64_t f = 0; f < F; ++f) {
+          const int64_t i0 = fa[3 * f], i1 = fa[3 * f + 1], i2 = fa[3 * f + 2];
+          scalar_t a[3], c[3], gf[3], ga[3], gc[3];
+          for (int j = 0; j < 3; ++j) {
+            a[j] = Xb[3 * i1 + j] - Xb[3 * i0 + j];
+            c[j] = Xb[3 * i2 + j] - Xb[3 * i0 + j];
+            gf[j] = graw[3 * i0 + j] + graw[3 * i1 + j] + graw[3 * i2 + j];
+          }
+          cross(c, gf, ga);       // d (gf . (a x c)) / da
+          cross(gf, a, gc);       // ... / dc
+          for (int j = 0; j < 3; ++j) {
+            gb[3 * i1 + j] += ga[j];
+            gb[3 * i2 + j] += gc[j];
+            gb[3 * i0 + j] -= ga[j] + gc[j];
+          }
+        }
+      }
+    });
+  });
+  return gverts;
+}
+
+// values (N, C) at flat pixels pix (N,) -> zero (B, C, H, W) image. One allocation, no
+// channels-last intermediate and no permuting copy in the backward (the torch route costs
+// three passes over a B*H*W*C buffer, each a fresh allocation).
+at::Tensor scatter_image(const at::Tensor& values, const at::Tensor& pix, int64_t B, int64_t H, int64_t W) {
+  TORCH_CHECK(values.device().is_cpu() && values.dim() == 2 && values.is_contiguous() &&
+                  (values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble),
+              "values must be a contiguous float (N, C) CPU tensor");
+  TORCH_CHECK(pix.device().is_cpu() && pix.scalar_type() == at::kLong && pix.is_contiguous() && pix.dim() == 1 &&
+                  pix.size(0) == values.size(0), "pix must be a contiguous int64 (N,) tensor");
+  const int64_t N = values.size(0), C = values.size(1), HW = H * W;
+  const int64_t* p = pix.data_ptr<int64_t>();
+  for (int64_t i = 0; i < N; ++i) TORCH_CHECK(p[i] >= 0 && p[i] < B * HW, "pixel index out of the image");
+  at::Tensor image = at::zeros({B, C, H, W}, values.options());
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "scatter_image", [&] {
+    const scalar_t* v = values.data_ptr<scalar_t>();
+    scalar_t* out = image.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t b = p[i] / HW, q = p[i] - b * HW;
+        for (int64_t c = 0; c < C; ++c) out[(b * C + c) * HW + q] = v[i * C + c];
+      }
+    });
+  });
+  return image;
+}
+
+// The backward of scatter_image: image (B, C, H, W), any strides (an expanded gradient is
+// read in place) -> (N, C) at pix.
+at::Tensor gather_image(const at::Tensor& image, const at::Tensor& pix) {
+  TORCH_CHECK(image.device().is_cpu() && image.dim() == 4, "image must be a (B, C, H, W) CPU tensor");
+  TORCH_CHECK(pix.device().is_cpu() && pix.scalar_type() == at::kLong && pix.is_contiguous() && pix.dim() == 1,
+              "pix must be a contiguous int64 (N,) tensor");
+  const int64_t N = pix.size(0), C = image.size(1), H = image.size(2), W = image.size(3), HW = H * W;
+  const int64_t sb = image.stride(0), sc = image.stride(1), sh = image.stride(2), sw = image.stride(3);
+  const int64_t* p = pix.data_ptr<int64_t>();
+  for (int64_t i = 0; i < N; ++i) TORCH_CHECK(p[i] >= 0 && p[i] < image.size(0) * HW, "pixel index out of the image");
+  at::Tensor out = at::empty({N, C}, image.options());
+  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "gather_image", [&] {
+    const scalar_t* g = image.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t b = p[i] / HW, q = p[i] - b * HW, y = q / W, x = q - y * W;
+        for (int64_t c = 0; c < C; ++c) o[i * C + c] = g[b * sb + c * sc + y * sh + x * sw];
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "Fused CPU per-pixel shading chain of fitting.render.renderer (forward and backward)";
+  m.def("forward", &shade_forward,
+        "(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt, ft, sh, C, shc) -> "
+        "[colour, bary, depth, normals, albedo, shading]");
+  m.def("backward", &shade_backward,
+        "(same inputs..., grads[6], need[4]) -> [gXc, gvn, gsrc, gsh] (None where not needed)");
+  m.def("vnormals_forward", &vnormals_forward, "(verts (B, V, 3), faces (F, 3), eps) -> [unit, raw]");
+  m.def("vnormals_backward", &vnormals_backward, "(verts, faces, raw, grad, eps) -> grad verts");
+  m.def("scatter_image", &scatter_image, "(values (N, C), pix (N,), B, H, W) -> (B, C, H, W), zero elsewhere");
+  m.def("gather_image", &gather_image, "(image (B, C, H, W), pix (N,)) -> (N, C)");
+}

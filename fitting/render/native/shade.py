@@ -1,0 +1,234 @@
+"""Optional compiled CPU kernel for the renderer's per-pixel shading chain.
+
+``shade.cpp`` fuses what ``fitting.render.renderer`` does per covered pixel after the
+visibility pass (perspective-correct barycentrics and depth, interpolated unit normals,
+texture / vertex-colour albedo, 9-term SH shading, colour = albedo * shading) into one
+forward pass and one hand-written backward pass, float32 or float64, parallel over views
+(``at::parallel_for``, torch's thread count). It is built on first use with
+``torch.utils.cpp_extension.load`` (a C++ compiler and the ``ninja`` package; ~30-60 s,
+cached in :func:`build_directory`). When the build fails, :func:`available` warns once and
+returns False and the renderer keeps its torch path. ``FLAME_FIT_NATIVE=0`` disables it.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+from fitting.render.shading import SH_CONSTANTS
+
+__all__ = ["enabled", "available", "build", "build_directory", "supports", "shade_pixels", "dense_image",
+           "vertex_normals", "MAX_CHANNELS"]
+
+_SOURCE = Path(__file__).with_name("shade.cpp")
+_NAME = "flame_fit_shade"
+# -fopenmp: torch's at::parallel_for is inline OpenMP code; without it the kernel runs serially.
+# -fno-math-errno: sqrt as one instruction (no errno path); no other fast-math.
+_CFLAGS = ["-O3", "-fno-math-errno", "-fopenmp"]
+_LDFLAGS = ["-fopenmp"]
+MAX_CHANNELS = 4            # shade.cpp kMaxC
+_ALBEDO_NONE, _ALBEDO_TEXTURE, _ALBEDO_VERTEX = 0, 1, 2
+
+_lock = threading.Lock()
+_module = None
+_failed: str | None = None
+
+
+def enabled() -> bool:
+    """False when the environment variable FLAME_FIT_NATIVE is 0 / false / off / no."""
+    return os.environ.get("FLAME_FIT_NATIVE", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def build_directory() -> Path:
+    """Build cache: ``$FLAME_FIT_NATIVE_DIR`` or ~/.cache/flame_fit/native, one folder per
+    Python and torch version (a virtualenv upgrade never loads a stale binary)."""
+    root = os.environ.get("FLAME_FIT_NATIVE_DIR")
+    base = Path(root) if root else Path.home() / ".cache" / "flame_fit" / "native"
+    tag = f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}".replace("+", "_")
+    return base / tag / _NAME
+
+
+def build(verbose: bool = False):
+    """Build (or load the cached build of) the extension and return the module.
+    Raises RuntimeError saying what is missing or how the compilation failed."""
+    global _module
+    with _lock:
+        if _module is not None:
+            return _module
+        from torch.utils.cpp_extension import is_ninja_available, load
+        cxx = os.environ.get("CXX", "c++")
+        if not any(shutil.which(c) for c in (cxx, "g++", "clang++")):
+            raise RuntimeError("cannot build the native shading kernel: no C++ compiler (g++ or clang++ on PATH)")
+        if not is_ninja_available():
+            raise RuntimeError("cannot build the native shading kernel: the 'ninja' build tool is missing "
+                               "(pip install ninja)")
+        out = build_directory()
+        out.mkdir(parents=True, exist_ok=True)
+        if not any(out.glob(_NAME + "*.so")):
+            print(f"building the native shading kernel in {out} (once, ~30-60 s)...", file=sys.stderr)
+        try:
+            _module = load(name=_NAME, sources=[str(_SOURCE)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
+                           build_directory=str(out), verbose=verbose)
+        except Exception as e:   # compiler errors: RuntimeError / CalledProcessError / OSError
+            raise RuntimeError(f"building the native shading kernel in {out} failed: {e}") from e
+        return _module
+
+
+def _load():
+    """The extension (built on first use), or None, with one warning, when it cannot be built."""
+    global _failed
+    if not enabled():
+        return None
+    if _module is not None:
+        return _module
+    if _failed is not None:
+        return None
+    try:
+        return build()
+    except Exception as e:
+        _failed = str(e)
+        warnings.warn(f"{_failed}. Rendering goes on with the slower pure-PyTorch shading "
+                      "(set FLAME_FIT_NATIVE=0 to silence this).", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def available() -> bool:
+    """True when the kernel is enabled and built (building it now if needed)."""
+    return _load() is not None
+
+
+def supports(verts: torch.Tensor, texture: torch.Tensor | None, vertex_colors: torch.Tensor | None,
+             sh: torch.Tensor | None) -> bool:
+    """Whether :func:`shade_pixels` handles these renderer inputs (CPU, float32 / float64, at
+    most MAX_CHANNELS colour channels, albedo and SH with equal channel counts), without
+    building anything."""
+    tensors = [x for x in (verts, texture, vertex_colors, sh) if x is not None]
+    if any(x.device.type != "cpu" for x in tensors) or verts.dtype not in (torch.float32, torch.float64):
+        return False
+    C = texture.shape[1] if texture is not None else vertex_colors.shape[-1] if vertex_colors is not None else 3
+    return 1 <= C <= MAX_CHANNELS and (sh is None or sh.shape[-1] == C)
+
+
+class _Shade(torch.autograd.Function):
+    """Autograd wrapper; every output is differentiable (a gradient of an unused output
+    arrives as None and costs nothing)."""
+
+    @staticmethod
+    def forward(ctx, Xc, vn, src, sh, Kinv, pix, view, face, faces, vt, ft, H, W, mode, C):
+        mod = _module
+        outs = mod.forward(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt, ft, sh, C, list(SH_CONSTANTS))
+        ctx.save_for_backward(Xc, vn, src, sh, Kinv, pix, view, face, faces, vt, ft)
+        ctx.args = (H, W, mode, C)
+        ctx.set_materialize_grads(False)
+        return tuple(outs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        Xc, vn, src, sh, Kinv, pix, view, face, faces, vt, ft = ctx.saved_tensors
+        H, W, mode, C = ctx.args
+        empty = Xc.new_empty(0)
+        g = [empty if x is None else x.contiguous().to(Xc.dtype) for x in grads]
+        need = list(ctx.needs_input_grad[:4])
+        gXc, gvn, gsrc, gsh = _module.backward(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt, ft, sh,
+                                               C, list(SH_CONSTANTS), g, need)
+        return (gXc, gvn, gsrc, gsh) + (None,) * 11
+
+
+class _VertexNormals(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, verts, faces, eps):
+        unit, raw = _module.vnormals_forward(verts, faces, eps)
+        ctx.save_for_backward(verts, faces, raw)
+        ctx.eps = eps
+        return unit
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        verts, faces, raw = ctx.saved_tensors
+        return _module.vnormals_backward(verts, faces, raw, grad.contiguous(), ctx.eps), None, None
+
+
+def vertex_normals(verts: torch.Tensor, faces: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """shading.vertex_normals compiled: verts (B, V, 3) float32 / float64 CPU, faces (F, 3)
+    -> area-weighted unit vertex normals (B, V, 3), differentiable w.r.t. verts."""
+    if _load() is None:
+        raise RuntimeError("the native shading kernel is not available (FLAME_FIT_NATIVE=0 or the build failed)")
+    return _VertexNormals.apply(verts.contiguous(), faces.long().contiguous(), float(eps))
+
+
+class _ScatterImage(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values, pix, B, H, W):
+        ctx.save_for_backward(pix)
+        return _module.scatter_image(values, pix, B, H, W)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (pix,) = ctx.saved_tensors
+        return _module.gather_image(grad, pix), None, None, None, None
+
+
+def dense_image(values: torch.Tensor, pix: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """values (N, C) at the flat pixels pix (N,) (b*H*W + y*W + x, distinct) -> a zero
+    (B, C, H, W) image with them, contiguous; differentiable w.r.t. values. Same result as
+    renderer._dense in one pass (no channels-last buffer to permute)."""
+    if _load() is None:
+        raise RuntimeError("the native shading kernel is not available (FLAME_FIT_NATIVE=0 or the build failed)")
+    B, H, W = shape
+    return _ScatterImage.apply(values.contiguous(), pix.contiguous(), int(B), int(H), int(W))
+
+
+def shade_pixels(Xc: torch.Tensor, vn: torch.Tensor, Kinv: torch.Tensor, pix: torch.Tensor, view: torch.Tensor,
+                 face: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, int], *,
+                 texture: torch.Tensor | None = None, verts_uvs: torch.Tensor | None = None,
+                 faces_uvs: torch.Tensor | None = None, vertex_colors: torch.Tensor | None = None,
+                 sh: torch.Tensor | None = None):
+    """The renderer's per-pixel chain, fused: same values as rasterize._barycentrics followed
+    by renderer._shade_pixels, and colour = albedo * shading.
+
+    Xc: (B, V, 3) camera frame; vn: (B, V, 3) world vertex normals (shading.vertex_normals);
+    Kinv: (B, 3, 3) pinhole_inverse(K) (no gradient reaches it); pix, view, face: (N,) int64
+    covered pixels sorted by view (pix = b*H*W + y*W + x, centre at (x + 0.5, y + 0.5));
+    faces: (F, 3); image_size: (H, W). Albedo: texture (1 or B, C, Ht, Wt) with verts_uvs
+    (T, 2) and faces_uvs (F, 3) (OBJ UVs, bilinear, border clamp), else vertex_colors
+    (B, V, C) (an expanded (1, V, C) counts as shared), else 1 (C = 3); sh: (B, 9, C) or
+    None (shading 1). Check :func:`supports` and :func:`available` first.
+
+    Returns colour, bary (N, 3), depth (N,), unit normals (N, 3), albedo, shading, the
+    colour-like ones (N, C); all differentiable w.r.t. Xc, vn, texture / vertex_colors, sh.
+    """
+    if _load() is None:
+        raise RuntimeError("the native shading kernel is not available (FLAME_FIT_NATIVE=0 or the build failed)")
+    dt = Xc.dtype
+    empty = Xc.new_empty(0)
+    if texture is not None:
+        if verts_uvs is None or faces_uvs is None:
+            raise ValueError("a texture needs verts_uvs and faces_uvs")
+        mode, C = _ALBEDO_TEXTURE, texture.shape[1]
+        src = texture.to(dt).permute(0, 2, 3, 1).contiguous()           # channels-last: one texel = C values
+        vt, ft = verts_uvs.to(dt).contiguous(), faces_uvs.long().contiguous()
+    else:
+        vt = empty
+        ft = torch.empty(0, dtype=torch.long)
+        if vertex_colors is not None:
+            mode, C = _ALBEDO_VERTEX, vertex_colors.shape[-1]
+            if vertex_colors.dim() == 2:
+                vertex_colors = vertex_colors[None]
+            if vertex_colors.stride(0) == 0:                          # expanded: one table for all views
+                vertex_colors = vertex_colors[:1]
+            src = vertex_colors.to(dt).contiguous()
+        else:
+            mode, C, src = _ALBEDO_NONE, 3, empty
+    sh_t = empty if sh is None else sh.to(dt).contiguous()
+    H, W = image_size
+    return _Shade.apply(Xc.contiguous(), vn.to(dt).contiguous(), src, sh_t,
+                        Kinv.detach().to(dt).reshape(-1, 9).contiguous(), pix.contiguous(), view.contiguous(),
+                        face.contiguous(), faces.long().contiguous(), vt, ft, int(H), int(W), mode, int(C))

@@ -1,0 +1,203 @@
+"""The compiled per-pixel shading chain (fitting.render.native.shade) that MeshRenderer takes
+on CPU: against the pure-torch path on the benchmark head (values and gradients), against
+float64 central finite differences, and its fallbacks."""
+import warnings
+
+import pytest
+import torch
+
+from fitting.render import MeshRenderer, RasterSettings, look_at, rasterize
+from fitting.render.demo import checker_texture, default_sh, ellipsoid_mesh, load_head_mesh, orbit_cameras
+from fitting.render.native import shade
+
+pytestmark = pytest.mark.skipif(not shade.available(),
+                                reason="native shading kernel unavailable (FLAME_FIT_NATIVE=0, or no C++ "
+                                       "compiler / ninja: see the warning)")
+
+VIEWS, RES = 8, 128
+
+
+def _fused(out) -> bool:
+    """Whether a render went through the compiled kernel (its outputs come from _Shade)."""
+    return out.packed.bary.grad_fn is not None and "_Shade" in type(out.packed.bary.grad_fn).__name__
+
+
+@pytest.fixture(scope="module")
+def head():
+    v, f, vt, ft, _ = load_head_mesh(None)
+    K, R, t = orbit_cameras(v, VIEWS, RES)
+    return MeshRenderer(f, vt, ft, RasterSettings((RES, RES))), v, K, R, t
+
+
+def _render_and_grads(renderer, v, K, R, t, monkeypatch, native, texture=None, sh=None, vertex_colors=None):
+    """Image, packed outputs and the gradients of a loss touching every output."""
+    monkeypatch.setenv("FLAME_FIT_NATIVE", "1" if native else "0")
+    verts = v[None].repeat(K.shape[0], 1, 1).requires_grad_()
+    leaves = [x.detach().clone().requires_grad_() if x is not None else None for x in (texture, sh, vertex_colors)]
+    out = renderer(verts, K, R, t, texture=leaves[0], sh=leaves[1], vertex_colors=leaves[2])
+    assert _fused(out) == native
+    g = torch.Generator().manual_seed(1)
+    w = torch.rand(out.image.shape, generator=g)
+    pf = out.packed
+    loss = ((out.image * w).sum() + 0.3 * (out.packed_normals * w.flatten()[:pf.pix.numel(), None]).sum()
+            + 0.2 * (out.packed_albedo * out.packed_shading).sum() + (pf.depth ** 2).sum()
+            + (pf.bary[:, 0] * w.flatten()[:pf.pix.numel()]).sum())
+    loss.backward()
+    grads = [verts.grad] + [x.grad for x in leaves if x is not None]
+    values = [out.image, pf.bary, pf.depth, out.packed_normals, out.packed_albedo, out.packed_shading]
+    return pf, values, grads
+
+
+CASES = {
+    "texture": lambda B: dict(texture=checker_texture(64), sh=default_sh(B)),
+    "per_view_texture": lambda B: dict(texture=torch.rand(B, 3, 32, 48, generator=torch.Generator().manual_seed(2)),
+                                       sh=default_sh(B)),
+    "shared_vertex_colours": lambda B: dict(vertex_colors=torch.rand(5023, 3, generator=torch.Generator().manual_seed(3)),
+                                            sh=default_sh(B)),
+    "per_view_vertex_colours": lambda B: dict(vertex_colors=torch.rand(B, 5023, 3,
+                                                                       generator=torch.Generator().manual_seed(4))),
+    "plain": lambda B: dict(),
+    "sh_only": lambda B: dict(sh=default_sh(B)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fused_equals_torch_path_on_the_head(head, monkeypatch, case):
+    renderer, v, K, R, t = head
+    if v.shape[0] != 5023 and "vertex" in case:
+        pytest.skip("the vertex-colour cases are sized for the FLAME template")
+    inputs = CASES[case](VIEWS)
+    pf, values, grads = _render_and_grads(renderer, v, K, R, t, monkeypatch, True, **inputs)
+    ref_pf, ref_values, ref_grads = _render_and_grads(renderer, v, K, R, t, monkeypatch, False, **inputs)
+    assert torch.equal(pf.pix, ref_pf.pix) and torch.equal(pf.face, ref_pf.face) and torch.equal(pf.view, ref_pf.view)
+    assert pf.pix.numel() > 0.1 * VIEWS * RES * RES
+    for name, a, b in zip(["image", "bary", "depth", "normals", "albedo", "shading"], values, ref_values):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+    assert len(grads) == len(ref_grads)
+    for a, b in zip(grads, ref_grads):
+        assert b.abs().max() > 0
+        rel = (a - b).norm() / b.norm()
+        assert rel < 1e-4, f"gradient relative error {rel:.2e}"
+        assert ((a - b).abs() <= 1e-4 * b.abs().max()).all()
+
+
+def test_falls_back_when_K_needs_a_gradient_or_the_kernel_is_off(head, monkeypatch):
+    renderer, v, K, R, t = head
+    verts = v[None].repeat(VIEWS, 1, 1).requires_grad_()
+    assert _fused(renderer(verts, K, R, t))
+    assert not _fused(renderer(verts, K.clone().requires_grad_(), R, t))
+    monkeypatch.setenv("FLAME_FIT_NATIVE", "0")
+    assert not _fused(renderer(verts, K, R, t))
+
+
+def test_a_failed_build_warns_once_and_renders_with_torch(head, monkeypatch):
+    renderer, v, K, R, t = head
+    verts = v[None].expand(VIEWS, -1, -1)
+    ref = renderer(verts, K, R, t, sh=default_sh(VIEWS))
+
+    def broken(verbose=False):
+        raise RuntimeError("cannot build the native shading kernel: test")
+
+    monkeypatch.setattr(shade, "_module", None)
+    monkeypatch.setattr(shade, "_failed", None)
+    monkeypatch.setattr(shade, "build", broken)
+    with pytest.warns(RuntimeWarning, match="pure-PyTorch shading"):
+        out = renderer(verts, K, R, t, sh=default_sh(VIEWS))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        renderer(verts, K, R, t)                       # no second warning
+    assert not _fused(out)
+    torch.testing.assert_close(out.image, ref.image, atol=1e-5, rtol=1e-5)
+
+
+# ---- float64 finite differences through the fused path ----------------------------------
+
+FD_RES = 32
+
+
+def _fd_scene():
+    v, f, vt, ft = ellipsoid_mesh(8, 10, radii=(0.09, 0.11, 0.1))
+    v = v.double() + 0.004 * torch.randn(v.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    yaw = torch.tensor([0.3, -0.9], dtype=torch.float64)
+    eye = 0.6 * torch.stack([torch.sin(yaw), 0.2 * torch.ones_like(yaw), torch.cos(yaw)], -1)
+    R, t = look_at(eye, torch.zeros_like(eye))
+    K = torch.tensor([[70.0, 0, FD_RES / 2], [0, 70.0, FD_RES / 2], [0, 0, 1]], dtype=torch.float64).expand(2, 3, 3)
+    g = torch.Generator().manual_seed(4)
+    tex = torch.rand(1, 3, 8, 8, generator=g, dtype=torch.float64)
+    sh = 0.3 * torch.randn(2, 9, 3, generator=g, dtype=torch.float64)
+    sh[:, 0] += 2.0
+    w = torch.rand(2, 3, FD_RES, FD_RES, generator=g, dtype=torch.float64)
+    renderer = MeshRenderer(f, vt, ft, RasterSettings((FD_RES, FD_RES)))
+    renderer.verts_uvs = renderer.verts_uvs.double()
+    return renderer, v[None].expand(2, -1, -1).clone(), K, R, t, tex, sh, w
+
+
+def _fd_check(loss_fn, x, idx, eps, visibility=None):
+    """Central differences of loss_fn at the flat indices idx of x; returns (autograd, fd)."""
+    x = x.detach().clone().requires_grad_()
+    loss_fn(x).backward()
+    ad = x.grad.flatten()[idx]
+    fd = []
+    for i in idx.tolist():
+        xp, xm = x.detach().clone(), x.detach().clone()
+        xp.view(-1)[i] += eps
+        xm.view(-1)[i] -= eps
+        if visibility is not None:
+            assert torch.equal(visibility(xp), visibility(xm)), "visibility changed: pick another coordinate"
+        fd.append((loss_fn(xp) - loss_fn(xm)).item() / (2 * eps))
+    return ad, torch.tensor(fd, dtype=torch.float64)
+
+
+def _assert_close(ad, fd):
+    rel = (ad - fd).norm() / fd.norm()
+    assert fd.norm() > 0 and rel < 1e-3, f"relative error {rel:.2e}"
+    assert ((ad - fd).abs() <= 1e-3 * fd.abs().max() + 1e-12).all()
+
+
+@pytest.mark.slow
+def test_fused_gradients_match_finite_differences():
+    renderer, verts, K, R, t, tex, sh, w = _fd_scene()
+
+    def loss(verts=verts, tex=tex, sh=sh, col=None):
+        out = renderer(verts, K, R, t, texture=None if col is not None else tex, sh=sh, vertex_colors=col)
+        assert _fused(out) or out.packed.bary.grad_fn is None     # the FD evaluations have no graph
+        return (out.image * w).sum() + (out.packed.depth ** 2).sum() + out.packed_normals[:, 1].sum()
+
+    def vis(verts):
+        return rasterize(verts, renderer.faces, K, R, t, renderer.settings).face_idx
+
+    face_idx = vis(verts)
+    seen = torch.unique(renderer.faces[face_idx[face_idx >= 0]])       # vertices of visible faces
+    g = torch.Generator().manual_seed(5)
+    pick = seen[torch.randperm(len(seen), generator=g)[:4]]
+    idx = (pick[:, None] * 3 + torch.arange(3)).flatten()              # view 0, x/y/z of 4 verts
+    _assert_close(*_fd_check(lambda x: loss(verts=x), verts, idx, 1e-6, vis))
+    _assert_close(*_fd_check(lambda x: loss(sh=x), sh, torch.randperm(sh.numel(), generator=g)[:12], 1e-6))
+    _assert_close(*_fd_check(lambda x: loss(tex=x), tex, torch.randperm(tex.numel(), generator=g)[:12], 1e-6))
+    col = torch.rand(verts.shape[1], 3, generator=g, dtype=torch.float64)
+    _assert_close(*_fd_check(lambda x: loss(col=x), col, (pick[:, None] * 3 + torch.arange(3)).flatten(), 1e-6))
+    seen1 = torch.unique(renderer.faces[face_idx[1][face_idx[1] >= 0]])
+    pick1 = seen1[torch.randperm(len(seen1), generator=g)[:4]]
+    idx1 = ((verts.shape[1] + pick1[:, None]) * 3 + torch.arange(3)).flatten()   # view 1, vertex colours
+    _assert_close(*_fd_check(lambda x: loss(verts=x, col=col), verts, idx1, 1e-6, vis))
+
+
+def test_views_without_pixels(head, monkeypatch):
+    # view 1 looks away (nothing covered) between two normal views; then no pixels at all
+    renderer, v, K, R, t = head
+    K, R, t = K[:3], R[:3].clone(), t[:3].clone()
+    t[1, 2] = -1.0                                      # the head is behind camera 1
+    inputs = dict(texture=checker_texture(32), sh=default_sh(3))
+    pf, values, grads = _render_and_grads(renderer, v, K, R, t, monkeypatch, True, **inputs)
+    ref_pf, ref_values, ref_grads = _render_and_grads(renderer, v, K, R, t, monkeypatch, False, **inputs)
+    assert (pf.view == 1).sum() == 0 and (pf.view == 2).sum() > 0
+    torch.testing.assert_close(values[0], ref_values[0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-4 * float(b.abs().max()), rtol=1e-4)
+    monkeypatch.setenv("FLAME_FIT_NATIVE", "1")
+    verts = v[None].repeat(1, 1, 1).requires_grad_()
+    sh = default_sh(1).requires_grad_()
+    out = renderer(verts, K[1:2], R[1:2], t[1:2], texture=checker_texture(32), sh=sh)
+    assert _fused(out) and out.packed.pix.numel() == 0 and (out.image == 0).all()
+    out.image.sum().backward()
+    assert (verts.grad == 0).all() and (sh.grad == 0).all()
