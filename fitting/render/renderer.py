@@ -113,8 +113,8 @@ def packed_matmul(x: torch.Tensor, slot: torch.Tensor, m: int, mats: torch.Tenso
     x: (N, K); mats: (B, K, C) -> (N, C). One zero-padded bmm: far cheaper (forward and
     backward) than gathering a (K, C) matrix per row."""
     B = mats.shape[0]
-    padded = x.new_zeros(B * m, x.shape[1]).index_copy(0, slot, x).view(B, m, -1)
-    return torch.bmm(padded, mats.to(x.dtype)).view(B * m, -1).index_select(0, slot)
+    padded = x.new_zeros(B * m, x.shape[1]).index_copy(0, slot, x).view(B, m, x.shape[1])
+    return torch.bmm(padded, mats.to(x.dtype)).view(B * m, mats.shape[-1]).index_select(0, slot)
 
 
 def per_view_matmul(x: torch.Tensor, view: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:

@@ -79,3 +79,14 @@ def test_cpu_and_cuda_images_agree():
     assert not differ.any(), f"{int(differ.sum())} pixels pick another face, e.g. at {differ.nonzero()[:3].tolist()}"
     for name in ("image", "silhouette", "normals"):
         assert (getattr(cpu, name) - getattr(gpu, name).cpu()).abs().max() < 1e-4, name
+
+
+def test_per_view_matmul_rows_and_empty_input():
+    """Row-wise x[n] @ mats[view[n]] against an explicit gather, and with no rows at all (a
+    render that covers no pixel must not fail on the zero-size reshape)."""
+    from fitting.render.renderer import per_view_matmul
+    x = torch.randn(7, 9)
+    view = torch.tensor([0, 0, 2, 2, 2, 3, 3])
+    mats = torch.randn(4, 9, 3)
+    torch.testing.assert_close(per_view_matmul(x, view, mats), torch.einsum("nk,nkc->nc", x, mats[view]))
+    assert per_view_matmul(x[:0], view[:0], mats).shape == (0, 3)
