@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "build", "visible_faces", "build_directory"]
+__all__ = ["available", "build", "visible_faces", "build_directory", "cache_root", "enabled",
+           "compile_extension", "warn_fallback"]
 
 _SOURCE = Path(__file__).with_name("visibility.cpp")
 _NAME = "flame_fit_visibility"
@@ -41,14 +42,19 @@ def enabled() -> bool:
     return os.environ.get("FLAME_FIT_NATIVE", "1").strip().lower() not in ("0", "false", "off", "no")
 
 
-def build_directory() -> Path:
-    """Where the extension is built and cached: ``$FLAME_FIT_NATIVE_DIR`` or
-    ~/.cache/flame_fit/native, then one folder per Python and torch version (a virtualenv
-    upgrade never loads a stale binary), then one per kernel."""
+def cache_root() -> Path:
+    """``$FLAME_FIT_NATIVE_DIR`` or ~/.cache/flame_fit/native, then one folder per Python and
+    torch version (a virtualenv upgrade never loads a stale binary); each kernel builds in a
+    folder of its own below it."""
     root = os.environ.get("FLAME_FIT_NATIVE_DIR")
     base = Path(root) if root else Path.home() / ".cache" / "flame_fit" / "native"
     tag = f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}".replace("+", "_")
-    return base / tag / _NAME
+    return base / tag
+
+
+def build_directory() -> Path:
+    """Where the visibility kernel is built and cached (see :func:`cache_root`)."""
+    return cache_root() / _NAME
 
 
 def _missing() -> list[str]:
@@ -63,27 +69,38 @@ def _missing() -> list[str]:
     return missing
 
 
+def compile_extension(name: str, source: Path, cflags: list[str], what: str, verbose: bool = False):
+    """Build (or load the cached build of) one C++ kernel into ``cache_root() / name`` and
+    return the module. Raises RuntimeError saying what is missing or how compilation failed."""
+    missing = _missing()
+    if missing:
+        raise RuntimeError(f"cannot build the native {what} kernel: missing " + " and ".join(missing))
+    from torch.utils.cpp_extension import load
+    out = cache_root() / name
+    out.mkdir(parents=True, exist_ok=True)
+    if not any(out.glob(name + "*.so")):
+        print(f"building the native {what} kernel in {out} (once, ~20-60 s)...", file=sys.stderr)
+    try:
+        return load(name=name, sources=[str(source)], extra_cflags=cflags, extra_ldflags=_LDFLAGS,
+                    build_directory=str(out), verbose=verbose)
+    except Exception as e:   # compiler errors come as RuntimeError / CalledProcessError / OSError
+        raise RuntimeError(f"building the native {what} kernel in {out} failed: {e}") from e
+
+
+def warn_fallback(reason: str, what: str) -> None:
+    """The one warning when a kernel cannot be used: rendering goes on in PyTorch."""
+    warnings.warn(f"{reason}. Rendering goes on with the slower pure-PyTorch {what} "
+                  "(set FLAME_FIT_NATIVE=0 to silence this).", RuntimeWarning, stacklevel=4)
+
+
 def build(verbose: bool = False):
-    """Build (or load the cached build of) the extension and return the module.
+    """Build (or load the cached build of) the visibility kernel and return the module.
 
     Raises RuntimeError saying what is missing or how the compilation failed."""
     global _module
     with _lock:
-        if _module is not None:
-            return _module
-        missing = _missing()
-        if missing:
-            raise RuntimeError("cannot build the native visibility kernel: missing " + " and ".join(missing))
-        from torch.utils.cpp_extension import load
-        out = build_directory()
-        out.mkdir(parents=True, exist_ok=True)
-        if not any(out.glob(_NAME + "*.so")):
-            print(f"building the native visibility kernel in {out} (once, ~20-60 s)...", file=sys.stderr)
-        try:
-            _module = load(name=_NAME, sources=[str(_SOURCE)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
-                           build_directory=str(out), verbose=verbose)
-        except Exception as e:   # compiler errors come as RuntimeError / CalledProcessError / OSError
-            raise RuntimeError(f"building the native visibility kernel in {out} failed: {e}") from e
+        if _module is None:
+            _module = compile_extension(_NAME, _SOURCE, _CFLAGS, "visibility", verbose)
         return _module
 
 
@@ -101,8 +118,7 @@ def _load():
         return build()
     except Exception as e:
         _failed = str(e)
-        warnings.warn(f"{_failed}. Rendering goes on with the slower pure-PyTorch visibility pass "
-                      "(set FLAME_FIT_NATIVE=0 to silence this).", RuntimeWarning, stacklevel=3)
+        warn_fallback(_failed, "visibility pass")
         return None
 
 

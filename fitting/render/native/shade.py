@@ -11,15 +11,12 @@ returns False and the renderer keeps its torch path. ``FLAME_FIT_NATIVE=0`` disa
 """
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 import threading
-import warnings
 from pathlib import Path
 
 import torch
 
+from fitting.render.native import cache_root, compile_extension, enabled, warn_fallback
 from fitting.render.shading import SH_CONSTANTS
 
 __all__ = ["enabled", "available", "build", "build_directory", "supports", "shade_pixels", "dense_image",
@@ -30,7 +27,6 @@ _NAME = "flame_fit_shade"
 # -fopenmp: torch's at::parallel_for is inline OpenMP code; without it the kernel runs serially.
 # -fno-math-errno: sqrt as one instruction (no errno path); no other fast-math.
 _CFLAGS = ["-O3", "-fno-math-errno", "-fopenmp"]
-_LDFLAGS = ["-fopenmp"]
 MAX_CHANNELS = 4            # shade.cpp kMaxC
 _ALBEDO_NONE, _ALBEDO_TEXTURE, _ALBEDO_VERTEX = 0, 1, 2
 
@@ -39,18 +35,9 @@ _module = None
 _failed: str | None = None
 
 
-def enabled() -> bool:
-    """False when the environment variable FLAME_FIT_NATIVE is 0 / false / off / no."""
-    return os.environ.get("FLAME_FIT_NATIVE", "1").strip().lower() not in ("0", "false", "off", "no")
-
-
 def build_directory() -> Path:
-    """Build cache: ``$FLAME_FIT_NATIVE_DIR`` or ~/.cache/flame_fit/native, one folder per
-    Python and torch version (a virtualenv upgrade never loads a stale binary)."""
-    root = os.environ.get("FLAME_FIT_NATIVE_DIR")
-    base = Path(root) if root else Path.home() / ".cache" / "flame_fit" / "native"
-    tag = f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}".replace("+", "_")
-    return base / tag / _NAME
+    """Where the shading kernel is built and cached (see ``native.cache_root``)."""
+    return cache_root() / _NAME
 
 
 def build(verbose: bool = False):
@@ -58,24 +45,8 @@ def build(verbose: bool = False):
     Raises RuntimeError saying what is missing or how the compilation failed."""
     global _module
     with _lock:
-        if _module is not None:
-            return _module
-        from torch.utils.cpp_extension import is_ninja_available, load
-        cxx = os.environ.get("CXX", "c++")
-        if not any(shutil.which(c) for c in (cxx, "g++", "clang++")):
-            raise RuntimeError("cannot build the native shading kernel: no C++ compiler (g++ or clang++ on PATH)")
-        if not is_ninja_available():
-            raise RuntimeError("cannot build the native shading kernel: the 'ninja' build tool is missing "
-                               "(pip install ninja)")
-        out = build_directory()
-        out.mkdir(parents=True, exist_ok=True)
-        if not any(out.glob(_NAME + "*.so")):
-            print(f"building the native shading kernel in {out} (once, ~30-60 s)...", file=sys.stderr)
-        try:
-            _module = load(name=_NAME, sources=[str(_SOURCE)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
-                           build_directory=str(out), verbose=verbose)
-        except Exception as e:   # compiler errors: RuntimeError / CalledProcessError / OSError
-            raise RuntimeError(f"building the native shading kernel in {out} failed: {e}") from e
+        if _module is None:
+            _module = compile_extension(_NAME, _SOURCE, _CFLAGS, "shading", verbose)
         return _module
 
 
@@ -92,8 +63,7 @@ def _load():
         return build()
     except Exception as e:
         _failed = str(e)
-        warnings.warn(f"{_failed}. Rendering goes on with the slower pure-PyTorch shading "
-                      "(set FLAME_FIT_NATIVE=0 to silence this).", RuntimeWarning, stacklevel=3)
+        warn_fallback(_failed, "shading")
         return None
 
 
