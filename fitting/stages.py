@@ -755,7 +755,9 @@ def stage_photometric(ctx: FitContext, state: FitState, start_iter: int = 0) -> 
     if c.photo_iters <= start_iter:
         return st
     jaw = st.pose[:, JAW].clone()
-    leaves = [st.shape, st.expression, jaw, st.tex, st.sh, st.cam_rot, st.cam_t, st.log_focal]
+    # the focal factor is a leaf only when refined: a gradient nobody uses costs a K backward
+    focal = [st.log_focal] if ctx.refine_focal else []
+    leaves = [st.shape, st.expression, jaw, st.tex, st.sh, st.cam_rot, st.cam_t] + focal
     for p in leaves:
         p.requires_grad_(True)
     groups = [{"params": [st.shape, st.expression, jaw], "lr": c.photo_lr},
@@ -773,7 +775,7 @@ def stage_photometric(ctx: FitContext, state: FitState, start_iter: int = 0) -> 
     pw = landmark_point_weights(c.w_contour, False, st.shape.device)
     bar = _bar(ctx, range(start_iter, c.photo_iters), "photometric")
     warmup = int(round(c.photo_warmup * c.photo_iters))
-    geo = [st.shape, st.expression, jaw, st.cam_rot, st.cam_t, st.log_focal]
+    geo = [st.shape, st.expression, jaw, st.cam_rot, st.cam_t] + focal
     for it in bar:
         opt.zero_grad(set_to_none=True)
         # appearance first: with texture and light still wrong, geometry would bend to explain them

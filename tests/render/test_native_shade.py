@@ -31,9 +31,11 @@ def head():
 
 
 def _render_and_grads(renderer, v, K, R, t, monkeypatch, native, texture=None, sh=None, vertex_colors=None):
-    """Image, packed outputs and the gradients of a loss touching every output."""
+    """Image, packed outputs and the gradients of a loss touching every output (w.r.t.
+    verts, K and whichever of texture, sh, vertex_colors are given)."""
     monkeypatch.setenv("FLAME_FIT_NATIVE", "1" if native else "0")
     verts = v[None].repeat(K.shape[0], 1, 1).requires_grad_()
+    K = K.detach().clone().requires_grad_()
     leaves = [x.detach().clone().requires_grad_() if x is not None else None for x in (texture, sh, vertex_colors)]
     out = renderer(verts, K, R, t, texture=leaves[0], sh=leaves[1], vertex_colors=leaves[2])
     assert _fused(out) == native
@@ -44,7 +46,7 @@ def _render_and_grads(renderer, v, K, R, t, monkeypatch, native, texture=None, s
             + 0.2 * (out.packed_albedo * out.packed_shading).sum() + (pf.depth ** 2).sum()
             + (pf.bary[:, 0] * w.flatten()[:pf.pix.numel()]).sum())
     loss.backward()
-    grads = [verts.grad] + [x.grad for x in leaves if x is not None]
+    grads = [verts.grad, K.grad] + [x.grad for x in leaves if x is not None]
     values = [out.image, pf.bary, pf.depth, out.packed_normals, out.packed_albedo, out.packed_shading]
     return pf, values, grads
 
@@ -82,11 +84,11 @@ def test_fused_equals_torch_path_on_the_head(head, monkeypatch, case):
         assert ((a - b).abs() <= 1e-4 * b.abs().max()).all()
 
 
-def test_falls_back_when_K_needs_a_gradient_or_the_kernel_is_off(head, monkeypatch):
+def test_falls_back_when_the_kernel_is_off(head, monkeypatch):
     renderer, v, K, R, t = head
     verts = v[None].repeat(VIEWS, 1, 1).requires_grad_()
     assert _fused(renderer(verts, K, R, t))
-    assert not _fused(renderer(verts, K.clone().requires_grad_(), R, t))
+    assert _fused(renderer(verts, K.clone().requires_grad_(), R, t))     # focal refinement stays fused
     monkeypatch.setenv("FLAME_FIT_NATIVE", "0")
     assert not _fused(renderer(verts, K, R, t))
 
@@ -137,7 +139,7 @@ def _fd_scene():
 def test_fused_gradients_match_finite_differences():
     renderer, verts, K, R, t, tex, sh, w = _fd_scene()
 
-    def loss(verts=verts, tex=tex, sh=sh, col=None):
+    def loss(verts=verts, tex=tex, sh=sh, col=None, K=K):
         out = renderer(verts, K, R, t, texture=None if col is not None else tex, sh=sh, vertex_colors=col)
         assert _fused(out) or out.packed.bary.grad_fn is None     # the FD evaluations have no graph
         return (out.image * w).sum() + (out.packed.depth ** 2).sum() + out.packed_normals[:, 1].sum()
@@ -159,6 +161,11 @@ def test_fused_gradients_match_finite_differences():
     pick1 = seen1[torch.randperm(len(seen1), generator=g)[:4]]
     idx1 = ((verts.shape[1] + pick1[:, None]) * 3 + torch.arange(3)).flatten()   # view 1, vertex colours
     _assert_close(*_fd_check(lambda x: loss(verts=x, col=col), verts, idx1, 1e-6, vis))
+    # intrinsics: fx, skew, cx, fy, cy of both views (focal refinement differentiates these)
+    Kc = K.clone()
+    idxK = torch.tensor([0, 1, 2, 4, 5, 9, 11, 13, 14])
+    _assert_close(*_fd_check(lambda x: loss(K=x), Kc, idxK, 1e-6,
+                             lambda x: rasterize(verts, renderer.faces, x, R, t, renderer.settings).face_idx))
 
 
 def test_views_without_pixels(head, monkeypatch):

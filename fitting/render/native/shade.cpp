@@ -53,6 +53,7 @@ struct Inputs {
 template <typename T>
 struct Pixel {
   int64_t b, f, row[3];   // view, face, corner rows b*V + v
+  T xc, yc;               // pixel centre (x + 0.5, y + 0.5)
   T d[3], P[3][3];        // pixel ray K^-1 (x+.5, y+.5, 1) and corners
   T w1, w2, total, bary[3], depth;
   T nraw[3], r, n[3];
@@ -84,6 +85,8 @@ inline __attribute__((always_inline)) void eval_pixel(const Inputs<T>& in, int64
   const int32_t y = rem / Wi, x = rem - y * Wi;
   const T* K = in.Kinv + 9 * b;
   const T xc = static_cast<T>(x) + T(0.5), yc = static_cast<T>(y) + T(0.5);
+  px.xc = xc;
+  px.yc = yc;
   px.d[0] = (K[0] * xc + K[2]) + K[1] * yc;         // rasterize.pixel_centre_rays
   px.d[1] = K[4] * yc + K[5];
   px.d[2] = T(1);
@@ -197,11 +200,11 @@ struct Grads {
   const T *colour, *bary, *depth, *normals, *albedo, *shading;
 };
 
-// Outgoing gradients (nullptr: not needed). src is this thread range's buffer; sh is a
-// (9, C) accumulator of the current view.
+// Outgoing gradients (nullptr: not needed). src is this thread range's buffer; sh (9, C)
+// and Kinv (9,) are accumulators of the current view.
 template <typename T>
 struct Outs {
-  T *Xc, *vn, *src, *sh;
+  T *Xc, *vn, *src, *sh, *Kinv;
 };
 
 template <typename T>
@@ -282,7 +285,7 @@ inline __attribute__((always_inline)) void backward_pixel(const Inputs<T>& in, c
     }
   }
 
-  if (o.Xc == nullptr) return;
+  if (o.Xc == nullptr && o.Kinv == nullptr) return;
   T gP[3][3] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}};
   if (g.depth) {
     const T gd = g.depth[i];
@@ -304,6 +307,21 @@ inline __attribute__((always_inline)) void backward_pixel(const Inputs<T>& in, c
     e1[j] = px.P[1][j] - px.P[0][j];
     e2[j] = px.P[2][j] - px.P[0][j];
   }
+  if (o.Kinv) {
+    // the same three as functions of the ray: w1 = d . (P2 x P0), w2 = d . (P0 x P1),
+    // total = d . (e1 x e2); d = (K0 xc + K2 + K1 yc, K4 yc + K5, 1)
+    T p20[3], p01[3], e12[3], gd[3];
+    cross(px.P[2], px.P[0], p20);
+    cross(px.P[0], px.P[1], p01);
+    cross(e1, e2, e12);
+    for (int j = 0; j < 2; ++j) gd[j] = gw1 * p20[j] + gw2 * p01[j] + gt * e12[j];
+    o.Kinv[0] += gd[0] * px.xc;
+    o.Kinv[1] += gd[0] * px.yc;
+    o.Kinv[2] += gd[0];
+    o.Kinv[4] += gd[1] * px.yc;
+    o.Kinv[5] += gd[1];
+  }
+  if (o.Xc == nullptr) return;
   cross(e2, px.d, e2d);
   cross(px.d, e1, de1);
   for (int j = 0; j < 3; ++j) {
@@ -432,7 +450,7 @@ std::vector<at::Tensor> shade_forward(const at::Tensor& Xc, const at::Tensor& vn
 }
 
 // grads: colour, bary, depth, normals, albedo, shading (empty tensor: unused output);
-// need: Xc, vn, src, sh. Returns their gradients (undefined where not needed).
+// need: Xc, vn, src, sh, Kinv. Returns their gradients (undefined where not needed).
 std::vector<at::Tensor> shade_backward(const at::Tensor& Xc, const at::Tensor& vn, const at::Tensor& Kinv,
                                        const at::Tensor& pix, const at::Tensor& view, const at::Tensor& face,
                                        const at::Tensor& faces, int64_t H, int64_t W, int64_t mode,
@@ -440,7 +458,7 @@ std::vector<at::Tensor> shade_backward(const at::Tensor& Xc, const at::Tensor& v
                                        const at::Tensor& sh, int64_t C, const std::vector<double>& shc,
                                        const std::vector<at::Tensor>& grads, const std::vector<bool>& need) {
   check_inputs(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt, ft, sh, C, shc);
-  TORCH_CHECK(grads.size() == 6 && need.size() == 4, "6 output gradients and 4 flags");
+  TORCH_CHECK(grads.size() == 6 && need.size() == 5, "6 output gradients and 5 flags");
   const int64_t N = pix.size(0), B = Xc.size(0);
   const int64_t widths[6] = {C, 3, 1, 3, C, C};
   for (int k = 0; k < 6; ++k)
@@ -449,12 +467,13 @@ std::vector<at::Tensor> shade_backward(const at::Tensor& Xc, const at::Tensor& v
                       grads[k].is_contiguous() && grads[k].numel() == N * widths[k],
                   "gradient ", k, " must be a contiguous tensor of Xc's dtype with ", widths[k], " values per pixel");
   const auto opt = Xc.options();
-  at::Tensor gXc, gvn, gsrc, gsh;
+  at::Tensor gXc, gvn, gsrc, gsh, gK;
   if (need[0]) gXc = at::zeros(Xc.sizes(), opt);
   if (need[1]) gvn = at::zeros(vn.sizes(), opt);
   if (need[2] && mode != kNone) gsrc = at::zeros(src.sizes(), opt);
   if (need[3] && sh.numel() > 0) gsh = at::zeros(sh.sizes(), opt);
-  if (N == 0) return {gXc, gvn, gsrc, gsh};
+  if (need[4]) gK = at::zeros(Kinv.sizes(), opt);
+  if (N == 0) return {gXc, gvn, gsrc, gsh, gK};
 
   // first pixel of every view (pixels are sorted by view), then thread ranges of whole
   // views with about equal pixel counts
@@ -488,16 +507,20 @@ std::vector<at::Tensor> shade_backward(const at::Tensor& Xc, const at::Tensor& v
       Pixel<scalar_t> px;
       for (int64_t r = begin; r < end; ++r) {
         scalar_t* gsh_all = op(gsh);
-        // SH gradients go to a small per-view accumulator first: every pixel of a view adds
-        // into the same 9*C values, and a chain of read-modify-writes to memory is slow
-        scalar_t acc[9 * kMaxC];
-        Outs<scalar_t> o{op(gXc), op(gvn), src_main, gsh_all ? acc : nullptr};
+        scalar_t* gK_all = op(gK);
+        // SH and K^-1 gradients go to small per-view accumulators first: every pixel of a
+        // view adds into the same few values, and a chain of read-modify-writes to memory is slow
+        scalar_t acc[9 * kMaxC], kacc[9];
+        Outs<scalar_t> o{op(gXc), op(gvn), src_main, gsh_all ? acc : nullptr, gK_all ? kacc : nullptr};
         if (shared_src && r > 0) o.src = extra.data_ptr<scalar_t>() + (r - 1) * src.numel();
         for (int64_t b = bound[r]; b < bound[r + 1]; ++b) {
           std::fill(acc, acc + 9 * C, scalar_t(0));
+          std::fill(kacc, kacc + 9, scalar_t(0));
           for (int64_t i = start[b]; i < start[b + 1]; ++i) backward_pixel(in, g, o, i, px);
           if (gsh_all)
             for (int64_t k = 0; k < 9 * C; ++k) gsh_all[b * 9 * C + k] += acc[k];
+          if (gK_all)
+            for (int k = 0; k < 9; ++k) gK_all[b * 9 + k] += kacc[k];
         }
       }
     });
@@ -510,7 +533,7 @@ std::vector<at::Tensor> shade_backward(const at::Tensor& Xc, const at::Tensor& v
       });
     }
   });
-  return {gXc, gvn, gsrc, gsh};
+  return {gXc, gvn, gsrc, gsh, gK};
 }
 
 // shading.vertex_normals: area-weighted sums of right-hand face normals, normalised as
@@ -669,7 +692,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt, ft, sh, C, shc) -> "
         "[colour, bary, depth, normals, albedo, shading]");
   m.def("backward", &shade_backward,
-        "(same inputs..., grads[6], need[4]) -> [gXc, gvn, gsrc, gsh] (None where not needed)");
+        "(same inputs..., grads[6], need[5]) -> [gXc, gvn, gsrc, gsh, gKinv] (None where not needed)");
   m.def("vnormals_forward", &vnormals_forward, "(verts (B, V, 3), faces (F, 3), eps) -> [unit, raw]");
   m.def("vnormals_backward", &vnormals_backward, "(verts, faces, raw, grad, eps) -> grad verts");
   m.def("scatter_image", &scatter_image, "(values (N, C), pix (N,), B, H, W) -> (B, C, H, W), zero elsewhere");

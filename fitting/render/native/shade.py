@@ -104,10 +104,10 @@ class _Shade(torch.autograd.Function):
         H, W, mode, C = ctx.args
         empty = Xc.new_empty(0)
         g = [empty if x is None else x.contiguous().to(Xc.dtype) for x in grads]
-        need = list(ctx.needs_input_grad[:4])
-        gXc, gvn, gsrc, gsh = _module.backward(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt, ft, sh,
-                                               C, list(SH_CONSTANTS), g, need)
-        return (gXc, gvn, gsrc, gsh) + (None,) * 11
+        need = list(ctx.needs_input_grad[:5])
+        gXc, gvn, gsrc, gsh, gKinv = _module.backward(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt,
+                                                      ft, sh, C, list(SH_CONSTANTS), g, need)
+        return (gXc, gvn, gsrc, gsh, gKinv) + (None,) * 10
 
 
 class _VertexNormals(torch.autograd.Function):
@@ -165,7 +165,7 @@ def shade_pixels(Xc: torch.Tensor, vn: torch.Tensor, Kinv: torch.Tensor, pix: to
     by renderer._shade_pixels, and colour = albedo * shading.
 
     Xc: (B, V, 3) camera frame; vn: (B, V, 3) world vertex normals (shading.vertex_normals);
-    Kinv: (B, 3, 3) pinhole_inverse(K) (no gradient reaches it); pix, view, face: (N,) int64
+    Kinv: (B, 3, 3) pinhole_inverse(K); pix, view, face: (N,) int64
     covered pixels sorted by view (pix = b*H*W + y*W + x, centre at (x + 0.5, y + 0.5));
     faces: (F, 3); image_size: (H, W). Albedo: texture (1 or B, C, Ht, Wt) with verts_uvs
     (T, 2) and faces_uvs (F, 3) (OBJ UVs, bilinear, border clamp), else vertex_colors
@@ -173,7 +173,7 @@ def shade_pixels(Xc: torch.Tensor, vn: torch.Tensor, Kinv: torch.Tensor, pix: to
     None (shading 1). Check :func:`supports` and :func:`available` first.
 
     Returns colour, bary (N, 3), depth (N,), unit normals (N, 3), albedo, shading, the
-    colour-like ones (N, C); all differentiable w.r.t. Xc, vn, texture / vertex_colors, sh.
+    colour-like ones (N, C); all differentiable w.r.t. Xc, vn, Kinv, texture / vertex_colors, sh.
     """
     if _load() is None:
         raise RuntimeError("the native shading kernel is not available (FLAME_FIT_NATIVE=0 or the build failed)")
@@ -200,5 +200,5 @@ def shade_pixels(Xc: torch.Tensor, vn: torch.Tensor, Kinv: torch.Tensor, pix: to
     sh_t = empty if sh is None else sh.to(dt).contiguous()
     H, W = image_size
     return _Shade.apply(Xc.contiguous(), vn.to(dt).contiguous(), src, sh_t,
-                        Kinv.detach().to(dt).reshape(-1, 9).contiguous(), pix.contiguous(), view.contiguous(),
+                        Kinv.to(dt).reshape(-1, 9).contiguous(), pix.contiguous(), view.contiguous(),
                         face.contiguous(), faces.long().contiguous(), vt, ft, int(H), int(W), mode, int(C))
