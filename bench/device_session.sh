@@ -19,6 +19,7 @@ for step in "$@"; do
     rtests) python3 -m pytest -q -p no:cacheprovider tests/render 2>&1 | tee "$OUT/rtests.log" | tail -8 ;;
     bench256) python3 -m bench.render --device cuda --res 256 2>&1 | tee "$OUT/bench_render_cuda_256.jsonl" ;;
     bench) python3 -m bench.render --device cuda 2>&1 | tee "$OUT/bench_render_cuda.jsonl" ;;
+    graph) python3 -m bench.render --device cuda --mode graph packed 2>&1 | tee "$OUT/bench_render_graph.jsonl" ;;
     profile) python3 -m bench.profile_render --device cuda 2>&1 | tee "$OUT/profile_cuda.txt" | tail -45 ;;
     demo) python3 run_fitting.py --config configs/demo.txt --device cuda --savefolder /tmp/demo_out 2>&1 | tail -5
           cp /tmp/demo_out/*/report.json "$OUT/demo_report_cuda.json" 2>/dev/null

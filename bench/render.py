@@ -20,7 +20,7 @@ import torch
 
 from bench._common import PeakMemory, emit, load_average, machine, timings_ms
 from fitting.render import MeshRenderer, RasterSettings
-from fitting.render.rasterize import static_sizes
+from fitting.render.rasterize import static_settings
 from fitting.render.demo import checker_texture, default_sh, load_head_mesh, orbit_cameras
 
 
@@ -39,17 +39,16 @@ def _graphed(fn, dev):
 
 
 def run_case(mesh, views: int, res: int, device: str, repeats: int, mode: str = "packed") -> dict:
-    """mode: 'packed' (default pipeline), 'static' (RasterSettings.static_tiles and
-    static_pixels, 20 % above what the views need) or 'graph' (static, forward and forward+backward each captured in a
-    CUDA graph and replayed)."""
+    """mode: 'packed' (default pipeline), 'static' (RasterSettings.static_tiles,
+    static_pixels and static_outline, 20 % above what the views need) or 'graph' (static,
+    forward and forward+backward each captured in a CUDA graph and replayed)."""
     v, f, vt, ft, name = mesh
     dev = torch.device(device)
     K, R, t = (x.to(dev) for x in orbit_cameras(v, views, res))
     settings = RasterSettings((res, res))
     verts = v.to(dev)[None].repeat(views, 1, 1).requires_grad_()
     if mode != "packed":
-        tiles, pixels = static_sizes(verts.detach(), f.to(dev), K, R, t, settings)
-        settings = settings._replace(static_tiles=int(tiles * 1.2) + 64, static_pixels=int(pixels * 1.2) + 64)
+        settings = static_settings(verts.detach(), f.to(dev), K, R, t, settings, margin=0.2)
     renderer = MeshRenderer(f, vt, ft, settings).to(dev)
     tex = checker_texture(256).to(dev).requires_grad_()
     sh = default_sh(views).to(dev).requires_grad_()

@@ -37,8 +37,9 @@ import torch
 
 from fitting.render.cameras import check_cameras, pinhole_inverse, world_to_camera
 
-__all__ = ["RasterSettings", "Fragments", "PackedFragments", "rasterize", "rasterize_packed",
-           "visible_faces", "visible_faces_static", "static_sizes", "pixel_rays", "pixel_centre_rays"]
+__all__ = ["RasterSettings", "Fragments", "PackedFragments", "StaticSizes", "rasterize", "rasterize_packed",
+           "visible_faces", "visible_faces_static", "static_sizes", "static_settings", "pixel_rays",
+           "pixel_centre_rays"]
 
 _FACE_MASK = 0xFFFFFFFF
 
@@ -51,14 +52,26 @@ class RasterSettings(NamedTuple):
     static_tiles, static_pixels: 0 (default) for the packed pipeline, whose tensor sizes
     follow the image content. Both > 0 for static shapes throughout (at most that many 4x4
     candidate tiles and covered pixels per call, padded to exactly that many), which lets
-    a CUDA graph capture a forward + backward (docs/RENDERER.md). A call that needs more
-    raises; :func:`static_sizes` measures what a set of views needs."""
+    a CUDA graph capture a forward + backward (docs/RENDERER.md). static_outline: in the
+    static mode, the silhouette's outline pixel pairs per direction (0: 2 x static_pixels,
+    which always suffices but costs ~30x the work of a measured size). A call that needs
+    more raises; :func:`static_sizes` measures what a set of views needs and
+    :func:`static_settings` sets all three with a margin."""
     image_size: tuple[int, int]
     near: float = 1e-3
     cull_backfaces: bool = False
     max_pairs: int = 1 << 22
     static_tiles: int = 0
     static_pixels: int = 0
+    static_outline: int = 0
+
+
+class StaticSizes(NamedTuple):
+    """What a set of views needs in the static mode: 4x4 candidate tiles, covered pixels, and
+    outline pixel pairs (the larger of the horizontal and vertical counts)."""
+    tiles: int
+    pixels: int
+    outline: int
 
 
 class Fragments(NamedTuple):
@@ -392,16 +405,32 @@ def _tiles(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, settings: Ras
 
 @torch.no_grad()
 def static_sizes(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: torch.Tensor,
-                 t: torch.Tensor, settings: RasterSettings) -> tuple[int, int]:
-    """(tiles, pixels) that the static mode needs to render these views; choose
-    ``RasterSettings.static_tiles`` / ``static_pixels`` with a margin for motion.
+                 t: torch.Tensor, settings: RasterSettings) -> StaticSizes:
+    """StaticSizes(tiles, pixels, outline) that the static mode needs to render these views;
+    choose ``RasterSettings.static_tiles`` / ``static_pixels`` / ``static_outline`` with a
+    margin for motion (:func:`static_settings` does).
 
     verts: (B, V, 3) world; K, R: (B, 3, 3); t: (B, 3)."""
+    from fitting.render.silhouette import outline_pair_counts
     faces = faces.long()
     Xc = world_to_camera(verts, R, t)
     tiles = int(_tiles(Xc, faces, K, settings)[-1].sum())
-    pix, _ = visible_faces(Xc, faces, K, settings._replace(static_tiles=0, static_pixels=0))
-    return tiles, int(pix.numel())
+    packed = settings._replace(static_tiles=0, static_pixels=0, static_outline=0)
+    pix, face = visible_faces(Xc, faces, K, packed)
+    B, (H, W) = verts.shape[0], settings.image_size
+    face_idx = torch.full((B * H * W,), -1, dtype=torch.int64, device=pix.device).index_copy(0, pix, face)
+    outline = int(outline_pair_counts(face_idx.view(B, H, W)).max())
+    return StaticSizes(tiles, int(pix.numel()), outline)
+
+
+def static_settings(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor,
+                    settings: RasterSettings, margin: float = 0.2, extra: int = 64) -> RasterSettings:
+    """``settings`` switched to the static mode, sized for these views (static_sizes) plus
+    ``margin`` (relative) and ``extra`` (absolute) room for the mesh and cameras to move.
+    Same arguments as static_sizes."""
+    need = static_sizes(verts, faces, K, R, t, settings)
+    room = [int(n * (1 + margin)) + extra for n in need]
+    return settings._replace(static_tiles=room[0], static_pixels=room[1], static_outline=room[2])
 
 
 @torch.no_grad()

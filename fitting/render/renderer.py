@@ -18,7 +18,7 @@ from fitting.render.cameras import check_cameras, pinhole_inverse, world_to_came
 from fitting.render.rasterize import (Fragments, PackedFragments, RasterSettings, _check_mesh, rasterize_packed,
                                       visible_faces)
 from fitting.render.shading import sh_basis, vertex_normals
-from fitting.render.silhouette import silhouette
+from fitting.render.silhouette import silhouette_static
 from fitting.render.texture import uv_to_grid
 
 __all__ = ["MeshRenderer", "RenderOutput", "sample_texture_packed", "per_view_matmul", "view_packing",
@@ -36,7 +36,10 @@ class RenderOutput:
     """image: (B,3,H,W) albedo * shading, black background; alpha: (B,1,H,W) hard coverage;
     silhouette: (B,1,H,W) antialiased, differentiable at the outline; packed: the covered
     pixels (PackedFragments). Computed on first access (then cached): albedo, shading,
-    normals (world, unit): (B,3,H,W), zero at background; fragments: dense Fragments."""
+    normals (world, unit): (B,3,H,W), zero at background; fragments: dense Fragments.
+    needed: static mode only (else None), (3,) int64 tiles, pixels and outline pairs this
+    call needed; after a CUDA graph replay, any above the RasterSettings' static sizes
+    means that work was dropped and the result is wrong."""
     image: torch.Tensor
     alpha: torch.Tensor
     silhouette: torch.Tensor
@@ -45,6 +48,7 @@ class RenderOutput:
     packed_albedo: torch.Tensor = field(repr=False)
     packed_shading: torch.Tensor = field(repr=False)
     packed_normals: torch.Tensor = field(repr=False)
+    needed: torch.Tensor | None = None
 
     @cached_property
     def albedo(self) -> torch.Tensor:
@@ -212,8 +216,10 @@ class MeshRenderer(torch.nn.Module):
 
         face_idx = pf.face_idx()
         alpha = (face_idx >= 0).to(verts.dtype)[:, None]
-        sil = silhouette(verts, faces, K, R, t, face_idx=face_idx,
-                         static_pairs=2 * self.settings.static_pixels if static else 0)
+        s = self.settings
+        sil, outline = silhouette_static(verts, faces, K, R, t, face_idx=face_idx,
+                                         static_pairs=(s.static_outline or 2 * s.static_pixels) if static else 0)
+        needed = torch.cat([pf.needed, outline[None]]) if static else None
         if fused is None:
             image = _dense(albedo * shading, pf)
         else:
@@ -221,7 +227,7 @@ class MeshRenderer(torch.nn.Module):
             image = dense_image(colour, pf.pix, pf.shape)
         return RenderOutput(image=image, alpha=alpha, silhouette=sil,
                             packed=pf, face_idx=face_idx, packed_albedo=albedo, packed_shading=shading,
-                            packed_normals=n)
+                            packed_normals=n, needed=needed)
 
     def _fused(self, verts, K, R, t, texture, vertex_colors, sh):
         """The CPU fast path: visibility, then the compiled per-pixel chain

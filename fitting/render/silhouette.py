@@ -32,20 +32,34 @@ import torch
 from fitting.render.cameras import check_cameras, pinhole_inverse, world_to_camera
 from fitting.render.rasterize import Fragments, RasterSettings, _cross, pixel_centre_rays, rasterize
 
-__all__ = ["silhouette"]
+__all__ = ["silhouette", "outline_pair_counts"]
+
+
+def _differs(cov: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, differs): coverage of each pair's first pixel and whether its neighbour along dim
+    (2: horizontal, 1: vertical) differs; cov (B, H, W) bool -> each one shorter along dim."""
+    n = cov.shape[dim] - 1
+    a = cov.narrow(dim, 0, n)
+    return a, a != cov.narrow(dim, 1, n)
+
+
+def outline_pair_counts(face_idx: torch.Tensor) -> torch.Tensor:
+    """(2,) int64: the horizontal and vertical outline pixel pairs of face_idx (B, H, W) (what
+    ``RasterSettings.static_outline`` must hold)."""
+    cov = face_idx >= 0
+    return torch.stack([_differs(cov, 2)[1].sum(), _differs(cov, 1)[1].sum()])
 
 
 def _pairs(face_idx: torch.Tensor, dim: int, capacity: int = 0):
     """Outline pairs along ``dim`` (2: horizontal, 1: vertical) of face_idx (B, H, W).
 
-    Returns flat indices (p covered, q background) into B*H*W and a validity mask. With
-    ``capacity`` > 0 exactly that many pairs are returned (no host sync; padding invalid;
-    pairs beyond it are dropped, so give at least twice the covered pixels)."""
+    Returns flat indices (p covered, q background) into B*H*W, a validity mask and, with
+    ``capacity`` > 0, the number of pairs found (0-dim int64; else None). With a capacity
+    exactly that many pairs are returned (no host sync; padding invalid; pairs beyond it
+    are dropped: the caller checks the count)."""
     B, H, W = face_idx.shape
-    cov = face_idx >= 0
-    n = cov.shape[dim] - 1
-    a = cov.narrow(dim, 0, n)
-    differs = a != cov.narrow(dim, 1, n)
+    a, differs = _differs(face_idx >= 0, dim)
+    count = differs.sum() if capacity > 0 else None
     if capacity > 0:
         edge = torch.nonzero_static(differs, size=capacity, fill_value=-1)
         valid = edge[:, 0] >= 0
@@ -61,7 +75,7 @@ def _pairs(face_idx: torch.Tensor, dim: int, capacity: int = 0):
     step = W if dim == 1 else 1
     p = torch.where(a_cov, first, first + step)
     q = torch.where(a_cov, first + step, first)
-    return p, q, valid
+    return p, q, valid, count
 
 
 def _outline_delta(Xc, faces, Kinv, flat_face, p, q, horizontal, valid, H: int, W: int):
@@ -115,8 +129,20 @@ def silhouette(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: tor
     verts: (B, V, 3) world; faces: (F, 3); K, R: (B, 3, 3); t: (B, 3). Pass the
     ``fragments`` of the same mesh and cameras (or only their ``face_idx`` (B, H, W)), or
     ``settings`` to rasterize here. static_pairs: > 0 for fixed shapes (CUDA graphs): the
-    outline pairs of each direction padded to that many (at least 2x the covered pixels).
+    outline pairs of each direction padded to that many (outline_pair_counts measures them;
+    twice the covered pixels always suffice). Eagerly, too few raise ValueError; inside a
+    CUDA graph capture nothing is checked: use :func:`silhouette_static` and check its count.
     """
+    return silhouette_static(verts, faces, K, R, t, fragments, settings, face_idx, static_pairs)[0]
+
+
+def silhouette_static(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: torch.Tensor,
+                      t: torch.Tensor, fragments: Fragments | None = None,
+                      settings: RasterSettings | None = None, face_idx: torch.Tensor | None = None,
+                      static_pairs: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`silhouette` and, with ``static_pairs`` > 0, the outline pairs it needed (0-dim
+    int64, the larger of the two directions; more than ``static_pairs`` means pairs were
+    dropped), else None."""
     check_cameras(K, R, t, verts.shape[0])
     if face_idx is None:
         if fragments is None:
@@ -130,14 +156,20 @@ def silhouette(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: tor
     flat_face = face_idx.reshape(-1)
     cover = (flat_face >= 0).to(verts.dtype)
 
-    ph, qh, vh = _pairs(face_idx, 2, static_pairs)
-    pv, qv, vv = _pairs(face_idx, 1, static_pairs)
+    ph, qh, vh, nh = _pairs(face_idx, 2, static_pairs)
+    pv, qv, vv, nv = _pairs(face_idx, 1, static_pairs)
+    needed = torch.maximum(nh, nv) if static_pairs > 0 else None
+    if static_pairs > 0 and not (face_idx.is_cuda and torch.cuda.is_current_stream_capturing()):
+        if int(needed) > static_pairs:
+            raise ValueError(f"the silhouette needs {int(needed)} outline pairs per direction but "
+                             f"static_outline / static_pairs is {static_pairs}; raise it "
+                             "(rasterize.static_sizes measures what views need)")
     p = torch.cat([ph, pv])
     q = torch.cat([qh, qv])
     valid = torch.cat([vh, vv])
     horizontal = torch.arange(len(p), device=p.device) < len(ph)
     if len(p) == 0:
-        return cover.view(B, 1, H, W)
+        return cover.view(B, 1, H, W), needed
 
     delta = _outline_delta(Xc, faces, pinhole_inverse(K), flat_face, p, q, horizontal, valid, H, W)
-    return (cover + delta).clamp(0, 1).view(B, 1, H, W)
+    return (cover + delta).clamp(0, 1).view(B, 1, H, W), needed
