@@ -181,8 +181,9 @@ class MeshRenderer(torch.nn.Module):
         sh: (B, 9, 3); vertex_colors: (B, V, 3) or (V, 3). Albedo is the texture if given,
         else the vertex colours, else 1; shading is SH if given, else 1.
 
-        On CPU, in the packed mode (settings.static_tiles == 0), everything per covered pixel (barycentrics, depth, normals, albedo, shading, the
-        image scatter) and the vertex normals run in a compiled kernel
+        On CPU, in the packed mode (settings.static_tiles == 0), everything per covered pixel
+        (barycentrics, depth, normals, albedo, shading, the image scatter) and the vertex
+        normals run in a compiled kernel
         (fitting.render.native.shade, built on first use; FLAME_FIT_NATIVE=0 disables it, a
         failed build warns once and keeps the torch path). Same values to float rounding;
         the packed bary / depth / normals / albedo / shading stay differentiable w.r.t.
@@ -233,8 +234,8 @@ class MeshRenderer(torch.nn.Module):
         """The CPU fast path: visibility, then the compiled per-pixel chain
         (fitting.render.native.shade) instead of the torch ops of _barycentrics and
         _shade_pixels (same values and gradients). Taken on CPU in the packed mode when the
-        kernel is built (FLAME_FIT_NATIVE=0 disables it). Returns (PackedFragments, normals, albedo,
-        shading, colour), or None for the torch path."""
+        kernel is built (FLAME_FIT_NATIVE=0 disables it). Returns (PackedFragments, normals,
+        albedo, shading, colour), or None for the torch path."""
         from fitting.render.native import shade
         s = self.settings
         if (s.static_tiles > 0 or s.static_pixels > 0 or not shade.enabled()

@@ -32,7 +32,7 @@ import torch
 from fitting.render.cameras import check_cameras, pinhole_inverse, world_to_camera
 from fitting.render.rasterize import Fragments, RasterSettings, _cross, pixel_centre_rays, rasterize
 
-__all__ = ["silhouette", "outline_pair_counts"]
+__all__ = ["silhouette", "silhouette_static", "outline_pair_counts"]
 
 
 def _differs(cov: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
