@@ -174,3 +174,17 @@ def test_fallbacks_and_switch(monkeypatch):
     monkeypatch.setenv("FLAME_FIT_NATIVE", "0")
     assert not native.enabled() and not native.available()
     assert native.visible_faces(X, faces, K, 30, 40, 0.1, False) is None
+
+
+def test_build_folder_follows_the_source(tmp_path, monkeypatch):
+    # a binary is reused only for the same source and flags: an edited kernel (or another
+    # checkout's) builds in a folder of its own instead of loading a stale binary
+    monkeypatch.setenv("FLAME_FIT_NATIVE_DIR", str(tmp_path))
+    a, b = tmp_path / "a.cpp", tmp_path / "b.cpp"
+    a.write_text("int f() { return 1; }\n")
+    b.write_text("int f() { return 1; }\n")
+    same = native.kernel_directory("k", a, ["-O3"])
+    assert same == native.kernel_directory("k", b, ["-O3"]) and same.is_relative_to(tmp_path)
+    assert native.kernel_directory("k", a, ["-O2"]) != same
+    b.write_text("int f() { return 2; }\n")
+    assert native.kernel_directory("k", b, ["-O3"]) != same

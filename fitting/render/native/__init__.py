@@ -10,10 +10,11 @@ without FMA contraction (``-ffp-contract=off``) or fast-math. It is parallel ove
 
 When the build fails the renderer warns once and keeps the torch path; it never fails
 because of this module. ``FLAME_FIT_NATIVE=0`` disables it; ``FLAME_FIT_NATIVE_DIR`` moves
-the build cache (default ``~/.cache/flame_fit/native/<python>-<torch>/flame_fit_visibility``).
+the build cache (default ``~/.cache/flame_fit/native/<python>-<torch>/<kernel>/<source hash>``).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "build", "visible_faces", "build_directory", "cache_root", "enabled",
+__all__ = ["available", "build", "visible_faces", "build_directory", "cache_root", "kernel_directory", "enabled",
            "compile_extension", "warn_fallback"]
 
 _SOURCE = Path(__file__).with_name("visibility.cpp")
@@ -52,9 +53,19 @@ def cache_root() -> Path:
     return base / tag
 
 
+def kernel_directory(name: str, source: Path, cflags: list[str]) -> Path:
+    """Build folder of one kernel: ``cache_root() / name / <hash of its source and flags>``.
+    A changed source (another checkout or version of this project) builds afresh in a folder
+    of its own instead of reusing a binary whose functions may take other arguments: ninja's
+    timestamps alone were fooled by an edit made while a build was running."""
+    h = hashlib.sha256(Path(source).read_bytes())
+    h.update(" ".join(cflags + _LDFLAGS).encode())
+    return cache_root() / name / h.hexdigest()[:16]
+
+
 def build_directory() -> Path:
-    """Where the visibility kernel is built and cached (see :func:`cache_root`)."""
-    return cache_root() / _NAME
+    """Where the visibility kernel is built and cached (see :func:`kernel_directory`)."""
+    return kernel_directory(_NAME, _SOURCE, _CFLAGS)
 
 
 def _missing() -> list[str]:
@@ -70,13 +81,13 @@ def _missing() -> list[str]:
 
 
 def compile_extension(name: str, source: Path, cflags: list[str], what: str, verbose: bool = False):
-    """Build (or load the cached build of) one C++ kernel into ``cache_root() / name`` and
+    """Build (or load the cached build of) one C++ kernel into :func:`kernel_directory` and
     return the module. Raises RuntimeError saying what is missing or how compilation failed."""
     missing = _missing()
     if missing:
         raise RuntimeError(f"cannot build the native {what} kernel: missing " + " and ".join(missing))
     from torch.utils.cpp_extension import load
-    out = cache_root() / name
+    out = kernel_directory(name, source, cflags)
     out.mkdir(parents=True, exist_ok=True)
     if not any(out.glob(name + "*.so")):
         print(f"building the native {what} kernel in {out} (once, ~20-60 s)...", file=sys.stderr)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fitting.render.native import cache_root, compile_extension, enabled, warn_fallback
+from fitting.render.native import compile_extension, enabled, kernel_directory, warn_fallback
 from fitting.render.shading import SH_CONSTANTS
 
 __all__ = ["enabled", "available", "build", "build_directory", "supports", "shade_pixels", "dense_image",
@@ -36,8 +36,8 @@ _failed: str | None = None
 
 
 def build_directory() -> Path:
-    """Where the shading kernel is built and cached (see ``native.cache_root``)."""
-    return cache_root() / _NAME
+    """Where the shading kernel is built and cached (see ``native.kernel_directory``)."""
+    return kernel_directory(_NAME, _SOURCE, _CFLAGS)
 
 
 def build(verbose: bool = False):
