@@ -188,3 +188,15 @@ def test_build_folder_follows_the_source(tmp_path, monkeypatch):
     assert native.kernel_directory("k", a, ["-O2"]) != same
     b.write_text("int f() { return 2; }\n")
     assert native.kernel_directory("k", b, ["-O3"]) != same
+
+
+def test_build_folder_is_stable_across_builds():
+    # torch's load() appends to the flag lists it is given; were ours shared with it, the
+    # folder computed in the next process (or after the other kernel's build) would differ
+    # and every process would rebuild
+    from fitting.render.native import shade
+    before = (native.build_directory(), shade.build_directory())
+    if native.available() and shade.available():
+        assert (native.build_directory(), shade.build_directory()) == before
+        assert (before[0] / "flame_fit_visibility.so").is_file() and (before[1] / "flame_fit_shade.so").is_file()
+        assert list(native._LDFLAGS) == ["-fopenmp"] and shade._CFLAGS == ["-O3", "-fno-math-errno", "-fopenmp"]

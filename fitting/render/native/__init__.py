@@ -31,7 +31,7 @@ _SOURCE = Path(__file__).with_name("visibility.cpp")
 _NAME = "flame_fit_visibility"
 # no FMA contraction and no fast-math: the kernel must round like torch's separate ops
 _CFLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fopenmp"]
-_LDFLAGS = ["-fopenmp"]
+_LDFLAGS = ("-fopenmp",)   # a tuple: torch's load() appends to the flag lists it is given
 
 _lock = threading.Lock()
 _module = None          # the loaded extension
@@ -59,7 +59,7 @@ def kernel_directory(name: str, source: Path, cflags: list[str]) -> Path:
     of its own instead of reusing a binary whose functions may take other arguments: ninja's
     timestamps alone were fooled by an edit made while a build was running."""
     h = hashlib.sha256(Path(source).read_bytes())
-    h.update(" ".join(cflags + _LDFLAGS).encode())
+    h.update(" ".join([*cflags, *_LDFLAGS]).encode())
     return cache_root() / name / h.hexdigest()[:16]
 
 
@@ -92,7 +92,7 @@ def compile_extension(name: str, source: Path, cflags: list[str], what: str, ver
     if not any(out.glob(name + "*.so")):
         print(f"building the native {what} kernel in {out} (once, ~20-60 s)...", file=sys.stderr)
     try:
-        return load(name=name, sources=[str(source)], extra_cflags=cflags, extra_ldflags=_LDFLAGS,
+        return load(name=name, sources=[str(source)], extra_cflags=list(cflags), extra_ldflags=list(_LDFLAGS),
                     build_directory=str(out), verbose=verbose)
     except Exception as e:   # compiler errors come as RuntimeError / CalledProcessError / OSError
         raise RuntimeError(f"building the native {what} kernel in {out} failed: {e}") from e
