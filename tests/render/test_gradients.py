@@ -4,28 +4,9 @@ import math
 import pytest
 import torch
 
-from fitting.render import MeshRenderer, RasterSettings, look_at, rasterize, silhouette
-from fitting.render.demo import ellipsoid_mesh
-from tests.render.fd import _assert_close, _fd_check
+from fitting.render import RasterSettings, rasterize, silhouette
+from tests.render.fd import _assert_close, _fd_check, _scene, _seen_coords
 
-RES = 32
-
-
-def _scene(views=2):
-    v, f, vt, ft = ellipsoid_mesh(8, 10, radii=(0.09, 0.11, 0.1))
-    v = v.double() + 0.004 * torch.randn(v.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    yaw = torch.tensor([0.3, -0.9], dtype=torch.float64)[:views]
-    eye = 0.6 * torch.stack([torch.sin(yaw), 0.2 * torch.ones_like(yaw), torch.cos(yaw)], -1)
-    R, t = look_at(eye, torch.zeros_like(eye))
-    K = torch.tensor([[70.0, 0, RES / 2], [0, 70.0, RES / 2], [0, 0, 1]], dtype=torch.float64).expand(views, 3, 3)
-    g = torch.Generator().manual_seed(4)
-    tex = torch.rand(1, 3, 8, 8, generator=g, dtype=torch.float64)
-    sh = 0.3 * torch.randn(views, 9, 3, generator=g, dtype=torch.float64)
-    sh[:, 0] += 2.0
-    w = torch.rand(views, 3, RES, RES, generator=g, dtype=torch.float64)
-    renderer = MeshRenderer(f, vt, ft, RasterSettings((RES, RES)))
-    renderer.verts_uvs = renderer.verts_uvs.double()
-    return renderer, v[None].expand(views, -1, -1).clone(), K, R, t, tex, sh, w
 
 
 @pytest.mark.slow
@@ -38,11 +19,8 @@ def test_image_gradients_match_finite_differences():
     def vis(verts):
         return rasterize(verts, renderer.faces, K, R, t, renderer.settings).face_idx
 
-    face_idx = vis(verts)
-    seen = torch.unique(renderer.faces[face_idx[face_idx >= 0]])       # vertices of visible faces
     g = torch.Generator().manual_seed(5)
-    pick = seen[torch.randperm(len(seen), generator=g)[:4]]
-    idx = (pick[:, None] * 3 + torch.arange(3)).flatten()              # view 0, x/y/z of 4 verts
+    idx = _seen_coords(vis(verts), renderer.faces, 0, 4, g)
     _assert_close(*_fd_check(lambda x: loss(verts=x), verts, idx, 1e-6, vis))
     _assert_close(*_fd_check(lambda x: loss(sh=x), sh, torch.randperm(sh.numel(), generator=g)[:12], 1e-6))
     _assert_close(*_fd_check(lambda x: loss(tex=x), tex, torch.randperm(tex.numel(), generator=g)[:12], 1e-6))

@@ -6,10 +6,10 @@ import warnings
 import pytest
 import torch
 
-from fitting.render import MeshRenderer, RasterSettings, look_at, rasterize
-from fitting.render.demo import checker_texture, default_sh, ellipsoid_mesh, load_head_mesh, orbit_cameras
+from fitting.render import MeshRenderer, RasterSettings, rasterize
+from fitting.render.demo import checker_texture, default_sh, load_head_mesh, orbit_cameras
 from fitting.render.native import shade
-from tests.render.fd import _assert_close, _fd_check
+from tests.render.fd import _assert_close, _fd_check, _scene, _seen_coords
 
 pytestmark = pytest.mark.skipif(not shade.available(),
                                 reason="native shading kernel unavailable (FLAME_FIT_NATIVE=0, or no C++ "
@@ -101,9 +101,9 @@ def test_a_failed_build_warns_once_and_renders_with_torch(head, monkeypatch):
     def broken(verbose=False):
         raise RuntimeError("cannot build the native shading kernel: test")
 
-    monkeypatch.setattr(shade, "_module", None)
-    monkeypatch.setattr(shade, "_failed", None)
-    monkeypatch.setattr(shade, "build", broken)
+    monkeypatch.setattr(shade._kernel, "module", None)
+    monkeypatch.setattr(shade._kernel, "failed", None)
+    monkeypatch.setattr(shade._kernel, "build", broken)
     with pytest.warns(RuntimeWarning, match="pure-PyTorch shading"):
         out = renderer(verts, K, R, t, sh=default_sh(VIEWS))
     with warnings.catch_warnings():
@@ -115,29 +115,9 @@ def test_a_failed_build_warns_once_and_renders_with_torch(head, monkeypatch):
 
 # ---- float64 finite differences through the fused path ----------------------------------
 
-FD_RES = 32
-
-
-def _fd_scene():
-    v, f, vt, ft = ellipsoid_mesh(8, 10, radii=(0.09, 0.11, 0.1))
-    v = v.double() + 0.004 * torch.randn(v.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    yaw = torch.tensor([0.3, -0.9], dtype=torch.float64)
-    eye = 0.6 * torch.stack([torch.sin(yaw), 0.2 * torch.ones_like(yaw), torch.cos(yaw)], -1)
-    R, t = look_at(eye, torch.zeros_like(eye))
-    K = torch.tensor([[70.0, 0, FD_RES / 2], [0, 70.0, FD_RES / 2], [0, 0, 1]], dtype=torch.float64).expand(2, 3, 3)
-    g = torch.Generator().manual_seed(4)
-    tex = torch.rand(1, 3, 8, 8, generator=g, dtype=torch.float64)
-    sh = 0.3 * torch.randn(2, 9, 3, generator=g, dtype=torch.float64)
-    sh[:, 0] += 2.0
-    w = torch.rand(2, 3, FD_RES, FD_RES, generator=g, dtype=torch.float64)
-    renderer = MeshRenderer(f, vt, ft, RasterSettings((FD_RES, FD_RES)))
-    renderer.verts_uvs = renderer.verts_uvs.double()
-    return renderer, v[None].expand(2, -1, -1).clone(), K, R, t, tex, sh, w
-
-
 @pytest.mark.slow
 def test_fused_gradients_match_finite_differences():
-    renderer, verts, K, R, t, tex, sh, w = _fd_scene()
+    renderer, verts, K, R, t, tex, sh, w = _scene()
 
     def loss(verts=verts, tex=tex, sh=sh, col=None, K=K):
         out = renderer(verts, K, R, t, texture=None if col is not None else tex, sh=sh, vertex_colors=col)
@@ -148,18 +128,14 @@ def test_fused_gradients_match_finite_differences():
         return rasterize(verts, renderer.faces, K, R, t, renderer.settings).face_idx
 
     face_idx = vis(verts)
-    seen = torch.unique(renderer.faces[face_idx[face_idx >= 0]])       # vertices of visible faces
     g = torch.Generator().manual_seed(5)
-    pick = seen[torch.randperm(len(seen), generator=g)[:4]]
-    idx = (pick[:, None] * 3 + torch.arange(3)).flatten()              # view 0, x/y/z of 4 verts
+    idx = _seen_coords(face_idx, renderer.faces, 0, 4, g)
     _assert_close(*_fd_check(lambda x: loss(verts=x), verts, idx, 1e-6, vis))
     _assert_close(*_fd_check(lambda x: loss(sh=x), sh, torch.randperm(sh.numel(), generator=g)[:12], 1e-6))
     _assert_close(*_fd_check(lambda x: loss(tex=x), tex, torch.randperm(tex.numel(), generator=g)[:12], 1e-6))
     col = torch.rand(verts.shape[1], 3, generator=g, dtype=torch.float64)
-    _assert_close(*_fd_check(lambda x: loss(col=x), col, (pick[:, None] * 3 + torch.arange(3)).flatten(), 1e-6))
-    seen1 = torch.unique(renderer.faces[face_idx[1][face_idx[1] >= 0]])
-    pick1 = seen1[torch.randperm(len(seen1), generator=g)[:4]]
-    idx1 = ((verts.shape[1] + pick1[:, None]) * 3 + torch.arange(3)).flatten()   # view 1, vertex colours
+    _assert_close(*_fd_check(lambda x: loss(col=x), col, idx, 1e-6))          # view 0's colour rows = its vertices
+    idx1 = _seen_coords(face_idx, renderer.faces, 1, 4, g, verts.shape[1])         # view 1, vertex colours
     _assert_close(*_fd_check(lambda x: loss(verts=x, col=col), verts, idx1, 1e-6, vis))
     # intrinsics: fx, skew, cx, fy, cy of both views (focal refinement differentiates these)
     Kc = K.clone()

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["available", "build", "visible_faces", "build_directory", "cache_root", "kernel_directory", "enabled",
-           "compile_extension", "warn_fallback"]
+           "compile_extension", "warn_fallback", "Kernel"]
 
 _SOURCE = Path(__file__).with_name("visibility.cpp")
 _NAME = "flame_fit_visibility"
@@ -33,9 +33,6 @@ _NAME = "flame_fit_visibility"
 _CFLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fopenmp"]
 _LDFLAGS = ("-fopenmp",)   # a tuple: torch's load() appends to the flag lists it is given
 
-_lock = threading.Lock()
-_module = None          # the loaded extension
-_failed: str | None = None   # why the build failed (then we warn once and never retry)
 
 
 def enabled() -> bool:
@@ -63,9 +60,6 @@ def kernel_directory(name: str, source: Path, cflags: list[str]) -> Path:
     return cache_root() / name / h.hexdigest()[:16]
 
 
-def build_directory() -> Path:
-    """Where the visibility kernel is built and cached (see :func:`kernel_directory`)."""
-    return kernel_directory(_NAME, _SOURCE, _CFLAGS)
 
 
 def _missing() -> list[str]:
@@ -104,38 +98,64 @@ def warn_fallback(reason: str, what: str) -> None:
                   "(set FLAME_FIT_NATIVE=0 to silence this).", RuntimeWarning, stacklevel=4)
 
 
+class Kernel:
+    """One optional C++ kernel: built (or loaded from the cache) once, on first use or by
+    :meth:`build`; a failed build warns once, is never retried, and the caller keeps its
+    PyTorch path. ``what`` names the kernel in messages."""
+
+    def __init__(self, name: str, source: Path, cflags: list[str], what: str):
+        self.name, self.source, self.cflags, self.what = name, source, cflags, what
+        self.module = None             # the loaded extension
+        self.failed: str | None = None  # why the build failed
+        self._lock = threading.Lock()
+
+    def directory(self) -> Path:
+        """Where it is built and cached (see :func:`kernel_directory`)."""
+        return kernel_directory(self.name, self.source, self.cflags)
+
+    def build(self, verbose: bool = False):
+        """Build (or load the cached build of) the extension and return the module. Raises
+        RuntimeError saying what is missing or how the compilation failed."""
+        with self._lock:
+            if self.module is None:
+                self.module = compile_extension(self.name, self.source, self.cflags, self.what, verbose)
+            return self.module
+
+    def load(self):
+        """The extension, building it on first use; None (with one warning) when it cannot
+        be built or FLAME_FIT_NATIVE disables it."""
+        if not enabled():
+            return None
+        if self.module is not None:
+            return self.module
+        if self.failed is not None:
+            return None
+        try:
+            return self.build()
+        except Exception as e:
+            self.failed = str(e)
+            warn_fallback(self.failed, self.what)
+            return None
+
+
+_kernel = Kernel(_NAME, _SOURCE, _CFLAGS, "visibility pass")
+
+
+def build_directory() -> Path:
+    """Where the visibility kernel is built and cached (see :func:`kernel_directory`)."""
+    return _kernel.directory()
+
+
 def build(verbose: bool = False):
     """Build (or load the cached build of) the visibility kernel and return the module.
 
     Raises RuntimeError saying what is missing or how the compilation failed."""
-    global _module
-    with _lock:
-        if _module is None:
-            _module = compile_extension(_NAME, _SOURCE, _CFLAGS, "visibility", verbose)
-        return _module
-
-
-def _load():
-    """The extension, building it on first use; None (with one warning) when it cannot be
-    built or is disabled."""
-    global _failed
-    if not enabled():
-        return None
-    if _module is not None:
-        return _module
-    if _failed is not None:
-        return None
-    try:
-        return build()
-    except Exception as e:
-        _failed = str(e)
-        warn_fallback(_failed, "visibility pass")
-        return None
+    return _kernel.build(verbose)
 
 
 def available() -> bool:
     """True when the native kernel is enabled and built (building it now if needed)."""
-    return _load() is not None
+    return _kernel.load() is not None
 
 
 def visible_faces(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, H: int, W: int, near: float,
@@ -148,7 +168,7 @@ def visible_faces(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, H: int
     if (Xc.device.type != "cpu" or Xc.dtype != torch.float32 or K.dtype != torch.float32
             or not near > 0 or faces.device.type != "cpu"):
         return None
-    mod = _load()
+    mod = _kernel.load()
     if mod is None:
         return None
     pix, face, ok = mod.visible_faces(Xc.contiguous(), faces.long().contiguous(), K.contiguous(),

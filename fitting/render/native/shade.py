@@ -11,12 +11,11 @@ returns False and the renderer keeps its torch path. ``FLAME_FIT_NATIVE=0`` disa
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import torch
 
-from fitting.render.native import compile_extension, enabled, kernel_directory, warn_fallback
+from fitting.render.native import Kernel, enabled
 from fitting.render.shading import SH_CONSTANTS
 
 __all__ = ["enabled", "available", "build", "build_directory", "supports", "shade_pixels", "dense_image",
@@ -30,46 +29,23 @@ _CFLAGS = ["-O3", "-fno-math-errno", "-fopenmp"]
 MAX_CHANNELS = 4            # shade.cpp kMaxC
 _ALBEDO_NONE, _ALBEDO_TEXTURE, _ALBEDO_VERTEX = 0, 1, 2
 
-_lock = threading.Lock()
-_module = None
-_failed: str | None = None
+_kernel = Kernel(_NAME, _SOURCE, _CFLAGS, "shading")
 
 
 def build_directory() -> Path:
     """Where the shading kernel is built and cached (see ``native.kernel_directory``)."""
-    return kernel_directory(_NAME, _SOURCE, _CFLAGS)
+    return _kernel.directory()
 
 
 def build(verbose: bool = False):
     """Build (or load the cached build of) the extension and return the module.
     Raises RuntimeError saying what is missing or how the compilation failed."""
-    global _module
-    with _lock:
-        if _module is None:
-            _module = compile_extension(_NAME, _SOURCE, _CFLAGS, "shading", verbose)
-        return _module
-
-
-def _load():
-    """The extension (built on first use), or None, with one warning, when it cannot be built."""
-    global _failed
-    if not enabled():
-        return None
-    if _module is not None:
-        return _module
-    if _failed is not None:
-        return None
-    try:
-        return build()
-    except Exception as e:
-        _failed = str(e)
-        warn_fallback(_failed, "shading")
-        return None
+    return _kernel.build(verbose)
 
 
 def available() -> bool:
     """True when the kernel is enabled and built (building it now if needed)."""
-    return _load() is not None
+    return _kernel.load() is not None
 
 
 def supports(verts: torch.Tensor, texture: torch.Tensor | None, vertex_colors: torch.Tensor | None,
@@ -90,7 +66,7 @@ class _Shade(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, Xc, vn, src, sh, Kinv, pix, view, face, faces, vt, ft, H, W, mode, C):
-        mod = _module
+        mod = _kernel.module
         outs = mod.forward(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt, ft, sh, C, list(SH_CONSTANTS))
         ctx.save_for_backward(Xc, vn, src, sh, Kinv, pix, view, face, faces, vt, ft)
         ctx.args = (H, W, mode, C)
@@ -105,7 +81,7 @@ class _Shade(torch.autograd.Function):
         empty = Xc.new_empty(0)
         g = [empty if x is None else x.contiguous().to(Xc.dtype) for x in grads]
         need = list(ctx.needs_input_grad[:5])
-        gXc, gvn, gsrc, gsh, gKinv = _module.backward(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt,
+        gXc, gvn, gsrc, gsh, gKinv = _kernel.module.backward(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt,
                                                       ft, sh, C, list(SH_CONSTANTS), g, need)
         return (gXc, gvn, gsrc, gsh, gKinv) + (None,) * 10
 
@@ -113,7 +89,7 @@ class _Shade(torch.autograd.Function):
 class _VertexNormals(torch.autograd.Function):
     @staticmethod
     def forward(ctx, verts, faces, eps):
-        unit, raw = _module.vnormals_forward(verts, faces, eps)
+        unit, raw = _kernel.module.vnormals_forward(verts, faces, eps)
         ctx.save_for_backward(verts, faces, raw)
         ctx.eps = eps
         return unit
@@ -122,13 +98,13 @@ class _VertexNormals(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         verts, faces, raw = ctx.saved_tensors
-        return _module.vnormals_backward(verts, faces, raw, grad.contiguous(), ctx.eps), None, None
+        return _kernel.module.vnormals_backward(verts, faces, raw, grad.contiguous(), ctx.eps), None, None
 
 
 def vertex_normals(verts: torch.Tensor, faces: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """shading.vertex_normals compiled: verts (B, V, 3) float32 / float64 CPU, faces (F, 3)
     -> area-weighted unit vertex normals (B, V, 3), differentiable w.r.t. verts."""
-    if _load() is None:
+    if _kernel.load() is None:
         raise RuntimeError("the native shading kernel is not available (FLAME_FIT_NATIVE=0 or the build failed)")
     return _VertexNormals.apply(verts.contiguous(), faces.long().contiguous(), float(eps))
 
@@ -137,20 +113,20 @@ class _ScatterImage(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values, pix, B, H, W):
         ctx.save_for_backward(pix)
-        return _module.scatter_image(values, pix, B, H, W)
+        return _kernel.module.scatter_image(values, pix, B, H, W)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         (pix,) = ctx.saved_tensors
-        return _module.gather_image(grad, pix), None, None, None, None
+        return _kernel.module.gather_image(grad, pix), None, None, None, None
 
 
 def dense_image(values: torch.Tensor, pix: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     """values (N, C) at the flat pixels pix (N,) (b*H*W + y*W + x, distinct) -> a zero
     (B, C, H, W) image with them, contiguous; differentiable w.r.t. values. Same result as
     renderer._dense in one pass (no channels-last buffer to permute)."""
-    if _load() is None:
+    if _kernel.load() is None:
         raise RuntimeError("the native shading kernel is not available (FLAME_FIT_NATIVE=0 or the build failed)")
     B, H, W = shape
     return _ScatterImage.apply(values.contiguous(), pix.contiguous(), int(B), int(H), int(W))
@@ -175,7 +151,7 @@ def shade_pixels(Xc: torch.Tensor, vn: torch.Tensor, Kinv: torch.Tensor, pix: to
     Returns colour, bary (N, 3), depth (N,), unit normals (N, 3), albedo, shading, the
     colour-like ones (N, C); all differentiable w.r.t. Xc, vn, Kinv, texture / vertex_colors, sh.
     """
-    if _load() is None:
+    if _kernel.load() is None:
         raise RuntimeError("the native shading kernel is not available (FLAME_FIT_NATIVE=0 or the build failed)")
     dt = Xc.dtype
     empty = Xc.new_empty(0)
