@@ -137,25 +137,14 @@ class Kernel:
             warn_fallback(self.failed, self.what)
             return None
 
+    def available(self) -> bool:
+        """True when the kernel is enabled and built (building it now if needed)."""
+        return self.load() is not None
+
 
 _kernel = Kernel(_NAME, _SOURCE, _CFLAGS, "visibility pass")
-
-
-def build_directory() -> Path:
-    """Where the visibility kernel is built and cached (see :func:`kernel_directory`)."""
-    return _kernel.directory()
-
-
-def build(verbose: bool = False):
-    """Build (or load the cached build of) the visibility kernel and return the module.
-
-    Raises RuntimeError saying what is missing or how the compilation failed."""
-    return _kernel.build(verbose)
-
-
-def available() -> bool:
-    """True when the native kernel is enabled and built (building it now if needed)."""
-    return _kernel.load() is not None
+# the module's API: where it is cached, build it now, and whether it can be used
+build_directory, build, available = _kernel.directory, _kernel.build, _kernel.available
 
 
 def visible_faces(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, H: int, W: int, near: float,

@@ -30,22 +30,7 @@ MAX_CHANNELS = 4            # shade.cpp kMaxC
 _ALBEDO_NONE, _ALBEDO_TEXTURE, _ALBEDO_VERTEX = 0, 1, 2
 
 _kernel = Kernel(_NAME, _SOURCE, _CFLAGS, "shading")
-
-
-def build_directory() -> Path:
-    """Where the shading kernel is built and cached (see ``native.kernel_directory``)."""
-    return _kernel.directory()
-
-
-def build(verbose: bool = False):
-    """Build (or load the cached build of) the extension and return the module.
-    Raises RuntimeError saying what is missing or how the compilation failed."""
-    return _kernel.build(verbose)
-
-
-def available() -> bool:
-    """True when the kernel is enabled and built (building it now if needed)."""
-    return _kernel.load() is not None
+build_directory, build, available = _kernel.directory, _kernel.build, _kernel.available
 
 
 def supports(verts: torch.Tensor, texture: torch.Tensor | None, vertex_colors: torch.Tensor | None,
