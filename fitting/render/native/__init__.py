@@ -51,11 +51,14 @@ def cache_root() -> Path:
 
 
 def kernel_directory(name: str, source: Path, cflags: list[str]) -> Path:
-    """Build folder of one kernel: ``cache_root() / name / <hash of its source and flags>``.
+    """Build folder of one kernel: ``cache_root() / name / <hash of its source, the headers
+    beside it and its flags>``.
     A changed source (another checkout or version of this project) builds afresh in a folder
     of its own instead of reusing a binary whose functions may take other arguments: ninja's
     timestamps alone were fooled by an edit made while a build was running."""
     h = hashlib.sha256(Path(source).read_bytes())
+    for header in sorted(Path(source).parent.glob("*.h")):    # what the sources #include
+        h.update(header.read_bytes())
     h.update(" ".join([*cflags, *_LDFLAGS]).encode())
     return cache_root() / name / h.hexdigest()[:16]
 
