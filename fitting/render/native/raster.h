@@ -1,0 +1,156 @@
+// Per-face maths of the visibility pass (rasterize.visible_faces), shared by the CPU driver
+// (visibility.cpp) and the CUDA one (shade_cuda.cu): camera constants, the face's pixel box
+// and its edge-function / inverse-depth coefficients.
+//
+// Must give bit-identical results to the torch path, so every float32 operation mirrors one
+// torch operation, in the same order, rounded once. Build without FMA contraction
+// (g++ -ffp-contract=off, nvcc -fmad=false) and without fast-math: a fused multiply-add or a
+// reassociation can flip a pixel centre that lies exactly on an edge. Python float scalars
+// (near, 1/near) are rounded to float32 first, as torch does when it mixes them with a
+// float32 tensor.
+#pragma once
+
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#ifdef __CUDACC__
+#define FF_INLINE __host__ __device__ __forceinline__
+#else
+#define FF_INLINE inline __attribute__((always_inline))
+#endif
+
+namespace flame_fit {
+
+constexpr int kSmallBox = 8;                                          // rasterize._SMALL_BOX
+constexpr int kPadTo[kSmallBox + 1] = {0, 1, 2, 3, 4, 6, 6, 8, 8};        // rasterize._PAD_TO
+constexpr int kPadToCoarse[kSmallBox + 1] = {0, 4, 4, 4, 4, 8, 8, 8, 8};  // rasterize._PAD_TO_COARSE
+
+// Camera constants of one view: K entries (boxes) and pinhole_inverse(K) entries (edges).
+struct Camera {
+  float fx, sk, cx, fy, cy;
+  float k0, k1, k2, k4, k5;   // Kinv row-major entries 0, 1, 2, 4, 5 (the others are 0 0 0 1)
+};
+
+FF_INLINE Camera make_camera(const float* K) {
+  Camera c;
+  c.fx = K[0]; c.sk = K[1]; c.cx = K[2]; c.fy = K[4]; c.cy = K[5];
+  // cameras.pinhole_inverse; `1.0 / fx` is reciprocal(fx) * 1.0 in torch
+  const float ifx = 1.0f / c.fx, ify = 1.0f / c.fy;
+  c.k0 = ifx;
+  c.k1 = ((-c.sk) * ifx) * ify;
+  c.k2 = (((c.sk * c.cy) - (c.cx * c.fy)) * ifx) * ify;
+  c.k4 = ify;
+  c.k5 = (-c.cy) * ify;
+  return c;
+}
+
+// torch.clamp semantics (NaN passes through)
+FF_INLINE float clampf(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
+FF_INLINE float minf(float a, float b) { return b < a ? b : a; }
+FF_INLINE float maxf(float a, float b) { return a < b ? b : a; }
+
+struct Box { int64_t x0, x1, y0, y1; };
+
+// rasterize._face_boxes: inclusive pixel box from the screen extent [umin, umax] x [vmin, vmax]
+FF_INLINE Box pixel_box(float umin, float umax, float vmin, float vmax, int64_t H, int64_t W) {
+  Box b;
+  b.x0 = static_cast<int64_t>(clampf(ceilf(umin - 0.5f), 0.0f, static_cast<float>(W)));
+  b.x1 = static_cast<int64_t>(clampf(floorf(umax - 0.5f), -1.0f, static_cast<float>(W - 1)));
+  b.y0 = static_cast<int64_t>(clampf(ceilf(vmin - 0.5f), 0.0f, static_cast<float>(H)));
+  b.y1 = static_cast<int64_t>(clampf(floorf(vmax - 0.5f), -1.0f, static_cast<float>(H - 1)));
+  return b;
+}
+
+// Pixel coordinates (u, v) of a camera-frame point in front of the camera (the common branch
+// of rasterize._face_boxes, which projects every vertex once).
+FF_INLINE void project(const float* p, const Camera& c, float& u, float& v) {
+  const float x = p[0] / p[2], y = p[1] / p[2];
+  u = ((c.fx * x) + (c.sk * y)) + c.cx;
+  v = (c.fy * y) + c.cy;
+}
+
+// Box of three projected corners uv[k] = (u, v).
+FF_INLINE Box projected_box(const float* a, const float* b, const float* c, int64_t H, int64_t W) {
+  return pixel_box(minf(minf(a[0], b[0]), c[0]), maxf(maxf(a[0], b[0]), c[0]),
+                   minf(minf(a[1], b[1]), c[1]), maxf(maxf(a[1], b[1]), c[1]), H, W);
+}
+
+// Box of the part of triangle P (3 corners xyz) in front of z = near (the clipping branch).
+FF_INLINE Box clipped_box(const float* const P[3], const Camera& c, float nearf, int64_t H, int64_t W) {
+  float umin = FLT_MAX, umax = -FLT_MAX, vmin = FLT_MAX, vmax = -FLT_MAX;
+  float Q[6][3];
+  bool valid[6];
+  for (int k = 0; k < 3; ++k) {
+    const float* Pi = P[k];
+    const float* Pj = P[(k + 1) % 3];
+    const float zi = Pi[2], zj = Pj[2];
+    const bool crosses = ((zi - nearf) * (zj - nearf)) < 0.0f;
+    const float t = clampf((nearf - zi) / (crosses ? (zj - zi) : 1.0f), 0.0f, 1.0f);
+    for (int d = 0; d < 3; ++d) {
+      Q[k][d] = Pi[d];
+      Q[3 + k][d] = Pi[d] + t * (Pj[d] - Pi[d]);
+    }
+    valid[k] = zi >= nearf;
+    valid[3 + k] = crosses;
+  }
+  for (int k = 0; k < 6; ++k) {
+    float qz = Q[k][2];
+    qz = qz < nearf ? nearf : qz;                       // clamp_min(near)
+    const float qx = Q[k][0] / qz, qy = Q[k][1] / qz;
+    const float u = ((c.fx * qx) + (c.sk * qy)) + c.cx;
+    const float v = (c.fy * qy) + c.cy;
+    if (!valid[k]) continue;
+    // amin / amax over the valid corners (finite here: qz >= near > 0)
+    umin = minf(umin, u); umax = maxf(umax, u);
+    vmin = minf(vmin, v); vmax = maxf(vmax, v);
+  }
+  return pixel_box(umin, umax, vmin, vmax, H, W);
+}
+
+FF_INLINE float cross_x(const float* a, const float* b) { return (a[1] * b[2]) - (a[2] * b[1]); }
+FF_INLINE float cross_y(const float* a, const float* b) { return (a[2] * b[0]) - (a[0] * b[2]); }
+FF_INLINE float cross_z(const float* a, const float* b) { return (a[0] * b[1]) - (a[1] * b[0]); }
+
+// rasterize._face_coefficients of triangle P: w_i = (a[i] u + b[i] v) + c[i] for the three
+// edges (sign-normalised: all >= 0 inside) and inverse depth at i = 3. Returns whether the
+// face draws at all (det != 0, or det < 0 when culling back faces).
+FF_INLINE bool face_coefficients(const float* const P[3], const Camera& cam, bool cull, float a[4], float b[4],
+                                 float c[4]) {
+  float E[3][3];
+  E[0][0] = cross_x(P[1], P[2]); E[0][1] = cross_y(P[1], P[2]); E[0][2] = cross_z(P[1], P[2]);
+  E[1][0] = cross_x(P[2], P[0]); E[1][1] = cross_y(P[2], P[0]); E[1][2] = cross_z(P[2], P[0]);
+  E[2][0] = cross_x(P[0], P[1]); E[2][1] = cross_y(P[0], P[1]); E[2][2] = cross_z(P[0], P[1]);
+  const float det = ((P[0][0] * E[0][0]) + (P[0][1] * E[0][1])) + (P[0][2] * E[0][2]);
+  if (cull ? !(det < 0.0f) : !(det != 0.0f)) return false;
+  const float sgn = det > 0.0f ? 1.0f : -1.0f;
+  for (int i = 0; i < 3; ++i) {
+    const float ex = E[i][0] * sgn, ey = E[i][1] * sgn, ez = E[i][2] * sgn;
+    a[i] = ex * cam.k0;
+    b[i] = (ex * cam.k1) + (ey * cam.k4);
+    c[i] = ((ex * cam.k2) + (ey * cam.k5)) + ez;
+  }
+  const float inv_det = 1.0f / fabsf(det);
+  a[3] = ((a[0] + a[1]) + a[2]) * inv_det;
+  b[3] = ((b[0] + b[1]) + b[2]) * inv_det;
+  c[3] = ((c[0] + c[1]) + c[2]) * inv_det;
+  return true;
+}
+
+FF_INLINE int64_t float_bits(float x) {
+#ifdef __CUDA_ARCH__
+  return static_cast<int64_t>(__float_as_int(x));
+#else
+  int32_t i;
+  std::memcpy(&i, &x, sizeof i);
+  return static_cast<int64_t>(i);
+#endif
+}
+
+// z-buffer key (rasterize._key): float32 bits of inverse depth << 32 | (2^31 - 1 - face)
+FF_INLINE int64_t zkey(float invz, int64_t face) {
+  return static_cast<int64_t>(static_cast<uint64_t>(float_bits(invz)) << 32) | (0x7FFFFFFF - face);
+}
+
+}  // namespace flame_fit
