@@ -21,6 +21,11 @@ for step in "$@"; do
     bench) python3 -m bench.render --device cuda 2>&1 | tee "$OUT/bench_render_cuda.jsonl" ;;
     graph) python3 -m bench.render --device cuda --mode graph packed 2>&1 | tee "$OUT/bench_render_graph.jsonl" ;;
     profile) python3 -m bench.profile_render --device cuda 2>&1 | tee "$OUT/profile_cuda.txt" | tail -45 ;;
+    # the experimental CUDA kernels (fitting/render/native/cuda.py): build, check, measure
+    ntests) FLAME_FIT_NATIVE_CUDA=1 python3 -m fitting.render.native 2>&1 | tail -4
+            FLAME_FIT_NATIVE_CUDA=1 python3 -m pytest -q -p no:cacheprovider tests/render 2>&1 | tee "$OUT/ntests.log" | tail -25 ;;
+    nbench) FLAME_FIT_NATIVE_CUDA=1 python3 -m bench.render --device cuda 2>&1 | tee "$OUT/bench_render_native_cuda.jsonl" ;;
+    nprofile) FLAME_FIT_NATIVE_CUDA=1 python3 -m bench.profile_render --device cuda 2>&1 | tee "$OUT/profile_native_cuda.txt" | tail -45 ;;
     demo) python3 run_fitting.py --config configs/demo.txt --device cuda --savefolder /tmp/demo_out 2>&1 | tail -5
           cp /tmp/demo_out/*/report.json "$OUT/demo_report_cuda.json" 2>/dev/null
           python3 -c "import json,sys; r=json.load(open('$OUT/demo_report_cuda.json')); print(json.dumps({'timing_s': r['timing_s'], 'ground_truth': r.get('ground_truth')}))" ;;

@@ -1,5 +1,6 @@
 """Renderer benchmark: python -m bench.render [--device cpu|cuda] [--views 1 8 30] [--res 256 512] [--threads N]
 [--mode packed static graph]
+(FLAME_FIT_NATIVE_CUDA=1 measures the experimental CUDA kernels in the packed mode)
 
 One JSON line per case: forward (MeshRenderer with autograd on: rasterize, interpolate,
 texture, SH, silhouette) and forward + backward of ``image.mean() + silhouette.mean()``
@@ -36,6 +37,13 @@ def _graphed(fn, dev):
     with torch.cuda.graph(graph):
         fn()
     return graph.replay
+
+
+def _native_kernels(dev: torch.device) -> bool:
+    """Whether the packed mode renders with the compiled kernels on this device (CPU: unless
+    FLAME_FIT_NATIVE=0; CUDA: with FLAME_FIT_NATIVE_CUDA=1, experimental)."""
+    from fitting.render.native import cuda, shade
+    return shade.available() if dev.type == "cpu" else cuda.available()
 
 
 def run_case(mesh, views: int, res: int, device: str, repeats: int, mode: str = "packed") -> dict:
@@ -78,7 +86,7 @@ def run_case(mesh, views: int, res: int, device: str, repeats: int, mode: str = 
                 forward_cpu_ms=round(fwd_cpu, 2), forward_backward_cpu_ms=round(fb_cpu, 2),
                 threads=torch.get_num_threads(), load_avg_1min=load_average(),
                 peak_memory_mb=round(mem.total, 1), peak_extra_mb=round(mem.extra, 1),
-                coverage=round(cover, 3), torch=torch.__version__,
+                coverage=round(cover, 3), native_kernels=_native_kernels(dev), torch=torch.__version__,
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"))
 
 

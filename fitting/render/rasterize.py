@@ -291,25 +291,28 @@ def visible_faces(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, settin
     """Visibility pass. Xc: (B, V, 3) camera frame. Returns (pix (N,), face (N,)) int64 for the
     covered pixels, sorted by pixel; ``face`` indexes ``faces`` (per view).
 
-    native: None (default) runs the compiled CPU kernel (fitting.render.native, bit-identical
-    to the torch path) for CPU float32 inputs when it is available, else the torch path;
-    False always runs the torch path; True requires the kernel (RuntimeError otherwise)."""
-    if native is not False and Xc.device.type == "cpu":
+    native: None (default) runs the compiled kernel (fitting.render.native, bit-identical
+    to the torch path) for float32 inputs when it is available (CPU; CUDA with
+    FLAME_FIT_NATIVE_CUDA=1, see fitting.render.native.cuda), else the torch path; False
+    always runs the torch path; True requires the kernel (RuntimeError otherwise)."""
+    if native is not False and Xc.device.type in ("cpu", "cuda"):
         out = _native_visible_faces(Xc, faces, K, settings)
         if out is not None:
             return out
         if native:
-            raise RuntimeError("the native visibility kernel is not available for these inputs (it needs CPU "
+            raise RuntimeError("the native visibility kernel is not available for these inputs (it needs "
                                "float32 Xc and K, near > 0, finite values, and a successful build: "
-                               "python -m fitting.render.native)")
+                               "python -m fitting.render.native; on CUDA also FLAME_FIT_NATIVE_CUDA=1)")
     return _visible_faces_torch(Xc, faces, K, settings)
 
 
 def _native_visible_faces(Xc, faces, K, settings):
     """The compiled kernel's (pix, face), or None where it does not apply (see native)."""
     from fitting.render import native as _native
+    from fitting.render.native import cuda as _cuda
     H, W = settings.image_size
-    return _native.visible_faces(Xc, faces, K, H, W, settings.near, settings.cull_backfaces)
+    kernel = _cuda if Xc.device.type == "cuda" else _native
+    return kernel.visible_faces(Xc, faces, K, H, W, settings.near, settings.cull_backfaces)
 
 
 def _visible_faces_torch(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, settings: RasterSettings):

@@ -185,7 +185,8 @@ class MeshRenderer(torch.nn.Module):
         (barycentrics, depth, normals, albedo, shading, the image scatter) and the vertex
         normals run in a compiled kernel
         (fitting.render.native.shade, built on first use; FLAME_FIT_NATIVE=0 disables it, a
-        failed build warns once and keeps the torch path). Same values to float rounding;
+        failed build warns once and keeps the torch path); on CUDA the same with
+        FLAME_FIT_NATIVE_CUDA=1 (experimental: fitting.render.native.cuda). Same values to float rounding;
         the packed bary / depth / normals / albedo / shading stay differentiable w.r.t.
         verts, K, R, t, texture, vertex colours and SH."""
         faces = self.faces
@@ -223,6 +224,8 @@ class MeshRenderer(torch.nn.Module):
         needed = torch.cat([pf.needed, outline[None]]) if static else None
         if fused is None:
             image = _dense(albedo * shading, pf)
+        elif colour.device.type == "cuda":
+            image = _dense(colour, pf)
         else:
             from fitting.render.native.shade import dense_image
             image = dense_image(colour, pf.pix, pf.shape)
@@ -231,16 +234,18 @@ class MeshRenderer(torch.nn.Module):
                             packed_normals=n, needed=needed)
 
     def _fused(self, verts, K, R, t, texture, vertex_colors, sh):
-        """The CPU fast path: visibility, then the compiled per-pixel chain
+        """The compiled fast path: visibility, then the compiled per-pixel chain
         (fitting.render.native.shade) instead of the torch ops of _barycentrics and
-        _shade_pixels (same values and gradients). Taken on CPU in the packed mode when the
-        kernel is built (FLAME_FIT_NATIVE=0 disables it). Returns (PackedFragments, normals,
-        albedo, shading, colour), or None for the torch path."""
-        from fitting.render.native import shade
+        _shade_pixels (same values and gradients). Taken in the packed mode when the kernel is
+        built: on CPU (FLAME_FIT_NATIVE=0 disables it), and on CUDA when
+        FLAME_FIT_NATIVE_CUDA=1 (experimental, fitting.render.native.cuda). Returns
+        (PackedFragments, normals, albedo, shading, colour), or None for the torch path."""
+        from fitting.render.native import cuda, shade
         s = self.settings
-        if (s.static_tiles > 0 or s.static_pixels > 0 or not shade.enabled()
-                or not shade.supports(verts, texture, vertex_colors, sh) or K.device.type != "cpu"
-                or verts.dim() != 3 or not shade.available()):
+        if (s.static_tiles > 0 or s.static_pixels > 0 or not shade.enabled() or verts.dim() != 3
+                or not shade.supports(verts, texture, vertex_colors, sh) or K.device != verts.device):
+            return None
+        if not (shade.available() if verts.device.type == "cpu" else cuda.available()):
             return None
         faces = self.faces
         _check_mesh(verts, faces)

@@ -188,6 +188,16 @@ def test_build_folder_follows_the_source(tmp_path, monkeypatch):
     assert native.kernel_directory("k", a, ["-O2"]) != same
     b.write_text("int f() { return 2; }\n")
     assert native.kernel_directory("k", b, ["-O3"]) != same
+    # the headers beside the sources (shared maths such as pixel.h) and every source of a
+    # multi-file kernel count too, and so do the other flags (linker, nvcc)
+    (tmp_path / "maths.h").write_text("#pragma once\n")
+    with_header = native.kernel_directory("k", a, ["-O3"])
+    assert with_header != same
+    (tmp_path / "maths.h").write_text("#pragma once\n// edited\n")
+    assert native.kernel_directory("k", a, ["-O3"]) != with_header
+    pair = native.kernel_directory("k", [a, b], ["-O3"])
+    assert pair != native.kernel_directory("k", [a], ["-O3"])
+    assert native.kernel_directory("k", [a, b], ["-O3"], ("-fmad=false",)) != pair
 
 
 def test_build_folder_is_stable_across_builds():

@@ -30,17 +30,23 @@ def head():
     return MeshRenderer(f, vt, ft, RasterSettings((RES, RES))), v, K, R, t
 
 
-def _render_and_grads(renderer, v, K, R, t, monkeypatch, native, texture=None, sh=None, vertex_colors=None):
+def _render_and_grads(renderer, v, K, R, t, monkeypatch, native, texture=None, sh=None, vertex_colors=None,
+                      device="cpu"):
     """Image, packed outputs and the gradients of a loss touching every output (w.r.t.
-    verts, K and whichever of texture, sh, vertex_colors are given)."""
+    verts, K and whichever of texture, sh, vertex_colors are given), rendered on ``device``
+    with (native) or without the compiled kernels (on CUDA: FLAME_FIT_NATIVE_CUDA)."""
     monkeypatch.setenv("FLAME_FIT_NATIVE", "1" if native else "0")
-    verts = v[None].repeat(K.shape[0], 1, 1).requires_grad_()
-    K = K.detach().clone().requires_grad_()
-    leaves = [x.detach().clone().requires_grad_() if x is not None else None for x in (texture, sh, vertex_colors)]
+    monkeypatch.setenv("FLAME_FIT_NATIVE_CUDA", "1" if native else "0")
+    renderer = renderer.to(device)
+    R, t = R.to(device), t.to(device)
+    verts = v.to(device)[None].repeat(K.shape[0], 1, 1).requires_grad_()
+    K = K.detach().to(device).clone().requires_grad_()
+    leaves = [x.detach().to(device).clone().requires_grad_() if x is not None else None
+              for x in (texture, sh, vertex_colors)]
     out = renderer(verts, K, R, t, texture=leaves[0], sh=leaves[1], vertex_colors=leaves[2])
     assert _fused(out) == native
     g = torch.Generator().manual_seed(1)
-    w = torch.rand(out.image.shape, generator=g)
+    w = torch.rand(out.image.shape, generator=g).to(device)
     pf = out.packed
     loss = ((out.image * w).sum() + 0.3 * (out.packed_normals * w.flatten()[:pf.pix.numel(), None]).sum()
             + 0.2 * (out.packed_albedo * out.packed_shading).sum() + (pf.depth ** 2).sum()
@@ -64,14 +70,16 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_fused_equals_torch_path_on_the_head(head, monkeypatch, case):
+def check_fused_equals_torch_path(head, monkeypatch, case, device="cpu"):
+    """The compiled path against the torch path on ``device``: same pixels and faces, values
+    to 1e-5, gradients to 1e-4 relative."""
     renderer, v, K, R, t = head
     if v.shape[0] != 5023 and "vertex" in case:
         pytest.skip("the vertex-colour cases are sized for the FLAME template")
     inputs = CASES[case](VIEWS)
-    pf, values, grads = _render_and_grads(renderer, v, K, R, t, monkeypatch, True, **inputs)
-    ref_pf, ref_values, ref_grads = _render_and_grads(renderer, v, K, R, t, monkeypatch, False, **inputs)
+    pf, values, grads = _render_and_grads(renderer, v, K, R, t, monkeypatch, True, device=device, **inputs)
+    ref_pf, ref_values, ref_grads = _render_and_grads(renderer, v, K, R, t, monkeypatch, False, device=device,
+                                                      **inputs)
     assert torch.equal(pf.pix, ref_pf.pix) and torch.equal(pf.face, ref_pf.face) and torch.equal(pf.view, ref_pf.view)
     assert pf.pix.numel() > 0.1 * VIEWS * RES * RES
     for name, a, b in zip(["image", "bary", "depth", "normals", "albedo", "shading"], values, ref_values):
@@ -82,6 +90,11 @@ def test_fused_equals_torch_path_on_the_head(head, monkeypatch, case):
         rel = (a - b).norm() / b.norm()
         assert rel < 1e-4, f"gradient relative error {rel:.2e}"
         assert ((a - b).abs() <= 1e-4 * b.abs().max()).all()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fused_equals_torch_path_on_the_head(head, monkeypatch, case):
+    check_fused_equals_torch_path(head, monkeypatch, case)
 
 
 def test_falls_back_when_the_kernel_is_off(head, monkeypatch):

@@ -50,23 +50,29 @@ def cache_root() -> Path:
     return base / tag
 
 
-def kernel_directory(name: str, source: Path, cflags: list[str]) -> Path:
-    """Build folder of one kernel: ``cache_root() / name / <hash of its source, the headers
-    beside it and its flags>``.
+def _as_list(sources) -> list[Path]:
+    return [Path(sources)] if isinstance(sources, (str, Path)) else [Path(x) for x in sources]
+
+
+def kernel_directory(name: str, sources: Path | list[Path], cflags: list[str], extra: tuple[str, ...] = _LDFLAGS) -> Path:
+    """Build folder of one kernel: ``cache_root() / name / <hash of its sources, the headers
+    beside them and its flags>`` (``extra``: the other flags, linker and nvcc ones).
     A changed source (another checkout or version of this project) builds afresh in a folder
     of its own instead of reusing a binary whose functions may take other arguments: ninja's
     timestamps alone were fooled by an edit made while a build was running."""
-    h = hashlib.sha256(Path(source).read_bytes())
-    for header in sorted(Path(source).parent.glob("*.h")):    # what the sources #include
+    sources = _as_list(sources)
+    h = hashlib.sha256()
+    for src in sources:
+        h.update(src.read_bytes())
+    for header in sorted({x for src in sources for x in src.parent.glob("*.h")}):    # what the sources #include
         h.update(header.read_bytes())
-    h.update(" ".join([*cflags, *_LDFLAGS]).encode())
+    h.update(" ".join([*cflags, *extra]).encode())
     return cache_root() / name / h.hexdigest()[:16]
 
 
-
-
-def _missing() -> list[str]:
-    """Build prerequisites that are absent (empty list: all present)."""
+def _missing(cuda: bool = False) -> list[str]:
+    """Build prerequisites that are absent (empty list: all present); ``cuda``: also nvcc and
+    a CUDA build of torch."""
     from torch.utils.cpp_extension import is_ninja_available
     missing = []
     cxx = os.environ.get("CXX", "c++")
@@ -74,22 +80,32 @@ def _missing() -> list[str]:
         missing.append(f"a C++ compiler ({cxx!r}, g++ or clang++ on PATH; e.g. apt-get install g++)")
     if not is_ninja_available():
         missing.append("the 'ninja' build tool (pip install ninja)")
+    if cuda:
+        from torch.utils.cpp_extension import CUDA_HOME
+        if torch.version.cuda is None:
+            missing.append("a CUDA build of torch (this one is CPU-only)")
+        elif CUDA_HOME is None:
+            missing.append("the CUDA toolkit's nvcc (set CUDA_HOME or put nvcc on PATH)")
     return missing
 
 
-def compile_extension(name: str, source: Path, cflags: list[str], what: str, verbose: bool = False):
-    """Build (or load the cached build of) one C++ kernel into :func:`kernel_directory` and
-    return the module. Raises RuntimeError saying what is missing or how compilation failed."""
-    missing = _missing()
+def compile_extension(name: str, sources: Path | list[Path], cflags: list[str], what: str, verbose: bool = False,
+                      cuda_cflags: list[str] | None = None, ldflags: tuple[str, ...] = _LDFLAGS):
+    """Build (or load the cached build of) one kernel into :func:`kernel_directory` and return
+    the module; ``cuda_cflags`` (nvcc flags) when its sources include .cu files. Raises
+    RuntimeError saying what is missing or how compilation failed."""
+    missing = _missing(cuda=cuda_cflags is not None)
     if missing:
         raise RuntimeError(f"cannot build the native {what} kernel: missing " + " and ".join(missing))
     from torch.utils.cpp_extension import load
-    out = kernel_directory(name, source, cflags)
+    out = kernel_directory(name, sources, cflags, (*ldflags, *(cuda_cflags or ())))
     out.mkdir(parents=True, exist_ok=True)
     if not any(out.glob(name + "*.so")):
-        print(f"building the native {what} kernel in {out} (once, ~20-60 s)...", file=sys.stderr)
+        print(f"building the native {what} kernel in {out} (once, ~20-90 s)...", file=sys.stderr)
     try:
-        return load(name=name, sources=[str(source)], extra_cflags=list(cflags), extra_ldflags=list(_LDFLAGS),
+        # copies of the flag lists: load() appends to them
+        return load(name=name, sources=[str(x) for x in _as_list(sources)], extra_cflags=list(cflags),
+                    extra_cuda_cflags=list(cuda_cflags or ()), extra_ldflags=list(ldflags),
                     build_directory=str(out), verbose=verbose)
     except Exception as e:   # compiler errors come as RuntimeError / CalledProcessError / OSError
         raise RuntimeError(f"building the native {what} kernel in {out} failed: {e}") from e
@@ -106,22 +122,25 @@ class Kernel:
     :meth:`build`; a failed build warns once, is never retried, and the caller keeps its
     PyTorch path. ``what`` names the kernel in messages."""
 
-    def __init__(self, name: str, source: Path, cflags: list[str], what: str):
-        self.name, self.source, self.cflags, self.what = name, source, cflags, what
+    def __init__(self, name: str, sources: Path | list[Path], cflags: list[str], what: str,
+                 cuda_cflags: list[str] | None = None, ldflags: tuple[str, ...] = _LDFLAGS):
+        self.name, self.sources, self.cflags, self.what = name, _as_list(sources), cflags, what
+        self.cuda_cflags, self.ldflags = cuda_cflags, ldflags
         self.module = None             # the loaded extension
         self.failed: str | None = None  # why the build failed
         self._lock = threading.Lock()
 
     def directory(self) -> Path:
         """Where it is built and cached (see :func:`kernel_directory`)."""
-        return kernel_directory(self.name, self.source, self.cflags)
+        return kernel_directory(self.name, self.sources, self.cflags, (*self.ldflags, *(self.cuda_cflags or ())))
 
     def build(self, verbose: bool = False):
         """Build (or load the cached build of) the extension and return the module. Raises
         RuntimeError saying what is missing or how the compilation failed."""
         with self._lock:
             if self.module is None:
-                self.module = compile_extension(self.name, self.source, self.cflags, self.what, verbose)
+                self.module = compile_extension(self.name, self.sources, self.cflags, self.what, verbose,
+                                                self.cuda_cflags, self.ldflags)
             return self.module
 
     def load(self):

@@ -1,14 +1,18 @@
 """python -m fitting.render.native [-v]: build the native CPU kernels now (the Makefile's
 install step calls it so the first render does not pay for the compilation): the visibility
-pass (visibility.cpp) and the fused per-pixel shading (shade.cpp). Prints where they live and
-exits non-zero when one cannot be built (rendering then uses the torch path for it)."""
+pass (visibility.cpp) and the fused per-pixel shading (shade.cpp); with
+FLAME_FIT_NATIVE_CUDA=1 and a GPU, also the experimental CUDA kernels (shade_cuda.cu). Prints
+where they live and exits non-zero when one cannot be built (rendering then uses the torch
+path for it)."""
 from __future__ import annotations
 
 import sys
 import time
 
+import torch
+
 from fitting.render import native
-from fitting.render.native import shade
+from fitting.render.native import cuda, shade
 
 
 def main(argv=None) -> int:
@@ -17,7 +21,10 @@ def main(argv=None) -> int:
         print("native kernels disabled (FLAME_FIT_NATIVE=0); nothing built")
         return 0
     rc = 0
-    for what, mod in (("visibility", native), ("shading", shade)):
+    kernels = [("visibility", native), ("shading", shade)]
+    if cuda.enabled() and torch.cuda.is_available():
+        kernels.append(("CUDA", cuda))
+    for what, mod in kernels:
         t0 = time.perf_counter()
         try:
             ext = mod.build(verbose="-v" in argv)

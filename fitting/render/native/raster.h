@@ -25,7 +25,10 @@ namespace flame_fit {
 
 constexpr int kSmallBox = 8;                                          // rasterize._SMALL_BOX
 constexpr int kPadTo[kSmallBox + 1] = {0, 1, 2, 3, 4, 6, 6, 8, 8};        // rasterize._PAD_TO
-constexpr int kPadToCoarse[kSmallBox + 1] = {0, 4, 4, 4, 4, 8, 8, 8, 8};  // rasterize._PAD_TO_COARSE
+
+// rasterize._PAD_TO_COARSE (the torch path's candidate boxes on CUDA) of a width n <= kSmallBox;
+// a function, not a table, so device code can use it
+FF_INLINE int64_t pad_coarse(int64_t n) { return n <= 0 ? 0 : (n <= 4 ? 4 : 8); }
 
 // Camera constants of one view: K entries (boxes) and pinhole_inverse(K) entries (edges).
 struct Camera {

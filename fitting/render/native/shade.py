@@ -1,6 +1,7 @@
-"""Optional compiled CPU kernel for the renderer's per-pixel shading chain.
+"""Optional compiled kernels for the renderer's per-pixel shading chain.
 
-``shade.cpp`` fuses what ``fitting.render.renderer`` does per covered pixel after the
+``shade.cpp`` (CPU) and ``shade_cuda.cu`` (CUDA, experimental: see
+:mod:`fitting.render.native.cuda`) fuse what ``fitting.render.renderer`` does per covered pixel after the
 visibility pass (perspective-correct barycentrics and depth, interpolated unit normals,
 texture / vertex-colour albedo, 9-term SH shading, colour = albedo * shading) into one
 forward pass and one hand-written backward pass, float32 or float64, parallel over views
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fitting.render.native import Kernel, enabled
+from fitting.render.native import Kernel, cuda, enabled
 from fitting.render.shading import SH_CONSTANTS
 
 __all__ = ["enabled", "available", "build", "build_directory", "supports", "shade_pixels", "dense_image",
@@ -33,13 +34,31 @@ _kernel = Kernel(_NAME, _SOURCE, _CFLAGS, "shading")
 build_directory, build, available = _kernel.directory, _kernel.build, _kernel.available
 
 
+def _module(t: torch.Tensor):
+    """The loaded extension for t's device: the CPU kernel or the CUDA one."""
+    return _kernel.module if t.device.type == "cpu" else cuda.module()
+
+
+def _load(device: torch.device) -> None:
+    """Raise unless the kernel for this device can be used (building it if needed)."""
+    if device.type == "cuda":
+        if not cuda.available():
+            raise RuntimeError("the native CUDA kernels are not available (they need FLAME_FIT_NATIVE_CUDA=1, "
+                               "a GPU and a successful build)")
+    elif _kernel.load() is None:
+        raise RuntimeError("the native shading kernel is not available (FLAME_FIT_NATIVE=0 or the build failed)")
+
+
 def supports(verts: torch.Tensor, texture: torch.Tensor | None, vertex_colors: torch.Tensor | None,
              sh: torch.Tensor | None) -> bool:
-    """Whether :func:`shade_pixels` handles these renderer inputs (CPU, float32 / float64, at
-    most MAX_CHANNELS colour channels, albedo and SH with equal channel counts), without
-    building anything."""
+    """Whether :func:`shade_pixels` handles these renderer inputs (all on the CPU, or all on
+    one GPU when the CUDA kernels are enabled; float32 / float64, at most MAX_CHANNELS colour
+    channels, albedo and SH with equal channel counts), without building anything."""
     tensors = [x for x in (verts, texture, vertex_colors, sh) if x is not None]
-    if any(x.device.type != "cpu" for x in tensors) or verts.dtype not in (torch.float32, torch.float64):
+    device = verts.device
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not cuda.enabled()):
+        return False
+    if any(x.device != device for x in tensors) or verts.dtype not in (torch.float32, torch.float64):
         return False
     C = texture.shape[1] if texture is not None else vertex_colors.shape[-1] if vertex_colors is not None else 3
     return 1 <= C <= MAX_CHANNELS and (sh is None or sh.shape[-1] == C)
@@ -51,8 +70,7 @@ class _Shade(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, Xc, vn, src, sh, Kinv, pix, view, face, faces, vt, ft, H, W, mode, C):
-        mod = _kernel.module
-        outs = mod.forward(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt, ft, sh, C, list(SH_CONSTANTS))
+        outs = _module(Xc).forward(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt, ft, sh, C, list(SH_CONSTANTS))
         ctx.save_for_backward(Xc, vn, src, sh, Kinv, pix, view, face, faces, vt, ft)
         ctx.args = (H, W, mode, C)
         ctx.set_materialize_grads(False)
@@ -66,15 +84,15 @@ class _Shade(torch.autograd.Function):
         empty = Xc.new_empty(0)
         g = [empty if x is None else x.contiguous().to(Xc.dtype) for x in grads]
         need = list(ctx.needs_input_grad[:5])
-        gXc, gvn, gsrc, gsh, gKinv = _kernel.module.backward(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt,
-                                                      ft, sh, C, list(SH_CONSTANTS), g, need)
+        gXc, gvn, gsrc, gsh, gKinv = _module(Xc).backward(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt,
+                                                          ft, sh, C, list(SH_CONSTANTS), g, need)
         return (gXc, gvn, gsrc, gsh, gKinv) + (None,) * 10
 
 
 class _VertexNormals(torch.autograd.Function):
     @staticmethod
     def forward(ctx, verts, faces, eps):
-        unit, raw = _kernel.module.vnormals_forward(verts, faces, eps)
+        unit, raw = _module(verts).vnormals_forward(verts, faces, eps)
         ctx.save_for_backward(verts, faces, raw)
         ctx.eps = eps
         return unit
@@ -83,14 +101,14 @@ class _VertexNormals(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         verts, faces, raw = ctx.saved_tensors
-        return _kernel.module.vnormals_backward(verts, faces, raw, grad.contiguous(), ctx.eps), None, None
+        return _module(verts).vnormals_backward(verts, faces, raw, grad.contiguous(), ctx.eps), None, None
 
 
 def vertex_normals(verts: torch.Tensor, faces: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """shading.vertex_normals compiled: verts (B, V, 3) float32 / float64 CPU, faces (F, 3)
-    -> area-weighted unit vertex normals (B, V, 3), differentiable w.r.t. verts."""
-    if _kernel.load() is None:
-        raise RuntimeError("the native shading kernel is not available (FLAME_FIT_NATIVE=0 or the build failed)")
+    """shading.vertex_normals compiled: verts (B, V, 3) float32 / float64 (CPU, or CUDA with
+    the CUDA kernels), faces (F, 3) on the same device -> area-weighted unit vertex normals
+    (B, V, 3), differentiable w.r.t. verts."""
+    _load(verts.device)
     return _VertexNormals.apply(verts.contiguous(), faces.long().contiguous(), float(eps))
 
 
@@ -136,8 +154,7 @@ def shade_pixels(Xc: torch.Tensor, vn: torch.Tensor, Kinv: torch.Tensor, pix: to
     Returns colour, bary (N, 3), depth (N,), unit normals (N, 3), albedo, shading, the
     colour-like ones (N, C); all differentiable w.r.t. Xc, vn, Kinv, texture / vertex_colors, sh.
     """
-    if _kernel.load() is None:
-        raise RuntimeError("the native shading kernel is not available (FLAME_FIT_NATIVE=0 or the build failed)")
+    _load(Xc.device)
     dt = Xc.dtype
     empty = Xc.new_empty(0)
     if texture is not None:
@@ -148,7 +165,7 @@ def shade_pixels(Xc: torch.Tensor, vn: torch.Tensor, Kinv: torch.Tensor, pix: to
         vt, ft = verts_uvs.to(dt).contiguous(), faces_uvs.long().contiguous()
     else:
         vt = empty
-        ft = torch.empty(0, dtype=torch.long)
+        ft = torch.empty(0, dtype=torch.long, device=Xc.device)
         if vertex_colors is not None:
             mode, C = _ALBEDO_VERTEX, vertex_colors.shape[-1]
             if vertex_colors.dim() == 2:

@@ -1,0 +1,40 @@
+// Python bindings of the CUDA drivers in shade_cuda.cu (kept out of the .cu file so nvcc never
+// compiles pybind11). The functions mirror the CPU modules: forward / backward /
+// vnormals_forward / vnormals_backward as shade.cpp, and raster, the CUDA visibility pass.
+#include <ATen/core/Tensor.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <vector>
+
+namespace flame_fit {
+at::Tensor raster_cuda(const at::Tensor& Xc, const at::Tensor& faces, const at::Tensor& K, int64_t H, int64_t W,
+                       double near, bool cull_backfaces, bool all_in_front);
+std::vector<at::Tensor> shade_forward_cuda(const at::Tensor& Xc, const at::Tensor& vn, const at::Tensor& Kinv,
+                                           const at::Tensor& pix, const at::Tensor& view, const at::Tensor& face,
+                                           const at::Tensor& faces, int64_t H, int64_t W, int64_t mode,
+                                           const at::Tensor& src, const at::Tensor& vt, const at::Tensor& ft,
+                                           const at::Tensor& sh, int64_t C, const std::vector<double>& shc);
+std::vector<at::Tensor> shade_backward_cuda(const at::Tensor& Xc, const at::Tensor& vn, const at::Tensor& Kinv,
+                                            const at::Tensor& pix, const at::Tensor& view, const at::Tensor& face,
+                                            const at::Tensor& faces, int64_t H, int64_t W, int64_t mode,
+                                            const at::Tensor& src, const at::Tensor& vt, const at::Tensor& ft,
+                                            const at::Tensor& sh, int64_t C, const std::vector<double>& shc,
+                                            const std::vector<at::Tensor>& grads, const std::vector<bool>& need);
+std::vector<at::Tensor> vnormals_forward_cuda(const at::Tensor& verts, const at::Tensor& faces, double eps);
+at::Tensor vnormals_backward_cuda(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& raw,
+                                  const at::Tensor& grad, double eps);
+}  // namespace flame_fit
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using namespace flame_fit;
+  m.doc() = "CUDA visibility pass and fused per-pixel shading chain of fitting.render (forward and backward)";
+  m.def("raster", &raster_cuda,
+        "(Xc, faces, K, H, W, near, cull_backfaces, all_in_front) -> z-buffer keys (B*H*W,) int64, 0 = background");
+  m.def("forward", &shade_forward_cuda,
+        "(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt, ft, sh, C, shc) -> "
+        "[colour, bary, depth, normals, albedo, shading]");
+  m.def("backward", &shade_backward_cuda,
+        "(same inputs..., grads[6], need[5]) -> [gXc, gvn, gsrc, gsh, gKinv] (None where not needed)");
+  m.def("vnormals_forward", &vnormals_forward_cuda, "(verts (B, V, 3), faces (F, 3), eps) -> [unit, raw]");
+  m.def("vnormals_backward", &vnormals_backward_cuda, "(verts, faces, raw, grad, eps) -> grad verts");
+}

@@ -1,0 +1,361 @@
+// CUDA drivers of the renderer's compiled path (see shade_cuda.cpp for the Python API):
+//
+// * raster: the visibility pass, one thread per (view, face) writing 64-bit z-buffer keys
+//   with atomicMax. Per-face maths from raster.h and the candidate pixels of the torch
+//   path on CUDA (rasterize._PAD_TO_COARSE), so the keys are bit-identical to
+//   rasterize._visible_faces_torch there. The whole extension is built with -fmad=false
+//   for that reason (a contracted multiply-add rounds once where torch rounds twice).
+// * shade forward / backward: one thread per covered pixel, the maths of pixel.h; the
+//   backward adds into vertex and texel gradients with atomicAdd (so float sums are not
+//   bit-reproducible run to run, as with torch's index_add on CUDA), and into the per-view SH
+//   and K^-1 gradients through one warp reduction when the warp's pixels share a view (they
+//   are sorted by view, so almost always).
+// * vertex normals forward / backward (shading.vertex_normals), one thread per face or vertex.
+
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "pixel.h"
+#include "raster.h"
+#include "shade_inputs.h"
+
+namespace flame_fit {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+
+// ---------------------------------------------------------------------------------------
+// visibility
+
+__global__ void raster_kernel(const float* __restrict__ X, int64_t B, int64_t V, const int64_t* __restrict__ faces,
+                              int64_t F, const float* __restrict__ K, bool all_in_front, float nearf,
+                              float inv_near, bool cull, int64_t H, int64_t W,
+                              unsigned long long* __restrict__ zbuf) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= B * F) return;
+  const int64_t b = idx / F, f = idx - b * F;
+  const Camera cam = make_camera(K + 9 * b);
+  const float* Xb = X + b * V * 3;
+  const int64_t* fv = faces + 3 * f;
+  const float* const P[3] = {Xb + 3 * fv[0], Xb + 3 * fv[1], Xb + 3 * fv[2]};
+  Box box;
+  if (all_in_front) {
+    float uv[3][2];
+    for (int k = 0; k < 3; ++k) project(P[k], cam, uv[k][0], uv[k][1]);
+    box = projected_box(uv[0], uv[1], uv[2], H, W);
+  } else {
+    box = clipped_box(P, cam, nearf, H, W);
+  }
+  const int64_t nx = box.x1 - box.x0 + 1, ny = box.y1 - box.y0 + 1;
+  if (nx <= 0 || ny <= 0) return;
+  float a[4], bb[4], c[4];
+  if (!face_coefficients(P, cam, cull, a, bb, c)) return;
+  // candidates as rasterize._visible_faces_torch on CUDA: small boxes padded to a square of
+  // _PAD_TO_COARSE (when the image is at least _SMALL_BOX a side), shifted inside the image
+  int64_t px = nx, py = ny;
+  if (nx <= kSmallBox && ny <= kSmallBox && (H < W ? H : W) >= kSmallBox) {
+    const int64_t sx = pad_coarse(nx), sy = pad_coarse(ny);
+    px = py = sx > sy ? sx : sy;
+  }
+  int64_t x0 = box.x0 < W - px ? box.x0 : W - px, y0 = box.y0 < H - py ? box.y0 : H - py;
+  x0 = x0 > 0 ? x0 : 0;
+  y0 = y0 > 0 ? y0 : 0;
+  unsigned long long* zb = zbuf + b * H * W;
+  for (int64_t y = y0; y < y0 + py; ++y) {
+    const float v = static_cast<float>(y) + 0.5f;
+    for (int64_t x = x0; x < x0 + px; ++x) {
+      const float u = static_cast<float>(x) + 0.5f;
+      const float w0 = (a[0] * u + bb[0] * v) + c[0];
+      const float w1 = (a[1] * u + bb[1] * v) + c[1];
+      const float w2 = (a[2] * u + bb[2] * v) + c[2];
+      const float invz = (a[3] * u + bb[3] * v) + c[3];
+      if (!(minf(minf(w0, w1), w2) >= 0.0f && invz <= inv_near)) continue;
+      const int64_t key = zkey(invz, f);
+      // keys <= 0 never win against the empty 0 (rasterize._pairs_key); as unsigned, the
+      // positive ones order like the signed keys
+      if (key > 0) atomicMax(zb + y * W + x, static_cast<unsigned long long>(key));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// shading
+
+struct AtomicAdd {
+  template <typename T>
+  __device__ static void add(T* p, T v) { atomicAdd(p, v); }
+};
+
+template <typename T>
+__global__ void shade_forward_kernel(const Inputs<T> in, T* __restrict__ co, T* __restrict__ ba, T* __restrict__ de,
+                                     T* __restrict__ no, T* __restrict__ al, T* __restrict__ sd) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= in.N) return;
+  Pixel<T> px;
+  eval_pixel(in, i, px);
+  for (int k = 0; k < 3; ++k) {
+    ba[3 * i + k] = px.bary[k];
+    no[3 * i + k] = px.n[k];
+  }
+  de[i] = px.depth;
+  for (int64_t c = 0; c < in.C; ++c) {
+    al[i * in.C + c] = px.albedo[c];
+    sd[i * in.C + c] = px.shading[c];
+    co[i * in.C + c] = px.albedo[c] * px.shading[c];
+  }
+}
+
+// Adds vals[0..n) of this lane's view b (-1: inactive lane) into out[b * n + k]: one warp
+// reduction and one atomic per value when the whole warp has the same view, else one
+// atomic per lane and value. Every lane of the warp must call it.
+template <typename T>
+__device__ void add_per_view(const T* vals, int n, int64_t b, T* out) {
+  const unsigned full = 0xffffffffu;
+  const long long b0 = __shfl_sync(full, static_cast<long long>(b), 0);
+  if (__all_sync(full, b < 0 || b == b0)) {
+    if (b0 < 0) return;                       // lane 0 is inactive only when all lanes are
+    for (int k = 0; k < n; ++k) {
+      T v = b < 0 ? T(0) : vals[k];
+      for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(full, v, off);
+      if ((threadIdx.x & 31) == 0) atomicAdd(out + b0 * n + k, v);
+    }
+  } else if (b >= 0) {
+    for (int k = 0; k < n; ++k) atomicAdd(out + b * n + k, vals[k]);
+  }
+}
+
+template <typename T>
+__global__ void shade_backward_kernel(const Inputs<T> in, const Grads<T> g, T* gXc, T* gvn, T* gsrc, T* gsh,
+                                      T* gK) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  T acc[9 * kMaxC], kacc[9];
+  for (int k = 0; k < 9 * kMaxC; ++k) acc[k] = T(0);
+  for (int k = 0; k < 9; ++k) kacc[k] = T(0);
+  int64_t b = -1;
+  if (i < in.N) {                              // no early return: the whole warp reduces below
+    const Outs<T> o{gXc, gvn, gsrc, gsh ? acc : nullptr, gK ? kacc : nullptr};
+    Pixel<T> px;
+    backward_pixel<T, AtomicAdd>(in, g, o, i, px);
+    b = in.view[i];
+  }
+  if (gsh) add_per_view(acc, static_cast<int>(9 * in.C), b, gsh);
+  if (gK) add_per_view(kacc, 9, b, gK);
+}
+
+// ---------------------------------------------------------------------------------------
+// vertex normals: raw = sum of the right-hand normals of a vertex's faces, unit = raw / max(|raw|, eps)
+
+template <typename T>
+__global__ void face_normals_add_kernel(const T* __restrict__ X, const int64_t* __restrict__ faces, int64_t B,
+                                        int64_t V, int64_t F, T* raw) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= B * F) return;
+  const int64_t b = idx / F, f = idx - b * F;
+  const T* Xb = X + b * V * 3;
+  const int64_t* fv = faces + 3 * f;
+  T e1[3], e2[3], n[3];
+  for (int j = 0; j < 3; ++j) {
+    e1[j] = Xb[3 * fv[1] + j] - Xb[3 * fv[0] + j];
+    e2[j] = Xb[3 * fv[2] + j] - Xb[3 * fv[0] + j];
+  }
+  cross(e1, e2, n);
+  for (int k = 0; k < 3; ++k)
+    for (int j = 0; j < 3; ++j) atomicAdd(raw + (b * V + fv[k]) * 3 + j, n[j]);
+}
+
+template <typename T>
+__global__ void normalise_kernel(const T* __restrict__ raw, int64_t n, T eps, T* __restrict__ unit) {
+  const int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (v >= n) return;
+  const T* r = raw + 3 * v;
+  const T d = ff_max(ff_sqrt(dot(r, r)), eps);
+  for (int j = 0; j < 3; ++j) unit[3 * v + j] = r[j] / d;
+}
+
+// d loss / d raw of unit = raw / max(|raw|, eps) (the clamp passes no gradient below eps)
+template <typename T>
+__global__ void normalise_backward_kernel(const T* __restrict__ raw, const T* __restrict__ grad, int64_t n, T eps,
+                                          T* __restrict__ graw) {
+  const int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (v >= n) return;
+  const T* r = raw + 3 * v;
+  const T* gv = grad + 3 * v;
+  const T len = ff_sqrt(dot(r, r));
+  if (len >= eps) {
+    const T k = dot(r, gv) / (len * len * len);
+    for (int j = 0; j < 3; ++j) graw[3 * v + j] = gv[j] / len - r[j] * k;
+  } else {
+    for (int j = 0; j < 3; ++j) graw[3 * v + j] = gv[j] / eps;
+  }
+}
+
+template <typename T>
+__global__ void face_normals_backward_kernel(const T* __restrict__ X, const int64_t* __restrict__ faces,
+                                             const T* __restrict__ graw, int64_t B, int64_t V, int64_t F, T* gX) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= B * F) return;
+  const int64_t b = idx / F, f = idx - b * F;
+  const T* Xb = X + b * V * 3;
+  const T* gb = graw + b * V * 3;
+  const int64_t i0 = faces[3 * f], i1 = faces[3 * f + 1], i2 = faces[3 * f + 2];
+  T a[3], c[3], gf[3], ga[3], gc[3];
+  for (int j = 0; j < 3; ++j) {
+    a[j] = Xb[3 * i1 + j] - Xb[3 * i0 + j];
+    c[j] = Xb[3 * i2 + j] - Xb[3 * i0 + j];
+    gf[j] = gb[3 * i0 + j] + gb[3 * i1 + j] + gb[3 * i2 + j];
+  }
+  cross(c, gf, ga);       // d (gf . (a x c)) / da
+  cross(gf, a, gc);       // ... / dc
+  T* out = gX + b * V * 3;
+  for (int j = 0; j < 3; ++j) {
+    atomicAdd(out + 3 * i1 + j, ga[j]);
+    atomicAdd(out + 3 * i2 + j, gc[j]);
+    atomicAdd(out + 3 * i0 + j, -(ga[j] + gc[j]));
+  }
+}
+
+void check_cuda(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda() && t.is_contiguous(), name, " must be a contiguous CUDA tensor");
+}
+
+}  // namespace
+
+// zbuf (B*H*W,) int64 z-buffer keys of the visibility pass (0: background); see raster_kernel.
+at::Tensor raster_cuda(const at::Tensor& Xc, const at::Tensor& faces, const at::Tensor& K, int64_t H, int64_t W,
+                       double near, bool cull_backfaces, bool all_in_front) {
+  check_cuda(Xc, "Xc");
+  check_cuda(faces, "faces");
+  check_cuda(K, "K");
+  TORCH_CHECK(Xc.dim() == 3 && Xc.size(2) == 3 && Xc.scalar_type() == at::kFloat, "Xc must be float32 (B, V, 3)");
+  TORCH_CHECK(faces.dim() == 2 && faces.size(1) == 3 && faces.scalar_type() == at::kLong, "faces must be int64 (F, 3)");
+  TORCH_CHECK(K.dim() == 3 && K.size(0) == Xc.size(0) && K.size(1) == 3 && K.size(2) == 3 &&
+                  K.scalar_type() == at::kFloat, "K must be float32 (B, 3, 3)");
+  TORCH_CHECK(H > 0 && W > 0 && near > 0.0, "image size and near must be positive");
+  const c10::cuda::CUDAGuard guard(Xc.device());
+  const int64_t B = Xc.size(0), V = Xc.size(1), F = faces.size(0);
+  at::Tensor zbuf = at::zeros({B * H * W}, Xc.options().dtype(at::kLong));
+  if (B * F == 0) return zbuf;
+  raster_kernel<<<blocks_for(B * F), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      Xc.data_ptr<float>(), B, V, faces.data_ptr<int64_t>(), F, K.data_ptr<float>(), all_in_front,
+      static_cast<float>(near), static_cast<float>(1.0 / near), cull_backfaces, H, W,
+      reinterpret_cast<unsigned long long*>(zbuf.data_ptr<int64_t>()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return zbuf;
+}
+
+std::vector<at::Tensor> shade_forward_cuda(const at::Tensor& Xc, const at::Tensor& vn, const at::Tensor& Kinv,
+                                           const at::Tensor& pix, const at::Tensor& view, const at::Tensor& face,
+                                           const at::Tensor& faces, int64_t H, int64_t W, int64_t mode,
+                                           const at::Tensor& src, const at::Tensor& vt, const at::Tensor& ft,
+                                           const at::Tensor& sh, int64_t C, const std::vector<double>& shc) {
+  TORCH_CHECK(Xc.is_cuda(), "the CUDA shading kernel takes CUDA tensors");
+  check_inputs(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt, ft, sh, C, shc);
+  const c10::cuda::CUDAGuard guard(Xc.device());
+  const int64_t N = pix.size(0);
+  const auto opt = Xc.options();
+  at::Tensor colour = at::empty({N, C}, opt), bary = at::empty({N, 3}, opt), depth = at::empty({N}, opt);
+  at::Tensor normals = at::empty({N, 3}, opt), albedo = at::empty({N, C}, opt), shading = at::empty({N, C}, opt);
+  if (N == 0) return {colour, bary, depth, normals, albedo, shading};
+  AT_DISPATCH_FLOATING_TYPES(Xc.scalar_type(), "shade_forward_cuda", [&] {
+    const Inputs<scalar_t> in = make_inputs<scalar_t>(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt,
+                                                      ft, sh, C, shc);
+    shade_forward_kernel<scalar_t><<<blocks_for(N), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        in, colour.data_ptr<scalar_t>(), bary.data_ptr<scalar_t>(), depth.data_ptr<scalar_t>(),
+        normals.data_ptr<scalar_t>(), albedo.data_ptr<scalar_t>(), shading.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {colour, bary, depth, normals, albedo, shading};
+}
+
+std::vector<at::Tensor> shade_backward_cuda(const at::Tensor& Xc, const at::Tensor& vn, const at::Tensor& Kinv,
+                                            const at::Tensor& pix, const at::Tensor& view, const at::Tensor& face,
+                                            const at::Tensor& faces, int64_t H, int64_t W, int64_t mode,
+                                            const at::Tensor& src, const at::Tensor& vt, const at::Tensor& ft,
+                                            const at::Tensor& sh, int64_t C, const std::vector<double>& shc,
+                                            const std::vector<at::Tensor>& grads, const std::vector<bool>& need) {
+  TORCH_CHECK(Xc.is_cuda(), "the CUDA shading kernel takes CUDA tensors");
+  check_inputs(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt, ft, sh, C, shc);
+  check_grads(Xc, pix, C, grads, need);
+  const c10::cuda::CUDAGuard guard(Xc.device());
+  const int64_t N = pix.size(0);
+  const auto opt = Xc.options();
+  at::Tensor gXc, gvn, gsrc, gsh, gK;
+  if (need[0]) gXc = at::zeros(Xc.sizes(), opt);
+  if (need[1]) gvn = at::zeros(vn.sizes(), opt);
+  if (need[2] && mode != kNone) gsrc = at::zeros(src.sizes(), opt);
+  if (need[3] && sh.numel() > 0) gsh = at::zeros(sh.sizes(), opt);
+  if (need[4]) gK = at::zeros(Kinv.sizes(), opt);
+  if (N == 0) return {gXc, gvn, gsrc, gsh, gK};
+  AT_DISPATCH_FLOATING_TYPES(Xc.scalar_type(), "shade_backward_cuda", [&] {
+    const Inputs<scalar_t> in = make_inputs<scalar_t>(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt,
+                                                      ft, sh, C, shc);
+    auto gp = [&](int k) { return grads[k].numel() > 0 ? grads[k].data_ptr<scalar_t>() : nullptr; };
+    const Grads<scalar_t> g{gp(0), gp(1), gp(2), gp(3), gp(4), gp(5)};
+    auto op = [](at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    shade_backward_kernel<scalar_t><<<blocks_for(N), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        in, g, op(gXc), op(gvn), op(gsrc), op(gsh), op(gK));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {gXc, gvn, gsrc, gsh, gK};
+}
+
+std::vector<at::Tensor> vnormals_forward_cuda(const at::Tensor& verts, const at::Tensor& faces, double eps) {
+  check_cuda(verts, "verts");
+  check_cuda(faces, "faces");
+  TORCH_CHECK(verts.dim() == 3 && verts.size(2) == 3 && faces.dim() == 2 && faces.size(1) == 3 &&
+                  faces.scalar_type() == at::kLong, "verts (B, V, 3) and int64 faces (F, 3)");
+  const c10::cuda::CUDAGuard guard(verts.device());
+  const int64_t B = verts.size(0), V = verts.size(1), F = faces.size(0);
+  at::Tensor raw = at::zeros(verts.sizes(), verts.options()), unit = at::empty(verts.sizes(), verts.options());
+  if (B * V == 0) return {unit, raw};
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "vnormals_forward_cuda", [&] {
+    if (B * F > 0) {
+      face_normals_add_kernel<scalar_t><<<blocks_for(B * F), kThreads, 0, stream>>>(
+          verts.data_ptr<scalar_t>(), faces.data_ptr<int64_t>(), B, V, F, raw.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    normalise_kernel<scalar_t><<<blocks_for(B * V), kThreads, 0, stream>>>(
+        raw.data_ptr<scalar_t>(), B * V, static_cast<scalar_t>(eps), unit.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {unit, raw};
+}
+
+at::Tensor vnormals_backward_cuda(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& raw,
+                                  const at::Tensor& grad, double eps) {
+  check_cuda(raw, "raw normals");
+  check_cuda(grad, "the normals' gradient");
+  TORCH_CHECK(raw.sizes() == verts.sizes() && grad.sizes() == verts.sizes() &&
+                  grad.scalar_type() == verts.scalar_type(), "raw normals and gradient must be shaped like verts");
+  const c10::cuda::CUDAGuard guard(verts.device());
+  const int64_t B = verts.size(0), V = verts.size(1), F = faces.size(0);
+  at::Tensor gverts = at::zeros(verts.sizes(), verts.options());
+  if (B * V == 0 || F == 0) return gverts;
+  at::Tensor graw = at::empty(verts.sizes(), verts.options());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "vnormals_backward_cuda", [&] {
+    normalise_backward_kernel<scalar_t><<<blocks_for(B * V), kThreads, 0, stream>>>(
+        raw.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), B * V, static_cast<scalar_t>(eps),
+        graw.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    face_normals_backward_kernel<scalar_t><<<blocks_for(B * F), kThreads, 0, stream>>>(
+        verts.data_ptr<scalar_t>(), faces.data_ptr<int64_t>(), graw.data_ptr<scalar_t>(), B, V, F,
+        gverts.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return gverts;
+}
+
+}  // namespace flame_fit
