@@ -263,6 +263,61 @@ def _bar(ctx, iterable, desc):
     return tqdm(iterable, desc=desc, disable=not ctx.progress, leave=False, dynamic_ncols=True)
 
 
+def photo_jacobian(flame, co: torch.Tensor, pose: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor,
+                   view: torch.Tensor, face: torch.Tensor, bary: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor,
+                   weight: torch.Tensor) -> torch.Tensor:
+    """Jacobian of the linearised photometric rows of :func:`lm_geometry` by the chain rule.
+
+    Row (s, c) is ``weight_s (I_c + gx_c du_s + gy_c dv_s - a_sc)``: the photo's channel c
+    linearised at sample s's pixel, where (u_s, v_s) = K (R_view X_s + t_view) projected (no
+    skew) and X_s = sum_k bary_sk vertex(face_sk) on one subject. The unknowns are those of
+    lm_geometry's tangents: a rotation increment w (R = exp([w]) R), a translation increment,
+    the log-focal increment (fx, fy scale by exp) and the FLAME coefficients (shape,
+    expression, jaw). Only the vertex Jacobian w.r.t. the coefficients is autodiff (one jacfwd
+    of FLAME, P tangents); the per-sample chain is explicit, so the cost is O(samples x P)
+    instead of running every sample's gathers and projection for every tangent (jacfwd of the
+    whole residual: ~2.3 s per iteration for 25k samples, 12 views).
+
+    flame: the FLAME layer; co: (1, P) coefficients [shape, expression, jaw]; pose: (1, 15)
+    base pose (its jaw replaced by co's); R: (N, 3, 3); t: (N, 3); K: (N, 3, 3) current;
+    view, face: (M,); bary: (M, 3); gx, gy: (M, 3) the photo's x / y derivatives at the
+    samples' pixels; weight: (M,). Returns (3 M, 7 + P), rows sample-major then RGB, columns
+    [w (3), t (3), log focal, coefficients (P)]."""
+    P = co.shape[1]
+    n_sh = flame.n_shape
+    n_ex = flame.n_exp
+
+    def vertices(d):
+        c = co + d
+        p = torch.cat([pose[:, :6], c[:, n_sh + n_ex:], pose[:, 9:]], 1)
+        return flame(c[:, :n_sh], c[:, n_sh:n_sh + n_ex], p)[0][0]            # (V, 3)
+
+    with torch.no_grad():
+        X_v = vertices(torch.zeros_like(co))
+    Jv = torch.func.jacfwd(vertices)(torch.zeros(P, dtype=co.dtype, device=co.device)).detach()   # (V, 3, P)
+    corners = flame.faces[face]                                               # (M, 3)
+    X = (X_v[corners] * bary[..., None]).sum(1)                                # (M, 3)
+    dX = sum(bary[:, k, None, None] * Jv[corners[:, k]] for k in range(3))     # (M, 3, P)
+    Rv = R[view]
+    a = (Rv @ X[..., None])[..., 0]                                            # R X (M, 3)
+    xc = a + t[view]
+    ax, ay, az = a.unbind(-1)
+    zero = torch.zeros_like(ax)
+    # d xc / d w_j = e_j x (R X); d xc / d t = I
+    d_rot = torch.stack([torch.stack([zero, -az, ay], -1), torch.stack([az, zero, -ax], -1),
+                         torch.stack([-ay, ax, zero], -1)], -1)                # (M, 3, 3): [xyz, j]
+    eye = torch.eye(3, dtype=a.dtype, device=a.device).expand(len(a), 3, 3)
+    dxc = torch.cat([d_rot, eye, torch.zeros_like(a)[..., None], Rv @ dX], -1)  # (M, 3, 7 + P)
+    x, y, z = xc.unbind(-1)
+    fx, fy = K[view, 0, 0], K[view, 1, 1]
+    du = (fx / z)[:, None] * (dxc[:, 0] - (x / z)[:, None] * dxc[:, 2])       # (M, 7 + P)
+    dv = (fy / z)[:, None] * (dxc[:, 1] - (y / z)[:, None] * dxc[:, 2])
+    du[:, 6] = fx * x / z                                                      # d u / d log focal
+    dv[:, 6] = fy * y / z
+    J = weight[:, None, None] * (gx[..., None] * du[:, None] + gy[..., None] * dv[:, None])   # (M, 3, 7 + P)
+    return J.reshape(-1, J.shape[-1])
+
+
 def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int, hist: list | None = None,
                 rnd: int = 0, use_rim: bool = False, use_photo: bool = False) -> FitState:
     """Levenberg-Marquardt on everything the landmarks (and outlines) see: per-view cameras, the
@@ -397,7 +452,12 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
                     pho = (view, face, bary, pix, u0, target, (wp * c.w_photo_gn / c.w_lmk / len(rp)).sqrt(), False)
                     row_view = torch.cat([row_view, view.repeat_interleave(3)])
                     args = (st.R(), st.cam_t, st.log_focal.reshape(()), coeffs(st), st.pose)
-        Jc = torch.func.jacfwd(residuals)(x0, *args, sw, rim, pho).detach()  # (rows, 7 + P)
+        Jc = torch.func.jacfwd(residuals)(x0, *args, sw, rim).detach()  # (rows, 7 + P) landmarks, rim
+        if pho is not None:   # the photometric rows by the chain rule: same values, ~10x cheaper
+            view, face, bary, pix, _u0, _target, pw_, _exact = pho
+            K_b = st.K0 * (1 + (torch.exp(args[2]) - 1) * fmask)
+            Jc = torch.cat([Jc, photo_jacobian(ctx.flame, args[3], args[4], args[0], args[1], K_b, view, face, bary,
+                                               ph["gx"][pix], ph["gy"][pix], pw_)])
         with torch.no_grad():
             r0 = residuals(x0, *args, sw, rim, pho)
         rows = r0.shape[0]
