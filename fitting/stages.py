@@ -263,59 +263,89 @@ def _bar(ctx, iterable, desc):
     return tqdm(iterable, desc=desc, disable=not ctx.progress, leave=False, dynamic_ncols=True)
 
 
-def photo_jacobian(flame, co: torch.Tensor, pose: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor,
-                   view: torch.Tensor, face: torch.Tensor, bary: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor,
-                   weight: torch.Tensor) -> torch.Tensor:
-    """Jacobian of the linearised photometric rows of :func:`lm_geometry` by the chain rule.
+# Tests set this: lm_geometry then also differentiates its residuals with torch.func.jacfwd
+# and raises if the chain-rule Jacobian differs (slow: ~10x the Jacobian's cost).
+CHECK_JACOBIAN = False
 
-    Row (s, c) is ``weight_s (I_c + gx_c du_s + gy_c dv_s - a_sc)``: the photo's channel c
-    linearised at sample s's pixel, where (u_s, v_s) = K (R_view X_s + t_view) projected (no
-    skew) and X_s = sum_k bary_sk vertex(face_sk) on one subject. The unknowns are those of
-    lm_geometry's tangents: a rotation increment w (R = exp([w]) R), a translation increment,
-    the log-focal increment (fx, fy scale by exp) and the FLAME coefficients (shape,
-    expression, jaw). Only the vertex Jacobian w.r.t. the coefficients is autodiff (one jacfwd
-    of FLAME, P tangents); the per-sample chain is explicit, so the cost is O(samples x P)
-    instead of running every sample's gathers and projection for every tangent (jacfwd of the
-    whole residual: ~2.3 s per iteration for 25k samples, 12 views).
 
-    flame: the FLAME layer; co: (1, P) coefficients [shape, expression, jaw]; pose: (1, 15)
-    base pose (its jaw replaced by co's); R: (N, 3, 3); t: (N, 3); K: (N, 3, 3) current;
-    view, face: (M,); bary: (M, 3); gx, gy: (M, 3) the photo's x / y derivatives at the
-    samples' pixels; weight: (M,). Returns (3 M, 7 + P), rows sample-major then RGB, columns
-    [w (3), t (3), log focal, coefficients (P)]."""
-    P = co.shape[1]
-    n_sh = flame.n_shape
-    n_ex = flame.n_exp
+def _compare_jacobians(J: torch.Tensor, ref: torch.Tensor, groups: dict, tol: float = 1e-4) -> None:
+    """Raise AssertionError unless J matches ref (rows, 7 + P) to ``tol`` relative (Frobenius)
+    in every row group (name: row count, in order) and column block (rotation, translation,
+    focal, coefficients): a small group is not drowned by a large one."""
+    if J.shape != ref.shape:
+        raise AssertionError(f"Jacobian shape {tuple(J.shape)} != autodiff {tuple(ref.shape)}")
+    start = 0
+    for group, n in groups.items():
+        rows = slice(start, start + n)
+        start += n
+        for name, cols in (("rotation", slice(0, 3)), ("translation", slice(3, 6)), ("focal", slice(6, 7)),
+                           ("coefficients", slice(7, None))):
+            a, b = J[rows, cols], ref[rows, cols]
+            err = float((a - b).norm() / b.norm().clamp_min(1e-30)) if n else 0.0
+            if err > tol:
+                raise AssertionError(f"chain-rule Jacobian, {group} rows, {name} columns: relative error "
+                                     f"{err:.2e} against jacfwd")
+    if start != len(J):
+        raise AssertionError(f"row groups cover {start} of {len(J)} rows")
+
+
+def vertex_jacobian(flame, co: torch.Tensor, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FLAME vertices and their Jacobian w.r.t. the LM coefficients [shape, expression, jaw].
+
+    co: (G, P) per subject; pose: (G, 15) (its jaw replaced by co's). One jacfwd of FLAME with
+    P tangents, each perturbing the same coefficient of every subject (subjects are
+    independent). Returns X (G, V, 3) and J (G, V, 3, P)."""
+    P, n_sh, n_ex = co.shape[1], flame.n_shape, flame.n_exp
 
     def vertices(d):
         c = co + d
         p = torch.cat([pose[:, :6], c[:, n_sh + n_ex:], pose[:, 9:]], 1)
-        return flame(c[:, :n_sh], c[:, n_sh:n_sh + n_ex], p)[0][0]            # (V, 3)
+        return flame(c[:, :n_sh], c[:, n_sh:n_sh + n_ex], p)[0]              # (G, V, 3)
 
+    zero = torch.zeros(P, dtype=co.dtype, device=co.device)
     with torch.no_grad():
-        X_v = vertices(torch.zeros_like(co))
-    Jv = torch.func.jacfwd(vertices)(torch.zeros(P, dtype=co.dtype, device=co.device)).detach()   # (V, 3, P)
-    corners = flame.faces[face]                                               # (M, 3)
-    X = (X_v[corners] * bary[..., None]).sum(1)                                # (M, 3)
-    dX = sum(bary[:, k, None, None] * Jv[corners[:, k]] for k in range(3))     # (M, 3, P)
+        X = vertices(zero)
+    return X, torch.func.jacfwd(vertices)(zero).detach()
+
+
+def point_jacobian(X: torch.Tensor, J: torch.Tensor, subject: torch.Tensor, corners: torch.Tensor,
+                   bary: torch.Tensor, view: torch.Tensor, R: torch.Tensor, t: torch.Tensor,
+                   K: torch.Tensor) -> torch.Tensor:
+    """d(u, v) / d(unknowns) of mesh points by the chain rule, for :func:`lm_geometry`.
+
+    Point m is ``sum_k bary_mk X[subject_m, corners_mk]`` projected by view m's camera (no
+    skew; (u, v) = (fx x / z + cx, fy y / z + cy) of ``R X + t``). The unknowns are
+    lm_geometry's tangents: a rotation increment w (R = exp([w]) R), a translation increment,
+    the log-focal increment (fx, fy scale by exp) and the FLAME coefficients, whose vertex
+    Jacobian J comes from :func:`vertex_jacobian`. Explicit per point, so the cost is
+    O(points x P); a jacfwd through the residuals ran every point's gathers and projection
+    once per tangent (~2.3 s per iteration for 25k photometric samples in 12 views).
+
+    X: (G, V, 3); J: (G, V, 3, P); subject, view: (M,); corners: (M, 3) vertex ids; bary:
+    (M, 3); R: (N, 3, 3); t: (N, 3); K: (N, 3, 3). Returns (M, 2, 7 + P), columns
+    [w (3), t (3), log focal, coefficients (P)]."""
+    G, V = X.shape[:2]
+    rows = subject[:, None] * V + corners                                      # (M, 3) into G*V
+    # weighted sums of gathered rows without an (M, 3, 3, P) intermediate
+    Xp = torch.nn.functional.embedding_bag(rows, X.reshape(G * V, 3), per_sample_weights=bary, mode="sum")
+    dX = torch.nn.functional.embedding_bag(rows, J.reshape(G * V, -1), per_sample_weights=bary,
+                                           mode="sum").view(len(rows), 3, -1)   # (M, 3, P)
     Rv = R[view]
-    a = (Rv @ X[..., None])[..., 0]                                            # R X (M, 3)
-    xc = a + t[view]
+    a = (Rv @ Xp[..., None])[..., 0]                                           # R X (M, 3)
     ax, ay, az = a.unbind(-1)
     zero = torch.zeros_like(ax)
-    # d xc / d w_j = e_j x (R X); d xc / d t = I
+    # d xc / d w_j = e_j x (R X); d xc / d t = I; the focal column is filled below
     d_rot = torch.stack([torch.stack([zero, -az, ay], -1), torch.stack([az, zero, -ax], -1),
-                         torch.stack([-ay, ax, zero], -1)], -1)                # (M, 3, 3): [xyz, j]
+                         torch.stack([-ay, ax, zero], -1)], -1)                # (M, 3 xyz, 3 j)
     eye = torch.eye(3, dtype=a.dtype, device=a.device).expand(len(a), 3, 3)
     dxc = torch.cat([d_rot, eye, torch.zeros_like(a)[..., None], Rv @ dX], -1)  # (M, 3, 7 + P)
-    x, y, z = xc.unbind(-1)
+    x, y, z = (a + t[view]).unbind(-1)
     fx, fy = K[view, 0, 0], K[view, 1, 1]
-    du = (fx / z)[:, None] * (dxc[:, 0] - (x / z)[:, None] * dxc[:, 2])       # (M, 7 + P)
+    du = (fx / z)[:, None] * (dxc[:, 0] - (x / z)[:, None] * dxc[:, 2])
     dv = (fy / z)[:, None] * (dxc[:, 1] - (y / z)[:, None] * dxc[:, 2])
-    du[:, 6] = fx * x / z                                                      # d u / d log focal
+    du[:, 6] = fx * x / z                                                      # d / d log focal
     dv[:, 6] = fy * y / z
-    J = weight[:, None, None] * (gx[..., None] * du[:, None] + gy[..., None] * dv[:, None])   # (M, 3, 7 + P)
-    return J.reshape(-1, J.shape[-1])
+    return torch.stack([du, dv], 1)
 
 
 def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int, hist: list | None = None,
@@ -334,11 +364,14 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
     :func:`solve_appearance` and held fixed within it)
     ``+ (w_shape |shape|^2 + w_exp |exp|^2 + w_pose |jaw / 0.1|^2) / (w_lmk G)``.
 
-    The Jacobian comes from one ``torch.func.jacfwd`` per iteration with *compressed* tangents:
-    a residual of view i depends only on camera i and subject s(i), so one tangent perturbs the
-    same camera parameter in every view (6 tangents for all cameras) and one perturbs the same
-    coefficient in every subject; the dense Jacobian is scattered from them by each row's view.
-    The tangent count is 7 + n_shape + n_exp + 3 whatever N and G are.
+    The Jacobian uses *compressed* tangents: a residual of view i depends only on camera i and
+    subject s(i), so one tangent perturbs the same camera parameter in every view (6 tangents
+    for all cameras) and one perturbs the same coefficient in every subject; the dense Jacobian
+    is scattered from them by each row's view. The tangent count is 7 + n_shape + n_exp + 3
+    whatever N and G are. It is computed by the chain rule (:func:`point_jacobian`): every row
+    is a function of one projected mesh point, and the only autodiff is one jacfwd of FLAME's
+    vertices w.r.t. the coefficients (:func:`vertex_jacobian`); tests/fitting check it against
+    jacfwd of the residuals.
     """
     c = ctx.cfg
     st = state.detach()
@@ -402,6 +435,31 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
             out.append(((col - target) * pw_[:, None]).reshape(-1))
         return torch.cat(out)
 
+    def jacobian(args, sw, rim, pho):
+        """d residuals / d (7 + P compressed tangents) at x = 0, by the chain rule
+        (point_jacobian): the same rows as residuals, landmarks, rim, photometric."""
+        R_b, t_b, lf_b, co_b, pose_b = args
+        K_b = st.K0 * (1 + (torch.exp(lf_b) - 1) * fmask)
+        Xv, Jv = vertex_jacobian(ctx.flame, co_b, pose_b)
+        head = axis_angle_to_matrix(pose_b[:, 0:3]) @ axis_angle_to_matrix(pose_b[:, 3:6])
+        lf, lb = ctx.flame.landmark_faces(N, FLIP.to(R_b) @ R_b @ head[vs])   # the contour rows residuals use
+        lv = ar.repeat_interleave(68)
+        d = point_jacobian(Xv, Jv, vs[lv], ctx.flame.faces[lf.reshape(-1)], lb.reshape(-1, 3).to(dt), lv,
+                           R_b, t_b, K_b)                                          # (N*68, 2, 7 + P)
+        out = [(d * sw.reshape(-1)[:, None, None]).reshape(-1, d.shape[-1])]
+        if rim is not None:
+            view, vert, _tgt, nrm, rw = rim
+            one = torch.tensor([1.0, 0.0, 0.0], dtype=dt, device=dev).expand(len(vert), 3)
+            d = point_jacobian(Xv, Jv, vs[view], vert[:, None].expand(-1, 3), one, view, R_b, t_b, K_b)
+            out.append(rw[:, None] * (nrm[..., None] * d).sum(1))
+        if pho is not None:
+            view, face, bary, pix, _u0, _target, pw_, _exact = pho
+            d = point_jacobian(Xv, Jv, vs[view], ctx.flame.faces[face], bary, view, R_b, t_b, K_b)
+            gx, gy = ph["gx"][pix], ph["gy"][pix]                                  # (M, 3) RGB
+            out.append((pw_[:, None, None] * (gx[..., None] * d[:, None, 0] + gy[..., None] * d[:, None, 1]))
+                       .reshape(-1, d.shape[-1]))
+        return torch.cat(out)
+
     def cost_of(r, co, lf):
         return float((r * r).sum() + (prior_diag * co * co).sum() + lam_f * float(lf) ** 2)
 
@@ -452,12 +510,11 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
                     pho = (view, face, bary, pix, u0, target, (wp * c.w_photo_gn / c.w_lmk / len(rp)).sqrt(), False)
                     row_view = torch.cat([row_view, view.repeat_interleave(3)])
                     args = (st.R(), st.cam_t, st.log_focal.reshape(()), coeffs(st), st.pose)
-        Jc = torch.func.jacfwd(residuals)(x0, *args, sw, rim).detach()  # (rows, 7 + P) landmarks, rim
-        if pho is not None:   # the photometric rows by the chain rule: same values, ~10x cheaper
-            view, face, bary, pix, _u0, _target, pw_, _exact = pho
-            K_b = st.K0 * (1 + (torch.exp(args[2]) - 1) * fmask)
-            Jc = torch.cat([Jc, photo_jacobian(ctx.flame, args[3], args[4], args[0], args[1], K_b, view, face, bary,
-                                               ph["gx"][pix], ph["gy"][pix], pw_)])
+        Jc = jacobian(args, sw, rim, pho)                                  # (rows, 7 + P)
+        if CHECK_JACOBIAN:
+            n_rim = 0 if rim is None else len(rim[0])
+            _compare_jacobians(Jc, torch.func.jacfwd(residuals)(x0, *args, sw, rim, pho).detach(),
+                               {"landmark": N * 136, "rim": n_rim, "photometric": len(Jc) - N * 136 - n_rim})
         with torch.no_grad():
             r0 = residuals(x0, *args, sw, rim, pho)
         rows = r0.shape[0]

@@ -130,20 +130,28 @@ class FLAME(torch.nn.Module):
         world-to-camera ``R`` and the head's own rotation ``R_head``:
         ``diag(1, -1, -1) @ R @ R_head``. contour: "dynamic" or "static" (the full 68 embedding).
         """
-        B = vertices.shape[0]
-        if contour == "static":
-            faces = self.lmk_full_faces.expand(B, -1)
-            bary = self.lmk_full_bary.expand(B, -1, -1)
-        elif contour == "dynamic":
-            if view_rotation is None:
-                row = torch.zeros(B, dtype=torch.long, device=vertices.device)
-            else:
-                row = contour_row(yaw_degrees(view_rotation.to(vertices.dtype))).expand(B)
-            faces = torch.cat([self.lmk_dynamic_faces[row], self.lmk_static_faces.expand(B, -1)], 1)
-            bary = torch.cat([self.lmk_dynamic_bary[row], self.lmk_static_bary.expand(B, -1, -1)], 1)
-        else:
-            raise ValueError(f"contour must be 'dynamic' or 'static', got {contour!r}")
+        if view_rotation is not None:
+            view_rotation = view_rotation.to(vertices.dtype)
+        faces, bary = self.landmark_faces(vertices.shape[0], view_rotation, contour)
         return barycentric_points(vertices, self.faces, faces, bary)
+
+    def landmark_faces(self, B: int, view_rotation: torch.Tensor | None = None,
+                       contour: str = "dynamic") -> tuple[torch.Tensor, torch.Tensor]:
+        """Where :meth:`landmarks` puts the 68 points: face ids (B, 68) and barycentric weights
+        (B, 68, 3) (arguments as there). The points are linear in the vertices with these
+        weights, which is what an analytic Jacobian of landmark residuals needs."""
+        device = self.lmk_static_faces.device
+        if contour == "static":
+            return self.lmk_full_faces.expand(B, -1), self.lmk_full_bary.expand(B, -1, -1)
+        if contour != "dynamic":
+            raise ValueError(f"contour must be 'dynamic' or 'static', got {contour!r}")
+        if view_rotation is None:
+            row = torch.zeros(B, dtype=torch.long, device=device)
+        else:
+            row = contour_row(yaw_degrees(view_rotation)).expand(B)
+        faces = torch.cat([self.lmk_dynamic_faces[row], self.lmk_static_faces.expand(B, -1)], 1)
+        bary = torch.cat([self.lmk_dynamic_bary[row], self.lmk_static_bary.expand(B, -1, -1)], 1)
+        return faces, bary
 
     def extra_repr(self) -> str:
         return (f"model={self.model_path}, V={self.v_template.shape[0]}, F={self.faces.shape[0]}, "

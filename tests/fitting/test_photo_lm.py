@@ -8,7 +8,7 @@ import torch
 
 from fitting.render import look_at
 from fitting.rotations import axis_angle_to_matrix
-from fitting.stages import _central_gradients, _masked_blur, photo_jacobian
+from fitting.stages import _central_gradients, _masked_blur, point_jacobian, vertex_jacobian
 
 
 def test_central_gradients_of_a_ramp():
@@ -39,44 +39,47 @@ def test_masked_blur_keeps_a_constant_and_ignores_outside():
     assert float(row[0]) < 1e-3 and float(row[-1]) > 1 - 1e-3
 
 
-def test_photo_jacobian_equals_autodiff(standin):
-    """photo_jacobian's chain rule against torch.func.jacfwd of the photometric rows written
-    out from their definition (rotation increment exp([w]) R, translation, log focal, FLAME
-    coefficients incl. the jaw), on three views of the stand-in head."""
+def test_point_jacobian_equals_autodiff(standin):
+    """point_jacobian's chain rule (with vertex_jacobian) against torch.func.jacfwd of the
+    projected mesh points written out from their definition (rotation increment exp([w]) R,
+    translation, log focal, FLAME coefficients incl. the jaw), for two subjects in three views
+    of the stand-in head. (stages.CHECK_JACOBIAN checks whole LM Jacobians the same way.)"""
     g = torch.Generator().manual_seed(0)
     S, E = standin.n_shape, standin.n_exp
     P = S + E + 3
-    co = torch.cat([0.5 * torch.randn(1, S + E, generator=g), 0.1 * torch.randn(1, 3, generator=g)], 1)
-    pose = 0.1 * torch.randn(1, 15, generator=g)
+    co = torch.cat([0.5 * torch.randn(2, S + E, generator=g), 0.1 * torch.randn(2, 3, generator=g)], 1)
+    pose = 0.1 * torch.randn(2, 15, generator=g)
     yaw = torch.tensor([-0.6, 0.1, 0.7])
     eye = torch.stack([torch.sin(yaw), 0.1 * torch.ones(3), torch.cos(yaw)], -1)
     R, t = look_at(eye, torch.zeros(3, 3))
     K = torch.tensor([[900.0, 0, 130], [0, 880, 120], [0, 0, 1]]).expand(3, 3, 3)
+    subject_of_view = torch.tensor([0, 1, 1])
     M = 50
     view = torch.randint(0, 3, (M,), generator=g)
     face = torch.randint(0, standin.faces.shape[0], (M,), generator=g)
     bary = torch.rand(M, 3, generator=g) + 0.05
     bary = bary / bary.sum(1, keepdim=True)
-    gx, gy, w = torch.randn(M, 3, generator=g), torch.randn(M, 3, generator=g), torch.rand(M, generator=g)
 
-    def rows(x):
+    def uv(x):
         Rx = axis_angle_to_matrix(x[:3].expand(3, 3)) @ R
         tx = t + x[3:6]
         c = co + x[7:]
         p = torch.cat([pose[:, :6], c[:, S + E:], pose[:, 9:]], 1)
-        V = standin(c[:, :S], c[:, S:S + E], p)[0][0]
-        X = (V[standin.faces[face]] * bary[..., None]).sum(1)
+        V = standin(c[:, :S], c[:, S:S + E], p)[0][subject_of_view[view]]          # (M, V, 3)
+        X = (V[torch.arange(M)[:, None], standin.faces[face]] * bary[..., None]).sum(1)
         xc = (Rx[view] @ X[..., None])[..., 0] + tx[view]
         u = K[view, 0, 0] * torch.exp(x[6]) * xc[:, 0] / xc[:, 2] + K[view, 0, 2]
         v = K[view, 1, 1] * torch.exp(x[6]) * xc[:, 1] / xc[:, 2] + K[view, 1, 2]
-        return (w[:, None] * (gx * u[:, None] + gy * v[:, None])).reshape(-1)   # + terms free of x
+        return torch.stack([u, v], 1)
 
-    ref = torch.func.jacfwd(rows)(torch.zeros(7 + P))
-    J = photo_jacobian(standin, co, pose, R, t, K, view, face, bary, gx, gy, w)
-    assert J.shape == ref.shape == (3 * M, 7 + P)
+    ref = torch.func.jacfwd(uv)(torch.zeros(7 + P))                                 # (M, 2, 7 + P)
+    X, J = vertex_jacobian(standin, co, pose)
+    assert X.shape == (2, standin.v_template.shape[0], 3) and J.shape == X.shape + (P,)
+    d = point_jacobian(X, J, subject_of_view[view], standin.faces[face], bary, view, R, t, K)
+    assert d.shape == ref.shape == (M, 2, 7 + P)
     for cols, name in ((slice(0, 3), "rotation"), (slice(3, 6), "translation"), (slice(6, 7), "focal"),
                        (slice(7, 7 + S), "shape"), (slice(7 + S, 7 + S + E), "expression"), (slice(7 + S + E, None), "jaw")):
-        a, b = J[:, cols], ref[:, cols]
+        a, b = d[..., cols], ref[..., cols]
         assert b.abs().max() > 0, name
         rel = float((a - b).norm() / b.norm())
         assert rel < 1e-4, f"{name}: relative error {rel:.2e}"

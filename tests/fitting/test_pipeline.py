@@ -315,3 +315,35 @@ def test_photometric_resume_continues_adam(demo_fit):
     ctx.photo_opt_state = None
     fresh = stage_photometric(ctx, snap, start_iter=2)
     assert (fresh.shape - full.shape).abs().max() > 1e-4
+
+
+@pytest.mark.slow  # shares the ~20 s reduced-demo fit
+@pytest.mark.parametrize("layout", ["one_subject_photo_round", "subject_per_view_focal"])
+def test_lm_jacobian_equals_autodiff(demo_fit, monkeypatch, layout):
+    """lm_geometry's chain-rule Jacobian (landmark rows with the dynamic contour, outline rows,
+    photometric rows; one subject or one per view; focal refinement) against torch.func.jacfwd
+    of its residuals, at every iteration (stages.CHECK_JACOBIAN raises on a mismatch)."""
+    from fitting import stages
+    from fitting.pipeline import load_model
+    from fitting.scene import load_scene
+    from fitting.stages import FitContext, initialize, lm_geometry
+    from fitting.state import FitState
+
+    import argparse
+
+    monkeypatch.setattr(stages, "CHECK_JACOBIAN", True)
+    cfg, _, _ = demo_fit
+    cfg = argparse.Namespace(**{**vars(cfg), "w_rim": 1.0})      # outline rows on (the demo's weight)
+    photo = layout == "one_subject_photo_round"
+    flame, tex, _ = load_model(cfg, "cpu")
+    sc = load_scene(cfg.scene_dir, 96)
+    N = 4
+    subject = torch.zeros(N, dtype=torch.long) if photo else torch.arange(N)
+    st = FitState.create(N, subject, sc.K[:N], cfg.n_shape, cfg.n_exp, (tex.n_tex,))
+    ctx = FitContext(flame, sc.images[:N], sc.landmarks[:N], sc.skin_mask[:N], sc.head_mask[:N], torch.ones(N),
+                     cfg, tex, refine_focal=not photo, progress=False)
+    st, _ = initialize(ctx, st)
+    st = lm_geometry(ctx, st, True, 2)                                   # landmarks only, static contour
+    hist = []
+    lm_geometry(ctx, st, False, 2, hist, use_rim=True, use_photo=photo)  # + outline (+ photometric) rows
+    assert len(hist) == 2 and hist[0]["rim"] > 0 and (hist[0]["photo"] > 0) == photo
