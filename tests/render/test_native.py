@@ -1,7 +1,10 @@
 """The compiled CPU visibility kernel (fitting.render.native) against the torch path: the
 same (pix, face), bit for bit, on the benchmark head and on adversarial triangle soups;
-plus float32 analytic cases checked against float64 geometry."""
+plus float32 analytic cases checked against float64 geometry. The same scenes check the CUDA
+kernel's per-face routine (run on the CPU) against the torch path's CUDA candidate set."""
+import importlib
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -13,18 +16,30 @@ from fitting.render.cameras import world_to_camera
 from fitting.render.demo import load_head_mesh, orbit_cameras
 from fitting.render.rasterize import visible_faces
 
+rasterize_module = importlib.import_module("fitting.render.rasterize")   # the name is shadowed by the function
+
 pytestmark = pytest.mark.skipif(not native.available(),
                                 reason="native visibility kernel unavailable (FLAME_FIT_NATIVE=0, or no C++ "
                                        "compiler / ninja: see the warning; python -m fitting.render.native)")
 
 
 def _both(Xc, faces, K, settings):
-    """(pix, face) of the torch path and of the kernel, after checking they are identical."""
+    """(pix, face) of the torch path and of the kernel, after checking they are identical; and
+    the same for the CUDA kernel's per-face routine (raster.h raster_face_coarse, run on the
+    CPU) against the torch path with the CUDA candidate set."""
     ref = visible_faces(Xc, faces, K, settings, native=False)
     out = visible_faces(Xc, faces, K, settings, native=True)
     assert out[0].dtype == out[1].dtype == torch.int64
     assert torch.equal(out[0], ref[0]), f"pix differ: {out[0].numel()} vs {ref[0].numel()} covered pixels"
     assert torch.equal(out[1], ref[1]), f"face differs at {(out[1] != ref[1]).sum()} pixels"
+    with mock.patch.object(rasterize_module, "_COARSE_DEVICES", ("cuda", "cpu")):
+        ref_c = rasterize_module._visible_faces_torch(Xc, faces, K, settings)
+    H, W = settings.image_size
+    in_front = bool(Xc[..., 2].min() >= settings.near)
+    out_c = native._kernel.module.visible_faces_coarse(Xc.contiguous(), faces.long().contiguous(), K.contiguous(),
+                                                       H, W, settings.near, settings.cull_backfaces, in_front)
+    assert torch.equal(out_c[0], ref_c[0]), f"coarse pix differ: {out_c[0].numel()} vs {ref_c[0].numel()}"
+    assert torch.equal(out_c[1], ref_c[1]), f"coarse face differs at {(out_c[1] != ref_c[1]).sum()} pixels"
     return ref
 
 

@@ -156,4 +156,51 @@ FF_INLINE int64_t zkey(float invz, int64_t face) {
   return static_cast<int64_t>(static_cast<uint64_t>(float_bits(invz)) << 32) | (0x7FFFFFFF - face);
 }
 
+// One face of the visibility pass with the torch path's CUDA candidates
+// (rasterize._visible_faces_torch on a device in _COARSE_DEVICES): the box of the part in
+// front of the near plane, the edge table, then every candidate pixel (small boxes padded to a
+// _PAD_TO_COARSE square when the image is at least kSmallBox a side, shifted inside the image)
+// whose centre passes the edge and near tests: emit(y * W + x, key) with the z-buffer key
+// (only keys > 0, which are the ones that can win against an empty 0). The CUDA kernel calls it
+// per (view, face); visibility.cpp's visible_faces_coarse runs it on the CPU for the tests.
+// P: the face's camera-frame corners; all_in_front: every vertex of the batch at z >= near
+// (the torch path then projects corners instead of clipping).
+template <typename Emit>
+FF_INLINE void raster_face_coarse(const float* const P[3], const Camera& cam, bool all_in_front, float nearf,
+                                  float inv_near, bool cull, int64_t H, int64_t W, int64_t face, Emit&& emit) {
+  Box box;
+  if (all_in_front) {
+    float uv[3][2];
+    for (int k = 0; k < 3; ++k) project(P[k], cam, uv[k][0], uv[k][1]);
+    box = projected_box(uv[0], uv[1], uv[2], H, W);
+  } else {
+    box = clipped_box(P, cam, nearf, H, W);
+  }
+  const int64_t nx = box.x1 - box.x0 + 1, ny = box.y1 - box.y0 + 1;
+  if (nx <= 0 || ny <= 0) return;
+  float a[4], b[4], c[4];
+  if (!face_coefficients(P, cam, cull, a, b, c)) return;
+  int64_t px = nx, py = ny;
+  if (nx <= kSmallBox && ny <= kSmallBox && (H < W ? H : W) >= kSmallBox) {
+    const int64_t sx = pad_coarse(nx), sy = pad_coarse(ny);
+    px = py = sx > sy ? sx : sy;
+  }
+  int64_t x0 = box.x0 < W - px ? box.x0 : W - px, y0 = box.y0 < H - py ? box.y0 : H - py;
+  x0 = x0 > 0 ? x0 : 0;
+  y0 = y0 > 0 ? y0 : 0;
+  for (int64_t y = y0; y < y0 + py; ++y) {
+    const float v = static_cast<float>(y) + 0.5f;
+    for (int64_t x = x0; x < x0 + px; ++x) {
+      const float u = static_cast<float>(x) + 0.5f;                  // exact: small integers + 0.5
+      const float w0 = (a[0] * u + b[0] * v) + c[0];
+      const float w1 = (a[1] * u + b[1] * v) + c[1];
+      const float w2 = (a[2] * u + b[2] * v) + c[2];
+      const float invz = (a[3] * u + b[3] * v) + c[3];
+      if (!(minf(minf(w0, w1), w2) >= 0.0f && invz <= inv_near)) continue;
+      const int64_t key = zkey(invz, face);
+      if (key > 0) emit(y * W + x, key);
+    }
+  }
+}
+
 }  // namespace flame_fit

@@ -1,9 +1,10 @@
 // CUDA drivers of the renderer's compiled path (see shade_cuda.cpp for the Python API):
 //
 // * raster: the visibility pass, one thread per (view, face) writing 64-bit z-buffer keys
-//   with atomicMax. Per-face maths from raster.h and the candidate pixels of the torch
-//   path on CUDA (rasterize._PAD_TO_COARSE), so the keys are bit-identical to
-//   rasterize._visible_faces_torch there. The whole extension is built with -fmad=false
+//   with atomicMax. The per-face work is raster.h's raster_face_coarse (the torch path's CUDA
+//   candidate pixels, rasterize._PAD_TO_COARSE), which the CPU tests also run (through
+//   visibility.cpp's visible_faces_coarse), so the keys are bit-identical to
+//   rasterize._visible_faces_torch on CUDA. The whole extension is built with -fmad=false
 //   for that reason (a contracted multiply-add rounds once where torch rounds twice).
 // * shade forward / backward: one thread per covered pixel, the maths of pixel.h; the
 //   backward adds into vertex and texel gradients with atomicAdd (so float sums are not
@@ -49,44 +50,11 @@ __global__ void raster_kernel(const float* __restrict__ X, int64_t B, int64_t V,
   const float* Xb = X + b * V * 3;
   const int64_t* fv = faces + 3 * f;
   const float* const P[3] = {Xb + 3 * fv[0], Xb + 3 * fv[1], Xb + 3 * fv[2]};
-  Box box;
-  if (all_in_front) {
-    float uv[3][2];
-    for (int k = 0; k < 3; ++k) project(P[k], cam, uv[k][0], uv[k][1]);
-    box = projected_box(uv[0], uv[1], uv[2], H, W);
-  } else {
-    box = clipped_box(P, cam, nearf, H, W);
-  }
-  const int64_t nx = box.x1 - box.x0 + 1, ny = box.y1 - box.y0 + 1;
-  if (nx <= 0 || ny <= 0) return;
-  float a[4], bb[4], c[4];
-  if (!face_coefficients(P, cam, cull, a, bb, c)) return;
-  // candidates as rasterize._visible_faces_torch on CUDA: small boxes padded to a square of
-  // _PAD_TO_COARSE (when the image is at least _SMALL_BOX a side), shifted inside the image
-  int64_t px = nx, py = ny;
-  if (nx <= kSmallBox && ny <= kSmallBox && (H < W ? H : W) >= kSmallBox) {
-    const int64_t sx = pad_coarse(nx), sy = pad_coarse(ny);
-    px = py = sx > sy ? sx : sy;
-  }
-  int64_t x0 = box.x0 < W - px ? box.x0 : W - px, y0 = box.y0 < H - py ? box.y0 : H - py;
-  x0 = x0 > 0 ? x0 : 0;
-  y0 = y0 > 0 ? y0 : 0;
   unsigned long long* zb = zbuf + b * H * W;
-  for (int64_t y = y0; y < y0 + py; ++y) {
-    const float v = static_cast<float>(y) + 0.5f;
-    for (int64_t x = x0; x < x0 + px; ++x) {
-      const float u = static_cast<float>(x) + 0.5f;
-      const float w0 = (a[0] * u + bb[0] * v) + c[0];
-      const float w1 = (a[1] * u + bb[1] * v) + c[1];
-      const float w2 = (a[2] * u + bb[2] * v) + c[2];
-      const float invz = (a[3] * u + bb[3] * v) + c[3];
-      if (!(minf(minf(w0, w1), w2) >= 0.0f && invz <= inv_near)) continue;
-      const int64_t key = zkey(invz, f);
-      // keys <= 0 never win against the empty 0 (rasterize._pairs_key); as unsigned, the
-      // positive ones order like the signed keys
-      if (key > 0) atomicMax(zb + y * W + x, static_cast<unsigned long long>(key));
-    }
-  }
+  // positive keys order as unsigned like the signed ones
+  raster_face_coarse(P, cam, all_in_front, nearf, inv_near, cull, H, W, f, [zb](int64_t pixel, int64_t key) {
+    atomicMax(zb + pixel, static_cast<unsigned long long>(key));
+  });
 }
 
 // ---------------------------------------------------------------------------------------

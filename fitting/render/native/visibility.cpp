@@ -156,6 +156,46 @@ std::tuple<at::Tensor, at::Tensor, bool> visible_faces(const at::Tensor& Xc, con
   return {pix, face, true};
 }
 
+// The CUDA kernel's per-face routine (raster.h raster_face_coarse) run on the CPU, for the
+// tests: (pix, face) as the torch path gives with the CUDA candidate set. Serial per view.
+std::tuple<at::Tensor, at::Tensor> visible_faces_coarse(const at::Tensor& Xc, const at::Tensor& faces,
+                                                        const at::Tensor& K, int64_t H, int64_t W, double near,
+                                                        bool cull_backfaces, bool all_in_front) {
+  TORCH_CHECK(Xc.device().is_cpu() && Xc.scalar_type() == at::kFloat && Xc.is_contiguous() && Xc.dim() == 3,
+              "Xc must be a contiguous float32 (B, V, 3) CPU tensor");
+  TORCH_CHECK(faces.scalar_type() == at::kLong && faces.is_contiguous() && K.scalar_type() == at::kFloat &&
+                  K.is_contiguous(), "faces int64 (F, 3), K float32 (B, 3, 3), contiguous");
+  const int64_t B = Xc.size(0), V = Xc.size(1), F = faces.size(0);
+  const float* X = Xc.data_ptr<float>();
+  const int64_t* fa = faces.data_ptr<int64_t>();
+  const float* Kp = K.data_ptr<float>();
+  const float nearf = static_cast<float>(near), inv_near = static_cast<float>(1.0 / near);
+  std::vector<int64_t> zbuf(B * H * W, 0);
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const Camera cam = make_camera(Kp + 9 * b);
+      int64_t* zb = zbuf.data() + b * H * W;
+      for (int64_t f = 0; f < F; ++f) {
+        const float* const P[3] = {X + (b * V + fa[3 * f]) * 3, X + (b * V + fa[3 * f + 1]) * 3,
+                                   X + (b * V + fa[3 * f + 2]) * 3};
+        raster_face_coarse(P, cam, all_in_front, nearf, inv_near, cull_backfaces, H, W, f,
+                           [zb](int64_t pixel, int64_t key) { zb[pixel] = std::max(zb[pixel], key); });
+      }
+    }
+  });
+  int64_t n = 0;
+  for (const int64_t k : zbuf) n += k != 0;
+  at::Tensor pix = at::empty({n}, at::kLong), face = at::empty({n}, at::kLong);
+  int64_t* pp = pix.data_ptr<int64_t>();
+  int64_t* fp = face.data_ptr<int64_t>();
+  for (int64_t p = 0, i = 0; p < B * H * W; ++p) {
+    if (zbuf[p] == 0) continue;
+    pp[i] = p;
+    fp[i++] = 0x7FFFFFFF - (zbuf[p] & 0xFFFFFFFF);
+  }
+  return {pix, face};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -164,4 +204,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("Xc"), py::arg("faces"), py::arg("K"), py::arg("H"), py::arg("W"), py::arg("near"),
         py::arg("cull_backfaces"),
         py::call_guard<py::gil_scoped_release>());   // pure C++ inside: let other Python threads run
+  m.def("visible_faces_coarse", &visible_faces_coarse,
+        "(Xc, faces, K, H, W, near, cull_backfaces, all_in_front) -> (pix, face): the CUDA kernel's per-face "
+        "routine on the CPU (tests)",
+        py::call_guard<py::gil_scoped_release>());
 }
