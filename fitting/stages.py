@@ -292,20 +292,22 @@ def _compare_jacobians(J: torch.Tensor, ref: torch.Tensor, groups: dict, tol: fl
 def vertex_jacobian(flame, co: torch.Tensor, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """FLAME vertices and their Jacobian w.r.t. the LM coefficients [shape, expression, jaw].
 
-    co: (G, P) per subject; pose: (G, 15) (its jaw replaced by co's). One jacfwd of FLAME with
-    P tangents, each perturbing the same coefficient of every subject (subjects are
-    independent). Returns X (G, V, 3) and J (G, V, 3, P)."""
-    P, n_sh, n_ex = co.shape[1], flame.n_shape, flame.n_exp
+    co: (G, P) per subject; pose: (G, 15) (its jaw replaced by co's). Shape and expression
+    columns in closed form (FLAME.shape_jacobian); the three jaw columns by one jacfwd (the jaw
+    rotation enters nonlinearly). Returns X (G, V, 3) and J (G, V, 3, P)."""
+    n_sh, n_ex = flame.n_shape, flame.n_exp
+    n = n_sh + n_ex
+
+    def posed(jaw):
+        return torch.cat([pose[:, :6], jaw, pose[:, 9:]], 1)
+
+    X, J_se = flame.shape_jacobian(co[:, :n_sh], co[:, n_sh:n], posed(co[:, n:]))
 
     def vertices(d):
-        c = co + d
-        p = torch.cat([pose[:, :6], c[:, n_sh + n_ex:], pose[:, 9:]], 1)
-        return flame(c[:, :n_sh], c[:, n_sh:n_sh + n_ex], p)[0]              # (G, V, 3)
+        return flame(co[:, :n_sh], co[:, n_sh:n], posed(co[:, n:] + d))[0]     # (G, V, 3)
 
-    zero = torch.zeros(P, dtype=co.dtype, device=co.device)
-    with torch.no_grad():
-        X = vertices(zero)
-    return X, torch.func.jacfwd(vertices)(zero).detach()
+    J_jaw = torch.func.jacfwd(vertices)(torch.zeros(3, dtype=co.dtype, device=co.device))
+    return X.detach(), torch.cat([J_se, J_jaw], -1).detach()
 
 
 def point_jacobian(X: torch.Tensor, J: torch.Tensor, subject: torch.Tensor, corners: torch.Tensor,

@@ -167,3 +167,20 @@ def test_component_counts_are_configurable_and_checked(standin_path):
         FLAME(standin_path, n_exp=101)
     with pytest.raises(ValueError, match=r"\(B, 100\)"):
         FLAME(standin_path)(shape=torch.zeros(1, 7))
+
+
+def test_shape_jacobian_equals_autodiff(standin):
+    """FLAME.shape_jacobian's closed form (skinning linear in the shaped template for a fixed
+    pose) against torch.func.jacfwd, with every joint rotated and two batch members."""
+    g = torch.Generator().manual_seed(0)
+    shape = torch.randn(2, standin.n_shape, generator=g)
+    expr = 0.5 * torch.randn(2, standin.n_exp, generator=g)
+    pose = 0.2 * torch.randn(2, 15, generator=g)
+    verts, J = standin.shape_jacobian(shape, expr, pose)
+    torch.testing.assert_close(verts, standin(shape, expr, pose)[0])
+    ref = torch.func.jacfwd(lambda c: standin(c[:, :standin.n_shape], c[:, standin.n_shape:], pose)[0])(
+        torch.cat([shape, expr], 1))                                          # (B, V, 3, B, K)
+    ref = torch.stack([ref[b, :, :, b] for b in range(2)])                   # members are independent
+    assert J.shape == ref.shape == (2, verts.shape[1], 3, standin.n_shape + standin.n_exp)
+    rel = float((J - ref).norm() / ref.norm())
+    assert rel < 1e-5, f"relative error {rel:.2e}"
