@@ -1,4 +1,7 @@
-"""Optional compiled CPU kernel for the rasterizer's visibility pass.
+"""Optional compiled kernels of the renderer: this module is the CPU visibility pass and the
+build machinery (:class:`Kernel`) shared with :mod:`.shade` (the fused per-pixel chain) and
+:mod:`.cuda` (experimental CUDA versions of both). The maths the kernels share lives in
+headers beside them: ``raster.h`` (per face) and ``pixel.h`` (per pixel).
 
 ``visibility.cpp`` is a C++ torch extension built on first use (or ahead of time with
 ``python -m fitting.render.native``) with ``torch.utils.cpp_extension.load``: it needs a
