@@ -12,23 +12,11 @@
 // per-thread accumulators of the pixel's view (plain +=, summed by the driver).
 #pragma once
 
-#include <cmath>
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define FF_INLINE __host__ __device__ __forceinline__
-#else
-#define FF_INLINE inline __attribute__((always_inline))
-#endif
+#include "hd.h"
 
 namespace flame_fit {
-
-template <typename T>
-FF_INLINE T ff_min(T a, T b) { return b < a ? b : a; }
-template <typename T>
-FF_INLINE T ff_max(T a, T b) { return a < b ? b : a; }
-FF_INLINE float ff_sqrt(float x) { return sqrtf(x); }
-FF_INLINE double ff_sqrt(double x) { return sqrt(x); }
 
 constexpr int kMaxC = 4;          // colour channels handled (the Python side falls back above this)
 enum AlbedoMode : int64_t { kNone = 0, kTexture = 1, kVertex = 2 };
@@ -334,6 +322,59 @@ FF_INLINE void backward_pixel(const Inputs<T>& in, const Grads<T>& g, const Outs
   }
   for (int k = 0; k < 3; ++k)
     for (int j = 0; j < 3; ++j) Add::add(&o.Xc[3 * px.row[k] + j], gP[k][j]);
+}
+
+// ---- vertex normals (shading.vertex_normals): raw = the sum of the right-hand normals of a
+// vertex's faces (|n| = 2 x area), unit = raw / max(|raw|, eps). X, raw, gX: one view's (V, 3)
+// rows; fv: the face's three vertex ids.
+
+// Adds face fv's normal to its corners' raw sums.
+template <typename T, typename Add>
+FF_INLINE void add_face_normal(const T* X, const int64_t* fv, T* raw) {
+  T e1[3], e2[3], n[3];
+  for (int j = 0; j < 3; ++j) {
+    e1[j] = X[3 * fv[1] + j] - X[3 * fv[0] + j];
+    e2[j] = X[3 * fv[2] + j] - X[3 * fv[0] + j];
+  }
+  cross(e1, e2, n);
+  for (int k = 0; k < 3; ++k)
+    for (int j = 0; j < 3; ++j) Add::add(&raw[3 * fv[k] + j], n[j]);
+}
+
+template <typename T>
+FF_INLINE void normalise(const T* r, T eps, T* unit) {
+  const T d = ff_max(ff_sqrt(dot(r, r)), eps);
+  for (int j = 0; j < 3; ++j) unit[j] = r[j] / d;
+}
+
+// d loss / d raw from d loss / d unit (g); the clamp passes no gradient below eps.
+template <typename T>
+FF_INLINE void normalise_backward(const T* r, const T* g, T eps, T* graw) {
+  const T len = ff_sqrt(dot(r, r));
+  if (len >= eps) {
+    const T k = dot(r, g) / (len * len * len);
+    for (int j = 0; j < 3; ++j) graw[j] = g[j] / len - r[j] * k;
+  } else {
+    for (int j = 0; j < 3; ++j) graw[j] = g[j] / eps;
+  }
+}
+
+// The backward of add_face_normal: graw (V, 3) of the raw sums -> adds into gX (V, 3).
+template <typename T, typename Add>
+FF_INLINE void face_normal_backward(const T* X, const int64_t* fv, const T* graw, T* gX) {
+  T a[3], c[3], gf[3], ga[3], gc[3];
+  for (int j = 0; j < 3; ++j) {
+    a[j] = X[3 * fv[1] + j] - X[3 * fv[0] + j];
+    c[j] = X[3 * fv[2] + j] - X[3 * fv[0] + j];
+    gf[j] = graw[3 * fv[0] + j] + graw[3 * fv[1] + j] + graw[3 * fv[2] + j];
+  }
+  cross(c, gf, ga);       // d (gf . (a x c)) / da
+  cross(gf, a, gc);       // ... / dc
+  for (int j = 0; j < 3; ++j) {
+    Add::add(&gX[3 * fv[1] + j], ga[j]);
+    Add::add(&gX[3 * fv[2] + j], gc[j]);
+    Add::add(&gX[3 * fv[0] + j], -(ga[j] + gc[j]));
+  }
 }
 
 }  // namespace flame_fit

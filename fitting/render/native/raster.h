@@ -15,11 +15,7 @@
 #include <cstdint>
 #include <cstring>
 
-#ifdef __CUDACC__
-#define FF_INLINE __host__ __device__ __forceinline__
-#else
-#define FF_INLINE inline __attribute__((always_inline))
-#endif
+#include "hd.h"
 
 namespace flame_fit {
 
@@ -51,8 +47,6 @@ FF_INLINE Camera make_camera(const float* K) {
 
 // torch.clamp semantics (NaN passes through)
 FF_INLINE float clampf(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
-FF_INLINE float minf(float a, float b) { return b < a ? b : a; }
-FF_INLINE float maxf(float a, float b) { return a < b ? b : a; }
 
 struct Box { int64_t x0, x1, y0, y1; };
 
@@ -76,8 +70,8 @@ FF_INLINE void project(const float* p, const Camera& c, float& u, float& v) {
 
 // Box of three projected corners uv[k] = (u, v).
 FF_INLINE Box projected_box(const float* a, const float* b, const float* c, int64_t H, int64_t W) {
-  return pixel_box(minf(minf(a[0], b[0]), c[0]), maxf(maxf(a[0], b[0]), c[0]),
-                   minf(minf(a[1], b[1]), c[1]), maxf(maxf(a[1], b[1]), c[1]), H, W);
+  return pixel_box(ff_min(ff_min(a[0], b[0]), c[0]), ff_max(ff_max(a[0], b[0]), c[0]),
+                   ff_min(ff_min(a[1], b[1]), c[1]), ff_max(ff_max(a[1], b[1]), c[1]), H, W);
 }
 
 // Box of the part of triangle P (3 corners xyz) in front of z = near (the clipping branch).
@@ -106,8 +100,8 @@ FF_INLINE Box clipped_box(const float* const P[3], const Camera& c, float nearf,
     const float v = (c.fy * qy) + c.cy;
     if (!valid[k]) continue;
     // amin / amax over the valid corners (finite here: qz >= near > 0)
-    umin = minf(umin, u); umax = maxf(umax, u);
-    vmin = minf(vmin, v); vmax = maxf(vmax, v);
+    umin = ff_min(umin, u); umax = ff_max(umax, u);
+    vmin = ff_min(vmin, v); vmax = ff_max(vmax, v);
   }
   return pixel_box(umin, umax, vmin, vmax, H, W);
 }
@@ -196,7 +190,7 @@ FF_INLINE void raster_face_coarse(const float* const P[3], const Camera& cam, bo
       const float w1 = (a[1] * u + b[1] * v) + c[1];
       const float w2 = (a[2] * u + b[2] * v) + c[2];
       const float invz = (a[3] * u + b[3] * v) + c[3];
-      if (!(minf(minf(w0, w1), w2) >= 0.0f && invz <= inv_near)) continue;
+      if (!(ff_min(ff_min(w0, w1), w2) >= 0.0f && invz <= inv_near)) continue;
       const int64_t key = zkey(invz, face);
       if (key > 0) emit(y * W + x, key);
     }

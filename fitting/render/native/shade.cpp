@@ -177,22 +177,8 @@ std::vector<at::Tensor> vnormals_forward(const at::Tensor& verts, const at::Tens
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* Xb = X + b * V * 3;
         scalar_t* nb = n + b * V * 3;
-        for (int64_t f = 0; f < F; ++f) {
-          const scalar_t *p0 = Xb + 3 * fa[3 * f], *p1 = Xb + 3 * fa[3 * f + 1], *p2 = Xb + 3 * fa[3 * f + 2];
-          scalar_t a[3], c[3], fn[3];
-          for (int j = 0; j < 3; ++j) {
-            a[j] = p1[j] - p0[j];
-            c[j] = p2[j] - p0[j];
-          }
-          cross(a, c, fn);
-          for (int k = 0; k < 3; ++k)
-            for (int j = 0; j < 3; ++j) nb[3 * fa[3 * f + k] + j] += fn[j];
-        }
-        for (int64_t v = 0; v < V; ++v) {
-          const scalar_t* r = nb + 3 * v;
-          const scalar_t d = std::max(std::sqrt(dot(r, r)), e);
-          for (int j = 0; j < 3; ++j) u[b * V * 3 + 3 * v + j] = r[j] / d;
-        }
+        for (int64_t f = 0; f < F; ++f) add_face_normal<scalar_t, PlainAdd>(Xb, fa + 3 * f, nb);
+        for (int64_t v = 0; v < V; ++v) normalise(nb + 3 * v, e, u + b * V * 3 + 3 * v);
       }
     });
   });
@@ -216,36 +202,10 @@ at::Tensor vnormals_backward(const at::Tensor& verts, const at::Tensor& faces, c
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> graw(V * 3);
       for (int64_t b = begin; b < end; ++b) {
-        // u = r / max(|r|, eps): the clamp passes no gradient below eps
-        for (int64_t v = 0; v < V; ++v) {
-          const scalar_t* r = n + b * V * 3 + 3 * v;
-          const scalar_t* gv = g + b * V * 3 + 3 * v;
-          const scalar_t len = std::sqrt(dot(r, r));
-          if (len >= e) {
-            const scalar_t k = dot(r, gv) / (len * len * len);
-            for (int j = 0; j < 3; ++j) graw[3 * v + j] = gv[j] / len - r[j] * k;
-          } else {
-            for (int j = 0; j < 3; ++j) graw[3 * v + j] = gv[j] / e;
-          }
-        }
-        const scalar_t* Xb = X + b * V * 3;
-        scalar_t* gb = gx + b * V * 3;
-        for (int64_t f = 0; f < F; ++f) {
-          const int64_t i0 = fa[3 * f], i1 = fa[3 * f + 1], i2 = fa[3 * f + 2];
-          scalar_t a[3], c[3], gf[3], ga[3], gc[3];
-          for (int j = 0; j < 3; ++j) {
-            a[j] = Xb[3 * i1 + j] - Xb[3 * i0 + j];
-            c[j] = Xb[3 * i2 + j] - Xb[3 * i0 + j];
-            gf[j] = graw[3 * i0 + j] + graw[3 * i1 + j] + graw[3 * i2 + j];
-          }
-          cross(c, gf, ga);       // d (gf . (a x c)) / da
-          cross(gf, a, gc);       // ... / dc
-          for (int j = 0; j < 3; ++j) {
-            gb[3 * i1 + j] += ga[j];
-            gb[3 * i2 + j] += gc[j];
-            gb[3 * i0 + j] -= ga[j] + gc[j];
-          }
-        }
+        for (int64_t v = 0; v < V; ++v)
+          normalise_backward(n + (b * V + v) * 3, g + (b * V + v) * 3, e, graw.data() + 3 * v);
+        for (int64_t f = 0; f < F; ++f)
+          face_normal_backward<scalar_t, PlainAdd>(X + b * V * 3, fa + 3 * f, graw.data(), gx + b * V * 3);
       }
     });
   });

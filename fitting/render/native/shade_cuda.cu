@@ -122,7 +122,7 @@ __global__ void shade_backward_kernel(const Inputs<T> in, const Grads<T> g, T* g
 }
 
 // ---------------------------------------------------------------------------------------
-// vertex normals: raw = sum of the right-hand normals of a vertex's faces, unit = raw / max(|raw|, eps)
+// vertex normals (pixel.h: add_face_normal, normalise and their backward)
 
 template <typename T>
 __global__ void face_normals_add_kernel(const T* __restrict__ X, const int64_t* __restrict__ faces, int64_t B,
@@ -130,42 +130,20 @@ __global__ void face_normals_add_kernel(const T* __restrict__ X, const int64_t* 
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= B * F) return;
   const int64_t b = idx / F, f = idx - b * F;
-  const T* Xb = X + b * V * 3;
-  const int64_t* fv = faces + 3 * f;
-  T e1[3], e2[3], n[3];
-  for (int j = 0; j < 3; ++j) {
-    e1[j] = Xb[3 * fv[1] + j] - Xb[3 * fv[0] + j];
-    e2[j] = Xb[3 * fv[2] + j] - Xb[3 * fv[0] + j];
-  }
-  cross(e1, e2, n);
-  for (int k = 0; k < 3; ++k)
-    for (int j = 0; j < 3; ++j) atomicAdd(raw + (b * V + fv[k]) * 3 + j, n[j]);
+  add_face_normal<T, AtomicAdd>(X + b * V * 3, faces + 3 * f, raw + b * V * 3);
 }
 
 template <typename T>
 __global__ void normalise_kernel(const T* __restrict__ raw, int64_t n, T eps, T* __restrict__ unit) {
   const int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (v >= n) return;
-  const T* r = raw + 3 * v;
-  const T d = ff_max(ff_sqrt(dot(r, r)), eps);
-  for (int j = 0; j < 3; ++j) unit[3 * v + j] = r[j] / d;
+  if (v < n) normalise(raw + 3 * v, eps, unit + 3 * v);
 }
 
-// d loss / d raw of unit = raw / max(|raw|, eps) (the clamp passes no gradient below eps)
 template <typename T>
 __global__ void normalise_backward_kernel(const T* __restrict__ raw, const T* __restrict__ grad, int64_t n, T eps,
                                           T* __restrict__ graw) {
   const int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (v >= n) return;
-  const T* r = raw + 3 * v;
-  const T* gv = grad + 3 * v;
-  const T len = ff_sqrt(dot(r, r));
-  if (len >= eps) {
-    const T k = dot(r, gv) / (len * len * len);
-    for (int j = 0; j < 3; ++j) graw[3 * v + j] = gv[j] / len - r[j] * k;
-  } else {
-    for (int j = 0; j < 3; ++j) graw[3 * v + j] = gv[j] / eps;
-  }
+  if (v < n) normalise_backward(raw + 3 * v, grad + 3 * v, eps, graw + 3 * v);
 }
 
 template <typename T>
@@ -174,23 +152,7 @@ __global__ void face_normals_backward_kernel(const T* __restrict__ X, const int6
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= B * F) return;
   const int64_t b = idx / F, f = idx - b * F;
-  const T* Xb = X + b * V * 3;
-  const T* gb = graw + b * V * 3;
-  const int64_t i0 = faces[3 * f], i1 = faces[3 * f + 1], i2 = faces[3 * f + 2];
-  T a[3], c[3], gf[3], ga[3], gc[3];
-  for (int j = 0; j < 3; ++j) {
-    a[j] = Xb[3 * i1 + j] - Xb[3 * i0 + j];
-    c[j] = Xb[3 * i2 + j] - Xb[3 * i0 + j];
-    gf[j] = gb[3 * i0 + j] + gb[3 * i1 + j] + gb[3 * i2 + j];
-  }
-  cross(c, gf, ga);       // d (gf . (a x c)) / da
-  cross(gf, a, gc);       // ... / dc
-  T* out = gX + b * V * 3;
-  for (int j = 0; j < 3; ++j) {
-    atomicAdd(out + 3 * i1 + j, ga[j]);
-    atomicAdd(out + 3 * i2 + j, gc[j]);
-    atomicAdd(out + 3 * i0 + j, -(ga[j] + gc[j]));
-  }
+  face_normal_backward<T, AtomicAdd>(X + b * V * 3, faces + 3 * f, graw + b * V * 3, gX + b * V * 3);
 }
 
 void check_cuda(const at::Tensor& t, const char* name) {
