@@ -44,9 +44,9 @@ std::vector<at::Tensor> shade_forward(const at::Tensor& Xc, const at::Tensor& vn
   TORCH_CHECK(Xc.device().is_cpu(), "the CPU shading kernel takes CPU tensors");
   check_inputs(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt, ft, sh, C, shc);
   const int64_t N = pix.size(0);
-  const auto opt = Xc.options();
-  at::Tensor colour = at::empty({N, C}, opt), bary = at::empty({N, 3}, opt), depth = at::empty({N}, opt);
-  at::Tensor normals = at::empty({N, 3}, opt), albedo = at::empty({N, C}, opt), shading = at::empty({N, C}, opt);
+  const std::vector<at::Tensor> outs = forward_outputs(Xc, N, C);
+  const at::Tensor &colour = outs[0], &bary = outs[1], &depth = outs[2], &normals = outs[3], &albedo = outs[4],
+                   &shading = outs[5];
   AT_DISPATCH_FLOATING_TYPES(Xc.scalar_type(), "shade_forward", [&] {
     const Inputs<scalar_t> in = make_inputs<scalar_t>(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt,
                                                       ft, sh, C, shc);
@@ -69,7 +69,7 @@ std::vector<at::Tensor> shade_forward(const at::Tensor& Xc, const at::Tensor& vn
       }
     });
   });
-  return {colour, bary, depth, normals, albedo, shading};
+  return outs;
 }
 
 // grads: colour, bary, depth, normals, albedo, shading (empty tensor: unused output);
@@ -84,14 +84,9 @@ std::vector<at::Tensor> shade_backward(const at::Tensor& Xc, const at::Tensor& v
   check_inputs(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt, ft, sh, C, shc);
   check_grads(Xc, pix, C, grads, need);
   const int64_t N = pix.size(0), B = Xc.size(0);
-  const auto opt = Xc.options();
-  at::Tensor gXc, gvn, gsrc, gsh, gK;
-  if (need[0]) gXc = at::zeros(Xc.sizes(), opt);
-  if (need[1]) gvn = at::zeros(vn.sizes(), opt);
-  if (need[2] && mode != kNone) gsrc = at::zeros(src.sizes(), opt);
-  if (need[3] && sh.numel() > 0) gsh = at::zeros(sh.sizes(), opt);
-  if (need[4]) gK = at::zeros(Kinv.sizes(), opt);
-  if (N == 0) return {gXc, gvn, gsrc, gsh, gK};
+  std::vector<at::Tensor> grad_out = gradient_buffers(Xc, vn, src, sh, Kinv, mode, need);
+  at::Tensor &gXc = grad_out[0], &gvn = grad_out[1], &gsrc = grad_out[2], &gsh = grad_out[3], &gK = grad_out[4];
+  if (N == 0) return grad_out;
 
   // first pixel of every view (pixels are sorted by view), then thread ranges of whole
   // views with about equal pixel counts
@@ -112,7 +107,7 @@ std::vector<at::Tensor> shade_backward(const at::Tensor& Xc, const at::Tensor& v
   }
   const bool shared_src = gsrc.defined() && src.size(0) == 1 && R > 1;
   at::Tensor extra;   // gradient buffers of ranges 1..R-1 for a texture / colour table shared by all views
-  if (shared_src) extra = at::zeros({R - 1, src.numel()}, opt);
+  if (shared_src) extra = at::zeros({R - 1, src.numel()}, Xc.options());
 
   AT_DISPATCH_FLOATING_TYPES(Xc.scalar_type(), "shade_backward", [&] {
     const Inputs<scalar_t> in = make_inputs<scalar_t>(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt,
@@ -151,7 +146,7 @@ std::vector<at::Tensor> shade_backward(const at::Tensor& Xc, const at::Tensor& v
       });
     }
   });
-  return {gXc, gvn, gsrc, gsh, gK};
+  return grad_out;
 }
 
 // shading.vertex_normals: area-weighted sums of right-hand face normals, normalised as

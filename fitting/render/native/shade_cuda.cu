@@ -193,10 +193,10 @@ std::vector<at::Tensor> shade_forward_cuda(const at::Tensor& Xc, const at::Tenso
   check_inputs(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt, ft, sh, C, shc);
   const c10::cuda::CUDAGuard guard(Xc.device());
   const int64_t N = pix.size(0);
-  const auto opt = Xc.options();
-  at::Tensor colour = at::empty({N, C}, opt), bary = at::empty({N, 3}, opt), depth = at::empty({N}, opt);
-  at::Tensor normals = at::empty({N, 3}, opt), albedo = at::empty({N, C}, opt), shading = at::empty({N, C}, opt);
-  if (N == 0) return {colour, bary, depth, normals, albedo, shading};
+  const std::vector<at::Tensor> outs = forward_outputs(Xc, N, C);
+  const at::Tensor &colour = outs[0], &bary = outs[1], &depth = outs[2], &normals = outs[3], &albedo = outs[4],
+                   &shading = outs[5];
+  if (N == 0) return outs;
   AT_DISPATCH_FLOATING_TYPES(Xc.scalar_type(), "shade_forward_cuda", [&] {
     const Inputs<scalar_t> in = make_inputs<scalar_t>(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt,
                                                       ft, sh, C, shc);
@@ -205,7 +205,7 @@ std::vector<at::Tensor> shade_forward_cuda(const at::Tensor& Xc, const at::Tenso
         normals.data_ptr<scalar_t>(), albedo.data_ptr<scalar_t>(), shading.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {colour, bary, depth, normals, albedo, shading};
+  return outs;
 }
 
 std::vector<at::Tensor> shade_backward_cuda(const at::Tensor& Xc, const at::Tensor& vn, const at::Tensor& Kinv,
@@ -219,14 +219,9 @@ std::vector<at::Tensor> shade_backward_cuda(const at::Tensor& Xc, const at::Tens
   check_grads(Xc, pix, C, grads, need);
   const c10::cuda::CUDAGuard guard(Xc.device());
   const int64_t N = pix.size(0);
-  const auto opt = Xc.options();
-  at::Tensor gXc, gvn, gsrc, gsh, gK;
-  if (need[0]) gXc = at::zeros(Xc.sizes(), opt);
-  if (need[1]) gvn = at::zeros(vn.sizes(), opt);
-  if (need[2] && mode != kNone) gsrc = at::zeros(src.sizes(), opt);
-  if (need[3] && sh.numel() > 0) gsh = at::zeros(sh.sizes(), opt);
-  if (need[4]) gK = at::zeros(Kinv.sizes(), opt);
-  if (N == 0) return {gXc, gvn, gsrc, gsh, gK};
+  std::vector<at::Tensor> grad_out = gradient_buffers(Xc, vn, src, sh, Kinv, mode, need);
+  at::Tensor &gXc = grad_out[0], &gvn = grad_out[1], &gsrc = grad_out[2], &gsh = grad_out[3], &gK = grad_out[4];
+  if (N == 0) return grad_out;
   AT_DISPATCH_FLOATING_TYPES(Xc.scalar_type(), "shade_backward_cuda", [&] {
     const Inputs<scalar_t> in = make_inputs<scalar_t>(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt,
                                                       ft, sh, C, shc);
@@ -237,7 +232,7 @@ std::vector<at::Tensor> shade_backward_cuda(const at::Tensor& Xc, const at::Tens
         in, g, op(gXc), op(gvn), op(gsrc), op(gsh), op(gK));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {gXc, gvn, gsrc, gsh, gK};
+  return grad_out;
 }
 
 std::vector<at::Tensor> vnormals_forward_cuda(const at::Tensor& verts, const at::Tensor& faces, double eps) {

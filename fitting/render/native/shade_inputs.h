@@ -3,6 +3,8 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include <vector>
 
@@ -106,6 +108,30 @@ inline void check_grads(const at::Tensor& Xc, const at::Tensor& pix, int64_t C, 
                       grads[k].is_contiguous() && grads[k].numel() == N * widths[k],
                   "gradient ", k, " must be a contiguous tensor of Xc's dtype and device with ", widths[k],
                   " values per pixel");
+}
+
+
+// The forward's outputs, uninitialised: colour (N, C), bary (N, 3), depth (N,), normals (N, 3),
+// albedo (N, C), shading (N, C), like Xc.
+inline std::vector<at::Tensor> forward_outputs(const at::Tensor& Xc, int64_t N, int64_t C) {
+  const auto opt = Xc.options();
+  return {at::empty({N, C}, opt), at::empty({N, 3}, opt), at::empty({N}, opt),
+          at::empty({N, 3}, opt), at::empty({N, C}, opt), at::empty({N, C}, opt)};
+}
+
+// The backward's zeroed gradients of Xc, vn, src, sh, Kinv where ``need`` asks (undefined
+// otherwise, and for an absent albedo source or SH).
+inline std::vector<at::Tensor> gradient_buffers(const at::Tensor& Xc, const at::Tensor& vn, const at::Tensor& src,
+                                                const at::Tensor& sh, const at::Tensor& Kinv, int64_t mode,
+                                                const std::vector<bool>& need) {
+  const auto opt = Xc.options();
+  std::vector<at::Tensor> g(5);
+  if (need[0]) g[0] = at::zeros(Xc.sizes(), opt);
+  if (need[1]) g[1] = at::zeros(vn.sizes(), opt);
+  if (need[2] && mode != kNone) g[2] = at::zeros(src.sizes(), opt);
+  if (need[3] && sh.numel() > 0) g[3] = at::zeros(sh.sizes(), opt);
+  if (need[4]) g[4] = at::zeros(Kinv.sizes(), opt);
+  return g;
 }
 
 }  // namespace flame_fit
