@@ -42,8 +42,8 @@ def _graphed(fn, dev):
 def _native_kernels(dev: torch.device) -> bool:
     """Whether the packed mode renders with the compiled kernels on this device (CPU: unless
     FLAME_FIT_NATIVE=0; CUDA: with FLAME_FIT_NATIVE_CUDA=1, experimental)."""
-    from fitting.render.native import cuda, shade
-    return shade.available() if dev.type == "cpu" else cuda.available()
+    from fitting.render.native import shade
+    return shade.available_on(dev)
 
 
 def run_case(mesh, views: int, res: int, device: str, repeats: int, mode: str = "packed") -> dict:

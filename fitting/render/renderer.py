@@ -240,12 +240,11 @@ class MeshRenderer(torch.nn.Module):
         built: on CPU (FLAME_FIT_NATIVE=0 disables it), and on CUDA when
         FLAME_FIT_NATIVE_CUDA=1 (experimental, fitting.render.native.cuda). Returns
         (PackedFragments, normals, albedo, shading, colour), or None for the torch path."""
-        from fitting.render.native import cuda, shade
+        from fitting.render.native import shade
         s = self.settings
         if (s.static_tiles > 0 or s.static_pixels > 0 or not shade.enabled() or verts.dim() != 3
-                or not shade.supports(verts, texture, vertex_colors, sh) or K.device != verts.device):
-            return None
-        if not (shade.available() if verts.device.type == "cpu" else cuda.available()):
+                or not shade.supports(verts, texture, vertex_colors, sh) or K.device != verts.device
+                or not shade.available_on(verts.device)):
             return None
         faces = self.faces
         _check_mesh(verts, faces)

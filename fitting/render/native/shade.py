@@ -19,7 +19,7 @@ import torch
 from fitting.render.native import Kernel, cuda, enabled
 from fitting.render.shading import SH_CONSTANTS
 
-__all__ = ["enabled", "available", "build", "build_directory", "supports", "shade_pixels", "dense_image",
+__all__ = ["enabled", "available", "available_on", "build", "build_directory", "supports", "shade_pixels", "dense_image",
            "vertex_normals", "MAX_CHANNELS"]
 
 _SOURCE = Path(__file__).with_name("shade.cpp")
@@ -39,14 +39,22 @@ def _module(t: torch.Tensor):
     return _kernel.module if t.device.type == "cpu" else cuda.module()
 
 
+def available_on(device: torch.device) -> bool:
+    """Whether the compiled chain can run on this device: the CPU kernel, or on CUDA the
+    experimental CUDA kernels (building it now if needed; a failed build warns once)."""
+    if device.type == "cuda":
+        return cuda.available()
+    return device.type == "cpu" and available()
+
+
 def _load(device: torch.device) -> None:
     """Raise unless the kernel for this device can be used (building it if needed)."""
+    if available_on(device):
+        return
     if device.type == "cuda":
-        if not cuda.available():
-            raise RuntimeError("the native CUDA kernels are not available (they need FLAME_FIT_NATIVE_CUDA=1, "
-                               "a GPU and a successful build)")
-    elif _kernel.load() is None:
-        raise RuntimeError("the native shading kernel is not available (FLAME_FIT_NATIVE=0 or the build failed)")
+        raise RuntimeError("the native CUDA kernels are not available (they need FLAME_FIT_NATIVE_CUDA=1, "
+                           "a GPU and a successful build)")
+    raise RuntimeError("the native shading kernel is not available (FLAME_FIT_NATIVE=0 or the build failed)")
 
 
 def supports(verts: torch.Tensor, texture: torch.Tensor | None, vertex_colors: torch.Tensor | None,
