@@ -311,7 +311,7 @@ def _native_visible_faces(Xc, faces, K, settings):
     from fitting.render import native as _native
     from fitting.render.native import cuda as _cuda
     H, W = settings.image_size
-    kernel = _cuda if Xc.device.type == "cuda" else _native
+    kernel = _cuda if _cuda.runs_on(Xc.device) else _native
     return kernel.visible_faces(Xc, faces, K, H, W, settings.near, settings.cull_backfaces)
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from fitting.render.interpolate import check_attrs as _check_attrs
 from fitting.render.interpolate import interpolate_barycentric
 from fitting.render.cameras import check_cameras, pinhole_inverse, world_to_camera
+from fitting.render.native import cuda as native_cuda
 from fitting.render.rasterize import (Fragments, PackedFragments, RasterSettings, _check_mesh, rasterize_packed,
                                       visible_faces)
 from fitting.render.shading import sh_basis, vertex_normals
@@ -224,7 +225,7 @@ class MeshRenderer(torch.nn.Module):
         needed = torch.cat([pf.needed, outline[None]]) if static else None
         if fused is None:
             image = _dense(albedo * shading, pf)
-        elif colour.device.type == "cuda":
+        elif native_cuda.runs_on(colour.device):     # the CUDA kernels (or their CPU emulation)
             image = _dense(colour, pf)
         else:
             from fitting.render.native.shade import dense_image

@@ -203,13 +203,26 @@ def test_build_folder_follows_the_source(tmp_path, monkeypatch):
     assert native.kernel_directory("k", a, ["-O2"]) != same
     b.write_text("int f() { return 2; }\n")
     assert native.kernel_directory("k", b, ["-O3"]) != same
-    # the headers beside the sources (shared maths such as pixel.h) and every source of a
-    # multi-file kernel count too, and so do the other flags (linker, nvcc)
-    (tmp_path / "maths.h").write_text("#pragma once\n")
+    # the local files a source includes (shared maths such as pixel.h; the .cu file that
+    # cuda_emulation.cpp includes), recursively, and every source of a multi-file kernel count
+    # too, and so do the other flags (linker, nvcc); a header nobody includes does not
+    (tmp_path / "maths.h").write_text('#pragma once\n#include "deep.cu"\n')
+    (tmp_path / "deep.cu").write_text("// kernels\n")
+    (tmp_path / "unused.h").write_text("#pragma once\n")
+    assert native.kernel_directory("k", a, ["-O3"]) == same
+    a.write_text('#include "maths.h"\nint f() { return 1; }\n')
     with_header = native.kernel_directory("k", a, ["-O3"])
     assert with_header != same
-    (tmp_path / "maths.h").write_text("#pragma once\n// edited\n")
-    assert native.kernel_directory("k", a, ["-O3"]) != with_header
+    (tmp_path / "maths.h").write_text('#pragma once\n#include "deep.cu"\n// edited\n')
+    edited = native.kernel_directory("k", a, ["-O3"])
+    assert edited != with_header
+    (tmp_path / "deep.cu").write_text("// kernels, edited\n")
+    assert native.kernel_directory("k", a, ["-O3"]) != edited
+    (tmp_path / "unused.h").write_text("#pragma once\n// edited\n")
+    assert native.kernel_directory("k", a, ["-O3"]) == native.kernel_directory("k", a, ["-O3"])
+    edited = native.kernel_directory("k", a, ["-O3"])
+    (tmp_path / "unused.h").write_text("#pragma once\n// edited again\n")
+    assert native.kernel_directory("k", a, ["-O3"]) == edited
     pair = native.kernel_directory("k", [a, b], ["-O3"])
     assert pair != native.kernel_directory("k", [a], ["-O3"])
     assert native.kernel_directory("k", [a, b], ["-O3"], ("-fmad=false",)) != pair

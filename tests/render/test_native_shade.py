@@ -34,9 +34,9 @@ def _render_and_grads(renderer, v, K, R, t, monkeypatch, native, texture=None, s
                       device="cpu"):
     """Image, packed outputs and the gradients of a loss touching every output (w.r.t.
     verts, K and whichever of texture, sh, vertex_colors are given), rendered on ``device``
-    with (native) or without the compiled kernels (on CUDA: FLAME_FIT_NATIVE_CUDA)."""
-    monkeypatch.setenv("FLAME_FIT_NATIVE", "1" if native else "0")
-    monkeypatch.setenv("FLAME_FIT_NATIVE_CUDA", "1" if native else "0")
+    with (native) or without the compiled kernels (the CPU ones, or the CUDA ones (emulated on
+    CPU tensors) where the caller set FLAME_FIT_NATIVE_CUDA)."""
+    monkeypatch.setenv("FLAME_FIT_NATIVE", "1" if native else "0")    # the master switch: CUDA kernels too
     renderer = renderer.to(device)
     R, t = R.to(device), t.to(device)
     verts = v.to(device)[None].repeat(K.shape[0], 1, 1).requires_grad_()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import sys
 import threading
@@ -57,18 +58,32 @@ def _as_list(sources) -> list[Path]:
     return [Path(sources)] if isinstance(sources, (str, Path)) else [Path(x) for x in sources]
 
 
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"', re.MULTILINE)
+
+
+def _with_includes(sources: list[Path]) -> list[Path]:
+    """The sources, then the local files they ``#include "..."`` (shared headers such as
+    pixel.h, the .cu file that cuda_emulation.cpp compiles), recursively, each once."""
+    out, todo = [], list(sources)
+    while todo:
+        path = todo.pop(0)
+        if path in out:
+            continue
+        out.append(path)
+        todo += [path.parent / name for name in _INCLUDE.findall(path.read_text(errors="replace"))
+                 if (path.parent / name).is_file()]
+    return out
+
+
 def kernel_directory(name: str, sources: Path | list[Path], cflags: list[str], extra: tuple[str, ...] = _LDFLAGS) -> Path:
-    """Build folder of one kernel: ``cache_root() / name / <hash of its sources, the headers
-    beside them and its flags>`` (``extra``: the other flags, linker and nvcc ones).
+    """Build folder of one kernel: ``cache_root() / name / <hash of its sources, the local
+    files they include and its flags>`` (``extra``: the other flags, linker and nvcc ones).
     A changed source (another checkout or version of this project) builds afresh in a folder
     of its own instead of reusing a binary whose functions may take other arguments: ninja's
     timestamps alone were fooled by an edit made while a build was running."""
-    sources = _as_list(sources)
     h = hashlib.sha256()
-    for src in sources:
-        h.update(src.read_bytes())
-    for header in sorted({x for src in sources for x in src.parent.glob("*.h")}):    # what the sources #include
-        h.update(header.read_bytes())
+    for path in _with_includes(_as_list(sources)):
+        h.update(path.read_bytes())
     h.update(" ".join([*cflags, *extra]).encode())
     return cache_root() / name / h.hexdigest()[:16]
 

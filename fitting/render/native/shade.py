@@ -35,14 +35,16 @@ build_directory, build, available = _kernel.directory, _kernel.build, _kernel.av
 
 
 def _module(t: torch.Tensor):
-    """The loaded extension for t's device: the CPU kernel or the CUDA one."""
-    return _kernel.module if t.device.type == "cpu" else cuda.module()
+    """The loaded extension for t's device: the CPU kernel, or the CUDA one (also on CPU
+    tensors when emulating CUDA, see fitting.render.native.cuda)."""
+    return cuda.module() if cuda.runs_on(t.device) else _kernel.module
 
 
 def available_on(device: torch.device) -> bool:
     """Whether the compiled chain can run on this device: the CPU kernel, or on CUDA the
-    experimental CUDA kernels (building it now if needed; a failed build warns once)."""
-    if device.type == "cuda":
+    experimental CUDA kernels (on CPU too when emulating them; building it now if needed; a
+    failed build warns once)."""
+    if cuda.runs_on(device):
         return cuda.available()
     return device.type == "cpu" and available()
 
@@ -51,6 +53,8 @@ def _load(device: torch.device) -> None:
     """Raise unless the kernel for this device can be used (building it if needed)."""
     if available_on(device):
         return
+    if cuda.runs_on(device) and cuda.emulating():
+        raise RuntimeError("the emulated CUDA kernels are not available (their build failed: see the warning)")
     if device.type == "cuda":
         raise RuntimeError("the native CUDA kernels are not available (they need FLAME_FIT_NATIVE_CUDA=1, "
                            "a GPU and a successful build)")
@@ -64,7 +68,7 @@ def supports(verts: torch.Tensor, texture: torch.Tensor | None, vertex_colors: t
     channels, albedo and SH with equal channel counts), without building anything."""
     tensors = [x for x in (verts, texture, vertex_colors, sh) if x is not None]
     device = verts.device
-    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not cuda.enabled()):
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not cuda.runs_on(device)):
         return False
     if any(x.device != device for x in tensors) or verts.dtype not in (torch.float32, torch.float64):
         return False

@@ -1,6 +1,7 @@
 // Python bindings of the CUDA drivers in shade_cuda.cu (kept out of the .cu file so nvcc never
 // compiles pybind11). The functions mirror the CPU modules: forward / backward /
-// vnormals_forward / vnormals_backward as shade.cpp, and raster, the CUDA visibility pass.
+// vnormals_forward / vnormals_backward as shade.cpp, and raster, the CUDA visibility pass. The
+// CPU emulation build (FF_CUDA_EMULATION) adds emulator_check, the emulator's self-checks.
 #include <ATen/core/Tensor.h>
 #include <torch/csrc/utils/pybind.h>
 
@@ -23,6 +24,9 @@ std::vector<at::Tensor> shade_backward_cuda(const at::Tensor& Xc, const at::Tens
 std::vector<at::Tensor> vnormals_forward_cuda(const at::Tensor& verts, const at::Tensor& faces, double eps);
 at::Tensor vnormals_backward_cuda(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& raw,
                                   const at::Tensor& grad, double eps);
+#ifdef FF_CUDA_EMULATION
+std::vector<at::Tensor> emulator_check(const at::Tensor& x, const at::Tensor& p, bool early_return);
+#endif
 }  // namespace flame_fit
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -37,4 +41,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(same inputs..., grads[6], need[5]) -> [gXc, gvn, gsrc, gsh, gKinv] (None where not needed)");
   m.def("vnormals_forward", &vnormals_forward_cuda, "(verts (B, V, 3), faces (F, 3), eps) -> [unit, raw]");
   m.def("vnormals_backward", &vnormals_backward_cuda, "(verts, faces, raw, grad, eps) -> grad verts");
+#ifdef FF_CUDA_EMULATION
+  m.def("emulator_check", &emulator_check,
+        "(x float32 (n,), p int32 (n,), early_return) -> [warp sums, x reversed within warps, warp all(p), "
+        "count, max index] from emulated shuffles, votes and atomics (cuda_emulation.cpp)");
+#endif
 }

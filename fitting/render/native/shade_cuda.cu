@@ -17,12 +17,18 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#ifdef FF_CUDA_EMULATION
+#include "cuda_emulation.h"   // compiled as C++ for the CPU: see cuda_emulation.cpp
+#else
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-
-#include <cstdint>
-#include <vector>
+#endif
 
 #include "pixel.h"
 #include "raster.h"
@@ -35,6 +41,29 @@ namespace {
 constexpr int kThreads = 256;
 
 inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+
+#ifdef FF_CUDA_EMULATION
+using DeviceGuard = emulation::DeviceGuard;
+using emulation::kDevice;
+using emulation::on_device;
+#else
+using DeviceGuard = c10::cuda::CUDAGuard;
+constexpr const char* kDevice = "CUDA";
+inline bool on_device(const at::Tensor& t) { return t.is_cuda(); }
+#endif
+
+// Runs kernel(args...) on the current stream with one thread per item of n (kernels return
+// for indices >= n); nothing when n is 0 (CUDA rejects an empty grid).
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), int64_t n, Args&&... args) {
+  if (n <= 0) return;
+#ifdef FF_CUDA_EMULATION
+  emulation::launch(blocks_for(n), kThreads, [&] { kernel(args...); });
+#else
+  kernel<<<blocks_for(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(std::forward<Args>(args)...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
+}
 
 // ---------------------------------------------------------------------------------------
 // visibility
@@ -155,8 +184,8 @@ __global__ void face_normals_backward_kernel(const T* __restrict__ X, const int6
   face_normal_backward<T, AtomicAdd>(X + b * V * 3, faces + 3 * f, graw + b * V * 3, gX + b * V * 3);
 }
 
-void check_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda() && t.is_contiguous(), name, " must be a contiguous CUDA tensor");
+void check_device(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(on_device(t) && t.is_contiguous(), name, " must be a contiguous ", kDevice, " tensor");
 }
 
 }  // namespace
@@ -164,23 +193,20 @@ void check_cuda(const at::Tensor& t, const char* name) {
 // zbuf (B*H*W,) int64 z-buffer keys of the visibility pass (0: background); see raster_kernel.
 at::Tensor raster_cuda(const at::Tensor& Xc, const at::Tensor& faces, const at::Tensor& K, int64_t H, int64_t W,
                        double near, bool cull_backfaces, bool all_in_front) {
-  check_cuda(Xc, "Xc");
-  check_cuda(faces, "faces");
-  check_cuda(K, "K");
+  check_device(Xc, "Xc");
+  check_device(faces, "faces");
+  check_device(K, "K");
   TORCH_CHECK(Xc.dim() == 3 && Xc.size(2) == 3 && Xc.scalar_type() == at::kFloat, "Xc must be float32 (B, V, 3)");
   TORCH_CHECK(faces.dim() == 2 && faces.size(1) == 3 && faces.scalar_type() == at::kLong, "faces must be int64 (F, 3)");
   TORCH_CHECK(K.dim() == 3 && K.size(0) == Xc.size(0) && K.size(1) == 3 && K.size(2) == 3 &&
                   K.scalar_type() == at::kFloat, "K must be float32 (B, 3, 3)");
   TORCH_CHECK(H > 0 && W > 0 && near > 0.0, "image size and near must be positive");
-  const c10::cuda::CUDAGuard guard(Xc.device());
+  const DeviceGuard guard(Xc.device());
   const int64_t B = Xc.size(0), V = Xc.size(1), F = faces.size(0);
   at::Tensor zbuf = at::zeros({B * H * W}, Xc.options().dtype(at::kLong));
-  if (B * F == 0) return zbuf;
-  raster_kernel<<<blocks_for(B * F), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      Xc.data_ptr<float>(), B, V, faces.data_ptr<int64_t>(), F, K.data_ptr<float>(), all_in_front,
-      static_cast<float>(near), static_cast<float>(1.0 / near), cull_backfaces, H, W,
-      reinterpret_cast<unsigned long long*>(zbuf.data_ptr<int64_t>()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch(raster_kernel, B * F, Xc.data_ptr<float>(), B, V, faces.data_ptr<int64_t>(), F, K.data_ptr<float>(),
+         all_in_front, static_cast<float>(near), static_cast<float>(1.0 / near), cull_backfaces, H, W,
+         reinterpret_cast<unsigned long long*>(zbuf.data_ptr<int64_t>()));
   return zbuf;
 }
 
@@ -189,9 +215,9 @@ std::vector<at::Tensor> shade_forward_cuda(const at::Tensor& Xc, const at::Tenso
                                            const at::Tensor& faces, int64_t H, int64_t W, int64_t mode,
                                            const at::Tensor& src, const at::Tensor& vt, const at::Tensor& ft,
                                            const at::Tensor& sh, int64_t C, const std::vector<double>& shc) {
-  TORCH_CHECK(Xc.is_cuda(), "the CUDA shading kernel takes CUDA tensors");
+  TORCH_CHECK(on_device(Xc), "the CUDA shading kernel takes ", kDevice, " tensors");
   check_inputs(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt, ft, sh, C, shc);
-  const c10::cuda::CUDAGuard guard(Xc.device());
+  const DeviceGuard guard(Xc.device());
   const int64_t N = pix.size(0);
   const std::vector<at::Tensor> outs = forward_outputs(Xc, N, C);
   const at::Tensor &colour = outs[0], &bary = outs[1], &depth = outs[2], &normals = outs[3], &albedo = outs[4],
@@ -200,10 +226,9 @@ std::vector<at::Tensor> shade_forward_cuda(const at::Tensor& Xc, const at::Tenso
   AT_DISPATCH_FLOATING_TYPES(Xc.scalar_type(), "shade_forward_cuda", [&] {
     const Inputs<scalar_t> in = make_inputs<scalar_t>(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt,
                                                       ft, sh, C, shc);
-    shade_forward_kernel<scalar_t><<<blocks_for(N), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        in, colour.data_ptr<scalar_t>(), bary.data_ptr<scalar_t>(), depth.data_ptr<scalar_t>(),
-        normals.data_ptr<scalar_t>(), albedo.data_ptr<scalar_t>(), shading.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(shade_forward_kernel<scalar_t>, N, in, colour.data_ptr<scalar_t>(), bary.data_ptr<scalar_t>(),
+           depth.data_ptr<scalar_t>(), normals.data_ptr<scalar_t>(), albedo.data_ptr<scalar_t>(),
+           shading.data_ptr<scalar_t>());
   });
   return outs;
 }
@@ -214,10 +239,10 @@ std::vector<at::Tensor> shade_backward_cuda(const at::Tensor& Xc, const at::Tens
                                             const at::Tensor& src, const at::Tensor& vt, const at::Tensor& ft,
                                             const at::Tensor& sh, int64_t C, const std::vector<double>& shc,
                                             const std::vector<at::Tensor>& grads, const std::vector<bool>& need) {
-  TORCH_CHECK(Xc.is_cuda(), "the CUDA shading kernel takes CUDA tensors");
+  TORCH_CHECK(on_device(Xc), "the CUDA shading kernel takes ", kDevice, " tensors");
   check_inputs(Xc, vn, Kinv, pix, view, face, faces, H, W, mode, src, vt, ft, sh, C, shc);
   check_grads(Xc, pix, C, grads, need);
-  const c10::cuda::CUDAGuard guard(Xc.device());
+  const DeviceGuard guard(Xc.device());
   const int64_t N = pix.size(0);
   std::vector<at::Tensor> grad_out = gradient_buffers(Xc, vn, src, sh, Kinv, mode, need);
   at::Tensor &gXc = grad_out[0], &gvn = grad_out[1], &gsrc = grad_out[2], &gsh = grad_out[3], &gK = grad_out[4];
@@ -228,57 +253,47 @@ std::vector<at::Tensor> shade_backward_cuda(const at::Tensor& Xc, const at::Tens
     auto gp = [&](int k) { return grads[k].numel() > 0 ? grads[k].data_ptr<scalar_t>() : nullptr; };
     const Grads<scalar_t> g{gp(0), gp(1), gp(2), gp(3), gp(4), gp(5)};
     auto op = [](at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
-    shade_backward_kernel<scalar_t><<<blocks_for(N), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        in, g, op(gXc), op(gvn), op(gsrc), op(gsh), op(gK));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(shade_backward_kernel<scalar_t>, N, in, g, op(gXc), op(gvn), op(gsrc), op(gsh), op(gK));
   });
   return grad_out;
 }
 
 std::vector<at::Tensor> vnormals_forward_cuda(const at::Tensor& verts, const at::Tensor& faces, double eps) {
-  check_cuda(verts, "verts");
-  check_cuda(faces, "faces");
+  check_device(verts, "verts");
+  check_device(faces, "faces");
   TORCH_CHECK(verts.dim() == 3 && verts.size(2) == 3 && faces.dim() == 2 && faces.size(1) == 3 &&
                   faces.scalar_type() == at::kLong, "verts (B, V, 3) and int64 faces (F, 3)");
-  const c10::cuda::CUDAGuard guard(verts.device());
+  const DeviceGuard guard(verts.device());
   const int64_t B = verts.size(0), V = verts.size(1), F = faces.size(0);
   at::Tensor raw = at::zeros(verts.sizes(), verts.options()), unit = at::empty(verts.sizes(), verts.options());
   if (B * V == 0) return {unit, raw};
-  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "vnormals_forward_cuda", [&] {
-    if (B * F > 0) {
-      face_normals_add_kernel<scalar_t><<<blocks_for(B * F), kThreads, 0, stream>>>(
-          verts.data_ptr<scalar_t>(), faces.data_ptr<int64_t>(), B, V, F, raw.data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    normalise_kernel<scalar_t><<<blocks_for(B * V), kThreads, 0, stream>>>(
-        raw.data_ptr<scalar_t>(), B * V, static_cast<scalar_t>(eps), unit.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(face_normals_add_kernel<scalar_t>, B * F, verts.data_ptr<scalar_t>(), faces.data_ptr<int64_t>(), B, V,
+           F, raw.data_ptr<scalar_t>());
+    launch(normalise_kernel<scalar_t>, B * V, raw.data_ptr<scalar_t>(), B * V, static_cast<scalar_t>(eps),
+           unit.data_ptr<scalar_t>());
   });
   return {unit, raw};
 }
 
 at::Tensor vnormals_backward_cuda(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& raw,
                                   const at::Tensor& grad, double eps) {
-  check_cuda(raw, "raw normals");
-  check_cuda(grad, "the normals' gradient");
+  check_device(verts, "verts");
+  check_device(faces, "faces");
+  check_device(raw, "raw normals");
+  check_device(grad, "the normals' gradient");
   TORCH_CHECK(raw.sizes() == verts.sizes() && grad.sizes() == verts.sizes() &&
                   grad.scalar_type() == verts.scalar_type(), "raw normals and gradient must be shaped like verts");
-  const c10::cuda::CUDAGuard guard(verts.device());
+  const DeviceGuard guard(verts.device());
   const int64_t B = verts.size(0), V = verts.size(1), F = faces.size(0);
   at::Tensor gverts = at::zeros(verts.sizes(), verts.options());
   if (B * V == 0 || F == 0) return gverts;
   at::Tensor graw = at::empty(verts.sizes(), verts.options());
-  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "vnormals_backward_cuda", [&] {
-    normalise_backward_kernel<scalar_t><<<blocks_for(B * V), kThreads, 0, stream>>>(
-        raw.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), B * V, static_cast<scalar_t>(eps),
-        graw.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    face_normals_backward_kernel<scalar_t><<<blocks_for(B * F), kThreads, 0, stream>>>(
-        verts.data_ptr<scalar_t>(), faces.data_ptr<int64_t>(), graw.data_ptr<scalar_t>(), B, V, F,
-        gverts.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(normalise_backward_kernel<scalar_t>, B * V, raw.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), B * V,
+           static_cast<scalar_t>(eps), graw.data_ptr<scalar_t>());
+    launch(face_normals_backward_kernel<scalar_t>, B * F, verts.data_ptr<scalar_t>(), faces.data_ptr<int64_t>(),
+           graw.data_ptr<scalar_t>(), B, V, F, gverts.data_ptr<scalar_t>());
   });
   return gverts;
 }
