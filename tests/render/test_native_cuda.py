@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from fitting.render import MeshRenderer, RasterSettings, world_to_camera
-from fitting.render.demo import checker_texture, default_sh, load_head_mesh, orbit_cameras
+from fitting.render.demo import checker_texture, default_sh, load_head_mesh
 from fitting.render.native import _missing, cuda, shade
 from fitting.render.rasterize import _visible_faces_torch, visible_faces
 from fitting.render.shading import vertex_normals
-from tests.render.test_native_shade import CASES, VIEWS, RES, _fused, check_fused_equals_torch_path
+from tests.render.test_native_shade import CASES, VIEWS, RES, _fused, cameras, check_fused_equals_torch_path
 
 
 @pytest.fixture(params=["emulated", "cuda"])
@@ -37,13 +37,13 @@ def device(request, monkeypatch):
 @pytest.fixture(scope="module")
 def head():
     v, f, vt, ft, _ = load_head_mesh(None)
-    K, R, t = orbit_cameras(v, VIEWS, RES)
+    K, R, t = cameras(v, VIEWS, RES)
     return MeshRenderer(f, vt, ft, RasterSettings((RES, RES))), v, K, R, t
 
 
 def _camera_space(views, res, dev):
     v, f, *_ = load_head_mesh(None)
-    K, R, t = orbit_cameras(v, views, res)
+    K, R, t = cameras(v, views, res)
     Xc = world_to_camera(v[None].expand(views, -1, -1), R, t)
     return Xc.to(dev), f.to(dev), K.to(dev)
 
@@ -86,7 +86,7 @@ def test_vertex_normals_equal_the_torch_ones(device, dtype):
 
 def test_renderer_matches_the_cpu_kernels(device, monkeypatch):
     v, f, vt, ft, _ = load_head_mesh(None)
-    K, R, t = orbit_cameras(v, 8, 128)
+    K, R, t = cameras(v, 8, 128)
     tex, sh = checker_texture(64), default_sh(8)
     renderer = MeshRenderer(f, vt, ft, RasterSettings((128, 128)))
     with monkeypatch.context() as m:

@@ -23,10 +23,23 @@ def _fused(out) -> bool:
     return out.packed.bary.grad_fn is not None and "_Shade" in type(out.packed.bary.grad_fn).__name__
 
 
+def cameras(v, views, res):
+    """orbit_cameras with intrinsics that differ per view (focal lengths +-6 %, principal
+    point +-2 px), so that a kernel reading the wrong view's K shows."""
+    K, R, t = orbit_cameras(v, views, res)
+    s = torch.linspace(-1, 1, views)
+    K = K.clone()
+    K[:, 0, 0] *= 1 + 0.06 * s
+    K[:, 1, 1] *= 1 - 0.04 * s
+    K[:, 0, 2] += 2 * s
+    K[:, 1, 2] -= 1.5 * s
+    return K, R, t
+
+
 @pytest.fixture(scope="module")
 def head():
     v, f, vt, ft, _ = load_head_mesh(None)
-    K, R, t = orbit_cameras(v, VIEWS, RES)
+    K, R, t = cameras(v, VIEWS, RES)
     return MeshRenderer(f, vt, ft, RasterSettings((RES, RES))), v, K, R, t
 
 
