@@ -1,7 +1,8 @@
 """python -m fitting.render.native [-v]: build the native CPU kernels now (the Makefile's
 install step calls it so the first render does not pay for the compilation): the visibility
 pass (visibility.cpp) and the fused per-pixel shading (shade.cpp); with
-FLAME_FIT_NATIVE_CUDA=1 and a GPU, also the experimental CUDA kernels (shade_cuda.cu). Prints
+FLAME_FIT_NATIVE_CUDA=1 and a GPU, also the experimental CUDA kernels (shade_cuda.cu), and with
+FLAME_FIT_NATIVE_CUDA=emulate their CPU emulation (cuda_emulation.cpp). Prints
 where they live and exits non-zero when one cannot be built (rendering then uses the torch
 path for it)."""
 from __future__ import annotations
@@ -22,7 +23,9 @@ def main(argv=None) -> int:
         return 0
     rc = 0
     kernels = [("visibility", native), ("shading", shade)]
-    if cuda.enabled() and torch.cuda.is_available():
+    if cuda.emulating():
+        kernels.append(("emulated CUDA", cuda))
+    elif cuda.enabled() and torch.cuda.is_available():
         kernels.append(("CUDA", cuda))
     for what, mod in kernels:
         t0 = time.perf_counter()

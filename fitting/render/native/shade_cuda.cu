@@ -12,6 +12,10 @@
 //   and K^-1 gradients through one warp reduction when the warp's pixels share a view (they
 //   are sorted by view, so almost always).
 // * vertex normals forward / backward (shading.vertex_normals), one thread per face or vertex.
+//
+// cuda_emulation.cpp compiles this file as C++ for the CPU (FF_CUDA_EMULATION, with
+// cuda_emulation.h for the CUDA names), so the tests run these drivers on machines without a
+// GPU; hence every launch goes through launch() below.
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
