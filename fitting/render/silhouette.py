@@ -120,6 +120,17 @@ def _outline_delta(Xc, faces, Kinv, flat_face, p, q, horizontal, valid, H: int, 
     return delta.index_add(0, q, torch.where(ok & (s >= 0.5), s - 0.5, zero))
 
 
+def _native_applies(Xc, faces, K, face_idx) -> bool:
+    """Whether the compiled silhouette (fitting.render.native.shade.silhouette: the same
+    values per pixel, no per-pair tensors) takes these inputs: float32 / float64, all on one
+    device whose kernels are built (FLAME_FIT_NATIVE=0 keeps this module's PyTorch path)."""
+    from fitting.render.native import shade
+    dev = Xc.device
+    return (shade.enabled() and Xc.dtype in (torch.float32, torch.float64)
+            and all(x.device == dev for x in (faces, K, face_idx))
+            and (dev.type == "cpu" or shade.cuda.runs_on(dev)) and shade.available_on(dev))
+
+
 def silhouette(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: torch.Tensor,
                t: torch.Tensor, fragments: Fragments | None = None,
                settings: RasterSettings | None = None, face_idx: torch.Tensor | None = None,
@@ -142,7 +153,8 @@ def silhouette_static(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor,
                       static_pairs: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`silhouette` and, with ``static_pairs`` > 0, the outline pairs it needed (0-dim
     int64, the larger of the two directions; more than ``static_pairs`` means pairs were
-    dropped), else None."""
+    dropped), else None. Without static shapes it runs the compiled kernel where one is
+    built (fitting.render.native; FLAME_FIT_NATIVE=0 keeps the PyTorch path below)."""
     check_cameras(K, R, t, verts.shape[0])
     if face_idx is None:
         if fragments is None:
@@ -153,6 +165,9 @@ def silhouette_static(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor,
     B, H, W = face_idx.shape
     faces = faces.long()
     Xc = world_to_camera(verts, R, t)
+    if static_pairs == 0 and _native_applies(Xc, faces, K, face_idx):
+        from fitting.render.native import shade
+        return shade.silhouette(Xc, faces, pinhole_inverse(K), face_idx), None
     flat_face = face_idx.reshape(-1)
     cover = (flat_face >= 0).to(verts.dtype)
 

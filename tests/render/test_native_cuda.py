@@ -12,7 +12,8 @@ from fitting.render.demo import checker_texture, default_sh, load_head_mesh
 from fitting.render.native import _missing, cuda, shade
 from fitting.render.rasterize import _visible_faces_torch, visible_faces
 from fitting.render.shading import vertex_normals
-from tests.render.test_native_shade import CASES, VIEWS, RES, _fused, cameras, check_fused_equals_torch_path
+from tests.render.test_native_shade import (CASES, VIEWS, RES, _fused, cameras, check_fused_equals_torch_path,
+                                            check_silhouette_equals_torch_path)
 
 
 @pytest.fixture(params=["emulated", "cuda"])
@@ -66,6 +67,11 @@ def test_visibility_is_bit_identical_to_the_torch_path(device, views, res, near,
 @pytest.mark.parametrize("case", list(CASES))
 def test_fused_equals_torch_path(device, head, monkeypatch, case):
     check_fused_equals_torch_path(head, monkeypatch, case, device=device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_silhouette_equals_torch_path(device, head, monkeypatch, dtype):
+    check_silhouette_equals_torch_path(head, monkeypatch, device, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -1,6 +1,6 @@
-"""The compiled per-pixel shading chain (fitting.render.native.shade) that MeshRenderer takes
-on CPU: against the pure-torch path on the benchmark head (values and gradients), against
-float64 central finite differences, and its fallbacks."""
+"""The compiled per-pixel shading chain and silhouette (fitting.render.native.shade) that
+MeshRenderer takes on CPU: against the pure-torch path on the benchmark head (values and
+gradients), against float64 central finite differences, and its fallbacks."""
 import warnings
 
 import pytest
@@ -108,6 +108,39 @@ def check_fused_equals_torch_path(head, monkeypatch, case, device="cpu"):
 @pytest.mark.parametrize("case", list(CASES))
 def test_fused_equals_torch_path_on_the_head(head, monkeypatch, case):
     check_fused_equals_torch_path(head, monkeypatch, case)
+
+
+def check_silhouette_equals_torch_path(head, monkeypatch, device="cpu", dtype=torch.float32):
+    """The compiled silhouette (outline.h) against silhouette.py's PyTorch path on ``device``:
+    values to float rounding, gradients w.r.t. verts and K to 1e-4 relative."""
+    from fitting.render.silhouette import silhouette
+    renderer, v, K, R, t = head
+    B = K.shape[0]
+    face_idx = rasterize(v[None].expand(B, -1, -1), renderer.faces, K, R, t, renderer.settings).face_idx.to(device)
+    w = torch.rand(face_idx.shape, generator=torch.Generator().manual_seed(7)).to(device, dtype)[:, None]
+    results = []
+    for native in (True, False):
+        monkeypatch.setenv("FLAME_FIT_NATIVE", "1" if native else "0")
+        verts = v.to(device, dtype)[None].repeat(B, 1, 1).requires_grad_()
+        Kg = K.detach().to(device, dtype).clone().requires_grad_()
+        sil = silhouette(verts, renderer.faces.to(device), Kg, R.to(device, dtype), t.to(device, dtype),
+                         face_idx=face_idx)
+        assert ("_Outline" in type(sil.grad_fn).__name__ or "_Outline" in str(sil.grad_fn.next_functions)) == native
+        ((sil * w).sum() + (sil ** 2).sum()).backward()
+        results.append((sil.detach(), verts.grad, Kg.grad))
+    (sil, gv, gK), (ref, ref_gv, ref_gK) = results
+    partial = ((ref > 0) & (ref < 1)).sum()
+    assert partial > 0.5 * B * face_idx.shape[-1], "the outline must have antialiased pixels"
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(sil, ref, atol=tol, rtol=0)
+    for a, b in ((gv, ref_gv), (gK, ref_gK)):
+        assert b.abs().max() > 0
+        assert (a - b).norm() / b.norm() < 100 * tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_silhouette_equals_torch_path(head, monkeypatch, dtype):
+    check_silhouette_equals_torch_path(head, monkeypatch, dtype=dtype)
 
 
 def test_falls_back_when_the_kernel_is_off(head, monkeypatch):

@@ -207,6 +207,95 @@ at::Tensor vnormals_backward(const at::Tensor& verts, const at::Tensor& faces, c
   return gverts;
 }
 
+// Calls visit(pair) for every counted outline pair (outline.h) of view b, whose coverage is
+// cov (H*W, 1 = covered): horizontal pairs, then vertical ones, each in raster order.
+template <typename T, typename Visit>
+void for_each_pair(const OutlineInputs<T>& in, int64_t b, const uint8_t* cov, Visit&& visit) {
+  const int64_t H = in.H, W = in.W;
+  Pair<T> r;
+  for (int64_t y = 0; y < H; ++y)
+    for (int64_t x = 0; x + 1 < W; ++x)
+      if (cov[y * W + x] != cov[y * W + x + 1]) {
+        eval_pair(in, b, x, y, x + 1, y, true, r);
+        if (r.ok) visit(r);
+      }
+  for (int64_t y = 0; y + 1 < H; ++y)
+    for (int64_t x = 0; x < W; ++x)
+      if (cov[y * W + x] != cov[(y + 1) * W + x]) {
+        eval_pair(in, b, x, y, x, y + 1, false, r);
+        if (r.ok) visit(r);
+      }
+}
+
+// cov[i] = whether pixel i of view b is covered (one byte per pixel: the pair scans then read
+// an eighth of the int64 face ids' memory)
+inline void coverage(const int64_t* face, int64_t b, int64_t HW, uint8_t* cov) {
+  const int64_t* fb = face + b * HW;
+  for (int64_t i = 0; i < HW; ++i) cov[i] = fb[i] >= 0;
+}
+
+// silhouette._outline_delta and the clamp: [silhouette, raw] (B*H*W,), raw being the value
+// before the clamp to [0, 1] (kept for the backward). One view per task; only the outline
+// pairs (a few per cent of the pixels) do any maths.
+std::vector<at::Tensor> outline_forward(const at::Tensor& Xc, const at::Tensor& faces, const at::Tensor& Kinv,
+                                        const at::Tensor& face, int64_t H, int64_t W) {
+  TORCH_CHECK(Xc.device().is_cpu(), "the CPU silhouette kernel takes CPU tensors");
+  check_outline_inputs(Xc, faces, Kinv, face, H, W);
+  const int64_t B = Xc.size(0), HW = H * W;
+  at::Tensor raw = at::empty({B * HW}, Xc.options()), sil = at::empty({B * HW}, Xc.options());
+  AT_DISPATCH_FLOATING_TYPES(Xc.scalar_type(), "outline_forward", [&] {
+    const OutlineInputs<scalar_t> in = make_outline_inputs<scalar_t>(Xc, faces, Kinv, face, H, W);
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<uint8_t> cov(HW);
+      for (int64_t b = begin; b < end; ++b) {
+        scalar_t* rb = raw.data_ptr<scalar_t>() + b * HW;
+        scalar_t* ob = sil.data_ptr<scalar_t>() + b * HW;
+        coverage(in.face, b, HW, cov.data());
+        for (int64_t i = 0; i < HW; ++i) rb[i] = ob[i] = cov[i];
+        for_each_pair(in, b, cov.data(), [&](const Pair<scalar_t>& pr) {
+          const int64_t i = pair_target(pr);
+          rb[i] += pr.s - scalar_t(0.5);
+          ob[i] = ff_min(ff_max(rb[i], scalar_t(0)), scalar_t(1));
+        });
+      }
+    });
+  });
+  return {sil, raw};
+}
+
+// The backward of outline_forward: [gXc (B, V, 3), gKinv (B, 9)], each undefined unless needed.
+std::vector<at::Tensor> outline_backward(const at::Tensor& Xc, const at::Tensor& faces, const at::Tensor& Kinv,
+                                         const at::Tensor& face, int64_t H, int64_t W, const at::Tensor& raw,
+                                         const at::Tensor& grad, bool need_X, bool need_K) {
+  TORCH_CHECK(Xc.device().is_cpu(), "the CPU silhouette kernel takes CPU tensors");
+  check_outline_inputs(Xc, faces, Kinv, face, H, W);
+  check_outline_grads(Xc, raw, grad);
+  const int64_t B = Xc.size(0), V = Xc.size(1), HW = H * W;
+  at::Tensor gX, gK;
+  if (need_X) gX = at::zeros(Xc.sizes(), Xc.options());
+  if (need_K) gK = at::zeros(Kinv.sizes(), Xc.options());
+  if (!need_X && !need_K) return {gX, gK};
+  AT_DISPATCH_FLOATING_TYPES(Xc.scalar_type(), "outline_backward", [&] {
+    const OutlineInputs<scalar_t> in = make_outline_inputs<scalar_t>(Xc, faces, Kinv, face, H, W);
+    const scalar_t* r = raw.data_ptr<scalar_t>();
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<uint8_t> cov(HW);
+      for (int64_t b = begin; b < end; ++b) {
+        scalar_t* gx = need_X ? gX.data_ptr<scalar_t>() + b * V * 3 : nullptr;
+        scalar_t* gk = need_K ? gK.data_ptr<scalar_t>() + 9 * b : nullptr;
+        coverage(in.face, b, HW, cov.data());
+        for_each_pair(in, b, cov.data(), [&](const Pair<scalar_t>& pr) {
+          const int64_t i = b * HW + pair_target(pr);
+          const scalar_t gi = (r[i] >= scalar_t(0) && r[i] <= scalar_t(1)) ? g[i] : scalar_t(0);   // the clamp
+          pair_backward<scalar_t, PlainAdd>(in, b, pr, gi, gx, gk);
+        });
+      }
+    });
+  });
+  return {gX, gK};
+}
+
 // values (N, C) at flat pixels pix (N,) -> zero (B, C, H, W) image. One allocation, no
 // channels-last intermediate and no permuting copy in the backward (the torch route costs
 // three passes over a B*H*W*C buffer, each a fresh allocation).
@@ -268,6 +357,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(same inputs..., grads[6], need[5]) -> [gXc, gvn, gsrc, gsh, gKinv] (None where not needed)");
   m.def("vnormals_forward", &vnormals_forward, "(verts (B, V, 3), faces (F, 3), eps) -> [unit, raw]");
   m.def("vnormals_backward", &vnormals_backward, "(verts, faces, raw, grad, eps) -> grad verts");
+  m.def("outline_forward", &outline_forward,
+        "(Xc, faces, Kinv (B, 9), face (B*H*W,), H, W) -> [silhouette, raw] (B*H*W,): antialiased coverage");
+  m.def("outline_backward", &outline_backward,
+        "(Xc, faces, Kinv, face, H, W, raw, grad, need_X, need_K) -> [gXc, gKinv] (None where not needed)");
   m.def("scatter_image", &scatter_image, "(values (N, C), pix (N,), B, H, W) -> (B, C, H, W), zero elsewhere");
   m.def("gather_image", &gather_image, "(image (B, C, H, W), pix (N,)) -> (N, C)");
 }

@@ -20,7 +20,7 @@ from fitting.render.native import Kernel, cuda, enabled
 from fitting.render.shading import SH_CONSTANTS
 
 __all__ = ["enabled", "available", "available_on", "build", "build_directory", "supports", "shade_pixels", "dense_image",
-           "vertex_normals", "MAX_CHANNELS"]
+           "vertex_normals", "silhouette", "MAX_CHANNELS"]
 
 _SOURCE = Path(__file__).with_name("shade.cpp")
 _NAME = "flame_fit_shade"
@@ -122,6 +122,40 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor, eps: float = 1e-12)
     (B, V, 3), differentiable w.r.t. verts."""
     _load(verts.device)
     return _VertexNormals.apply(verts.contiguous(), faces.long().contiguous(), float(eps))
+
+
+class _Outline(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, Xc, Kinv, faces, face, H, W):
+        sil, raw = _module(Xc).outline_forward(Xc, faces, Kinv, face, H, W)
+        ctx.save_for_backward(Xc, Kinv, faces, face, raw)
+        ctx.size = (H, W)
+        ctx.mark_non_differentiable(raw)
+        return sil, raw
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad, _):
+        Xc, Kinv, faces, face, raw = ctx.saved_tensors
+        if grad is None:
+            return (None,) * 6
+        gX, gK = _module(Xc).outline_backward(Xc, faces, Kinv, face, *ctx.size, raw, grad.contiguous().to(Xc.dtype),
+                                              ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        return gX, gK, None, None, None, None
+
+
+def silhouette(Xc: torch.Tensor, faces: torch.Tensor, Kinv: torch.Tensor, face_idx: torch.Tensor) -> torch.Tensor:
+    """silhouette.silhouette's antialiased coverage, compiled (outline.h): same values to float
+    rounding, differentiable w.r.t. Xc and Kinv.
+
+    Xc: (B, V, 3) camera frame, float32 / float64; faces: (F, 3); Kinv: (B, 3, 3)
+    pinhole_inverse(K); face_idx: (B, H, W) hard-raster face per pixel (-1 background), all on
+    one device (CPU; CUDA with the CUDA kernels). Returns (B, 1, H, W) in [0, 1]."""
+    _load(Xc.device)
+    B, H, W = face_idx.shape
+    sil, _ = _Outline.apply(Xc.contiguous(), Kinv.to(Xc.dtype).reshape(-1, 9).contiguous(), faces.long().contiguous(),
+                            face_idx.reshape(-1).long().contiguous(), int(H), int(W))
+    return sil.view(B, 1, H, W)
 
 
 class _ScatterImage(torch.autograd.Function):

@@ -21,6 +21,11 @@ std::vector<at::Tensor> shade_backward_cuda(const at::Tensor& Xc, const at::Tens
                                             const at::Tensor& src, const at::Tensor& vt, const at::Tensor& ft,
                                             const at::Tensor& sh, int64_t C, const std::vector<double>& shc,
                                             const std::vector<at::Tensor>& grads, const std::vector<bool>& need);
+std::vector<at::Tensor> outline_forward_cuda(const at::Tensor& Xc, const at::Tensor& faces, const at::Tensor& Kinv,
+                                             const at::Tensor& face, int64_t H, int64_t W);
+std::vector<at::Tensor> outline_backward_cuda(const at::Tensor& Xc, const at::Tensor& faces, const at::Tensor& Kinv,
+                                              const at::Tensor& face, int64_t H, int64_t W, const at::Tensor& raw,
+                                              const at::Tensor& grad, bool need_X, bool need_K);
 std::vector<at::Tensor> vnormals_forward_cuda(const at::Tensor& verts, const at::Tensor& faces, double eps);
 at::Tensor vnormals_backward_cuda(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& raw,
                                   const at::Tensor& grad, double eps);
@@ -39,6 +44,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "[colour, bary, depth, normals, albedo, shading]");
   m.def("backward", &shade_backward_cuda,
         "(same inputs..., grads[6], need[5]) -> [gXc, gvn, gsrc, gsh, gKinv] (None where not needed)");
+  m.def("outline_forward", &outline_forward_cuda,
+        "(Xc, faces, Kinv (B, 9), face (B*H*W,), H, W) -> [silhouette, raw] (B*H*W,): antialiased coverage");
+  m.def("outline_backward", &outline_backward_cuda,
+        "(Xc, faces, Kinv, face, H, W, raw, grad, need_X, need_K) -> [gXc, gKinv] (None where not needed)");
   m.def("vnormals_forward", &vnormals_forward_cuda, "(verts (B, V, 3), faces (F, 3), eps) -> [unit, raw]");
   m.def("vnormals_backward", &vnormals_backward_cuda, "(verts, faces, raw, grad, eps) -> grad verts");
 #ifdef FF_CUDA_EMULATION

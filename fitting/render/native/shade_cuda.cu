@@ -12,6 +12,8 @@
 //   and K^-1 gradients through one warp reduction when the warp's pixels share a view (they
 //   are sorted by view, so almost always).
 // * vertex normals forward / backward (shading.vertex_normals), one thread per face or vertex.
+// * the silhouette's outline antialiasing (outline.h), one thread per pixel; the backward adds
+//   into vertex gradients with atomicAdd and into the per-view K^-1 gradient as above.
 //
 // cuda_emulation.cpp compiles this file as C++ for the CPU (FF_CUDA_EMULATION, with
 // cuda_emulation.h for the CUDA names), so the tests run these drivers on machines without a
@@ -34,6 +36,7 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include "outline.h"
 #include "pixel.h"
 #include "raster.h"
 #include "shade_inputs.h"
@@ -155,6 +158,37 @@ __global__ void shade_backward_kernel(const Inputs<T> in, const Grads<T> g, T* g
 }
 
 // ---------------------------------------------------------------------------------------
+// silhouette (outline.h): one thread per pixel, gathering the outline pairs it is the target of
+
+template <typename T>
+__global__ void outline_forward_kernel(const OutlineInputs<T> in, int64_t N, T* __restrict__ raw,
+                                       T* __restrict__ sil) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= N) return;
+  const int64_t hw = in.H * in.W, b = i / hw, y = (i - b * hw) / in.W, x = i - b * hw - y * in.W;
+  raw[i] = outline_pixel(in, b, x, y);
+  sil[i] = ff_min(ff_max(raw[i], T(0)), T(1));
+}
+
+template <typename T>
+__global__ void outline_backward_kernel(const OutlineInputs<T> in, int64_t N, const T* __restrict__ raw,
+                                        const T* __restrict__ grad, T* gX, T* gK) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  T kacc[9];
+  for (int k = 0; k < 9; ++k) kacc[k] = T(0);
+  int64_t b = -1;
+  if (i < N) {                                 // no early return: the whole warp reduces below
+    const int64_t hw = in.H * in.W;
+    b = i / hw;
+    const int64_t y = (i - b * hw) / in.W, x = i - b * hw - y * in.W;
+    const T g = (raw[i] >= T(0) && raw[i] <= T(1)) ? grad[i] : T(0);   // the clamp
+    T* gXb = gX ? gX + b * in.V * 3 : nullptr;
+    pairs_into(in, b, x, y, [&](const Pair<T>& r) { pair_backward<T, AtomicAdd>(in, b, r, g, gXb, gK ? kacc : nullptr); });
+  }
+  if (gK) add_per_view(kacc, 9, b, gK);
+}
+
+// ---------------------------------------------------------------------------------------
 // vertex normals (pixel.h: add_face_normal, normalise and their backward)
 
 template <typename T>
@@ -260,6 +294,40 @@ std::vector<at::Tensor> shade_backward_cuda(const at::Tensor& Xc, const at::Tens
     launch(shade_backward_kernel<scalar_t>, N, in, g, op(gXc), op(gvn), op(gsrc), op(gsh), op(gK));
   });
   return grad_out;
+}
+
+std::vector<at::Tensor> outline_forward_cuda(const at::Tensor& Xc, const at::Tensor& faces, const at::Tensor& Kinv,
+                                             const at::Tensor& face, int64_t H, int64_t W) {
+  TORCH_CHECK(on_device(Xc), "the CUDA silhouette kernel takes ", kDevice, " tensors");
+  check_outline_inputs(Xc, faces, Kinv, face, H, W);
+  const DeviceGuard guard(Xc.device());
+  const int64_t N = Xc.size(0) * H * W;
+  at::Tensor raw = at::empty({N}, Xc.options()), sil = at::empty({N}, Xc.options());
+  AT_DISPATCH_FLOATING_TYPES(Xc.scalar_type(), "outline_forward_cuda", [&] {
+    launch(outline_forward_kernel<scalar_t>, N, make_outline_inputs<scalar_t>(Xc, faces, Kinv, face, H, W), N,
+           raw.data_ptr<scalar_t>(), sil.data_ptr<scalar_t>());
+  });
+  return {sil, raw};
+}
+
+std::vector<at::Tensor> outline_backward_cuda(const at::Tensor& Xc, const at::Tensor& faces, const at::Tensor& Kinv,
+                                              const at::Tensor& face, int64_t H, int64_t W, const at::Tensor& raw,
+                                              const at::Tensor& grad, bool need_X, bool need_K) {
+  TORCH_CHECK(on_device(Xc), "the CUDA silhouette kernel takes ", kDevice, " tensors");
+  check_outline_inputs(Xc, faces, Kinv, face, H, W);
+  check_outline_grads(Xc, raw, grad);
+  const DeviceGuard guard(Xc.device());
+  const int64_t N = Xc.size(0) * H * W;
+  at::Tensor gX, gK;
+  if (need_X) gX = at::zeros(Xc.sizes(), Xc.options());
+  if (need_K) gK = at::zeros(Kinv.sizes(), Xc.options());
+  if (!need_X && !need_K) return {gX, gK};
+  AT_DISPATCH_FLOATING_TYPES(Xc.scalar_type(), "outline_backward_cuda", [&] {
+    launch(outline_backward_kernel<scalar_t>, N, make_outline_inputs<scalar_t>(Xc, faces, Kinv, face, H, W), N,
+           raw.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), need_X ? gX.data_ptr<scalar_t>() : nullptr,
+           need_K ? gK.data_ptr<scalar_t>() : nullptr);
+  });
+  return {gX, gK};
 }
 
 std::vector<at::Tensor> vnormals_forward_cuda(const at::Tensor& verts, const at::Tensor& faces, double eps) {

@@ -1,5 +1,5 @@
-// Tensor checks and raw-pointer views of the fused shading chain's inputs, shared by the CPU
-// (shade.cpp) and CUDA (shade_cuda.cu) drivers.
+// Tensor checks and raw-pointer views of the fused shading chain's and the silhouette's
+// inputs, shared by the CPU (shade.cpp) and CUDA (shade_cuda.cu) drivers.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -8,6 +8,7 @@
 
 #include <vector>
 
+#include "outline.h"
 #include "pixel.h"
 
 namespace flame_fit {
@@ -132,6 +133,42 @@ inline std::vector<at::Tensor> gradient_buffers(const at::Tensor& Xc, const at::
   if (need[3] && sh.numel() > 0) g[3] = at::zeros(sh.sizes(), opt);
   if (need[4]) g[4] = at::zeros(Kinv.sizes(), opt);
   return g;
+}
+
+// The silhouette's inputs (outline.h): Xc (B, V, 3) float32 / float64, faces (F, 3) int64,
+// Kinv (B, 9) of Xc's dtype, face (B*H*W) int64 (-1 or a face), grad / raw (B*H*W) of Xc's
+// dtype when given; all contiguous on Xc's device. Index ranges are checked on the host only.
+inline void check_outline_inputs(const at::Tensor& Xc, const at::Tensor& faces, const at::Tensor& Kinv,
+                                 const at::Tensor& face, int64_t H, int64_t W) {
+  const auto dev = Xc.device();
+  const auto dt = Xc.scalar_type();
+  TORCH_CHECK(Xc.dim() == 3 && Xc.size(2) == 3 && Xc.is_contiguous() && (dt == at::kFloat || dt == at::kDouble),
+              "Xc must be a contiguous float32 / float64 (B, V, 3) tensor");
+  const int64_t B = Xc.size(0), V = Xc.size(1);
+  TORCH_CHECK(faces.device() == dev && faces.scalar_type() == at::kLong && faces.is_contiguous() &&
+                  faces.dim() == 2 && faces.size(1) == 3, "faces must be a contiguous int64 (F, 3) tensor on Xc's device");
+  TORCH_CHECK(Kinv.device() == dev && Kinv.scalar_type() == dt && Kinv.is_contiguous() && Kinv.dim() == 2 &&
+                  Kinv.size(0) == B && Kinv.size(1) == 9, "Kinv must be a contiguous (B, 9) tensor like Xc");
+  TORCH_CHECK(H > 0 && W > 0 && face.device() == dev && face.scalar_type() == at::kLong && face.is_contiguous() &&
+                  face.dim() == 1 && face.size(0) == B * H * W, "face must be a contiguous int64 (B*H*W,) tensor");
+  if (!dev.is_cpu()) return;
+  const int64_t F = faces.size(0);
+  const int64_t* fa = faces.data_ptr<int64_t>();
+  for (int64_t k = 0; k < 3 * F; ++k) TORCH_CHECK(fa[k] >= 0 && fa[k] < V, "faces indexes vertex ", fa[k], " of ", V);
+  const int64_t* fc = face.data_ptr<int64_t>();
+  for (int64_t k = 0; k < B * H * W; ++k) TORCH_CHECK(fc[k] >= -1 && fc[k] < F, "face ", fc[k], " out of range");
+}
+
+template <typename T>
+OutlineInputs<T> make_outline_inputs(const at::Tensor& Xc, const at::Tensor& faces, const at::Tensor& Kinv,
+                                     const at::Tensor& face, int64_t H, int64_t W) {
+  return {Xc.data_ptr<T>(), faces.data_ptr<int64_t>(), Kinv.data_ptr<T>(), face.data_ptr<int64_t>(), Xc.size(1), H, W};
+}
+
+inline void check_outline_grads(const at::Tensor& Xc, const at::Tensor& raw, const at::Tensor& grad) {
+  for (const at::Tensor* t : {&raw, &grad})
+    TORCH_CHECK(t->device() == Xc.device() && t->scalar_type() == Xc.scalar_type() && t->is_contiguous() &&
+                    t->dim() == 1 && t->numel() == raw.numel(), "raw and grad must be contiguous (B*H*W,) tensors like Xc");
 }
 
 }  // namespace flame_fit
