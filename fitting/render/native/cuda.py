@@ -1,7 +1,8 @@
 """Optional CUDA kernels of the renderer: the visibility pass, the fused per-pixel shading
-chain (forward and backward) and vertex normals, the CUDA counterparts of visibility.cpp and
-shade.cpp (``shade_cuda.cu``; the per-face and per-pixel maths are the same headers,
-raster.h and pixel.h, that the CPU kernels and their tests use).
+chain (forward and backward), vertex normals and the silhouette, the CUDA counterparts of
+visibility.cpp and shade.cpp (``shade_cuda.cu``; the per-face, per-pixel and per-outline-pair
+maths are the same headers, raster.h, pixel.h and outline.h, that the CPU kernels and their
+tests use).
 
 **Experimental, off by default.** The kernels were written on machines without a GPU and
 have not yet run on one. ``FLAME_FIT_NATIVE_CUDA`` selects them:

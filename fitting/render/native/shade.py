@@ -1,11 +1,12 @@
-"""Optional compiled kernels for the renderer's per-pixel shading chain.
+"""Optional compiled kernels for the renderer's per-pixel shading chain and silhouette.
 
 ``shade.cpp`` (CPU) and ``shade_cuda.cu`` (CUDA, experimental: see
 :mod:`fitting.render.native.cuda`) fuse what ``fitting.render.renderer`` does per covered pixel after the
 visibility pass (perspective-correct barycentrics and depth, interpolated unit normals,
 texture / vertex-colour albedo, 9-term SH shading, colour = albedo * shading) into one
 forward pass and one hand-written backward pass, float32 or float64, parallel over views
-(``at::parallel_for``, torch's thread count). It is built on first use with
+(``at::parallel_for``, torch's thread count); likewise vertex normals and the silhouette's
+outline antialiasing (:func:`silhouette`, maths in ``outline.h``). It is built on first use with
 ``torch.utils.cpp_extension.load`` (a C++ compiler and the ``ninja`` package; ~30-60 s,
 cached in :func:`build_directory`). When the build fails, :func:`available` warns once and
 returns False and the renderer keeps its torch path. ``FLAME_FIT_NATIVE=0`` disables it.
