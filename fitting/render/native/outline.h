@@ -36,16 +36,6 @@ FF_INLINE void centre_ray(const T* Ki, int64_t x, int64_t y, T* d) {
   d[2] = T(1);
 }
 
-template <typename T>
-FF_INLINE void cross3(const T* a, const T* b, T* out) {
-  out[0] = a[1] * b[2] - a[2] * b[1];
-  out[1] = a[2] * b[0] - a[0] * b[2];
-  out[2] = a[0] * b[1] - a[1] * b[0];
-}
-
-template <typename T>
-FF_INLINE T dot3(const T* a, const T* b) { return (a[0] * b[0] + a[1] * b[1]) + a[2] * b[2]; }
-
 // One pair, evaluated.
 template <typename T>
 struct Pair {
@@ -82,9 +72,9 @@ FF_INLINE void eval_pair(const OutlineInputs<T>& in, int64_t b, int64_t x0, int6
   bool changes[3];
   r.edge = 0;
   for (int e = 0; e < 3; ++e) {
-    cross3(r.P[(e + 1) % 3], r.P[(e + 2) % 3], En[e]);
-    wp[e] = dot3(En[e], r.dp);
-    wq[e] = dot3(En[e], r.dq);
+    cross(r.P[(e + 1) % 3], r.P[(e + 2) % 3], En[e]);
+    wp[e] = dot(En[e], r.dp);
+    wq[e] = dot(En[e], r.dq);
     changes[e] = wp[e] * wq[e] < T(0);
     const T s_det = changes[e] ? wp[e] / (wp[e] - wq[e]) : T(2);
     if (s_det < best) {   // argmin: the first of equal values
@@ -149,8 +139,8 @@ FF_INLINE void pair_backward(const OutlineInputs<T>& in, int64_t b, const Pair<T
     for (int k = 0; k < 3; ++k) gE[k] = ga * r.dp[k] + gb * r.dq[k];
     const int j = (r.edge + 1) % 3, l = (r.edge + 2) % 3;
     T gPj[3], gPl[3];
-    cross3(r.P[l], gE, gPj);   // d(Pj x Pl . w)/dPj = Pl x w
-    cross3(gE, r.P[j], gPl);   // and w x Pj for Pl
+    cross(r.P[l], gE, gPj);   // d(Pj x Pl . w)/dPj = Pl x w
+    cross(gE, r.P[j], gPl);   // and w x Pj for Pl
     const int64_t* fv = in.faces + 3 * in.face[b * in.H * in.W + r.p];
     for (int k = 0; k < 3; ++k) {
       Add::add(gX + 3 * fv[j] + k, gPj[k]);

@@ -57,16 +57,6 @@ struct Pixel {
 };
 
 template <typename T>
-FF_INLINE void cross(const T* a, const T* b, T* o) {
-  o[0] = a[1] * b[2] - a[2] * b[1];
-  o[1] = a[2] * b[0] - a[0] * b[2];
-  o[2] = a[0] * b[1] - a[1] * b[0];
-}
-
-template <typename T>
-FF_INLINE T dot(const T* a, const T* b) { return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]; }
-
-template <typename T>
 FF_INLINE void eval_pixel(const Inputs<T>& in, int64_t i, Pixel<T>& px) {
   const int64_t b = in.view[i], f = in.face[i];
   px.b = b;
