@@ -127,8 +127,7 @@ def _native_applies(Xc, faces, K, face_idx) -> bool:
     from fitting.render.native import shade
     dev = Xc.device
     return (shade.enabled() and Xc.dtype in (torch.float32, torch.float64)
-            and all(x.device == dev for x in (faces, K, face_idx))
-            and (dev.type == "cpu" or shade.cuda.runs_on(dev)) and shade.available_on(dev))
+            and all(x.device == dev for x in (faces, K, face_idx)) and shade.available_on(dev))
 
 
 def silhouette(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: torch.Tensor,
