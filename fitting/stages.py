@@ -21,10 +21,12 @@ import torch
 from tqdm.auto import tqdm
 
 from fitting.init import FLIP, align_sfm_poses, matrix_to_rot, pnp_views, project
+from fitting.jacobians import point_jacobian
 from fitting.losses import (gaussian_prior, landmark_point_weights, landmark_rmse, mask_iou, masked_photometric_l1,
                             robust_landmark_loss, silhouette_loss, texture_smoothness)
 from fitting.rotations import axis_angle_to_matrix
 from fitting.state import FitState
+from fitting.tracks import TrackTerm
 
 __all__ = ["FitContext", "subject_vertices", "view_geometry", "initialize", "stage_geometry", "lm_geometry",
            "rim_correspondences", "photo_samples", "solve_appearance", "init_appearance", "project_landmarks",
@@ -44,6 +46,11 @@ class FitContext:
     on_iter(stage, position, state): checkpoint hook; progress: show tqdm bars;
     photo_opt_state: the photometric stage's Adam state at its last ``on_iter`` call (saved
     with checkpoints; set it before resuming so the moments carry on, not restart).
+    landmark_weights: (N,) per-view weight of the landmark rows only (default 1; 0 for views
+    whose landmarks are not trusted, see :func:`landmark_trust`).
+    tracks: the SfM track term of the geometry LM (:class:`fitting.tracks.TrackTerm`) or None;
+    track_sigma_px: its observation noise in fitting pixels; landmark_sigma_px: the landmark
+    noise the last LM iteration measured (see :func:`_track_row_weights`).
     """
 
     flame: torch.nn.Module
@@ -59,9 +66,17 @@ class FitContext:
     on_iter: Callable | None = None
     progress: bool = True
     photo_opt_state: dict | None = None
+    landmark_weights: torch.Tensor | None = None
+    tracks: TrackTerm | None = None
+    track_sigma_px: float = 0.5
+    landmark_sigma_px: float | None = None
     _renderer: torch.nn.Module | None = None
     _boundary: tuple | None = None
     _edges: tuple | None = None
+
+    def __post_init__(self):
+        if self.landmark_weights is None:
+            self.landmark_weights = torch.ones_like(self.view_weights)
 
     @property
     def size(self) -> tuple:
@@ -310,46 +325,6 @@ def vertex_jacobian(flame, co: torch.Tensor, pose: torch.Tensor) -> tuple[torch.
     return X.detach(), torch.cat([J_se, J_jaw], -1).detach()
 
 
-def point_jacobian(X: torch.Tensor, J: torch.Tensor, subject: torch.Tensor, corners: torch.Tensor,
-                   bary: torch.Tensor, view: torch.Tensor, R: torch.Tensor, t: torch.Tensor,
-                   K: torch.Tensor) -> torch.Tensor:
-    """d(u, v) / d(unknowns) of mesh points by the chain rule, for :func:`lm_geometry`.
-
-    Point m is ``sum_k bary_mk X[subject_m, corners_mk]`` projected by view m's camera (no
-    skew; (u, v) = (fx x / z + cx, fy y / z + cy) of ``R X + t``). The unknowns are
-    lm_geometry's tangents: a rotation increment w (R = exp([w]) R), a translation increment,
-    the log-focal increment (fx, fy scale by exp) and the FLAME coefficients, whose vertex
-    Jacobian J comes from :func:`vertex_jacobian`. Explicit per point, so the cost is
-    O(points x P); a jacfwd through the residuals ran every point's gathers and projection
-    once per tangent (~2.3 s per iteration for 25k photometric samples in 12 views).
-
-    X: (G, V, 3); J: (G, V, 3, P); subject, view: (M,); corners: (M, 3) vertex ids; bary:
-    (M, 3); R: (N, 3, 3); t: (N, 3); K: (N, 3, 3). Returns (M, 2, 7 + P), columns
-    [w (3), t (3), log focal, coefficients (P)]."""
-    G, V = X.shape[:2]
-    rows = subject[:, None] * V + corners                                      # (M, 3) into G*V
-    # weighted sums of gathered rows without an (M, 3, 3, P) intermediate
-    Xp = torch.nn.functional.embedding_bag(rows, X.reshape(G * V, 3), per_sample_weights=bary, mode="sum")
-    dX = torch.nn.functional.embedding_bag(rows, J.reshape(G * V, -1), per_sample_weights=bary,
-                                           mode="sum").view(len(rows), 3, -1)   # (M, 3, P)
-    Rv = R[view]
-    a = (Rv @ Xp[..., None])[..., 0]                                           # R X (M, 3)
-    ax, ay, az = a.unbind(-1)
-    zero = torch.zeros_like(ax)
-    # d xc / d w_j = e_j x (R X); d xc / d t = I; the focal column is filled below
-    d_rot = torch.stack([torch.stack([zero, -az, ay], -1), torch.stack([az, zero, -ax], -1),
-                         torch.stack([-ay, ax, zero], -1)], -1)                # (M, 3 xyz, 3 j)
-    eye = torch.eye(3, dtype=a.dtype, device=a.device).expand(len(a), 3, 3)
-    dxc = torch.cat([d_rot, eye, torch.zeros_like(a)[..., None], Rv @ dX], -1)  # (M, 3, 7 + P)
-    x, y, z = (a + t[view]).unbind(-1)
-    fx, fy = K[view, 0, 0], K[view, 1, 1]
-    du = (fx / z)[:, None] * (dxc[:, 0] - (x / z)[:, None] * dxc[:, 2])
-    dv = (fy / z)[:, None] * (dxc[:, 1] - (y / z)[:, None] * dxc[:, 2])
-    du[:, 6] = fx * x / z                                                      # d / d log focal
-    dv[:, 6] = fy * y / z
-    return torch.stack([du, dv], 1)
-
-
 def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int, hist: list | None = None,
                 rnd: int = 0, use_rim: bool = False, use_photo: bool = False) -> FitState:
     """Levenberg-Marquardt on everything the landmarks (and outlines) see: per-view cameras, the
@@ -381,7 +356,7 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
     S, E = st.shape.shape[1], st.expression.shape[1]
     P = S + E + 3
     dev, dt = st.shape.device, st.shape.dtype
-    pw = landmark_point_weights(c.w_contour, static_only, dev)[None] * ctx.view_weights[:, None]  # (N, 68)
+    pw = landmark_point_weights(c.w_contour, static_only, dev)[None] * (ctx.view_weights * ctx.landmark_weights)[:, None]
     vs = st.view_subject
     refine = ctx.refine_focal
     n_cam = 6 * N + (1 if refine else 0)
@@ -481,6 +456,7 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
             w = pw / (1 + (r_lmk ** 2).sum(-1) / c.lmk_robust_px ** 2)  # IRLS weights of the Cauchy loss
             sw = (w / pw.sum().clamp_min(1e-8)).sqrt()
             row_view = ar.repeat_interleave(136)
+            trk_w = None if ctx.tracks is None else _track_row_weights(ctx, st, r_lmk, pw)
             if rim is not None:
                 rr = r_all[N * 136:]
                 wr = 1 / (1 + rr ** 2 / c.rim_robust_px ** 2)
@@ -536,16 +512,34 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
         A = Jf.T @ Jf + torch.diag(diag_p)
         g = Jf.T @ r0 + grad_p
         cost0 = cost_of(r0, co, st.log_focal)
+        ne = None
+        if trk_w is not None:  # the track term: cameras here, its points eliminated (Schur)
+            cols = torch.cat([cam_cols, torch.full((N, 1), 6 * N, device=dev)], 1) if refine else cam_cols
+            ne = ctx.tracks.normal_equations(*_cameras64(st), trk_w, cols, n_unk)
+            A, g = A.double() + ne["A"], g.double() + ne["g"]
+            cost0 += ne["cost"]
         accepted = False
         for _try in range(6):
-            dx = -torch.linalg.solve(A + lam * torch.diag(A.diagonal().clamp_min(1e-9)), g)
+            Ad = A + lam * torch.diag(A.diagonal().clamp_min(1e-9))
+            if ne is None:
+                dx = -torch.linalg.solve(Ad, g)
+            else:
+                Sc, h, Vinv = ctx.tracks.reduce(ne, lam, n_unk)
+                dx = -torch.linalg.solve(Ad - Sc, g - h)
+                dp = ctx.tracks.back_substitute(ne, Vinv, dx)
+                dx = dx.to(dt)
             cand = _apply_delta(st, dx, N, G, S, E, n_cam, refine)
             with torch.no_grad():
                 r1 = residuals(x0, cand.R(), cand.cam_t, cand.log_focal.reshape(()), coeffs(cand), cand.pose, sw, rim,
                                None if pho is None else (*pho[:-1], True))
             cost1 = cost_of(r1, coeffs(cand), cand.log_focal)
+            if ne is not None:
+                r1t = ctx.tracks.residuals(*_cameras64(cand), ctx.tracks.points + dp) * trk_w[:, None]
+                cost1 += float((r1t * r1t).sum())
             if cost1 < cost0:
                 st, accepted = cand, True
+                if ne is not None:
+                    ctx.tracks.points = ctx.tracks.points + dp
                 lam = max(lam / 3, 1e-7)
                 break
             lam *= 4
@@ -553,10 +547,36 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
             n_rim = 0 if rim is None else len(rim[0])
             hist.append({"round": rnd, "iter": it, "landmark": float((r0[: N * 136] ** 2).sum()),
                          "rim": float((r0[N * 136:N * 136 + n_rim] ** 2).sum()),
-                         "photo": float((r0[N * 136 + n_rim:] ** 2).sum()), "lambda": lam})
+                         "photo": float((r0[N * 136 + n_rim:] ** 2).sum()),
+                         "track": 0.0 if ne is None else ne["cost"], "lambda": lam})
         if not accepted or float(dx.abs().max()) < 1e-7:
             break
     return st
+
+
+def _cameras64(st: FitState) -> tuple:
+    """(R, t, K) of every view in float64, for the track term."""
+    return st.R().double(), st.cam_t.double(), st.K().double()
+
+
+@torch.no_grad()
+def _track_row_weights(ctx: FitContext, st: FitState, r_lmk: torch.Tensor, pw: torch.Tensor) -> torch.Tensor:
+    """(M,) sqrt weights of the track rows, so that both terms weigh by their noise.
+
+    The landmark rows cost ``sum_l w_l |r_l|^2 / sum_l pw_l``: by maximum likelihood that is the
+    landmark noise variance sigma_l^2 per unit of ``sum |r|^2 / sigma_l^2 / sum pw``, so a track
+    row with noise sigma_t carries ``(sigma_l / sigma_t)^2 / sum pw`` (times its Cauchy IRLS
+    weight). sigma_l is measured on the current landmark residuals (median of |r|^2 over the
+    used points = 2 ln 2 sigma^2 for 2D Gaussian noise), so detector noise and the views'
+    disagreement with the tracks raise it; it is never taken below sigma_t.
+    r_lmk: (N, 68, 2) landmark residuals; pw: (N, 68) point weights."""
+    used = pw > 0
+    d2 = (r_lmk ** 2).sum(-1)[used]
+    sig_l2 = float(d2.median()) / (2 * math.log(2)) if d2.numel() else ctx.track_sigma_px ** 2
+    ratio = max(sig_l2, ctx.track_sigma_px ** 2) / ctx.track_sigma_px ** 2
+    ctx.landmark_sigma_px = math.sqrt(max(sig_l2, 0.0))
+    r = ctx.tracks.residuals(*_cameras64(st))
+    return (ctx.tracks.irls_weights(r) * ratio / float(pw.sum().clamp_min(1e-8))).sqrt()
 
 
 @torch.no_grad()

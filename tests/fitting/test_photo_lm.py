@@ -8,7 +8,8 @@ import torch
 
 from fitting.render import look_at
 from fitting.rotations import axis_angle_to_matrix
-from fitting.stages import _central_gradients, _masked_blur, point_jacobian, vertex_jacobian
+from fitting.jacobians import point_jacobian
+from fitting.stages import _central_gradients, _masked_blur, vertex_jacobian
 
 
 def test_central_gradients_of_a_ramp():

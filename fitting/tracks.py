@@ -1,0 +1,233 @@
+"""Structure-from-motion tracks as a residual term of the geometry solve (bundle adjustment).
+
+SfM (process_data's pycolmap stage) leaves a COLMAP model in ``<prep>/sfm/model``: 3D points,
+each with a *track* of 2D SIFT observations in the views that see it. Their reprojection
+errors are precise (~0.5 px) but say nothing about metric scale or the head; the landmarks
+say both but are noisy (2-20 px on real photos, wrong on profiles). The geometry solve
+therefore minimises both together: every track point becomes an unknown of the LM, and the
+cameras are shared by both terms (see docs/FITTING.md, "Bundle adjustment").
+
+* :func:`load_tracks` reads the model into arrays over the fit's views.
+* :class:`TrackTerm` is the reprojection residual with its Jacobians, and eliminates the
+  points from the LM's normal equations by a Schur complement (each point is a 3x3 block,
+  so the reduced system keeps the size of the camera + FLAME unknowns).
+
+Units: observations are in fitting pixels (original pixels scaled like the landmarks,
+pixel centres at +0.5, COLMAP's convention too); points in the frame of the cameras given.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fitting.jacobians import point_jacobian
+
+__all__ = ["Tracks", "load_tracks", "TrackTerm"]
+
+
+@dataclass
+class Tracks:
+    """Track points and their observations in the fit's views.
+
+    xyz: (P, 3) float64 points in SfM's frame until :meth:`transformed`; rgb: (P, 3) uint8;
+    view: (M,) int64 index into the fit's views; point: (M,) int64 index into xyz;
+    uv: (M, 2) float64 fitting pixels. Every point has observations in >= 2 views.
+    """
+
+    xyz: np.ndarray
+    rgb: np.ndarray
+    view: np.ndarray
+    point: np.ndarray
+    uv: np.ndarray
+
+    @property
+    def num_points(self) -> int:
+        return len(self.xyz)
+
+    @property
+    def num_observations(self) -> int:
+        return len(self.view)
+
+    def per_view_counts(self, num_views: int) -> np.ndarray:
+        """(N,) observations per view."""
+        return np.bincount(self.view, minlength=num_views)
+
+    def transformed(self, s: float, Q: np.ndarray, T: np.ndarray) -> "Tracks":
+        """The same tracks with points mapped by X' = s Q X + T (SfM frame -> head frame)."""
+        xyz = s * self.xyz @ np.asarray(Q, np.float64).T + np.asarray(T, np.float64)
+        return Tracks(xyz, self.rgb, self.view, self.point, self.uv)
+
+
+def load_tracks(model_dir, names: list, scale: np.ndarray, landmarks_px: np.ndarray | None = None,
+                min_views: int = 2) -> Tracks | None:
+    """Tracks of a COLMAP model restricted to the fit's views.
+
+    model_dir: COLMAP model folder (binary or text); names: (N,) the fit's view names, in
+    order; scale: (N, 2) original -> fitting pixel factors (sx, sy); landmarks_px: (N, 68, 2)
+    detected landmarks in original pixels, whose copies that SfM may have used as extra
+    keypoints (process_data's ``--sfm-landmarks``) are dropped, since the landmark term already
+    counts them. Points seen by fewer than ``min_views`` of the fit's views are dropped.
+    Returns None when nothing is left.
+    """
+    import pycolmap
+
+    rec = pycolmap.Reconstruction(str(model_dir))
+    index = {n: i for i, n in enumerate(names)}
+    image_view = {iid: index.get(im.name, -1) for iid, im in rec.images.items()}
+    xy_of = {iid: np.array([p.xy for p in im.points2D], np.float64).reshape(-1, 2) for iid, im in rec.images.items()
+             if image_view[iid] >= 0}
+    xyz, rgb, view, point, uv = [], [], [], [], []
+    for p in rec.points3D.values():  # one pass over the model when it is read
+        els = [(image_view[e.image_id], e.image_id, e.point2D_idx) for e in p.track.elements
+               if image_view.get(e.image_id, -1) >= 0]
+        if len({v for v, _, _ in els}) < min_views:
+            continue
+        j = len(xyz)
+        xyz.append(p.xyz)
+        rgb.append(p.color)
+        for v, iid, k in els:
+            view.append(v)
+            point.append(j)
+            uv.append(xy_of[iid][k])
+    if not xyz:
+        return None
+    tr = Tracks(np.asarray(xyz, np.float64), np.asarray(rgb, np.uint8), np.asarray(view, np.int64),
+                np.asarray(point, np.int64), np.asarray(uv, np.float64))
+    if landmarks_px is not None:
+        d = np.linalg.norm(tr.uv[:, None] - np.asarray(landmarks_px, np.float64)[tr.view], axis=-1).min(1)
+        tr = _keep_observations(tr, d > 1e-3, min_views)
+        if tr is None:
+            return None
+    tr.uv = tr.uv * np.asarray(scale, np.float64)[tr.view]
+    return tr
+
+
+def _keep_observations(tr: Tracks, keep: np.ndarray, min_views: int) -> Tracks | None:
+    """Tracks with only the observations in ``keep`` (M,) bool, points re-indexed, and points
+    left with fewer than ``min_views`` views dropped."""
+    view, point, uv = tr.view[keep], tr.point[keep], tr.uv[keep]
+    nviews = np.zeros(len(tr.xyz), np.int64)
+    pairs = np.unique(np.stack([point, view], 1), axis=0)
+    np.add.at(nviews, pairs[:, 0], 1)
+    good = nviews >= min_views
+    if not good.any():
+        return None
+    new = np.cumsum(good) - 1
+    m = good[point]
+    return Tracks(tr.xyz[good], tr.rgb[good], view[m], new[point[m]], uv[m])
+
+
+class TrackTerm:
+    """Robust reprojection residuals of track points, for the geometry LM.
+
+    For observation m of point j in view i: ``r_m = pi(K_i (R_i X_j + t_i)) - u_m`` (fitting
+    pixels), weighted in the LM by ``sqrt(weight * w_m)`` with ``w_m`` the IRLS weight of a
+    Cauchy loss of scale ``robust_px``. ``weight`` sets the term against the other rows (the LM
+    passes it per iteration, from the measured noise of both terms).
+
+    The camera Jacobian uses the LM's compressed tangents (rotation increment, translation,
+    log focal), and the point Jacobian the 3 coordinates. :meth:`normal_equations` adds the
+    term to the camera block of the LM's normal equations and keeps the point blocks, which
+    :meth:`reduce` eliminates (Schur complement) and :meth:`back_substitute` recovers.
+
+    points: (P, 3) float64, the current points: the LM moves them by :meth:`back_substitute`'s
+    steps. The term works in float64: its normal equations sum thousands of rows whose weights
+    are ~(landmark noise / track noise)^2 ~ 10-100 times the landmarks', and float32 loses the
+    sub-pixel steps in that sum.
+    """
+
+    def __init__(self, tracks: Tracks, robust_px: float, device=None):
+        self.num_points = tracks.num_points
+        self.view = torch.as_tensor(tracks.view, device=device)
+        self.point = torch.as_tensor(tracks.point, device=device)
+        self.uv = torch.as_tensor(tracks.uv, device=device, dtype=torch.float64)
+        self.points = torch.as_tensor(tracks.xyz, device=device, dtype=torch.float64)
+        self.robust_px = float(robust_px)
+        self._pairs = _track_pairs(self.point, self.num_points)
+
+    def residuals(self, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor,
+                  points: torch.Tensor | None = None) -> torch.Tensor:
+        """(M, 2) reprojection errors in pixels. R: (N, 3, 3); t: (N, 3); K: (N, 3, 3)."""
+        X = (self.points if points is None else points)[self.point]
+        xc = (R[self.view] @ X[..., None])[..., 0] + t[self.view]
+        f = torch.stack([K[self.view, 0, 0], K[self.view, 1, 1]], -1)
+        return xc[:, :2] / xc[:, 2:3].clamp_min(1e-9) * f + K[self.view, :2, 2] - self.uv
+
+    def irls_weights(self, r: torch.Tensor) -> torch.Tensor:
+        """(M,) Cauchy IRLS weights of residuals r (M, 2)."""
+        return 1 / (1 + (r * r).sum(-1) / self.robust_px ** 2)
+
+    def normal_equations(self, R, t, K, row_weight: torch.Tensor, cam_cols: torch.Tensor, n_unk: int) -> dict:
+        """Linearise at the current cameras and points.
+
+        row_weight: (M,) sqrt of each observation's weight; cam_cols: (N, C) the LM columns of
+        each view's C compressed camera tangents (C = 6, or 7 with the shared log focal).
+        Returns the blocks of the term's normal equations: ``A`` (n_unk, n_unk) and ``g``
+        (n_unk,) over the LM's unknowns, the point blocks ``V`` (P, 3, 3), ``gp`` (P, 3), the
+        cross terms ``Y`` (M, C, 3) (camera tangents x point of each observation) and ``cols``
+        (M, C), and ``cost`` (the weighted squared residuals)."""
+        C = cam_cols.shape[1]
+        P = self.num_points
+        dt, dev = self.points.dtype, self.points.device
+        eye = torch.eye(3, dtype=dt, device=dev).expand(1, P, 3, 3)
+        M = len(self.view)
+        one = torch.tensor([1.0, 0.0, 0.0], dtype=dt, device=dev).expand(M, 3)
+        J = point_jacobian(self.points[None], eye, torch.zeros_like(self.point), self.point[:, None].expand(M, 3),
+                           one, self.view, R, t, K)                                # (M, 2, 10)
+        r = self.residuals(R, t, K) * row_weight[:, None]
+        J = J * row_weight[:, None, None]
+        B, Pj = J[..., :C], J[..., 7:]                                             # (M, 2, C), (M, 2, 3)
+        cols = cam_cols[self.view]                                                 # (M, C)
+        A = torch.zeros(n_unk * n_unk, dtype=dt, device=dev)
+        idx = (cols[:, :, None] * n_unk + cols[:, None, :]).reshape(-1)
+        A.index_add_(0, idx, (B.transpose(1, 2) @ B).reshape(-1))
+        g = torch.zeros(n_unk, dtype=dt, device=dev).index_add_(
+            0, cols.reshape(-1), (B.transpose(1, 2) @ r[..., None]).reshape(-1))
+        V = torch.zeros(P, 3, 3, dtype=dt, device=dev).index_add_(0, self.point, Pj.transpose(1, 2) @ Pj)
+        gp = torch.zeros(P, 3, dtype=dt, device=dev).index_add_(
+            0, self.point, (Pj.transpose(1, 2) @ r[..., None])[..., 0])
+        return {"A": A.view(n_unk, n_unk), "g": g, "V": V, "gp": gp, "Y": B.transpose(1, 2) @ Pj, "cols": cols,
+                "cost": float((r * r).sum())}
+
+    def reduce(self, ne: dict, lam: float, n_unk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Schur complement of the (Marquardt-damped) point blocks.
+
+        With the full system [[A, W], [W^T, V]] [dc; dp] = -[g; gp], the cameras solve
+        ``(A - W V^-1 W^T) dc = -(g - W V^-1 gp)``. W has a 3-column block per point holding
+        Y_m in the columns of observation m's view, so ``W V_j^-1 W^T`` is the sum of
+        ``Y_m V_j^-1 Y_n^T`` over pairs (m, n) of observations of the same point j.
+        Returns (the matrix to subtract from A, the vector to subtract from g, V^-1 (P, 3, 3))."""
+        V = ne["V"]
+        Vd = V + lam * torch.diag_embed(V.diagonal(dim1=1, dim2=2).clamp_min(1e-9))
+        Vinv = torch.linalg.inv(Vd)
+        Y, cols = ne["Y"], ne["cols"]
+        m, n = self._pairs
+        blocks = Y[m] @ Vinv[self.point[m]] @ Y[n].transpose(1, 2)                 # (pairs, C, C)
+        idx = (cols[m][:, :, None] * n_unk + cols[n][:, None, :]).reshape(-1)
+        S = torch.zeros(n_unk * n_unk, dtype=V.dtype, device=V.device).index_add_(0, idx, blocks.reshape(-1))
+        WVg = (Y @ (Vinv[self.point] @ ne["gp"][self.point][..., None]))[..., 0]  # (M, C)
+        h = torch.zeros(n_unk, dtype=V.dtype, device=V.device).index_add_(0, cols.reshape(-1), WVg.reshape(-1))
+        return S.view(n_unk, n_unk), h, Vinv
+
+    def back_substitute(self, ne: dict, Vinv: torch.Tensor, dc: torch.Tensor) -> torch.Tensor:
+        """(P, 3) point steps for camera steps dc (n_unk,): dp_j = -V_j^-1 (gp_j + sum_m Y_m^T dc_m)."""
+        Wt_dc = (ne["Y"].transpose(1, 2) @ dc[ne["cols"]][..., None])[..., 0]      # (M, 3)
+        rhs = ne["gp"].index_add(0, self.point, Wt_dc)
+        return -(Vinv @ rhs[..., None])[..., 0]
+
+
+def _track_pairs(point: torch.Tensor, num_points: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every ordered pair (m, n) of observations of the same point, m == n included: the
+    non-zero blocks of the Schur complement. point: (M,). Returns two (sum_j len_j^2,) indices."""
+    order = torch.argsort(point, stable=True)
+    length = torch.bincount(point, minlength=num_points)
+    start = torch.cumsum(length, 0) - length
+    count = length[point[order]]                                                   # partners of each obs
+    m = order.repeat_interleave(count)
+    first = torch.cumsum(count, 0) - count
+    k = torch.arange(int(count.sum()), device=point.device) - first.repeat_interleave(count)
+    n = order[start[point[m]] + k]
+    return m, n
