@@ -94,6 +94,20 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
                         "few views, its focal is implausible, or no SfM")
     g.add_argument("--sfm_min_views", type=int, default=10,
                    help="auto focal refinement: trust SfM's focal only when it registered at least this many views")
+    g.add_argument("--tracks", type=str, default="auto", choices=["auto", "off"],
+                   help="bundle adjustment: put the SfM tracks (<preprocess>/sfm/model) into the geometry solve "
+                        "with the landmarks (auto: whenever the scene has an SfM model)")
+    g.add_argument("--sfm_trust_deg", type=float, default=5.0,
+                   help="SfM poses initialise the cameras when they agree with PnP's within this in the median "
+                        "view (else SfM is taken as degenerate, e.g. a bas-relief from few views)")
+    g.add_argument("--track_sigma_px", type=float, default=0.5,
+                   help="noise of an SfM track observation (original pixels); weighs tracks against landmarks")
+    g.add_argument("--track_robust_px", type=float, default=2.0,
+                   help="Cauchy scale of the track reprojection loss (original pixels)")
+    g.add_argument("--lmk_max_yaw_deg", type=float, default=45.0,
+                   help="with tracks, views beyond this yaw do not use their landmarks (detectors fail on profiles)")
+    g.add_argument("--lmk_outlier_factor", type=float, default=3.0,
+                   help="with tracks, a view whose landmark RMSE exceeds this x the median view's stops using them")
     g.add_argument("--pose_disagree_deg", type=float, default=10.0,
                    help="flag a view when its PnP and (aligned) SfM rotations differ by more than this")
     g.add_argument("--pose_disagree_rel", type=float, default=0.1,

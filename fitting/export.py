@@ -10,9 +10,11 @@ until they are written; each writer converts at the edge:
   ``fl_x fl_y cx cy w h`` (top level and per frame), ``file_path``, ``mesh_path``
   (:func:`write_transforms` / :func:`read_transforms`). Both readers put pixel centres at
   +0.5 as we do, so no half-pixel shift is applied.
-* COLMAP text model        - ``cameras.txt`` (PINHOLE), ``images.txt``, ``points3D.txt`` from the
-  mesh vertices (:func:`write_colmap_text` / :func:`read_colmap_text`); COLMAP's continuous
-  pixel convention is ours.
+* COLMAP text model        - ``cameras.txt`` (PINHOLE), ``images.txt``, ``points3D.txt``: the SfM
+  track points when the fit used them, else the mesh vertices (:func:`write_colmap_text` /
+  :func:`read_colmap_text`); COLMAP's continuous pixel convention is ours.
+* ``points3D.ply``         - the same points with colours, binary little-endian PLY
+  (:func:`write_points_ply` / :func:`read_points_ply`): initial points for Gaussian splatting.
 * ``report.json``          - :func:`write_json`.
 
 Every file is written atomically (temp file in the same folder + ``os.replace``).
@@ -32,7 +34,8 @@ from fitting.meshio import save_obj
 from fitting.rotations import matrix_to_quaternion
 
 __all__ = ["write_json", "write_png", "write_params", "read_params", "write_mesh", "write_transforms",
-           "read_transforms", "write_colmap_text", "read_colmap_text", "quat_to_matrix", "vertex_colors_from_texture"]
+           "read_transforms", "write_colmap_text", "read_colmap_text", "quat_to_matrix", "vertex_colors_from_texture",
+           "write_points_ply", "read_points_ply"]
 
 
 def _np(x) -> np.ndarray:
@@ -113,6 +116,32 @@ def vertex_colors_from_texture(texture, verts_uvs, faces, faces_uvs, num_verts: 
 
 
 # -- transforms.json (nerfstudio / instant-ngp) ----------------------------------------------------
+_PLY_VERTEX = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+
+
+def write_points_ply(path, points, colors) -> Path:
+    """points (P, 3) metres, colors (P, 3) uint8 -> a binary PLY point cloud (x y z red green
+    blue: the vertex layout 3D Gaussian splatting's and nerfstudio's loaders read)."""
+    pts = np.asarray(_np(points), np.float32).reshape(-1, 3)
+    v = np.empty(len(pts), _PLY_VERTEX)
+    v["x"], v["y"], v["z"] = pts.T
+    v["red"], v["green"], v["blue"] = np.asarray(colors, np.uint8).reshape(-1, 3).T
+    header = ("ply\nformat binary_little_endian 1.0\n"
+              f"element vertex {len(v)}\n"
+              + "".join(f"property {'float' if v.dtype[n].kind == 'f' else 'uchar'} {n}\n" for n in v.dtype.names)
+              + "end_header\n")
+    return atomic_write_bytes(Path(path), header.encode() + v.tobytes())
+
+
+def read_points_ply(path) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`write_points_ply`: (points (P, 3) float32, colors (P, 3) uint8)."""
+    data = Path(path).read_bytes()
+    end = data.index(b"end_header\n") + len(b"end_header\n")
+    n = int(next(ln.split()[2] for ln in data[:end].decode().splitlines() if ln.startswith("element vertex")))
+    v = np.frombuffer(data[end:], _PLY_VERTEX, count=n)
+    return np.stack([v["x"], v["y"], v["z"]], 1), np.stack([v["red"], v["green"], v["blue"]], 1)
+
+
 def _c2w_opengl(R: np.ndarray, t: np.ndarray) -> np.ndarray:
     """(N,3,3), (N,3) OpenCV world-to-camera -> (N,4,4) OpenGL camera-to-world."""
     from fitting.render.cameras import opencv_to_opengl_c2w

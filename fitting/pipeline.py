@@ -88,6 +88,30 @@ def decide_refine_focal(cfg, cameras: dict) -> tuple[bool, str]:
     return False, f"SfM registered {n_reg} views"
 
 
+def scene_tracks(cfg, scene: Scene):
+    """The scene's SfM tracks over its used views (SfM's frame), or None (``--tracks off``,
+    no SfM model, or no point seen twice)."""
+    from fitting.tracks import load_tracks
+    model = scene.cameras.get("colmap_model")
+    if cfg.tracks == "off" or not model or not (scene.prep_dir / model).is_dir():
+        return None
+    lmk_orig = scene.landmarks.cpu().numpy() / scene.scale.cpu().numpy()[:, None, :]
+    return load_tracks(scene.prep_dir / model, scene.names, scene.scale.cpu().numpy(), landmarks_px=lmk_orig)
+
+
+def attach_tracks(ctx: FitContext, cfg, scene: Scene, tracks, points=None) -> None:
+    """Put the tracks into the geometry solve (``--tracks``, ``--track_*_px``); ``points``
+    (P, 3) in the head frame: resume from these (else the geometry stage triangulates them)."""
+    from fitting.tracks import TrackTerm
+    if tracks is None:
+        return
+    px = float(scene.scale.mean())           # fitting pixels per original pixel
+    ctx.tracks = TrackTerm(tracks, robust_px=cfg.track_robust_px * px, device=ctx.images.device)
+    ctx.track_sigma_px = cfg.track_sigma_px * px
+    if points is not None:
+        ctx.tracks.points = torch.as_tensor(points, dtype=torch.float64, device=ctx.images.device)
+
+
 def seed_everything(s: int) -> None:
     """Seed Python, numpy and torch (the fit is then repeatable up to thread scheduling)."""
     random.seed(s)
@@ -137,10 +161,10 @@ def ground_truth_errors(gt: dict, names: list, R: np.ndarray, t: np.ndarray, ver
 
 def write_outputs(out: Path, scene: Scene, ctx: FitContext, state: FitState, used: np.ndarray, ev: dict,
                   write_images: bool = True) -> dict:
-    """params.npz, mesh.obj + texture, transforms.json, COLMAP text model, previews.
+    """params.npz, mesh.obj + texture, transforms.json, COLMAP text model, points3D.ply, previews.
     Only views in ``used`` (N,) bool are exported. Returns arrays used by the report."""
     from fitting.export import vertex_colors_from_texture, write_colmap_text, write_mesh, write_params, \
-        write_png, write_transforms
+        write_png, write_points_ply, write_transforms
 
     out.mkdir(parents=True, exist_ok=True)
     K = _orig_K(state.K().cpu(), scale=scene.scale).numpy()
@@ -165,10 +189,14 @@ def write_outputs(out: Path, scene: Scene, ctx: FitContext, state: FitState, use
                tex[0])
     rel = [os.path.relpath(scene.image_paths[i], out) for i in idx]
     write_transforms(out / "transforms.json", K[idx], R[idx], t[idx], sizes[idx], rel, mesh_path="mesh.obj")
-    colors = None
-    if vt is not None:
-        colors = vertex_colors_from_texture(tex[0], vt.cpu(), ctx.flame.faces.cpu(), ft.cpu(), len(verts))
-    write_colmap_text(out / "colmap", K[idx], R[idx], t[idx], sizes[idx], names, points=verts, colors=colors)
+    if ctx.tracks is not None and ctx.tracks.points is not None:
+        points, colors = ctx.tracks.points.cpu().numpy(), ctx.tracks.rgb
+    else:
+        points, colors = verts, np.full((len(verts), 3), 200, np.uint8)
+        if vt is not None:
+            colors = vertex_colors_from_texture(tex[0], vt.cpu(), ctx.flame.faces.cpu(), ft.cpu(), len(verts))
+    write_colmap_text(out / "colmap", K[idx], R[idx], t[idx], sizes[idx], names, points=points, colors=colors)
+    write_points_ply(out / "points3D.ply", points, colors)
 
     if write_images:
         from fitting.visualize import contact_sheet, overlay, plot_losses
@@ -262,6 +290,7 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
                      head_mask=scene.head_mask, view_weights=torch.ones(N, device=device), cfg=cfg,
                      texspace=texspace, refine_focal=refine, progress=cfg.progress)
 
+    tracks = scene_tracks(cfg, scene)
     ckpt_path = out / "checkpoint.pt"
     done, pos, init_info = [], 0, {}
     if cfg.resume and ckpt_path.is_file():
@@ -273,6 +302,9 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
             timing.update(ck["extra"].get("timing", {}))
             ctx.view_weights = torch.as_tensor(ck["extra"]["view_weights"], device=device)
             ctx.photo_opt_state = ck["extra"].get("photo_opt")
+            ctx.landmark_weights = torch.as_tensor(ck["extra"]["landmark_weights"], device=device)
+            ctx.landmark_flags = {int(k): v for k, v in ck["extra"]["landmark_flags"].items()}
+            attach_tracks(ctx, cfg, scene, tracks, ck["extra"].get("track_points"))
         else:
             print(f"[fit] {ckpt_path} is for other views; starting afresh")
     cfg_d = config_to_dict(cfg)
@@ -281,14 +313,20 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
         save_checkpoint(ckpt_path, st, cfg_d, {"done": stage_done, "stage": stage, "pos": p}, ctx.history,
                         {"names": scene.names, "init_info": init_info, "timing": timing,
                          "view_weights": ctx.view_weights.cpu().tolist(),
+                         "landmark_weights": ctx.landmark_weights.cpu().tolist(),
+                         "landmark_flags": {str(k): v for k, v in ctx.landmark_flags.items()},
+                         "track_points": None if ctx.tracks is None or ctx.tracks.points is None
+                         else ctx.tracks.points.cpu(),
                          "photo_opt": ctx.photo_opt_state if stage == "photometric" and p > 0 else None})
 
     if "init" not in done:
         t0 = time.perf_counter()
         sfm = [scene.sfm_poses.get(n) for n in scene.names]
-        state, init_info = initialize(ctx, state, sfm)
+        state, init_info = initialize(ctx, state, sfm, prefer_sfm=tracks is not None)
         failed = np.array([s == "failed" for s in init_info["source"]])
         ctx.view_weights = torch.as_tensor(~failed, dtype=torch.float32, device=device)
+        ctx.landmark_weights = torch.ones_like(ctx.view_weights)
+        attach_tracks(ctx, cfg, scene, tracks)
         if failed.all():
             raise ValueError("pose initialisation failed in every view (PnP found no consistent pose): "
                              "check landmarks.json and cameras.json")
@@ -318,6 +356,11 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
     arr = write_outputs(out, scene, ctx, state, used, ev, cfg.write_images)
 
     sx_sy = scene.scale.cpu().numpy()
+    trk_rms = trk_n = None
+    if ctx.tracks is not None:
+        R64, t64, K64 = state.R().double(), state.cam_t.double(), state.K().double()
+        trk_rms = (ctx.tracks.view_rms(R64, t64, K64, N).cpu().numpy() / sx_sy.mean(1))
+        trk_n = np.bincount(ctx.tracks.view.cpu().numpy(), minlength=N)
     lm_pred = ev["landmarks"].cpu().numpy() / sx_sy[:, None, :]
     lm_obs = scene.landmarks.cpu().numpy() / sx_sy[:, None, :]
     rmse_orig = np.sqrt(((lm_pred - lm_obs) ** 2).sum(-1).mean(-1))
@@ -330,6 +373,9 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
                               "landmark_rmse_px": float(rmse_orig[i]),
                               "photometric_l1": float(ev["photometric_l1"][i]),
                               "mask_iou": float(ev["mask_iou"][i]),
+                              "num_tracks": None if trk_n is None else int(trk_n[i]),
+                              "track_reprojection_px": None if trk_rms is None or trk_n[i] == 0 else float(trk_rms[i]),
+                              "landmarks_used": i not in ctx.landmark_flags,
                               "K": arr["K"][i].tolist(), "R": arr["R"][i].tolist(), "t": arr["t"][i].tolist()})
                 continue
             reason = "pose initialisation failed (PnP found no consistent pose, no SfM pose)"
@@ -347,6 +393,10 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
         {"name": scene.names[i], "reason": f"PnP and SfM poses disagree by {init_info['sfm_angle_deg'][i]:.1f} deg, "
                                            f"{100 * init_info['sfm_center_rel'][i]:.0f}% of the distance"}
         for i, d in enumerate(init_info.get("sfm_disagree", [])) if d]
+    report["landmarks_not_used"] = [{"name": scene.names[i], "reason": why} for i, why in ctx.landmark_flags.items()]
+    report["tracks"] = None if ctx.tracks is None else {
+        "num_points": ctx.tracks.num_points, "num_observations": len(ctx.tracks.view),
+        "landmark_sigma_px": ctx.landmark_sigma_px}
     if scene.ground_truth is not None:
         ui = np.nonzero(used)[0]
         gt_err = ground_truth_errors(scene.ground_truth, [scene.names[i] for i in ui], arr["R"][ui], arr["t"][ui],

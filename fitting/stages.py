@@ -47,7 +47,8 @@ class FitContext:
     photo_opt_state: the photometric stage's Adam state at its last ``on_iter`` call (saved
     with checkpoints; set it before resuming so the moments carry on, not restart).
     landmark_weights: (N,) per-view weight of the landmark rows only (default 1; 0 for views
-    whose landmarks are not trusted, see :func:`landmark_trust`).
+    whose landmarks are not trusted, see :func:`distrust_profiles` and
+    :func:`distrust_outlier_views`); landmark_flags: {view index: why its landmarks are not used}.
     tracks: the SfM track term of the geometry LM (:class:`fitting.tracks.TrackTerm`) or None;
     track_sigma_px: its observation noise in fitting pixels; landmark_sigma_px: the landmark
     noise the last LM iteration measured (see :func:`_track_row_weights`).
@@ -67,6 +68,7 @@ class FitContext:
     progress: bool = True
     photo_opt_state: dict | None = None
     landmark_weights: torch.Tensor | None = None
+    landmark_flags: dict = field(default_factory=dict)
     tracks: TrackTerm | None = None
     track_sigma_px: float = 0.5
     landmark_sigma_px: float | None = None
@@ -221,13 +223,21 @@ def _prior(ctx: FitContext, shape, expr, jaw, log_focal=None) -> torch.Tensor:
 
 # -- initialisation ------------------------------------------------------------------------------
 @torch.no_grad()
-def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None) -> tuple[FitState, dict]:
+def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
+               prefer_sfm: bool = False) -> tuple[FitState, dict]:
     """Per-view cameras from robust PnP of the 51 static landmarks on the mean shape, checked
     against (and, where PnP failed or fits worse, replaced by) SfM poses after a similarity.
 
-    sfm_poses: N entries of (R (3,3), t (3,)) or None. Returns (state, info) with per-view
-    ``pnp_ok``, ``pnp_rmse_px``, ``source`` ('pnp' | 'sfm' | 'failed'), ``sfm_angle_deg``,
-    ``sfm_center_rel``, ``sfm_disagree`` (NaN / False where SfM has no pose) and SfM's scale.
+    sfm_poses: N entries of (R (3,3), t (3,)) or None. prefer_sfm: when SfM is consistent
+    with PnP (the median view's poses agree within ``sfm_trust_deg``), take the SfM pose of
+    every view that has one: a profile's landmarks can fit a wrong PnP pose better than the
+    right one. With few views SfM can land on a bas-relief solution (a wrong focal length
+    traded against flattened depth and compressed angles), which no similarity aligns with
+    PnP: then PnP's poses stay. Returns (state, info) with per-view ``pnp_ok``,
+    ``pnp_rmse_px``, ``source`` ('pnp' | 'sfm' | 'failed'), ``sfm_angle_deg``,
+    ``sfm_center_rel``, ``sfm_disagree`` (NaN / False where SfM has no pose), SfM's scale,
+    ``sfm_similarity`` {s, Q, T}: X_head = s Q X_sfm + T (None without an alignment),
+    ``sfm_trusted`` and ``sfm_trust_why``.
     """
     st = state.detach()
     N = st.num_views
@@ -243,7 +253,8 @@ def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None) 
     R, t, ok, rmse, _ = pnp_views(lm, lmk3d.cpu().double().numpy(), K, reproj_px=reproj)
     source = np.where(ok, "pnp", "failed").astype(object)
     info = {"pnp_ok": ok.tolist(), "pnp_rmse_px": rmse.tolist(), "sfm_angle_deg": [math.nan] * N,
-            "sfm_center_rel": [math.nan] * N, "sfm_disagree": [False] * N, "sfm_scale": None}
+            "sfm_center_rel": [math.nan] * N, "sfm_disagree": [False] * N, "sfm_scale": None,
+            "sfm_similarity": None, "sfm_trusted": False, "sfm_trust_why": "no SfM poses to align"}
     has = np.array([p is not None for p in (sfm_poses or [None] * N)])
     if has.sum() >= 2 and (ok & has).sum() >= 2:
         idx = np.nonzero(has)[0]
@@ -253,6 +264,12 @@ def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None) 
                              max_rel=ctx.cfg.pose_disagree_rel)
         if al is not None:
             info["sfm_scale"] = al["s"]
+            info["sfm_similarity"] = {"s": float(al["s"]), "Q": al["Q"].tolist(), "T": al["T"].tolist()}
+            med = float(np.median(al["angle_deg"][ok[idx]]))
+            info["sfm_trusted"] = med <= ctx.cfg.sfm_trust_deg
+            info["sfm_trust_why"] = (f"aligned SfM and PnP rotations differ by {med:.1f} deg in the median view "
+                                     f"({'<=' if info['sfm_trusted'] else '>'} {ctx.cfg.sfm_trust_deg:g})")
+            prefer_sfm = prefer_sfm and info["sfm_trusted"]
             static = np.zeros(68, bool)
             static[17:] = True
             for j, i in enumerate(idx):  # a few views; picks the better of two poses
@@ -264,13 +281,68 @@ def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None) 
                     continue
                 uv = x[:, :2] / x[:, 2:] * np.array([K[i, 0, 0], K[i, 1, 1]]) + K[i, :2, 2]
                 e = float(np.sqrt(((uv - lm[i, 17:]) ** 2).sum(1).mean()))
-                if not ok[i] or e < rmse[i]:
+                if prefer_sfm or not ok[i] or e < rmse[i]:
                     R[i], t[i], rmse[i], source[i] = al["R"][j], al["t"][j], e, "sfm"
     info["source"] = source.tolist()
     info["init_rmse_px"] = rmse.tolist()
     st.cam_rot = matrix_to_rot(torch.as_tensor(R, dtype=torch.float32)).to(st.cam_rot.device)
     st.cam_t = torch.as_tensor(t, dtype=torch.float32).to(st.cam_t.device)
     return st, info
+
+
+# -- which views' landmarks to trust -------------------------------------------------------------
+MIN_VIEW_TRACKS = 20   # observations that pin a view without its landmarks
+
+
+def view_yaw_deg(R: torch.Tensor) -> torch.Tensor:
+    """(N,) yaw of each camera around the head in degrees (0: in front of the face; the sign
+    follows the head's x axis). R: (N, 3, 3) world-to-camera in the head frame."""
+    d = R[:, 2, :]                                   # the camera's viewing direction in the head frame
+    return torch.rad2deg(torch.atan2(d[:, 0], -d[:, 2]))
+
+
+def _tracked_views(ctx: FitContext) -> torch.Tensor:
+    """(N,) bool: views with enough track observations to be posed without landmarks."""
+    if ctx.tracks is None:
+        return torch.zeros_like(ctx.view_weights, dtype=torch.bool)
+    counts = torch.bincount(ctx.tracks.view, minlength=len(ctx.view_weights)).to(ctx.view_weights.device)
+    return counts >= MIN_VIEW_TRACKS
+
+
+def _distrust(ctx: FitContext, i: int, why: str) -> None:
+    ctx.landmark_weights[i] = 0.0
+    ctx.landmark_flags[i] = why
+
+
+@torch.no_grad()
+def distrust_profiles(ctx: FitContext, st: FitState) -> None:
+    """Stop using the landmarks of tracked views beyond ``lmk_max_yaw_deg`` of yaw.
+
+    Past about 45 deg a 68-point detector (dlib's, trained on near-frontal faces) returns a
+    frontal-shaped set of points squeezed into the profile, and PnP / the fit follow it. The
+    yaw comes from the current cameras, which the tracks hold (SfM poses at initialisation)."""
+    yaw = view_yaw_deg(st.R())
+    lim = ctx.cfg.lmk_max_yaw_deg
+    for i in torch.nonzero(_tracked_views(ctx) & (yaw.abs() > lim)).flatten().tolist():  # a few views
+        _distrust(ctx, i, f"yaw {float(yaw[i]):+.0f} deg is beyond the landmark detector's range (+-{lim:.0f} deg); "
+                          "posed by its SfM tracks")
+
+
+@torch.no_grad()
+def distrust_outlier_views(ctx: FitContext, st: FitState) -> None:
+    """Stop using the landmarks of tracked views whose static landmarks sit much farther from the
+    fit than the other views' (a box on the wrong face, a bad detection): more than
+    ``lmk_outlier_factor`` x the median view's RMSE and more than 3 px at fitting size."""
+    _, lmk3d = view_geometry(ctx, st, subject_vertices(ctx, st))
+    d = (project_landmarks(st, lmk3d) - ctx.landmarks)[:, 17:]
+    rmse = d.pow(2).sum(-1).mean(-1).sqrt()                                      # (N,)
+    trusted = (ctx.landmark_weights > 0) & (ctx.view_weights > 0)
+    if trusted.sum() < 3:
+        return
+    lim = max(ctx.cfg.lmk_outlier_factor * float(rmse[trusted].median()), 3.0)
+    for i in torch.nonzero(_tracked_views(ctx) & trusted & (rmse > lim)).flatten().tolist():  # a few views
+        _distrust(ctx, i, f"landmark RMSE {float(rmse[i]):.1f} px (fitting size) > {lim:.1f} px, the limit set by "
+                          "the other views: the landmarks disagree with the tracks")
 
 
 # -- stage 1: geometry -----------------------------------------------------------------------------
@@ -326,7 +398,7 @@ def vertex_jacobian(flame, co: torch.Tensor, pose: torch.Tensor) -> tuple[torch.
 
 
 def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int, hist: list | None = None,
-                rnd: int = 0, use_rim: bool = False, use_photo: bool = False) -> FitState:
+                rnd: int = 0, use_rim: bool = False, use_photo: bool = False, use_tracks: bool = False) -> FitState:
     """Levenberg-Marquardt on everything the landmarks (and outlines) see: per-view cameras, the
     shared focal factor (when refined), and per-subject shape, expression and jaw.
 
@@ -456,7 +528,7 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
             w = pw / (1 + (r_lmk ** 2).sum(-1) / c.lmk_robust_px ** 2)  # IRLS weights of the Cauchy loss
             sw = (w / pw.sum().clamp_min(1e-8)).sqrt()
             row_view = ar.repeat_interleave(136)
-            trk_w = None if ctx.tracks is None else _track_row_weights(ctx, st, r_lmk, pw)
+            trk_w = _track_row_weights(ctx, st, r_lmk, pw) if use_tracks and ctx.tracks is not None else None
             if rim is not None:
                 rr = r_all[N * 136:]
                 wr = 1 / (1 + rr ** 2 / c.rim_robust_px ** 2)
@@ -816,7 +888,10 @@ def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> Fi
     cameras, focal, shape, expression and jaw; the first ``geom_static_rounds`` use the 51
     static points, later ones all 68 with the contour down-weighted by ``w_contour``; with
     ``w_photo_gn > 0`` (texture space, one subject) a last round of ``photo_gn_iters`` adds the
-    photometric rows (see :func:`lm_geometry`). Then
+    photometric rows (see :func:`lm_geometry`). SfM tracks (``ctx.tracks``) join the rounds
+    after the static ones, their points triangulated from the cameras of that moment; with
+    tracks, the landmarks of profile views are dropped first and those of views that disagree
+    with the fit after each round (:func:`distrust_profiles`, :func:`distrust_outlier_views`). Then
     ``geom_iters`` optional Adam iterations on the same loss (0 by default: LM converges).
     Records go to ``ctx.history['geometry']``."""
     c = ctx.cfg
@@ -825,13 +900,24 @@ def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> Fi
     # the photometric round needs a texture space (a closed-form albedo) and one subject
     photo_round = (getattr(c, "w_photo_gn", 0.0) > 0 and getattr(c, "photo_gn_iters", 0) > 0
                    and ctx.texspace is not None and state.num_subjects == 1)
-    rounds = _bar(ctx, range(start_round, c.geom_rounds + int(photo_round)), "geometry")
+    if ctx.tracks is not None and start_round == 0:
+        distrust_profiles(ctx, st)
+    last = c.geom_rounds + int(photo_round) - 1
+    rounds = _bar(ctx, range(start_round, last + 1), "geometry")
     for rnd in rounds:
         static = rnd < c.geom_static_rounds
+        if ctx.tracks is not None and not static and ctx.tracks.points is None:
+            # the tracks join once the landmarks have fixed focal and depth: with few views
+            # the tracks alone leave a bas-relief valley, and the LM stays in the part of it
+            # nearest to where it starts
+            ctx.tracks.triangulate(st.R().double(), st.cam_t.double(), st.K().double())
         if rnd >= c.geom_rounds:  # the photometric round: landmarks, outline and colour samples
-            st = lm_geometry(ctx, st, False, c.photo_gn_iters, hist, rnd, use_rim=True, use_photo=True)
+            st = lm_geometry(ctx, st, False, c.photo_gn_iters, hist, rnd, use_rim=True, use_photo=True,
+                             use_tracks=True)
         else:
-            st = lm_geometry(ctx, st, static, c.geom_lm_iters, hist, rnd, use_rim=not static)
+            st = lm_geometry(ctx, st, static, c.geom_lm_iters, hist, rnd, use_rim=not static, use_tracks=not static)
+        if ctx.tracks is not None and rnd < last:
+            distrust_outlier_views(ctx, st)
         if hist:
             rounds.set_postfix(lmk=f"{hist[-1]['landmark']:.3f}")
         if ctx.on_iter is not None:

@@ -133,18 +133,19 @@ class TrackTerm:
     term to the camera block of the LM's normal equations and keeps the point blocks, which
     :meth:`reduce` eliminates (Schur complement) and :meth:`back_substitute` recovers.
 
-    points: (P, 3) float64, the current points: the LM moves them by :meth:`back_substitute`'s
-    steps. The term works in float64: its normal equations sum thousands of rows whose weights
+    points: (P, 3) float64, the current points in the cameras' frame, None until set or
+    :meth:`triangulate` d: the LM moves them by :meth:`back_substitute`'s steps. The term works in float64: its normal equations sum thousands of rows whose weights
     are ~(landmark noise / track noise)^2 ~ 10-100 times the landmarks', and float32 loses the
     sub-pixel steps in that sum.
     """
 
     def __init__(self, tracks: Tracks, robust_px: float, device=None):
         self.num_points = tracks.num_points
+        self.rgb = tracks.rgb
         self.view = torch.as_tensor(tracks.view, device=device)
         self.point = torch.as_tensor(tracks.point, device=device)
         self.uv = torch.as_tensor(tracks.uv, device=device, dtype=torch.float64)
-        self.points = torch.as_tensor(tracks.xyz, device=device, dtype=torch.float64)
+        self.points = None
         self.robust_px = float(robust_px)
         self._pairs = _track_pairs(self.point, self.num_points)
 
@@ -155,6 +156,29 @@ class TrackTerm:
         xc = (R[self.view] @ X[..., None])[..., 0] + t[self.view]
         f = torch.stack([K[self.view, 0, 0], K[self.view, 1, 1]], -1)
         return xc[:, :2] / xc[:, 2:3].clamp_min(1e-9) * f + K[self.view, :2, 2] - self.uv
+
+    @torch.no_grad()
+    def triangulate(self, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor) -> None:
+        """Set every point to the least-squares intersection of its observation rays (the point
+        nearest to all rays: sum_m (I - d_m d_m^T)(X - C_m) = 0), for cameras R (N, 3, 3),
+        t (N, 3), K (N, 3, 3) in the points' dtype."""
+        v = self.view
+        C = -(R.transpose(1, 2) @ t[..., None])[..., 0]                            # (N, 3) centres
+        x = torch.stack([(self.uv[:, 0] - K[v, 0, 2]) / K[v, 0, 0], (self.uv[:, 1] - K[v, 1, 2]) / K[v, 1, 1],
+                         torch.ones_like(self.uv[:, 0])], -1)
+        d = (R[v].transpose(1, 2) @ x[..., None])[..., 0]
+        d = d / d.norm(dim=-1, keepdim=True)
+        Pm = torch.eye(3, dtype=d.dtype, device=d.device) - d[:, :, None] * d[:, None, :]  # (M, 3, 3)
+        A = torch.zeros(self.num_points, 3, 3, dtype=d.dtype, device=d.device).index_add_(0, self.point, Pm)
+        b = torch.zeros(self.num_points, 3, dtype=d.dtype, device=d.device).index_add_(
+            0, self.point, (Pm @ C[v][..., None])[..., 0])
+        self.points = torch.linalg.solve(A + 1e-12 * torch.eye(3, dtype=d.dtype, device=d.device), b)
+
+    def view_rms(self, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor, num_views: int) -> torch.Tensor:
+        """(N,) RMS reprojection error of each view's observations (pixels; NaN without any)."""
+        r2 = (self.residuals(R, t, K) ** 2).sum(-1)
+        n = torch.bincount(self.view, minlength=num_views).to(r2)
+        return (torch.zeros(num_views, dtype=r2.dtype, device=r2.device).index_add_(0, self.view, r2) / n).sqrt()
 
     def irls_weights(self, r: torch.Tensor) -> torch.Tensor:
         """(M,) Cauchy IRLS weights of residuals r (M, 2)."""

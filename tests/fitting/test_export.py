@@ -82,3 +82,24 @@ def test_params_round_trip(tmp_path):
     b = read_params(tmp_path / "p.npz")
     np.testing.assert_array_equal(b["shape"], a["shape"].numpy())
     assert list(b["names"]) == a["names"]
+
+
+def test_points_ply_round_trip_and_layout(tmp_path):
+    from fitting.export import read_points_ply, write_points_ply
+    rng = np.random.default_rng(1)
+    pts = rng.normal(size=(40, 3)).astype(np.float32) * 0.1
+    col = rng.integers(0, 256, size=(40, 3)).astype(np.uint8)
+    path = write_points_ply(tmp_path / "points3D.ply", pts, col)
+    p2, c2 = read_points_ply(path)
+    np.testing.assert_array_equal(p2, pts)
+    np.testing.assert_array_equal(c2, col)
+    # the layout a plyfile-based loader (3DGS, nerfstudio) expects, parsed here from the header alone
+    data = path.read_bytes()
+    head, body = data.split(b"end_header\n", 1)
+    lines = head.decode().splitlines()
+    assert lines[:3] == ["ply", "format binary_little_endian 1.0", "element vertex 40"]
+    props = [ln.split()[1:] for ln in lines if ln.startswith("property")]
+    assert props == [["float", "x"], ["float", "y"], ["float", "z"], ["uchar", "red"], ["uchar", "green"],
+                     ["uchar", "blue"]]
+    assert len(body) == 40 * (3 * 4 + 3)
+    np.testing.assert_array_equal(np.frombuffer(body[:12], "<f4"), pts[0])

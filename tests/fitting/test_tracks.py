@@ -60,6 +60,7 @@ def test_schur_step_matches_dense_solve():
     tr.xyz = tr.xyz + 0.003 * np.random.default_rng(1).normal(size=tr.xyz.shape)  # off the optimum
     N = len(R)
     term = TrackTerm(tr, robust_px=2.0)
+    term.points = torch.as_tensor(tr.xyz)
     n_unk = 6 * N + 1 + 5
     w = term.irls_weights(term.residuals(R, t, K)).sqrt() * 0.7
     cols = torch.cat([6 * torch.arange(N)[:, None] + torch.arange(6)[None], torch.full((N, 1), 6 * N)], 1)
@@ -76,11 +77,16 @@ def test_schur_step_matches_dense_solve():
     assert ne["cost"] == pytest.approx(float((r * r).sum()), rel=1e-12)
 
 
-def test_exact_tracks_have_zero_residual():
+def test_exact_tracks_triangulate_to_the_points():
     R, t, K, X, tr = _scene()
     xc = (R[tr.view] @ X[tr.point][..., None])[..., 0] + t[tr.view]
     tr.uv = (xc[:, :2] / xc[:, 2:] * 500 + 128).numpy()
-    assert TrackTerm(tr, 2.0).residuals(R, t, K).abs().max() < 1e-9
+    term = TrackTerm(tr, 2.0)
+    term.triangulate(R, t, K)
+    assert (term.points - X).abs().max() < 1e-9
+    assert term.residuals(R, t, K).abs().max() < 1e-9
+    rms = term.view_rms(R, t, K + torch.tensor([[0, 0, 1.0], [0, 0, 0], [0, 0, 0]], dtype=torch.float64), 5)
+    assert torch.allclose(rms[:4], torch.ones(4, dtype=torch.float64)) and torch.isnan(rms[4])  # cx moved 1 px
 
 
 def test_load_tracks_from_a_pycolmap_model(tmp_path):
