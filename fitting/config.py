@@ -97,7 +97,7 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
     g.add_argument("--tracks", type=str, default="auto", choices=["auto", "off"],
                    help="bundle adjustment: put the SfM tracks (<preprocess>/sfm/model) into the geometry solve "
                         "with the landmarks (auto: whenever the scene has an SfM model)")
-    g.add_argument("--sfm_trust_deg", type=float, default=5.0,
+    g.add_argument("--sfm_trust_deg", type=float, default=10.0,
                    help="SfM poses initialise the cameras when they agree with PnP's within this in the median "
                         "view (else SfM is taken as degenerate, e.g. a bas-relief from few views)")
     g.add_argument("--track_sigma_px", type=float, default=0.5,

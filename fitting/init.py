@@ -131,6 +131,23 @@ def rotation_mean(Rs: np.ndarray, weights: np.ndarray | None = None) -> np.ndarr
     return U @ S @ Vt
 
 
+def _angles_deg(Ra: np.ndarray, Rb: np.ndarray) -> np.ndarray:
+    """(M,) geodesic angles in degrees between rotations (M, 3, 3)."""
+    return np.degrees(np.arccos(np.clip((np.einsum("mij,mij->m", Ra, Rb) - 1) / 2, -1, 1)))
+
+
+def _consensus_rotation_views(R_sfm: np.ndarray, R_ref: np.ndarray, use: np.ndarray, max_deg: float) -> np.ndarray:
+    """(M,) bool: the views whose rotations agree within ``max_deg`` under the frame rotation
+    that most views agree with, each usable view's R_ref_i^T R_sfm_i tried in turn."""
+    best = np.zeros(len(R_sfm), bool)
+    for i in np.nonzero(use)[0]:  # a few views
+        Q = R_ref[i].T @ R_sfm[i]
+        agree = use & (_angles_deg(R_sfm @ Q.T, R_ref) <= max_deg)
+        if agree.sum() > best.sum():
+            best = agree
+    return best
+
+
 def align_sfm_poses(R_sfm: np.ndarray, t_sfm: np.ndarray, R_ref: np.ndarray, t_ref: np.ndarray,
                     ref_ok: np.ndarray | None = None, max_deg: float = 10.0, max_rel: float = 0.1):
     """Similarity from the SfM world to the head frame, fitted to the reference (PnP) poses.
@@ -140,6 +157,10 @@ def align_sfm_poses(R_sfm: np.ndarray, t_sfm: np.ndarray, R_ref: np.ndarray, t_r
     Q is the chordal mean of R_ref_i^T R_sfm_i (well-posed even when the cameras lie on an
     arc, where Umeyama on the centres alone is not), then s and T by least squares on the
     centres; views off by more than ``max_deg`` / ``max_rel`` are dropped and the fit redone.
+    The views that start are those agreeing within ``max_deg`` with the best single view's
+    rotation (the one most views agree with): a few reference poses off by tens of degrees
+    (PnP on a profile's collapsed landmarks) would otherwise pull the first mean so far that
+    every view disagrees with it.
 
     Returns dict: R (M,3,3), t (M,3) SfM poses in the head frame, s, Q, T,
     angle_deg (M,), center_rel (M,) (centre distance / mean camera distance), disagree (M,) bool.
@@ -150,6 +171,7 @@ def align_sfm_poses(R_sfm: np.ndarray, t_sfm: np.ndarray, R_ref: np.ndarray, t_r
     use = np.ones(M, bool) if ref_ok is None else np.asarray(ref_ok, bool).copy()
     C_sfm = -np.einsum("mji,mj->mi", R_sfm, t_sfm)
     C_ref = -np.einsum("mji,mj->mi", R_ref, t_ref)
+    use &= _consensus_rotation_views(R_sfm, R_ref, use, max_deg)
     out = None
     for _ in range(2):
         if use.sum() < 2:
@@ -163,7 +185,7 @@ def align_sfm_poses(R_sfm: np.ndarray, t_sfm: np.ndarray, R_ref: np.ndarray, t_r
         R_al = R_sfm @ Q.T
         C_al = s * (Q @ C_sfm.T).T + T
         t_al = -np.einsum("mij,mj->mi", R_al, C_al)
-        ang = np.degrees(np.arccos(np.clip((np.einsum("mij,mij->m", R_al, R_ref) - 1) / 2, -1, 1)))
+        ang = _angles_deg(R_al, R_ref)
         dist = np.linalg.norm(C_ref, axis=1).mean()
         rel = np.linalg.norm(C_al - C_ref, axis=1) / max(dist, 1e-9)
         disagree = (ang > max_deg) | (rel > max_rel)

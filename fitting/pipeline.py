@@ -99,15 +99,21 @@ def scene_tracks(cfg, scene: Scene):
     return load_tracks(scene.prep_dir / model, scene.names, scene.scale.cpu().numpy(), landmarks_px=lmk_orig)
 
 
-def attach_tracks(ctx: FitContext, cfg, scene: Scene, tracks, points=None) -> None:
-    """Put the tracks into the geometry solve (``--tracks``, ``--track_*_px``); ``points``
-    (P, 3) in the head frame: resume from these (else the geometry stage triangulates them)."""
+def attach_tracks(ctx: FitContext, cfg, scene: Scene, tracks, init_info: dict, points=None) -> None:
+    """Put the tracks into the geometry solve (``--tracks``, ``--track_*_px``). Their points,
+    in the head frame: ``points`` (P, 3) when resuming; SfM's own points mapped by the
+    similarity that initialisation fitted, when it trusted SfM (the initial cameras are then
+    SfM's, and consistent with them); else none yet: the geometry stage triangulates them once
+    the landmarks have placed the cameras."""
     from fitting.tracks import TrackTerm
     if tracks is None:
         return
     px = float(scene.scale.mean())           # fitting pixels per original pixel
     ctx.tracks = TrackTerm(tracks, robust_px=cfg.track_robust_px * px, device=ctx.images.device)
     ctx.track_sigma_px = cfg.track_sigma_px * px
+    sim = init_info.get("sfm_similarity")
+    if points is None and init_info.get("sfm_trusted") and sim is not None:
+        points = tracks.transformed(sim["s"], np.asarray(sim["Q"]), np.asarray(sim["T"])).xyz
     if points is not None:
         ctx.tracks.points = torch.as_tensor(points, dtype=torch.float64, device=ctx.images.device)
 
@@ -304,7 +310,7 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
             ctx.photo_opt_state = ck["extra"].get("photo_opt")
             ctx.landmark_weights = torch.as_tensor(ck["extra"]["landmark_weights"], device=device)
             ctx.landmark_flags = {int(k): v for k, v in ck["extra"]["landmark_flags"].items()}
-            attach_tracks(ctx, cfg, scene, tracks, ck["extra"].get("track_points"))
+            attach_tracks(ctx, cfg, scene, tracks, init_info, ck["extra"].get("track_points"))
         else:
             print(f"[fit] {ckpt_path} is for other views; starting afresh")
     cfg_d = config_to_dict(cfg)
@@ -326,7 +332,7 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
         failed = np.array([s == "failed" for s in init_info["source"]])
         ctx.view_weights = torch.as_tensor(~failed, dtype=torch.float32, device=device)
         ctx.landmark_weights = torch.ones_like(ctx.view_weights)
-        attach_tracks(ctx, cfg, scene, tracks)
+        attach_tracks(ctx, cfg, scene, tracks, init_info)
         if failed.all():
             raise ValueError("pose initialisation failed in every view (PnP found no consistent pose): "
                              "check landmarks.json and cameras.json")

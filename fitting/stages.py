@@ -233,7 +233,7 @@ def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
     every view that has one: a profile's landmarks can fit a wrong PnP pose better than the
     right one. With few views SfM can land on a bas-relief solution (a wrong focal length
     traded against flattened depth and compressed angles), which no similarity aligns with
-    PnP: then PnP's poses stay. Returns (state, info) with per-view ``pnp_ok``,
+    PnP: then PnP's poses stay, except for views beyond ``lmk_max_yaw_deg``. Returns (state, info) with per-view ``pnp_ok``,
     ``pnp_rmse_px``, ``source`` ('pnp' | 'sfm' | 'failed'), ``sfm_angle_deg``,
     ``sfm_center_rel``, ``sfm_disagree`` (NaN / False where SfM has no pose), SfM's scale,
     ``sfm_similarity`` {s, Q, T}: X_head = s Q X_sfm + T (None without an alignment),
@@ -269,7 +269,10 @@ def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
             info["sfm_trusted"] = med <= ctx.cfg.sfm_trust_deg
             info["sfm_trust_why"] = (f"aligned SfM and PnP rotations differ by {med:.1f} deg in the median view "
                                      f"({'<=' if info['sfm_trusted'] else '>'} {ctx.cfg.sfm_trust_deg:g})")
-            prefer_sfm = prefer_sfm and info["sfm_trusted"]
+            # a view beyond the landmark detector's range takes its SfM pose even from an
+            # untrusted SfM: its landmarks will not be used (distrust_profiles), and SfM's
+            # angles are off by a fraction of the yaw where PnP's can be off by all of it
+            profile = view_yaw_deg(torch.as_tensor(al["R"])).abs().numpy() > ctx.cfg.lmk_max_yaw_deg
             static = np.zeros(68, bool)
             static[17:] = True
             for j, i in enumerate(idx):  # a few views; picks the better of two poses
@@ -281,7 +284,7 @@ def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
                     continue
                 uv = x[:, :2] / x[:, 2:] * np.array([K[i, 0, 0], K[i, 1, 1]]) + K[i, :2, 2]
                 e = float(np.sqrt(((uv - lm[i, 17:]) ** 2).sum(1).mean()))
-                if prefer_sfm or not ok[i] or e < rmse[i]:
+                if (prefer_sfm and (info["sfm_trusted"] or profile[j])) or not ok[i] or e < rmse[i]:
                     R[i], t[i], rmse[i], source[i] = al["R"][j], al["t"][j], e, "sfm"
     info["source"] = source.tolist()
     info["init_rmse_px"] = rmse.tolist()
@@ -888,8 +891,9 @@ def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> Fi
     cameras, focal, shape, expression and jaw; the first ``geom_static_rounds`` use the 51
     static points, later ones all 68 with the contour down-weighted by ``w_contour``; with
     ``w_photo_gn > 0`` (texture space, one subject) a last round of ``photo_gn_iters`` adds the
-    photometric rows (see :func:`lm_geometry`). SfM tracks (``ctx.tracks``) join the rounds
-    after the static ones, their points triangulated from the cameras of that moment; with
+    photometric rows (see :func:`lm_geometry`). SfM tracks (``ctx.tracks``) take part from the
+    start when their points are set (trusted SfM), else from the first round after the static
+    ones, their points triangulated from the cameras of that moment; with
     tracks, the landmarks of profile views are dropped first and those of views that disagree
     with the fit after each round (:func:`distrust_profiles`, :func:`distrust_outlier_views`). Then
     ``geom_iters`` optional Adam iterations on the same loss (0 by default: LM converges).
@@ -907,15 +911,16 @@ def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> Fi
     for rnd in rounds:
         static = rnd < c.geom_static_rounds
         if ctx.tracks is not None and not static and ctx.tracks.points is None:
-            # the tracks join once the landmarks have fixed focal and depth: with few views
-            # the tracks alone leave a bas-relief valley, and the LM stays in the part of it
-            # nearest to where it starts
+            # without trusted SfM points, the tracks join once the landmarks have fixed focal
+            # and depth: with few views the tracks alone leave a bas-relief valley, and the LM
+            # stays in the part of it nearest to where it starts
             ctx.tracks.triangulate(st.R().double(), st.cam_t.double(), st.K().double())
+        use_tracks = ctx.tracks is not None and ctx.tracks.points is not None
         if rnd >= c.geom_rounds:  # the photometric round: landmarks, outline and colour samples
             st = lm_geometry(ctx, st, False, c.photo_gn_iters, hist, rnd, use_rim=True, use_photo=True,
-                             use_tracks=True)
+                             use_tracks=use_tracks)
         else:
-            st = lm_geometry(ctx, st, static, c.geom_lm_iters, hist, rnd, use_rim=not static, use_tracks=not static)
+            st = lm_geometry(ctx, st, static, c.geom_lm_iters, hist, rnd, use_rim=not static, use_tracks=use_tracks)
         if ctx.tracks is not None and rnd < last:
             distrust_outlier_views(ctx, st)
         if hist:

@@ -17,7 +17,8 @@ from fitting.pipeline import fit_scene
 
 REPO = Path(__file__).resolve().parents[2]
 
-REPORT_VIEW_KEYS = {"name", "used", "reason_if_unused", "landmark_rmse_px", "photometric_l1", "mask_iou", "K", "R", "t"}
+REPORT_VIEW_KEYS = {"name", "used", "reason_if_unused", "landmark_rmse_px", "photometric_l1", "mask_iou", "K", "R", "t",
+                    "num_tracks", "track_reprojection_px", "landmarks_used"}
 GT_KEYS = {"rotation_error_deg_mean", "rotation_error_deg_max", "camera_center_error_mm_mean",
            "vertex_error_mm_mean", "landmark_rmse_px"}
 

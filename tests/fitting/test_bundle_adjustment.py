@@ -1,0 +1,119 @@
+"""The geometry solve with SfM tracks (bundle adjustment) on a synthetic scene with ground truth,
+fed what a 68-point detector does on profiles: beyond 45 deg of yaw, the landmarks of a frontal
+face squeezed into the profile's box. Tracks are projections of surface points with SIFT-like
+noise, and SfM's poses the true ones in a frame of their own (another similarity)."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from fitting.config import parse_config
+from fitting.init import rotation_angle_deg
+from fitting.pipeline import attach_tracks
+from fitting.rotations import axis_angle_to_matrix
+from fitting.scene import load_scene
+from fitting.stages import FitContext, initialize, stage_geometry, view_yaw_deg
+from fitting.state import FitState
+from fitting.synthetic_scene import make_scene
+from fitting.tracks import TrackTerm, Tracks
+
+PROFILE_DEG = 45.0
+IMAGE_SIZE = 128      # fitting size of the 256 px photos
+TRACK_NOISE_PX = 0.5 * IMAGE_SIZE / 256   # SIFT-like: 0.5 px in the photos
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory, standin_path):
+    root = tmp_path_factory.mktemp("ba")
+    make_scene(root / "scene", standin_path, n_views=10, width=256, height=256, yaw_deg=70, noise_px=1.0,
+               seed=3, n_shape=40, n_exp=20)
+    cfg = parse_config(["--scene_dir", str(root / "scene"), "--flame_model", str(standin_path),
+                        "--n_shape", "40", "--n_exp", "20", "--image_size", str(IMAGE_SIZE), "--geom_lm_iters", "8",
+                        "--w_shape", "8e-5", "--w_exp", "3.2e-4", "--w_rim", "1.0", "--rim_robust_px", "0.6",
+                        "--progress", "false"])
+    return cfg, load_scene(root / "scene", IMAGE_SIZE, run_missing=False)
+
+
+def _profile_landmarks(lmk: np.ndarray, yaw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What dlib returns beyond its range: the most frontal view's 68 points, squeezed into the
+    box of each profile's true points. lmk: (N, 68, 2). Returns (landmarks, profile (N,) bool)."""
+    front = lmk[np.argmin(np.abs(yaw))]
+    unit = (front - front.min(0)) / (front.max(0) - front.min(0))
+    out = lmk.copy()
+    prof = np.abs(yaw) > PROFILE_DEG
+    for i in np.nonzero(prof)[0]:   # a few views
+        lo, hi = lmk[i].min(0), lmk[i].max(0)
+        out[i] = lo + unit * (hi - lo)
+    return out, prof
+
+
+def _surface_tracks(verts: np.ndarray, normals: np.ndarray, K, R, t, rng) -> Tracks:
+    """Every 4th vertex as a track point, observed (with noise) in the views it faces."""
+    X = verts[::4]
+    n = normals[::4]
+    C = -np.einsum("nji,nj->ni", R, t)
+    facing = np.einsum("pk,npk->np", n, C[:, None] - X[None]) > 0.3 * np.linalg.norm(C[:, None] - X[None], axis=-1)
+    keep = facing.sum(0) >= 2
+    X, facing = X[keep], facing[:, keep]
+    view, point = np.nonzero(facing)
+    xc = np.einsum("mij,mj->mi", R[view], X[point]) + t[view]
+    uv = xc[:, :2] / xc[:, 2:] * np.stack([K[view, 0, 0], K[view, 1, 1]], -1) + K[view, :2, 2]
+    uv += rng.normal(0, TRACK_NOISE_PX, uv.shape)
+    return Tracks(X.copy(), np.zeros((len(X), 3), np.uint8), view, point, uv)
+
+
+def _fit(cfg, sc, landmarks, tracks=None, sfm_poses=None):
+    from fitting.pipeline import load_model
+    flame, tex, _ = load_model(cfg, "cpu")
+    N = sc.num_views
+    st = FitState.create(N, torch.zeros(N, dtype=torch.long), sc.K, cfg.n_shape, cfg.n_exp, (tex.n_tex,))
+    ctx = FitContext(flame, sc.images, torch.as_tensor(landmarks, dtype=torch.float32), sc.skin_mask,
+                     sc.head_mask, torch.ones(N), cfg, tex, progress=False)
+    st, info = initialize(ctx, st, sfm_poses, prefer_sfm=tracks is not None)
+    if tracks is not None:
+        px = float(sc.scale.mean())   # the options are in original pixels
+        cfg = argparse.Namespace(**{**vars(cfg), "track_robust_px": 1.0 / px, "track_sigma_px": TRACK_NOISE_PX / px})
+        attach_tracks(ctx, cfg, sc, tracks, info)
+    return ctx, stage_geometry(ctx, st), info
+
+
+def test_bad_profile_landmarks_do_not_win(scene):
+    cfg, sc = scene
+    gt = sc.ground_truth
+    R_gt, t_gt = gt["R"].astype(np.float64), gt["t"].astype(np.float64)
+    yaw = view_yaw_deg(torch.as_tensor(R_gt)).numpy()
+    lmk, prof = _profile_landmarks(sc.landmarks.numpy(), yaw)
+    assert prof.sum() >= 2 and (~prof).sum() >= 5
+    K = sc.K.double().numpy()
+
+    from fitting.render.shading import vertex_normals
+    from fitting.pipeline import load_model
+    faces = load_model(cfg, "cpu")[0].faces.long()
+    normals = vertex_normals(torch.as_tensor(gt["vertices"])[None].float(), faces)[0].double().numpy()
+    rng = np.random.default_rng(0)
+    tracks = _surface_tracks(gt["vertices"].astype(np.float64), normals, K, R_gt, t_gt, rng)
+    # SfM's frame: X_head = s Q X_sfm + T, so R_sfm = R Q and t_sfm = (R T + t) / s
+    s, Q, T = 3.7, axis_angle_to_matrix(torch.tensor([0.3, -1.1, 0.4], dtype=torch.float64)).numpy(), \
+        np.array([0.2, -0.1, 0.5])
+    sfm = [(R_gt[i] @ Q, (R_gt[i] @ T + t_gt[i]) / s) for i in range(sc.num_views)]
+    tracks.xyz = (tracks.xyz - T) @ Q / s
+
+    ctx_lmk, st_lmk, _ = _fit(cfg, sc, lmk)
+    ctx, st, info = _fit(cfg, sc, lmk, tracks, sfm)
+
+    def errors(st_):
+        return rotation_angle_deg(st_.R().double(), torch.as_tensor(R_gt)).numpy()
+
+    err_lmk, err = errors(st_lmk), errors(st)
+    print("yaw", np.round(yaw, 1))
+    print("landmarks alone, rotation error (deg):", np.round(err_lmk, 2))
+    print("with tracks, rotation error (deg):    ", np.round(err, 2))
+    assert info["sfm_trusted"], info["sfm_trust_why"]
+    assert err.max() <= 0.3, err
+    assert err_lmk[prof].max() > 3 * 0.3, err_lmk     # the failure the tracks fix is real here
+    flagged = sorted(ctx.landmark_flags)
+    assert flagged == sorted(np.nonzero(prof)[0].tolist()), ctx.landmark_flags
+    assert all("yaw" in why for why in ctx.landmark_flags.values())
