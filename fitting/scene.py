@@ -109,15 +109,16 @@ def _manifest(prep: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _check_provided(scene_dir: Path, prep: Path, manifest: dict) -> None:
-    """Preprocessing from another tool is used as it is, but only for the images it was made for."""
+def _check_images(scene_dir: Path, prep: Path, manifest: dict) -> None:
+    """Preprocessing used as it is (made by another tool, or in a read-only folder) must have
+    been made for exactly these images."""
     from process_data import files
-    from process_data.manifest import fingerprint, image_differences
+    from process_data.manifest import PRODUCER, fingerprint, image_differences
 
     names, _ = files.list_images(scene_dir / "images")
     diff = image_differences(manifest, {n: fingerprint(scene_dir / "images" / n) for n in names})
     if diff:
-        raise ValueError(f"{prep} holds preprocessing made by {manifest['producer']} for other images "
+        raise ValueError(f"{prep} holds preprocessing made by {manifest.get('producer', PRODUCER)} for other images "
                          f"({len(diff)} differ: {', '.join(diff[:5])}): give --force_preprocess to recompute "
                          f"it with process_data, or another --preprocess_dir")
 
@@ -131,8 +132,10 @@ def _update_preprocessing(scene_dir: Path, prep: Path, force: bool, options: dic
     if not force and manifest is None and (prep / "landmarks.json").is_file():
         raise ValueError(f"{prep} holds landmarks.json but no manifest.json, so nothing says which images it "
                          f"belongs to: give --force_preprocess to recompute it, or another --preprocess_dir")
-    if not force and manifest is not None and manifest.get("producer", PRODUCER) != PRODUCER:
-        _check_provided(scene_dir, prep, manifest)
+    if not force and manifest is not None and (manifest.get("producer", PRODUCER) != PRODUCER
+                                               or not _writable(prep)):
+        # process_data would replace another tool's outputs, and cannot write a read-only folder
+        _check_images(scene_dir, prep, manifest)
         return
     import process_data  # late: the fitting library works on preprocessed scenes without it
 

@@ -90,7 +90,7 @@ def _scan(sc: _Scene, skipped: dict) -> None:
     old = sc.manifest
     m = mf.new_manifest(sc.scene, sc.images_dir, sc.out)
     m["options"] = {k: v for k, v in sc.opts.items() if k not in RUN_ONLY}
-    # keep the stage records of a previous run; staleness checks compare their options
+    # keep the stage records of a previous run; staleness checks compare their options and inputs
     if old:
         m["stages"] = old.get("stages", {})
         for n, v in old.get("views", {}).items():

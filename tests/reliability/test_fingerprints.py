@@ -134,3 +134,20 @@ def test_outputs_without_manifest_are_not_trusted(copy):
     with pytest.raises(ValueError, match="no manifest.json.*--force_preprocess"):
         _load(scene, prep)
     assert _stamps(prep) == before
+
+
+def test_read_only_preprocessing_is_used_only_for_its_images(copy):
+    """A read-only preprocessing folder cannot be updated: it is read as it is while the images
+    match its fingerprints, and refused once a photo changed."""
+    scene, prep = copy
+    os.chmod(prep, 0o555)
+    try:
+        before = _stamps(prep)
+        assert _load(scene, prep).num_views == 1
+        photo = scene / "images" / "a.png"
+        cv2.imwrite(str(photo), cv2.flip(cv2.imread(str(photo)), 1))  # the mirrored face
+        with pytest.raises(ValueError, match="for other images.*a.png"):
+            _load(scene, prep)
+        assert _stamps(prep) == before
+    finally:
+        os.chmod(prep, 0o755)
