@@ -45,7 +45,7 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
                         "when the scene folder is read-only")
     g.add_argument("--savefolder", type=str, default="output", help="outputs go to <savefolder>/<scene>/")
     g.add_argument("--scene_name", type=str, default="", help="name of the output subfolder (default: scene folder name)")
-    g.add_argument("--force_preprocess", type=str2bool, default=False, help="redo every preprocessing stage")
+    g.add_argument("--force_preprocess", type=str2bool, default=False, help="redo every preprocessing stage, also into a folder that holds another scene's")
     g.add_argument("--landmark_backend", type=str, default="dlib", help="process_data landmark backend (dlib | fan)")
     g.add_argument("--min_views", type=int, default=1, help="fewest usable views to start a fit")
 

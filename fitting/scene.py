@@ -4,9 +4,13 @@ A scene folder holds ``images/``; preprocessing (process_data, issue 4) writes b
 into another folder for read-only scenes: ``landmarks.json`` (68 points per view in original
 pixels, pixel centres at +0.5), ``masks/head/<stem>.png`` and ``masks/skin/<stem>.png``
 (original size), ``cameras.json`` (K at original resolution, SfM poses) and
-``manifest.json`` (failures). :func:`load_scene` runs the missing stages, then resizes every
-usable view to the fitting size (longer side = ``image_size``) and scales landmarks and K by
-the same factors (a plain scale in the +0.5 pixel convention).
+``manifest.json`` (image fingerprints, stage settings, failures). :func:`load_scene` first
+brings the preprocessing up to date through ``process_data.run_all``, which redoes the
+stages whose images (by content hash) or settings changed and refuses a folder holding
+another scene's preprocessing; preprocessing made by another tool (the manifest names its
+``producer``, e.g. the synthetic demo scene) is used as it is when its image fingerprints
+match. It then resizes every usable view to the fitting size (longer side = ``image_size``)
+and scales landmarks and K by the same factors (a plain scale in the +0.5 pixel convention).
 
 Views without a face, without masks, unreadable, or of another aspect ratio are left out and
 listed with the reason, so one bad view never stops the fit.
@@ -100,6 +104,48 @@ def _missing(prep: Path) -> list:
     return miss
 
 
+def _manifest(prep: Path) -> dict | None:
+    path = prep / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _check_images(scene_dir: Path, prep: Path, manifest: dict) -> None:
+    """Preprocessing used as it is (made by another tool, or in a read-only folder) must have
+    been made for exactly these images."""
+    from process_data import files
+    from process_data.manifest import PRODUCER, fingerprint, image_differences
+
+    names, _ = files.list_images(scene_dir / "images")
+    diff = image_differences(manifest, {n: fingerprint(scene_dir / "images" / n) for n in names})
+    if diff:
+        raise ValueError(f"{prep} holds preprocessing made by {manifest.get('producer', PRODUCER)} for other images "
+                         f"({len(diff)} differ: {', '.join(diff[:5])}): give --force_preprocess to recompute "
+                         f"it with process_data, or another --preprocess_dir")
+
+
+def _update_preprocessing(scene_dir: Path, prep: Path, force: bool, options: dict) -> None:
+    """Bring ``prep`` up to date for the images of ``scene_dir`` (cheap when nothing changed:
+    the images are hashed, no stage runs)."""
+    from process_data.manifest import PRODUCER, ForeignPreprocess
+
+    manifest = _manifest(prep)
+    if not force and manifest is None and (prep / "landmarks.json").is_file():
+        raise ValueError(f"{prep} holds landmarks.json but no manifest.json, so nothing says which images it "
+                         f"belongs to: give --force_preprocess to recompute it, or another --preprocess_dir")
+    if not force and manifest is not None and (manifest.get("producer", PRODUCER) != PRODUCER
+                                               or not _writable(prep)):
+        # process_data would replace another tool's outputs, and cannot write a read-only folder
+        _check_images(scene_dir, prep, manifest)
+        return
+    import process_data  # late: the fitting library works on preprocessed scenes without it
+
+    prep.mkdir(parents=True, exist_ok=True)
+    try:
+        process_data.run_all(scene_dir, out_dir=prep, force=force, **options)
+    except ForeignPreprocess as e:
+        raise ValueError(e.advice("--preprocess_dir", "--force_preprocess")) from None
+
+
 def _read_rgb(path: Path) -> np.ndarray | None:
     im = cv2.imread(str(path), cv2.IMREAD_COLOR)
     return None if im is None else cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
@@ -120,7 +166,8 @@ def load_scene(scene_dir, image_size: int = 256, prep_dir=None, fallback_prep_di
 
     scene_dir: folder with images/. image_size: longer side of the fitting images.
     prep_dir: folder with the preprocessing outputs (default: see :func:`find_preprocess_dir`).
-    run_missing: run ``process_data.run_all`` when outputs are missing (or ``force``).
+    run_missing: bring the preprocessing up to date first (missing or stale stages are
+    computed, another scene's outputs refused); False reads the outputs as they are.
     Raises ValueError when no view is usable, naming each view's reason.
     """
     t0 = time.perf_counter()
@@ -128,14 +175,9 @@ def load_scene(scene_dir, image_size: int = 256, prep_dir=None, fallback_prep_di
     if not (scene_dir / "images").is_dir():
         raise ValueError(f"{scene_dir} has no images/ folder: a scene is a folder with images/ (jpg or png)")
     prep = find_preprocess_dir(scene_dir, prep_dir, fallback_prep_dir)
+    if run_missing:
+        _update_preprocessing(scene_dir, prep, force, preprocess_options or {})
     missing = _missing(prep)
-    if (missing or force) and run_missing:
-        import process_data  # late: the fitting library works on preprocessed scenes without it
-        prep.mkdir(parents=True, exist_ok=True)
-        out = process_data.run_all(scene_dir, out_dir=None if prep.resolve() == scene_dir.resolve() else prep,
-                                   force=force, **(preprocess_options or {}))
-        prep = Path(out) if out is not None else prep
-        missing = _missing(prep)
     if missing:
         raise ValueError(f"{prep} lacks {', '.join(missing)}: run `python -m process_data {scene_dir}` first")
     preprocess_s = time.perf_counter() - t0

@@ -7,6 +7,9 @@ background, and writes a normal scene folder, so the fit runs through the normal
     images/view_XX.png, landmarks.json, masks/head/, masks/skin/, cameras.json, manifest.json
 
 plus ``ground_truth.npz`` (parameters, K, R, t, vertices, noise-free landmarks).
+The manifest names its ``producer`` and the images' fingerprints, so ``load_scene`` uses the
+true landmarks and masks as they are (while they belong to these images) instead of running
+process_data over them.
 Landmarks are the projected model landmarks (contour by each view's yaw) + N(0, sigma) px, in
 original pixels with pixel centres at +0.5; the head mask is the render's coverage, the skin
 mask the covered pixels inside the landmark hull minus eyes and inner mouth (what the
@@ -23,9 +26,10 @@ import torch
 
 from fitting.export import write_json, write_png
 from fitting.init import FLIP
+from process_data.manifest import fingerprint
 
 # Bump when the scene's content changes for the same options: demo scenes are rebuilt then.
-SCENE_VERSION = 1
+SCENE_VERSION = 2
 
 __all__ = ["make_scene", "textured_background", "skin_mask_from_landmarks"]
 
@@ -139,7 +143,7 @@ def make_scene(out_dir, model_path, n_views: int = 12, width: int = 384, height:
         a = r.silhouette[k, 0].numpy()[..., None]
         img = bg if k in faceless else a * r.image[k].permute(1, 2, 0).numpy().clip(0, 1) + (1 - a) * bg
         write_png(out / "images" / n, img)
-        views[n] = {"size": [width, height]}
+        views[n] = {"size": [width, height], **fingerprint(out / "images" / n)}
         if k in faceless:
             landmarks[n] = {"points": None, "box": None, "score": 0.0, "detector": "synthetic"}
             failed[n] = {"stage": "landmarks", "reason": "no face detected"}
@@ -156,7 +160,7 @@ def make_scene(out_dir, model_path, n_views: int = 12, width: int = 384, height:
         "K": K[0].tolist(), "width": width, "height": height, "model": "PINHOLE", "distortion": [],
         "source": "known", "registered": [], "sfm_poses": {}})
     write_json(out / "manifest.json", {
-        "version": 1, "scene": str(out.resolve()), "images_dir": "images", "views": views, "failed": failed,
+        "version": 1, "producer": "fitting.synthetic_scene", "scene": str(out.resolve()), "images_dir": "images", "views": views, "failed": failed,
         "skipped_files": {}, "warnings": [],
         "stages": {"synthetic": {"tool": "fitting.synthetic_scene", "model": str(model_path), "seed": seed}}})
     np.savez(out / "ground_truth.npz", shape=shape.numpy(), expression=expr.numpy(), pose=pose.numpy(),

@@ -5,12 +5,15 @@ and an offset in the continuous pixel convention of docs/CONVENTIONS.md (pixel c
 
     derived = scale * original + offset,        original = (derived - offset) / scale
 
-The manifest (``manifest.json``) records per view: the original size, the transform, the
-status of each stage and why a view failed; per stage: the tool versions, the options and
-warnings.
+The manifest (``manifest.json``) records the scene it belongs to (its resolved folder) and,
+per view: the file's content fingerprint (sha256 and byte size), the original size, the
+transform, the status of each stage and why a view failed; per stage: the tool versions, the
+options, a digest of the inputs it read, and warnings. Staleness and ownership are decided
+by content, never by mtimes (copies and restores rewrite mtimes).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 1
+# 2: image fingerprints, per-stage input digests, "producer" and the run's options.
+MANIFEST_VERSION = 2
+PRODUCER = "process_data"
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,7 @@ def new_manifest(scene_dir: Path, images_dir: Path, out_dir: Path) -> dict:
     # Images are referenced relative to the output folder when they sit beside it, and by
     # absolute path when --out put the outputs elsewhere (read-only scenes).
     beside = images_dir.resolve().parent == out_dir.resolve()
-    return {"version": MANIFEST_VERSION, "scene": str(scene_dir.resolve()),
+    return {"version": MANIFEST_VERSION, "producer": PRODUCER, "scene": str(scene_dir.resolve()),
             "images_dir": "images" if beside else str(images_dir.resolve()),
             "views": {}, "failed": {}, "skipped_files": {}, "stages": {}, "warnings": []}
 
@@ -127,3 +132,45 @@ def record_failure(manifest: dict, name: str, stage: str, reason: str) -> None:
     manifest["failed"][name] = {"stage": stage, "reason": reason}
     if name in manifest["views"]:
         manifest["views"][name].setdefault("status", {})[stage] = "failed: " + reason
+
+
+def fingerprint(path) -> dict:
+    """{"sha256": hex digest of the file's bytes, "bytes": its size}."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"sha256": h.hexdigest(), "bytes": Path(path).stat().st_size}
+
+
+def image_differences(manifest: dict, prints: dict) -> list[str]:
+    """Names whose recorded fingerprint differs from ``prints`` ({name: fingerprint}): added,
+    removed or changed images (every image of a manifest without fingerprints). Sorted."""
+    recorded = {n: v.get("sha256") for n, v in manifest.get("views", {}).items()}
+    current = {n: p["sha256"] for n, p in prints.items()}
+    return sorted(n for n in recorded.keys() | current.keys() if recorded.get(n) != current.get(n))
+
+
+class ForeignPreprocess(ValueError):
+    """An output folder holds the preprocessing of another scene (other folder, other images)."""
+
+    def __init__(self, out_dir, manifest: dict, scene_dir, differences: list[str]):
+        self.out_dir, self.other = Path(out_dir), manifest.get("scene", "an unknown scene")
+        self.scene_dir, self.differences = Path(scene_dir), differences
+        super().__init__(self.advice("--out", "--force"))
+
+    def advice(self, out_option: str, force_option: str) -> str:
+        """The message, naming the caller's options for another output folder and for recomputing."""
+        shown = ", ".join(self.differences[:5]) + (", ..." if len(self.differences) > 5 else "")
+        return (f"{self.out_dir} holds the preprocessing of another scene ({self.other}), not of "
+                f"{self.scene_dir.resolve()}: {len(self.differences)} image(s) differ ({shown}). "
+                f"Give another output folder ({out_option} DIR), or {force_option} to recompute into this one")
+
+
+def check_owner(manifest: dict, scene_dir, out_dir, prints: dict) -> None:
+    """Raise ForeignPreprocess when ``manifest`` belongs to another scene: another scene folder
+    AND other images. A moved scene (same images) or a scene whose photos changed in place
+    (same folder) is the same scene: its stale stages are redone instead."""
+    diff = image_differences(manifest, prints)
+    if diff and manifest.get("scene") != str(Path(scene_dir).resolve()):
+        raise ForeignPreprocess(out_dir, manifest, scene_dir, diff)

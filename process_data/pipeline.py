@@ -1,9 +1,12 @@
 """run_all: scan -> landmarks -> pad/crop -> masks -> intrinsics, skipping up-to-date stages.
 
 A stage is redone when --force is given, when an output is missing, when its options or the
-set of views changed, or when an input (image, landmarks.json) is newer than its outputs."""
+set of views changed, or when the content of an input (image, landmarks.json) changed: each
+image is hashed once per run and each stage records a digest of what it read. An output
+folder holding another scene's preprocessing is refused (mf.ForeignPreprocess)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -23,6 +26,8 @@ DEFAULTS = dict(backend="dlib", masks="default", bisenet_weights=None, pad_mode=
                 crop_margin=2.0, fov=30.0, sfm_max_size=1024, sequential=False, min_registered=3,
                 sfm_landmarks="fallback",
                 num_threads=-1, progress=True)
+# Options that change how a run looks, not what it computes: not recorded in the manifest.
+RUN_ONLY = ("progress",)
 
 
 def _say(msg: str) -> None:
@@ -30,13 +35,14 @@ def _say(msg: str) -> None:
 
 
 class _Scene:
-    def __init__(self, scene_dir, out_dir, opts):
+    def __init__(self, scene_dir, out_dir, opts, prints, manifest):
         self.scene = Path(scene_dir)
         self.images_dir = self.scene / "images"
-        self.out = Path(out_dir) if out_dir is not None else self.scene
+        self.out = Path(out_dir)
         self.opts = opts
+        self.prints = prints  # {name: fingerprint} of every image, hashed once per run
         self._cache: dict[str, np.ndarray] = {}
-        self.manifest = None
+        self.manifest = manifest
 
     def image(self, name: str) -> np.ndarray:
         if name not in self._cache:
@@ -55,22 +61,23 @@ class _Scene:
         files.atomic_write_json(self.out / mf.MANIFEST_NAME, self.manifest)
 
 
-def _mtime(p: Path) -> float:
-    return p.stat().st_mtime if p.exists() else -1.0
+def _inputs(sc: _Scene, names: list[str], *paths: Path) -> str:
+    """Digest of a stage's inputs: the fingerprints of the images ``names`` and the contents
+    of the output files ``paths`` of earlier stages (e.g. landmarks.json)."""
+    parts = {"images": {n: sc.prints[n]["sha256"] for n in names},
+             "files": {p.name: mf.fingerprint(p)["sha256"] for p in paths}}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _stale(sc: _Scene, stage: str, options: dict, outputs: list[Path], inputs: list[Path], force: bool) -> bool:
+def _stale(sc: _Scene, stage: str, options: dict, inputs: str, outputs: list[Path], force: bool) -> bool:
     rec = sc.manifest["stages"].get(stage)
-    if force or rec is None or rec.get("options") != options:
-        return True
-    if any(not p.exists() for p in outputs):
-        return True
-    newest_in = max((_mtime(p) for p in inputs), default=-1.0)
-    return min(_mtime(p) for p in outputs) < newest_in
+    # a record without "inputs" comes from a manifest written before fingerprints: stale
+    return (force or rec is None or rec.get("options") != options or rec.get("inputs") != inputs
+            or any(not p.exists() for p in outputs))
 
 
-def _finish(sc: _Scene, stage: str, options: dict, tool: str, seconds: float, warnings=()) -> None:
-    sc.manifest["stages"][stage] = {"tool": tool, "options": options, "seconds": round(seconds, 3),
+def _finish(sc: _Scene, stage: str, options: dict, inputs: str, tool: str, seconds: float, warnings=()) -> None:
+    sc.manifest["stages"][stage] = {"tool": tool, "options": options, "inputs": inputs, "seconds": round(seconds, 3),
                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "warnings": list(warnings)}
     for w in warnings:
         _say("warning: " + w)
@@ -78,11 +85,12 @@ def _finish(sc: _Scene, stage: str, options: dict, tool: str, seconds: float, wa
 
 
 # ---------------------------------------------------------------- stages
-def _scan(sc: _Scene) -> None:
-    names, skipped = files.list_images(sc.images_dir)
+def _scan(sc: _Scene, skipped: dict) -> None:
+    names = list(sc.prints)
     old = sc.manifest
     m = mf.new_manifest(sc.scene, sc.images_dir, sc.out)
-    # keep the stage records of a previous run; staleness checks compare their options
+    m["options"] = {k: v for k, v in sc.opts.items() if k not in RUN_ONLY}
+    # keep the stage records of a previous run; staleness checks compare their options and inputs
     if old:
         m["stages"] = old.get("stages", {})
         for n, v in old.get("views", {}).items():
@@ -94,6 +102,7 @@ def _scan(sc: _Scene) -> None:
     for n in names:
         v = m["views"].setdefault(n, {})
         v["file"] = str(mf.image_path(m, sc.out, n))
+        v.update(sc.prints[n])
         try:
             img = sc.image(n)
             v["size"] = [int(img.shape[1]), int(img.shape[0])]
@@ -124,17 +133,17 @@ def _scan(sc: _Scene) -> None:
 
 
 def _landmarks(sc: _Scene, force: bool) -> None:
-    from . import landmarks as lm
-    from .preview import contact_sheet, landmark_tile
-
     names = list(sc.manifest["views"])
     opts = {"backend": sc.opts["backend"], "views": names}
     out = sc.out / "landmarks.json"
     sheet = sc.out / "preview" / "landmarks.png"
-    inputs = [sc.images_dir / n for n in names]
-    if not _stale(sc, "landmarks", opts, [out, sheet], inputs, force):
+    inputs = _inputs(sc, names)
+    if not _stale(sc, "landmarks", opts, inputs, [out, sheet], force):
         _restore_failures(sc, "landmarks")
         return
+    from . import landmarks as lm
+    from .preview import contact_sheet, landmark_tile
+
     t0 = time.time()
     result, tiles = {}, []
     for n in sc.bar(sc.good(("scan",)), "landmarks"):
@@ -150,7 +159,7 @@ def _landmarks(sc: _Scene, force: bool) -> None:
         tiles.append(landmark_tile(sc.image(n), pts, n))
     files.atomic_write_json(out, result)
     files.atomic_write_png(sheet, contact_sheet(tiles))
-    _finish(sc, "landmarks", opts, lm.tool_version(sc.opts["backend"]), time.time() - t0)
+    _finish(sc, "landmarks", opts, inputs, lm.tool_version(sc.opts["backend"]), time.time() - t0)
 
 
 def _restore_failures(sc: _Scene, stage: str) -> None:
@@ -180,8 +189,8 @@ def _pad(sc: _Scene, force: bool) -> None:
     names = sc.good(("scan",) if mode == "pad" else ("scan", "landmarks"))
     opts = {"mode": mode, "size": size, "margin": sc.opts["crop_margin"], "views": names}
     outs = [sc.out / "derived" / (Path(n).stem + ".png") for n in names]
-    inputs = [sc.images_dir / n for n in names] + ([sc.out / "landmarks.json"] if mode == "crop" else [])
-    if not _stale(sc, "pad", opts, outs, inputs, force) and all("transform" in sc.manifest["views"][n] for n in names):
+    inputs = _inputs(sc, names, *([sc.out / "landmarks.json"] if mode == "crop" else []))
+    if not _stale(sc, "pad", opts, inputs, outs, force) and all("transform" in sc.manifest["views"][n] for n in names):
         return
     t0 = time.time()
     lms = _load_points(sc) if mode == "crop" else {}
@@ -194,21 +203,22 @@ def _pad(sc: _Scene, force: bool) -> None:
         v["transform"] = t.to_dict()
         v["derived"] = str(o.relative_to(sc.out))
         v["status"]["pad"] = "ok"
-    _finish(sc, "pad", opts, f"process_data.pad ({mode})", time.time() - t0)
+    _finish(sc, "pad", opts, inputs, f"process_data.pad ({mode})", time.time() - t0)
 
 
 def _masks(sc: _Scene, force: bool) -> None:
-    from . import masks as mk
-    from .preview import contact_sheet, mask_tile
-
     names = sc.good(("scan", "landmarks"))
     backend = sc.opts["masks"]
     opts = {"backend": backend, "weights": sc.opts["bisenet_weights"], "views": names}
     outs = [sc.out / "masks" / k / (Path(n).stem + ".png") for n in names for k in ("head", "skin")]
     sheet = sc.out / "preview" / "masks.png"
-    inputs = [sc.images_dir / n for n in names] + [sc.out / "landmarks.json"]
-    if not _stale(sc, "masks", opts, outs + [sheet], inputs, force):
+    inputs = _inputs(sc, names, sc.out / "landmarks.json")
+    if not _stale(sc, "masks", opts, inputs, outs + [sheet], force):
         return
+    # imported only when the stage runs: the up-to-date check stays cheap
+    from . import masks as mk
+    from .preview import contact_sheet, mask_tile
+
     t0 = time.time()
     if backend == "bisenet":
         from .bisenet import FaceParser
@@ -230,14 +240,10 @@ def _masks(sc: _Scene, force: bool) -> None:
         sc.manifest["views"][n]["status"]["masks"] = "ok"
         tiles.append(mask_tile(img, head, skin, n))
     files.atomic_write_png(sheet, contact_sheet(tiles))
-    _finish(sc, "masks", opts, tool, time.time() - t0)
+    _finish(sc, "masks", opts, inputs, tool, time.time() - t0)
 
 
 def _intrinsics(sc: _Scene, force: bool) -> None:
-    import pycolmap
-
-    from .intrinsics import estimate_intrinsics
-
     # every readable view of the camera size (a view without a face still helps SfM)
     size = sc.manifest["camera_size"]
     names = [n for n, v in sc.manifest["views"].items() if v["size"] == size]
@@ -246,9 +252,13 @@ def _intrinsics(sc: _Scene, force: bool) -> None:
     out = sc.out / "cameras.json"
     lm_path = sc.out / "landmarks.json"
     use_lm = sc.opts["sfm_landmarks"] != "never" and lm_path.is_file()
-    inputs = [sc.images_dir / n for n in names] + ([lm_path] if use_lm else [])
-    if not _stale(sc, "intrinsics", opts, [out], inputs, force):
+    inputs = _inputs(sc, names, *([lm_path] if use_lm else []))
+    if not _stale(sc, "intrinsics", opts, inputs, [out], force):
         return
+    import pycolmap
+
+    from .intrinsics import estimate_intrinsics
+
     points = None
     if use_lm:
         points = {n: r["points"] for n, r in _load_points(sc).items() if r["points"] is not None and n in names}
@@ -282,23 +292,30 @@ def _intrinsics(sc: _Scene, force: bool) -> None:
         st["intrinsics"] = "registered" if n in cams["registered"] else "not registered"
     sc.manifest["warnings"].extend(warns)
     files.atomic_write_json(out, cams)
-    _finish(sc, "intrinsics", opts, f"pycolmap {pycolmap.__version__} (COLMAP {pycolmap.COLMAP_version})",
+    _finish(sc, "intrinsics", opts, inputs, f"pycolmap {pycolmap.__version__} (COLMAP {pycolmap.COLMAP_version})",
             time.time() - t0, warns)
+
+
+def _previous_manifest(out: Path) -> dict | None:
+    try:
+        return mf.load_manifest(out)
+    except (ValueError, json.JSONDecodeError):
+        return None
 
 
 def run_all(scene_dir, out_dir=None, force: bool = False, stages=None, **options) -> Path:
     """Run the missing or stale stages of ``scene_dir`` (a folder with images/).
 
     out_dir: where outputs go (default: scene_dir, beside images/); images/ is never modified.
-    stages: subset of ALL_STAGES (scan always runs). options: see DEFAULTS.
+    stages: subset of ALL_STAGES (scan always runs). options: see DEFAULTS; an option not
+    given keeps its value from the previous run in out_dir (DEFAULTS the first time), so a
+    caller that only names some options never undoes the others.
     Returns the output folder. Raises ValueError for an unusable scene (no images/, no
-    readable image); per-view problems are recorded in manifest.json instead."""
+    readable image), mf.ForeignPreprocess (a ValueError) when out_dir holds another scene's
+    preprocessing and ``force`` is not given; per-view problems are recorded in manifest.json."""
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    opts = {**DEFAULTS, **options}
-    if opts["masks"] == "bisenet" and not opts["bisenet_weights"]:
-        raise ValueError("--masks bisenet needs --bisenet-weights PATH (the face-parsing 79999_iter.pth file)")
     stages = list(ALL_STAGES if stages is None else stages)
     bad = set(stages) - set(ALL_STAGES)
     if bad:
@@ -306,15 +323,22 @@ def run_all(scene_dir, out_dir=None, force: bool = False, stages=None, **options
     scene_dir = Path(scene_dir)
     if not scene_dir.is_dir():
         raise ValueError(f"scene folder {scene_dir} does not exist")
-    sc = _Scene(scene_dir, out_dir, opts)
-    if sc.out.resolve() == sc.images_dir.resolve() or sc.images_dir.resolve() in sc.out.resolve().parents:
+    images_dir = scene_dir / "images"
+    out = Path(out_dir) if out_dir is not None else scene_dir
+    if out.resolve() == images_dir.resolve() or images_dir.resolve() in out.resolve().parents:
         raise ValueError("the output folder must not be inside images/")
+    names, skipped = files.list_images(images_dir)
+    prints = {n: mf.fingerprint(images_dir / n) for n in names}
+    previous = _previous_manifest(out)
+    if previous and not force:
+        mf.check_owner(previous, scene_dir, out, prints)
+    recorded = {k: v for k, v in (previous or {}).get("options", {}).items() if k in DEFAULTS}
+    opts = {**DEFAULTS, **recorded, **options}
+    if opts["masks"] == "bisenet" and not opts["bisenet_weights"]:
+        raise ValueError("--masks bisenet needs --bisenet-weights PATH (the face-parsing 79999_iter.pth file)")
+    sc = _Scene(scene_dir, out, opts, prints, previous)
     sc.out.mkdir(parents=True, exist_ok=True)
-    try:
-        sc.manifest = mf.load_manifest(sc.out)
-    except (ValueError, json.JSONDecodeError):
-        sc.manifest = None
-    _scan(sc)
+    _scan(sc, skipped)
     runners = {"landmarks": _landmarks, "pad": _pad, "masks": _masks, "intrinsics": _intrinsics}
     for st in ALL_STAGES[1:]:
         if st in stages:

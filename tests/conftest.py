@@ -24,6 +24,15 @@ def _deterministic():
     yield
 
 
+@pytest.fixture(scope="session")
+def ffhq(shared_data) -> Path:
+    """../shared/data/ffhq: ten 256x256 face photos with reference landmarks (skips when absent)."""
+    d = shared_data / "ffhq"
+    if not d.is_dir():
+        pytest.skip("ffhq data absent")
+    return d
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
