@@ -8,6 +8,8 @@ and an offset in the continuous pixel convention of docs/CONVENTIONS.md (pixel c
 The manifest (``manifest.json``) records per view: the original size, the transform, the
 status of each stage and why a view failed; per stage: the tool versions, the options and
 warnings.
+A view's ``size`` is that of the upright image and ``orientation`` its EXIF orientation (1..8,
+1 = stored upright): every coordinate refers to the upright image (see fitting.images).
 """
 from __future__ import annotations
 
