@@ -35,8 +35,9 @@ from fitting.images import exif_orientation, write_upright_copy
 from fitting.meshio import save_obj
 from fitting.rotations import matrix_to_quaternion
 
-__all__ = ["write_json", "write_png", "displayed_image_paths", "write_params", "read_params", "write_mesh", "write_transforms",
-           "read_transforms", "write_colmap_text", "read_colmap_text", "quat_to_matrix", "vertex_colors_from_texture"]
+__all__ = ["write_json", "write_png", "displayed_image_paths", "write_params", "read_params", "write_mesh",
+           "write_transforms", "read_transforms", "write_colmap_text", "read_colmap_text", "quat_to_matrix",
+           "vertex_colors_from_texture"]
 
 
 def _np(x) -> np.ndarray:
