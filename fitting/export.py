@@ -16,6 +16,8 @@ until they are written; each writer converts at the edge:
 * ``points3D.ply``         - the same points with colours, binary little-endian PLY
   (:func:`write_points_ply` / :func:`read_points_ply`): initial points for Gaussian splatting.
 * ``report.json``          - :func:`write_json`.
+* ``images/``              - upright copies of the exported views, only when a photo is stored
+  sideways (EXIF orientation); transforms.json then points there (:func:`displayed_image_paths`).
 
 Every file is written atomically (temp file in the same folder + ``os.replace``).
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -30,12 +33,13 @@ import numpy as np
 import torch
 
 from fitting.atomic import atomic_write_bytes
+from fitting.images import exif_orientation, write_upright_copy
 from fitting.meshio import save_obj
 from fitting.rotations import matrix_to_quaternion
 
-__all__ = ["write_json", "write_png", "write_params", "read_params", "write_mesh", "write_transforms",
-           "read_transforms", "write_colmap_text", "read_colmap_text", "quat_to_matrix", "vertex_colors_from_texture",
-           "write_points_ply", "read_points_ply"]
+__all__ = ["write_json", "write_png", "displayed_image_paths", "write_params", "read_params", "write_mesh",
+           "write_transforms", "read_transforms", "write_colmap_text", "read_colmap_text", "quat_to_matrix",
+           "vertex_colors_from_texture", "write_points_ply", "read_points_ply"]
 
 
 def _np(x) -> np.ndarray:
@@ -68,6 +72,26 @@ def write_png(path, image) -> Path:
         raise RuntimeError(f"PNG encoding failed for {path}")
     atomic_write_bytes(path, buf.tobytes())
     return Path(path)
+
+
+def displayed_image_paths(out_dir, image_paths) -> list[str]:
+    """Paths, relative to ``out_dir``, of the images as displayed, for transforms.json.
+
+    The fit follows the EXIF orientation; nerfstudio and COLMAP read the stored pixels. So when
+    any image is stored sideways, every one is written to ``<out_dir>/images/<name>`` (upright;
+    the others copied byte for byte), one folder for transforms.json and the COLMAP model;
+    otherwise the originals are referred to."""
+    out_dir = Path(out_dir)
+    paths = [Path(p) for p in image_paths]
+    if any(exif_orientation(p) != 1 for p in paths):
+        copies = [out_dir / "images" / p.name for p in paths]
+        for src, dst in zip(paths, copies):  # file copies, one per view
+            if exif_orientation(src) == 1:
+                atomic_write_bytes(dst, src.read_bytes())
+            else:
+                write_upright_copy(src, dst)
+        paths = copies
+    return [os.path.relpath(p, out_dir) for p in paths]
 
 
 # -- params.npz ----------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -169,8 +168,8 @@ def write_outputs(out: Path, scene: Scene, ctx: FitContext, state: FitState, use
                   write_images: bool = True) -> dict:
     """params.npz, mesh.obj + texture, transforms.json, COLMAP text model, points3D.ply, previews.
     Only views in ``used`` (N,) bool are exported. Returns arrays used by the report."""
-    from fitting.export import vertex_colors_from_texture, write_colmap_text, write_mesh, write_params, \
-        write_png, write_points_ply, write_transforms
+    from fitting.export import displayed_image_paths, vertex_colors_from_texture, write_colmap_text, write_mesh, \
+        write_params, write_png, write_points_ply, write_transforms
 
     out.mkdir(parents=True, exist_ok=True)
     K = _orig_K(state.K().cpu(), scale=scene.scale).numpy()
@@ -193,7 +192,7 @@ def write_outputs(out: Path, scene: Scene, ctx: FitContext, state: FitState, use
     write_params(out / "params.npz", **params)
     write_mesh(out, verts, ctx.flame.faces.cpu(), None if vt is None else vt.cpu(), None if ft is None else ft.cpu(),
                tex[0])
-    rel = [os.path.relpath(scene.image_paths[i], out) for i in idx]
+    rel = displayed_image_paths(out, [scene.image_paths[i] for i in idx])
     write_transforms(out / "transforms.json", K[idx], R[idx], t[idx], sizes[idx], rel, mesh_path="mesh.obj")
     if ctx.tracks is not None and ctx.tracks.points is not None:
         points, colors = ctx.tracks.points.cpu().numpy(), ctx.tracks.rgb

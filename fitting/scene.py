@@ -12,8 +12,11 @@ another scene's preprocessing; preprocessing made by another tool (the manifest 
 match. It then resizes every usable view to the fitting size (longer side = ``image_size``)
 and scales landmarks and K by the same factors (a plain scale in the +0.5 pixel convention).
 
-Views without a face, without masks, unreadable, or of another aspect ratio are left out and
-listed with the reason, so one bad view never stops the fit.
+Images are read upright (EXIF orientation applied, :mod:`fitting.images`), as preprocessing
+read them. Views without a face, without masks, unreadable, or of another shape than the
+camera's (cameras.json width x height) are left out and listed with the reason, so one bad
+view never stops the fit. A view at another resolution of the camera's shape gets the
+camera's K scaled uniformly (square pixels stay square).
 """
 from __future__ import annotations
 
@@ -28,10 +31,11 @@ import cv2
 import numpy as np
 import torch
 
+from fitting.images import IMAGE_SUFFIXES, check_unique_stems, read_image, same_camera_shape
+
 __all__ = ["Scene", "load_scene", "find_preprocess_dir", "PREPROCESS_FILES"]
 
 PREPROCESS_FILES = ("landmarks.json", "cameras.json")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 @dataclass
@@ -146,14 +150,10 @@ def _update_preprocessing(scene_dir: Path, prep: Path, force: bool, options: dic
         raise ValueError(e.advice("--preprocess_dir", "--force_preprocess")) from None
 
 
-def _read_rgb(path: Path) -> np.ndarray | None:
-    im = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    return None if im is None else cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
-
-
 def _read_mask(path: Path, size_wh) -> np.ndarray | None:
-    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if m is None:
+    try:
+        m = read_image(path, gray=True)
+    except ValueError:
         return None
     if (m.shape[1], m.shape[0]) != tuple(size_wh):
         m = cv2.resize(m, tuple(size_wh), interpolation=cv2.INTER_LINEAR)
@@ -174,6 +174,9 @@ def load_scene(scene_dir, image_size: int = 256, prep_dir=None, fallback_prep_di
     scene_dir = Path(scene_dir)
     if not (scene_dir / "images").is_dir():
         raise ValueError(f"{scene_dir} has no images/ folder: a scene is a folder with images/ (jpg or png)")
+    all_names = sorted(p.name for p in (scene_dir / "images").iterdir()
+                       if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    check_unique_stems(all_names, str(scene_dir / "images"))
     prep = find_preprocess_dir(scene_dir, prep_dir, fallback_prep_dir)
     if run_missing:
         _update_preprocessing(scene_dir, prep, force, preprocess_options or {})
@@ -190,8 +193,6 @@ def load_scene(scene_dir, image_size: int = 256, prep_dir=None, fallback_prep_di
     failed = {k: (v.get("reason", str(v)) if isinstance(v, dict) else str(v))
               for k, v in manifest.get("failed", {}).items()}
 
-    all_names = sorted(p.name for p in (scene_dir / "images").iterdir()
-                       if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     K_cam = np.asarray(cams["K"], np.float64)
     cam_wh = (int(cams.get("width", 0)), int(cams.get("height", 0)))
     unused, rows = {}, []
@@ -205,9 +206,10 @@ def load_scene(scene_dir, image_size: int = 256, prep_dir=None, fallback_prep_di
         if pts.shape != (68, 2) or not np.isfinite(pts).all():
             unused[n] = f"landmarks malformed (shape {pts.shape})"
             continue
-        img = _read_rgb(scene_dir / "images" / n)
-        if img is None:
-            unused[n] = failed.get(n) or "image unreadable"
+        try:
+            img = read_image(scene_dir / "images" / n)
+        except ValueError as e:
+            unused[n] = failed.get(n) or str(e)
             continue
         wh = (img.shape[1], img.shape[0])
         stem = Path(n).stem
@@ -220,21 +222,22 @@ def load_scene(scene_dir, image_size: int = 256, prep_dir=None, fallback_prep_di
     if not rows:
         raise ValueError(f"no usable view in {scene_dir}: " + "; ".join(f"{k}: {v}" for k, v in unused.items()))
 
-    # One fitting size for all views, from the most common original size.
-    sizes = [r[5] for r in rows]
-    ref_wh = max(set(sizes), key=sizes.count)
-    s = image_size / max(ref_wh)
-    fw, fh = max(1, round(ref_wh[0] * s)), max(1, round(ref_wh[1] * s))
+    # One fitting size for all views, from the camera's size (else the most common one).
     if cam_wh[0] <= 0:
-        cam_wh = ref_wh
+        sizes = [r[5] for r in rows]
+        cam_wh = max(set(sizes), key=sizes.count)
+    s = image_size / max(cam_wh)
+    fw, fh = max(1, round(cam_wh[0] * s)), max(1, round(cam_wh[1] * s))
     names, paths, ims, lmks, heads, skins, Ks, Korig, scales, osz = ([] for _ in range(10))
     for n, img, pts, head, skin, wh in rows:
-        if abs(wh[0] / wh[1] - ref_wh[0] / ref_wh[1]) > 0.01 * ref_wh[0] / ref_wh[1]:
-            unused[n] = f"aspect ratio {wh[0]}x{wh[1]} differs from the scene's {ref_wh[0]}x{ref_wh[1]}"
+        if not same_camera_shape(cam_wh, wh):
+            unused[n] = (f"size {wh[0]}x{wh[1]} is not the shape of the scene's {cam_wh[0]}x{cam_wh[1]} camera: "
+                         "fit it in a scene of its own")
             continue
         sx, sy = fw / wh[0], fh / wh[1]
-        # Same physical camera: K of another resolution scales with the image.
-        Ko = np.diag([wh[0] / cam_wh[0], wh[1] / cam_wh[1], 1.0]) @ K_cam
+        # The same camera at another resolution: K scales uniformly, so pixels stay square.
+        k = wh[0] / cam_wh[0]
+        Ko = np.diag([k, k, 1.0]) @ K_cam
         interp = cv2.INTER_AREA if sx < 1 else cv2.INTER_LINEAR
         names.append(n)
         paths.append(str(scene_dir / "images" / n))

@@ -1,20 +1,17 @@
-"""Scene files: listing and safely reading images, atomic writes of every output."""
+"""Scene files: listing images (read with the project's one reader, fitting.images), atomic writes."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from fitting.atomic import atomic_write_bytes, atomic_write_json, atomic_write_png  # noqa: F401 (re-exported)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+from fitting.images import IMAGE_SUFFIXES, check_unique_stems, exif_orientation, read_image  # noqa: F401
 
 
 def list_images(images_dir) -> tuple[list[str], dict[str, str]]:
     """Sorted image file names in ``images_dir`` and ``{name: reason}`` for the files skipped.
 
-    Raises ValueError when the folder is missing or holds no image at all."""
+    Raises ValueError when the folder is missing, holds no image at all, or two images share a
+    stem (``face.jpg`` and ``face.png``: their masks would overwrite each other)."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise ValueError(f"{images_dir} is not a folder: a scene needs an images/ folder of jpg or png files")
@@ -30,28 +27,5 @@ def list_images(images_dir) -> tuple[list[str], dict[str, str]]:
             names.append(p.name)
     if not names:
         raise ValueError(f"{images_dir} holds no .jpg/.jpeg/.png image: put the scene's photos there")
+    check_unique_stems(names, str(images_dir))
     return names, skipped
-
-
-def read_image(path) -> np.ndarray:
-    """Read an image file as RGB uint8 (H, W, 3), raising ValueError when it is unreadable.
-
-    PIL is used because it reports truncated JPEGs (OpenCV silently returns a grey-filled
-    image). EXIF orientation is deliberately NOT applied: every coordinate refers to the
-    stored pixel grid, as COLMAP sees it."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            arr = np.asarray(im.convert("RGB"))
-    except Exception as e:  # PIL raises many types for bad files
-        raise ValueError(f"cannot read image {path.name}: {e} (re-export or remove the file)") from e
-    if arr.shape[0] < 16 or arr.shape[1] < 16:
-        raise ValueError(f"image {path.name} is only {arr.shape[1]}x{arr.shape[0]} pixels")
-    return np.ascontiguousarray(arr)
-
-
-def image_size(path) -> tuple[int, int]:
-    """(width, height) from the header only."""
-    with Image.open(path) as im:
-        return im.size

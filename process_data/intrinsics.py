@@ -8,6 +8,9 @@ fewer than 3 views, K comes from the EXIF focal length, else from a field of vie
 The default model has no distortion, so fitting uses a pure pinhole projection; if a
 distorted model is requested, its parameters are carried in cameras.json ("distortion") and
 the fitting must apply them in its projection (images are never undistorted here).
+COLMAP reads the stored pixels and ignores the EXIF orientation, so when a photo is stored
+sideways, SfM runs on upright copies (``sfm/images/``): K and poses refer to the upright
+images, like the landmarks and masks.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from fitting.images import exif_orientation, image_size, write_upright_copy
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +252,18 @@ def cameras_from_reconstruction(rec, width: int, height: int) -> dict:
             "num_points3D": int(rec.num_points3D())}
 
 
+def _upright_folder(image_dir, names: list[str], copies) -> Path:
+    """The folder for COLMAP to read: ``image_dir`` itself, or upright copies of ``names`` in
+    ``copies`` when some photo is stored sideways: COLMAP ignores the EXIF orientation that
+    our landmarks and masks follow."""
+    image_dir = Path(image_dir)
+    if all(exif_orientation(image_dir / n) == 1 for n in names):
+        return image_dir
+    for n in names:
+        write_upright_copy(image_dir / n, Path(copies) / n)
+    return Path(copies)
+
+
 def estimate_intrinsics(image_dir, names: list[str], *, work_dir=None, fov_deg: float = 30.0,
                         min_registered: int = 3, max_image_size: int = 1024, sequential: bool = False,
                         num_threads: int = -1, landmarks: dict | None = None,
@@ -259,7 +276,7 @@ def estimate_intrinsics(image_dir, names: list[str], *, work_dir=None, fov_deg: 
         raise ValueError(f"use_landmarks must be 'never', 'always' or 'fallback', got {use_landmarks!r}")
     if not names:
         raise ValueError("estimate_intrinsics needs at least one image")
-    sizes = {Image.open(Path(image_dir) / n).size for n in names}
+    sizes = {image_size(Path(image_dir) / n) for n in names}
     if len(sizes) != 1:
         raise ValueError(f"all images must share one size for one camera model, got {sorted(sizes)}")
     (width, height), = sizes
@@ -272,7 +289,8 @@ def estimate_intrinsics(image_dir, names: list[str], *, work_dir=None, fov_deg: 
     t0 = time.time()
     try:
         if len(names) >= min_registered:
-            rec = run_sfm(image_dir, names, work_dir, max_image_size=max_image_size, sequential=sequential,
+            sfm_dir = _upright_folder(image_dir, names, Path(work_dir) / "images")
+            rec = run_sfm(sfm_dir, names, work_dir, max_image_size=max_image_size, sequential=sequential,
                           num_threads=num_threads, landmarks=landmarks, use_landmarks=use_landmarks)
         if rec is None:
             warns.append("SfM reconstructed nothing")

@@ -10,6 +10,8 @@ per view: the file's content fingerprint (sha256 and byte size), the original si
 transform, the status of each stage and why a view failed; per stage: the tool versions, the
 options, a digest of the inputs it read, and warnings. Staleness and ownership are decided
 by content, never by mtimes (copies and restores rewrite mtimes).
+A view's ``size`` is that of the upright image and ``orientation`` its EXIF orientation (1..8,
+1 = stored upright): every coordinate refers to the upright image (see fitting.images).
 """
 from __future__ import annotations
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from fitting.images import same_camera_shape
+
 from . import files, manifest as mf
 
 log = logging.getLogger("process_data")
@@ -106,30 +108,47 @@ def _scan(sc: _Scene, skipped: dict) -> None:
         try:
             img = sc.image(n)
             v["size"] = [int(img.shape[1]), int(img.shape[0])]
+            v["orientation"] = files.exif_orientation(sc.images_dir / n)
             v["status"] = {"scan": "ok"}
         except ValueError as e:
             v["size"] = None
             v["status"] = {"scan": "failed"}
             m["failed"][n] = {"stage": "scan", "reason": str(e)}
             _say(f"view {n} failed: {e}")
-    sizes = Counter(tuple(v["size"]) for v in m["views"].values() if v["size"])
-    if not sizes:
-        sc.manifest = m
+    sc.manifest = m
+    if not any(v["size"] for v in m["views"].values()):
         sc.save()
         raise ValueError(f"no readable image in {sc.images_dir}: {json.dumps(m['failed'])}")
-    (w, h), _ = sizes.most_common(1)[0]
-    m["camera_size"] = [w, h]
-    if len(sizes) > 1:
-        odd = [n for n, v in m["views"].items() if v["size"] and tuple(v["size"]) != (w, h)]
-        msg = (f"mixed image sizes {sorted(sizes)}: one camera model is assumed, so the {len(odd)} view(s) "
-               f"not {w}x{h} ({', '.join(odd)}) get landmarks and masks but no intrinsics")
+    try:
+        m["camera_size"] = _camera_size(m)
+    finally:
+        sc.save()
+
+
+def _camera_size(m: dict) -> list[int]:
+    """The size of the scene's one camera: the most common view size. Views at another
+    resolution of the same shape are that camera scaled (K scales uniformly; SfM runs on the
+    camera size only); a scene whose sizes differ in shape is refused: one camera cannot
+    explain it, and per-axis scaling would give non-square pixels."""
+    by_size: dict[tuple, list] = {}
+    for n, v in m["views"].items():
+        if v["size"]:
+            by_size.setdefault(tuple(v["size"]), []).append(n)
+    counts = Counter({s: len(ns) for s, ns in by_size.items()})
+    (w, h), _ = counts.most_common(1)[0]
+    if any(not same_camera_shape((w, h), s) for s in by_size):
+        listed = "; ".join(f"{sw}x{sh}: {k} view(s) ({', '.join(by_size[(sw, sh)][:3])}"
+                           f"{', ...' if k > 3 else ''})" for (sw, sh), k in counts.most_common())
+        raise ValueError(f"the photos come in sizes of different shapes ({listed}); a scene is one camera, "
+                         "so put photos of different aspect ratios in scenes of their own (or crop them to "
+                         "one aspect ratio)")
+    others = [n for s, ns in by_size.items() if s != (w, h) for n in ns]
+    if others:
+        msg = (f"view(s) {', '.join(others)} are the {w}x{h} camera at another resolution: they share its "
+               "intrinsics (scaled uniformly) but take no part in SfM")
         m["warnings"].append(msg)
         _say("warning: " + msg)
-        for n in odd:
-            mf.record_failure(m, n, "intrinsics", f"size {m['views'][n]['size']} differs from the scene's "
-                                                  f"camera size {[w, h]}")
-    sc.manifest = m
-    sc.save()
+    return [w, h]
 
 
 def _landmarks(sc: _Scene, force: bool) -> None:

@@ -4,8 +4,11 @@ Landmarks and masks come from process_data's library functions
 (``process_data.landmarks.detect_landmarks``, ``process_data.masks.compute_masks``) unless
 ``--landmarks`` / ``--mask`` give them. User ``.npy`` landmarks are in the pixel-index
 convention of the detectors (pixel centres at integers) and get +0.5 here, as
-docs/CONVENTIONS.md says. A photo that cannot be read, or shows no face, is recorded with a
-reason and left out; the others still fit.
+docs/CONVENTIONS.md says. Photos are read upright (EXIF orientation applied, like every
+viewer; :mod:`fitting.images`), so landmarks, masks and outputs refer to the photo as shown.
+A photo that cannot be read, or shows no face, is recorded with a reason and left out; the
+others still fit. Two photos with one stem (``face.jpg``, ``face.png``) are refused up front:
+each photo's outputs go to ``<savefolder>/<stem>/``.
 """
 from __future__ import annotations
 
@@ -18,10 +21,11 @@ import cv2
 import numpy as np
 import torch
 
+from fitting.images import IMAGE_SUFFIXES, check_unique_stems, read_image
+
 __all__ = ["IMAGE_SUFFIXES", "ImageBatch", "list_inputs", "resolve_override", "load_landmarks_npy", "load_mask",
            "prepare_batch"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 LANDMARK_NAMES = ("{stem}_landmarks68.npy", "{stem}_landmarks.npy", "{stem}.npy")
 HEAD_MASK_NAMES = ("{stem}_headmask.png", "{stem}_head.png")
 MASK_NAMES = ("{stem}_skinmask.png", "{stem}_mask.png", "{stem}.png", "{stem}.jpg")
@@ -67,7 +71,8 @@ def list_inputs(path, exclude: str = "") -> tuple[list[Path], bool, dict]:
     """Photos to fit. Returns (paths, is_folder, skipped {name: reason}).
 
     path: an image file, or a folder (its .jpg/.jpeg/.png files, sorted, minus the names that
-    match one of the comma-separated globs in ``exclude``)."""
+    match one of the comma-separated globs in ``exclude``). Raises ValueError when two photos
+    share a stem, since each one's outputs go to a folder named by it."""
     p = Path(path)
     if p.is_file():
         if p.suffix.lower() not in IMAGE_SUFFIXES:
@@ -88,6 +93,7 @@ def list_inputs(path, exclude: str = "") -> tuple[list[Path], bool, dict]:
         paths.append(q)
     if not paths:
         raise ValueError(f"{p} holds no .jpg/.jpeg/.png photo (after --exclude {exclude!r})")
+    check_unique_stems([q.name for q in paths], str(p), "leave one of each out with --exclude, or rename it")
     return paths, True, skipped
 
 
@@ -128,9 +134,7 @@ def load_landmarks_npy(path) -> np.ndarray:
 
 def load_mask(path, size_wh) -> np.ndarray:
     """(H, W) uint8 mask from an image file, resized to ``size_wh`` (W, H) when needed."""
-    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if m is None:
-        raise ValueError(f"cannot read mask {path}")
+    m = read_image(path, gray=True)
     if (m.shape[1], m.shape[0]) != tuple(size_wh):
         m = cv2.resize(m, tuple(size_wh), interpolation=cv2.INTER_LINEAR)
     return m
@@ -162,8 +166,6 @@ def prepare_batch(paths: list, image_size: int, landmarks: str = "", mask: str =
     mask (nothing uses it then).
     With no usable photo the batch is empty (N = 0) and ``failed`` names each one's reason.
     """
-    from process_data.files import read_image
-
     failed, sources, pre_s, rows = {}, {}, {}, []
     for p in paths:  # detection and GrabCut are per photo by nature
         t0 = time.perf_counter()

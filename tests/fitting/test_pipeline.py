@@ -76,6 +76,7 @@ def test_exports_agree_with_params(demo_fit):
     Kt, Rt, tt, st, paths, d = read_transforms(out / "transforms.json")
     Kc, Rc, tc, sc, names, pts = read_colmap_text(out / "colmap")
     assert list(p["names"]) == names and len(paths) == len(names)
+    assert all(f["fl_x"] == f["fl_y"] for f in d["frames"])  # one camera, square pixels
     assert (out / paths[0]).resolve().is_file() and (out / d["mesh_path"]).is_file()
     verts, *_ = load_obj(out / "mesh.obj")
     np.testing.assert_allclose(pts, verts, atol=1e-6)
