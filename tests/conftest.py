@@ -93,11 +93,3 @@ def read_rgb():
 def digest():
     """A function folder -> {relative path: sha256}."""
     return tree_digest
-
-
-@pytest.fixture
-def ffhq(shared_data) -> Path:
-    d = shared_data / "ffhq"
-    if not d.is_dir():
-        pytest.skip("ffhq data absent")
-    return d
