@@ -39,7 +39,7 @@ import numpy as np
 
 __all__ = ["Matches", "read_matches", "fundamental_matrices", "sampson_distance", "match_distances",
            "epipolar_stats", "read_report_cameras", "read_transforms_cameras", "read_colmap_cameras",
-           "read_cameras", "sfm_model_dir", "report_epipolar", "main"]
+           "read_cameras", "sfm_model_dir", "sfm_cameras", "report_epipolar", "main"]
 
 # Pairs whose inliers are not evidence of the scene's epipolar geometry: no geometry at all, or
 # matches explained by a 2-D translation near the border (a watermark, an overlay).
@@ -235,32 +235,42 @@ def sfm_model_dir(database) -> Path:
     return Path(database).parent / "model"
 
 
+def sfm_cameras(database, names) -> dict:
+    """SfM's own cameras {name: (K, R, t)} of those ``names`` it registered, in SfM's frame and
+    scale (the Sampson distance is invariant to a similarity of the whole set, so they compare
+    with cameras in any other frame without alignment); {} without a model."""
+    model = sfm_model_dir(database)
+    cams = read_colmap_cameras(model) if model.is_dir() else {}
+    return {n: cams[n] for n in names if n in cams}
+
+
 # -- the fit's report ----------------------------------------------------------------------------
 def report_epipolar(database, cameras: dict, focal_initial: float | None = None) -> tuple[dict, dict]:
     """Epipolar figures of the fit's cameras for report.json, beside SfM's own cameras.
 
     database: path of SfM's database (may not exist); cameras: {name: (K, R, t)} of the used
     views, original pixels. Returns (per-view fields {name: {"epipolar_px_median",
-    "epipolar_px_p90"}}, scene block {"database", "fit", "sfm", "focal_px"}); figures are None
-    without a database or matches. SfM's cameras are compared on the same views (those of
-    ``cameras`` that SfM registered), in SfM's own frame and scale: the Sampson distance is
-    invariant to a similarity of the whole set, so no alignment is needed."""
+    "epipolar_px_p90"}}, scene block {"database", "fit", "sfm", "sfm_views", "focal_px": {"sfm",
+    "initial", "fit"}}); figures are None without a database or matches. SfM's cameras are
+    scored on the same views (those of ``cameras`` that SfM registered)."""
     first = next(iter(cameras.values()), None)
     focal = {"sfm": None, "initial": focal_initial, "fit": None if first is None else float(first[0][0, 0])}
     database = Path(database)
     if not database.is_file():
         none = {"epipolar_px_median": None, "epipolar_px_p90": None}
-        return {n: dict(none) for n in cameras}, {"database": None, "fit": None, "sfm": None, "focal_px": focal}
+        return ({n: dict(none) for n in cameras},
+                {"database": None, "fit": None, "sfm": None, "sfm_views": None, "focal_px": focal})
     matches = read_matches(database)
     fit = epipolar_stats(matches, cameras)
-    sfm_all = read_colmap_cameras(sfm_model_dir(database)) if sfm_model_dir(database).is_dir() else {}
-    sfm_cams = {n: sfm_all[n] for n in cameras if n in sfm_all}
+    try:
+        sfm_cams = sfm_cameras(database, cameras)
+    except ValueError:  # a distorted SfM camera has no pinhole figures; the fit's still stand
+        sfm_cams = {}
     sfm = epipolar_stats(matches, sfm_cams)
-    if sfm_cams:
-        focal["sfm"] = float(next(iter(sfm_cams.values()))[0][0, 0])
+    focal["sfm"] = next((float(c[0][0, 0]) for c in sfm_cams.values()), None)
     views = {n: {k: s[k] for k in ("epipolar_px_median", "epipolar_px_p90")} for n, s in fit["views"].items()}
-    return views, {"database": str(database), "fit": fit["scene"], "sfm": sfm["scene"], "focal_px": focal,
-                   "sfm_views": sfm["views"]}
+    return views, {"database": str(database), "fit": fit["scene"], "sfm": sfm["scene"], "sfm_views": sfm["views"],
+                   "focal_px": focal}
 
 
 # -- CLI -----------------------------------------------------------------------------------------
@@ -300,8 +310,7 @@ def main(argv=None) -> int:
     cameras = read_cameras(a.cameras or out / "report.json")
     matches = read_matches(database)
     given = epipolar_stats(matches, cameras)
-    sfm_all = read_colmap_cameras(sfm_model_dir(database))
-    sfm = epipolar_stats(matches, {n: sfm_all[n] for n in cameras if n in sfm_all})
+    sfm = epipolar_stats(matches, sfm_cameras(database, cameras))
     if a.json:
         print(json.dumps({"database": str(database), "cameras": given, "sfm": sfm}, indent=1))
     else:

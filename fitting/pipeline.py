@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fitting.config import config_to_dict, resolve_device
+from fitting.evaluate_cameras import report_epipolar
 from fitting.export import write_json
 from fitting.init import align_sfm_poses, rotation_angle_deg
 from fitting.scene import Scene, load_scene
@@ -316,6 +317,10 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
     ev = evaluate(ctx, state, render=True)
     used = ctx.view_weights.cpu().numpy() > 0
     arr = write_outputs(out, scene, ctx, state, used, ev, cfg.write_images)
+    ui = np.nonzero(used)[0]
+    epi_views, epi = report_epipolar(scene.prep_dir / "sfm" / "database.db",
+                                     {scene.names[i]: (arr["K"][i], arr["R"][i], arr["t"][i]) for i in ui},
+                                     focal_initial=float(scene.K_orig[ui[0], 0, 0]))
 
     sx_sy = scene.scale.cpu().numpy()
     lm_pred = ev["landmarks"].cpu().numpy() / sx_sy[:, None, :]
@@ -330,16 +335,19 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
                               "landmark_rmse_px": float(rmse_orig[i]),
                               "photometric_l1": float(ev["photometric_l1"][i]),
                               "mask_iou": float(ev["mask_iou"][i]),
+                              **epi_views[n],
                               "K": arr["K"][i].tolist(), "R": arr["R"][i].tolist(), "t": arr["t"][i].tolist()})
                 continue
             reason = "pose initialisation failed (PnP found no consistent pose, no SfM pose)"
         else:
             reason = scene.unused.get(n, "not loaded")
         views.append({"name": n, "used": False, "reason_if_unused": reason, "landmark_rmse_px": None,
-                      "photometric_l1": None, "mask_iou": None, "K": None, "R": None, "t": None})
+                      "photometric_l1": None, "mask_iou": None, "epipolar_px_median": None, "epipolar_px_p90": None,
+                      "K": None, "R": None, "t": None})
     # the fit's total: the demo's scene synthesis (timing["demo_scene"]) is not part of it
     timing["total"] = time.perf_counter() - t_start - timing.get("demo_scene", 0.0)
     report = {"scene": name, "num_views": int(used.sum()), "device": str(device), "views": views,
+              "preprocess_dir": str(Path(scene.prep_dir).resolve()), "epipolar": epi,
               "timing_s": {k: round(float(timing.get(k, 0.0)), 3)
                            for k in ("preprocess", "init", "geometry", "photometric", "total")}}
     # The issue asks for views whose PnP and SfM poses disagree to be flagged in the report.
@@ -348,7 +356,6 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
                                            f"{100 * init_info['sfm_center_rel'][i]:.0f}% of the distance"}
         for i, d in enumerate(init_info.get("sfm_disagree", [])) if d]
     if scene.ground_truth is not None:
-        ui = np.nonzero(used)[0]
         gt_err = ground_truth_errors(scene.ground_truth, [scene.names[i] for i in ui], arr["R"][ui], arr["t"][ui],
                                      ev["verts"][0].cpu().numpy(), lm_pred[ui], aligned=True)
         gt_aligned = gt_err.pop("aligned", None)

@@ -211,3 +211,16 @@ def test_report_block_and_cli(scene, tmp_path, capsys):
     assert abs(d["cameras"]["scene"]["epipolar_px_p90"] - block["fit"]["epipolar_px_p90"]) < 1e-12
     assert main([str(out)]) == 0
     assert "v3.jpg" in capsys.readouterr().out
+
+
+def test_distorted_sfm_model_is_refused(scene):
+    """A pinhole F cannot score distorted keypoints: the reader refuses, the report keeps the
+    fit's figures and leaves SfM's empty."""
+    cams_txt = scene["db"].parent / "model" / "cameras.txt"
+    lines = cams_txt.read_text().splitlines()
+    cams_txt.write_text("\n".join(ln if ln.startswith("#") else ln.replace("PINHOLE", "OPENCV") + " 0.1 0 0 0"
+                                  for ln in lines) + "\n")
+    with pytest.raises(ValueError, match="distortion"):
+        read_cameras(cams_txt.parent)
+    _, block = report_epipolar(scene["db"], _cams(scene))
+    assert block["fit"]["num_matches"] == 200 and block["sfm"]["num_matches"] == 0
