@@ -68,6 +68,13 @@ def test_one_point_moved_across_its_epipolar_line():
     assert (s < e).all() and (s > 0.5 * e).all()
 
 
+def _reprojection_error_after_triangulation(x1, x2, cam1, cam2, X0) -> float:
+    """sqrt(min_X |x1 - P1 X|^2 + |x2 - P2 X|^2) for one match (2,), (2,), started at X0 (3,)."""
+    res = least_squares(lambda X: np.r_[_project(X[None], *cam1)[0] - x1, _project(X[None], *cam2)[0] - x2],
+                        X0, xtol=1e-14, ftol=1e-14)
+    return float(np.linalg.norm(res.fun))
+
+
 def test_sampson_is_the_geometric_error_to_first_order():
     """Independent of F: the reprojection error after optimal triangulation (least squares over
     the 3-D point), sqrt(|x1 - P1 X|^2 + |x2 - P2 X|^2), agrees with the Sampson distance
@@ -77,9 +84,8 @@ def test_sampson_is_the_geometric_error_to_first_order():
     rng = np.random.default_rng(3)
     x1 = _project(X, K[i], R[i], t[i]) + rng.normal(0, 0.5, (len(X), 2))
     x2 = _project(X, K[j], R[j], t[j]) + rng.normal(0, 0.5, (len(X), 2))
-    gold = np.array([np.sqrt(2 * least_squares(
-        lambda P, a=a, b=b: np.r_[_project(P[None], K[i], R[i], t[i])[0] - a, _project(P[None], K[j], R[j], t[j])[0] - b],
-        X0, xtol=1e-14, ftol=1e-14).cost) for a, b, X0 in zip(x1, x2, X)])
+    gold = np.array([_reprojection_error_after_triangulation(a, b, (K[i], R[i], t[i]), (K[j], R[j], t[j]), X0)
+                     for a, b, X0 in zip(x1, x2, X)])
     s = sampson_distance(_F(K, R, t, i, j), x1, x2)
     np.testing.assert_allclose(s, gold, rtol=0.03, atol=1e-3)
 
@@ -145,6 +151,12 @@ def _cams(sc):
     return {n: (sc["K"][k], sc["R"][k], sc["t"][k]) for k, n in enumerate(sc["names"])}
 
 
+def _report_views(sc):
+    """report.json's views[] rows (the fields the reader uses)."""
+    return [{"name": n, "K": sc["K"][k].tolist(), "R": sc["R"][k].tolist(), "t": sc["t"][k].tolist()}
+            for k, n in enumerate(sc["names"])]
+
+
 def test_database_matches_and_stats(scene):
     m = read_matches(scene["db"])
     assert m.names == scene["names"] and len(m) == 5 * 40  # 6 pairs, the watermark one skipped
@@ -169,8 +181,7 @@ def test_readers_give_the_same_figures(scene, tmp_path):
     ref = epipolar_stats(m, _cams(scene))
     K, R, t, names = scene["K"], scene["R"], scene["t"], scene["names"]
     rep = tmp_path / "report.json"
-    rep.write_text(json.dumps({"views": [{"name": n, "K": K[k].tolist(), "R": R[k].tolist(), "t": t[k].tolist()}
-                                         for k, n in enumerate(names)] + [{"name": "gone.jpg", "K": None}]}))
+    rep.write_text(json.dumps({"views": _report_views(scene) + [{"name": "gone.jpg", "K": None}]}))
     write_transforms(tmp_path / "transforms.json", K, R, t, np.tile([W, H], (4, 1)), [f"images/{n}" for n in names])
     import pycolmap
     text = tmp_path / "colmap_text"
@@ -202,9 +213,7 @@ def test_report_block_and_cli(scene, tmp_path, capsys):
 
     out = tmp_path / "fit"
     out.mkdir()
-    K, R, t = scene["K"], scene["R"], scene["t"]
-    (out / "report.json").write_text(json.dumps({"preprocess_dir": str(scene["prep"]), "views": [
-        {"name": n, "K": K[k].tolist(), "R": R[k].tolist(), "t": t[k].tolist()} for k, n in enumerate(scene["names"])]}))
+    (out / "report.json").write_text(json.dumps({"preprocess_dir": str(scene["prep"]), "views": _report_views(scene)}))
     assert main([str(out), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["cameras"]["scene"]["num_matches"] == 200
