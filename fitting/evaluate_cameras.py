@@ -145,7 +145,7 @@ def match_distances(matches: Matches, cameras: dict) -> tuple[np.ndarray, np.nda
 
     cameras: {name: (K (3, 3), R (3, 3), t (3,))}. Returns (d (M',), view1 (M',), view2 (M',)),
     views as indices into ``matches.names``."""
-    has = np.array([n in cameras for n in matches.names] + [False])
+    has = np.array([n in cameras for n in matches.names], bool)
     keep = has[matches.view1] & has[matches.view2]
     v1, v2 = matches.view1[keep], matches.view2[keep]
     if not len(v1):
