@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from fitting.config import config_to_dict, resolve_device
+from fitting.evaluate_cameras import report_epipolar
 from fitting.export import write_json
 from fitting.init import align_sfm_poses, rotation_angle_deg
 from fitting.scene import Scene, load_scene
@@ -359,6 +360,10 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
     ev = evaluate(ctx, state, render=True)
     used = ctx.view_weights.cpu().numpy() > 0
     arr = write_outputs(out, scene, ctx, state, used, ev, cfg.write_images)
+    ui = np.nonzero(used)[0]
+    epi_views, epi = report_epipolar(scene.prep_dir / "sfm" / "database.db",
+                                     {scene.names[i]: (arr["K"][i], arr["R"][i], arr["t"][i]) for i in ui},
+                                     focal_initial=float(scene.K_orig[ui[0], 0, 0]))
 
     sx_sy = scene.scale.cpu().numpy()
     trk_rms = trk_n = None
@@ -381,16 +386,20 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
                               "num_tracks": None if trk_n is None else int(trk_n[i]),
                               "track_reprojection_px": None if trk_rms is None or trk_n[i] == 0 else float(trk_rms[i]),
                               "landmarks_used": i not in ctx.landmark_flags,
+                              **epi_views[n],
                               "K": arr["K"][i].tolist(), "R": arr["R"][i].tolist(), "t": arr["t"][i].tolist()})
                 continue
             reason = "pose initialisation failed (PnP found no consistent pose, no SfM pose)"
         else:
             reason = scene.unused.get(n, "not loaded")
         views.append({"name": n, "used": False, "reason_if_unused": reason, "landmark_rmse_px": None,
-                      "photometric_l1": None, "mask_iou": None, "K": None, "R": None, "t": None})
+                      "photometric_l1": None, "mask_iou": None, "epipolar_px_median": None, "epipolar_px_p90": None,
+                      "num_tracks": None, "track_reprojection_px": None, "landmarks_used": None,
+                      "K": None, "R": None, "t": None})
     # the fit's total: the demo's scene synthesis (timing["demo_scene"]) is not part of it
     timing["total"] = time.perf_counter() - t_start - timing.get("demo_scene", 0.0)
     report = {"scene": name, "num_views": int(used.sum()), "device": str(device), "views": views,
+              "preprocess_dir": str(Path(scene.prep_dir).resolve()), "epipolar": epi,
               "timing_s": {k: round(float(timing.get(k, 0.0)), 3)
                            for k in ("preprocess", "init", "geometry", "photometric", "total")}}
     # The issue asks for views whose PnP and SfM poses disagree to be flagged in the report.
@@ -403,7 +412,6 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
         "num_points": ctx.tracks.num_points, "num_observations": len(ctx.tracks.view),
         "landmark_sigma_px": ctx.landmark_sigma_px}
     if scene.ground_truth is not None:
-        ui = np.nonzero(used)[0]
         gt_err = ground_truth_errors(scene.ground_truth, [scene.names[i] for i in ui], arr["R"][ui], arr["t"][ui],
                                      ev["verts"][0].cpu().numpy(), lm_pred[ui], aligned=True)
         gt_aligned = gt_err.pop("aligned", None)

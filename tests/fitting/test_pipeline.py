@@ -17,8 +17,9 @@ from fitting.pipeline import fit_scene
 
 REPO = Path(__file__).resolve().parents[2]
 
-REPORT_VIEW_KEYS = {"name", "used", "reason_if_unused", "landmark_rmse_px", "photometric_l1", "mask_iou", "K", "R", "t",
-                    "num_tracks", "track_reprojection_px", "landmarks_used"}
+REPORT_VIEW_KEYS = {"name", "used", "reason_if_unused", "landmark_rmse_px", "photometric_l1", "mask_iou",
+                    "epipolar_px_median", "epipolar_px_p90", "num_tracks", "track_reprojection_px", "landmarks_used",
+                    "K", "R", "t"}
 GT_KEYS = {"rotation_error_deg_mean", "rotation_error_deg_max", "camera_center_error_mm_mean",
            "vertex_error_mm_mean", "landmark_rmse_px"}
 
@@ -52,6 +53,9 @@ def test_demo_ground_truth(demo_fit):
     assert set(report["timing_s"]) == {"preprocess", "init", "geometry", "photometric", "total"}
     for v in report["views"]:
         assert set(v) == REPORT_VIEW_KEYS
+    # the synthetic scene has no SfM database: epipolar figures are null, the focal lengths are not
+    assert report["epipolar"]["database"] is None and report["epipolar"]["fit"] is None
+    assert report["epipolar"]["focal_px"]["fit"] > 0
     for f in ("params.npz", "mesh.obj", "mesh.mtl", "texture.png", "transforms.json", "colmap/cameras.txt",
               "colmap/images.txt", "colmap/points3D.txt", "contact_sheet.png", "losses.png", "report.json"):
         assert (out / f).is_file(), f
