@@ -121,7 +121,8 @@ def test_resume_skips_finished_stages(demo_fit, tmp_path):
 
 @pytest.mark.slow
 def test_real_multiview_sample(shared_data, tmp_path):
-    """8 real views, stand-in on the FLAME template: all views used, RMSE <= 4 px at 520x696."""
+    """8 real views, stand-in on the FLAME template: all views used; the cameras agree with the
+    SfM matches about as well as SfM's own (the track term), and the landmarks stay close."""
     scene = shared_data / "multiview_sample"
     topo = shared_data / "flame_topology"
     cfg = parse_config([
@@ -133,7 +134,13 @@ def test_real_multiview_sample(shared_data, tmp_path):
     report = fit_scene(cfg)
     assert report["num_views"] == 8 and all(v["used"] for v in report["views"])
     rmse = [v["landmark_rmse_px"] for v in report["views"]]
-    assert np.mean(rmse) <= 4.0, rmse
+    epi = report["epipolar"]
+    print("landmark RMSE", np.round(rmse, 2), "epipolar fit", epi["fit"], "sfm", epi["sfm"])
+    assert report["tracks"]["num_observations"] > 1000
+    assert epi["fit"]["epipolar_px_p90"] <= 1.1 * epi["sfm"]["epipolar_px_p90"], epi
+    # the cameras no longer bend towards the stand-in's landmarks (3.4 px without tracks):
+    # far views' detections and the stand-in's shape space disagree with the tracks by more
+    assert np.mean(rmse) <= 9.0, rmse
     out = tmp_path / "multiview_sample"
     for f in ("report.json", "params.npz", "mesh.obj", "transforms.json", "colmap/images.txt"):
         assert (out / f).is_file()
