@@ -217,11 +217,15 @@ def _sparse_to_dense(state: dict, qualname: str, key: str, path: Path) -> np.nda
 
 
 def _skip_npy_header(f, path: Path) -> None:
-    """Move past a ``.npy`` header of an object array (the rest of the file is a pickle)."""
+    """When ``f`` is a ``.npy`` file, move past its header: the rest is an object array's pickle."""
+    if f.read(len(npy_format.MAGIC_PREFIX)) != npy_format.MAGIC_PREFIX:
+        f.seek(0)
+        return
+    f.seek(0)
     readers = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
     version = npy_format.read_magic(f)
-    if version not in readers:
-        raise FlameFileError(f"{path}: .npy format version {version} holds no pickled object")
+    if version not in readers:  # np.save writes 1.0, or 2.0 for very large headers
+        raise FlameFileError(f"{path}: unsupported .npy format version {version}; expected 1.0 or 2.0")
     _shape, _fortran, dtype = readers[version](f)
     if not dtype.hasobject:
         raise FlameFileError(f"{path}: a .npy of {dtype} numbers, expected a pickled dict")
@@ -230,14 +234,13 @@ def _skip_npy_header(f, path: Path) -> None:
 def read_pickle(path: Path, what: str = "FLAME pickle", hint: str = FLAME_HELP):
     """Unpickle ``path`` with only allow-listed globals (no code runs, tensors become arrays).
 
-    ``path`` is a pickle, or a ``.npy`` holding a pickled object array (as
-    ``np.save(allow_pickle=True)`` writes); a 0-d object array is unwrapped to its item.
+    ``path`` is a pickle, or a ``.npy`` file (any name) holding a pickled object array, as
+    ``np.save(allow_pickle=True)`` writes; a 0-d object array is unwrapped to its item.
     ``what`` and ``hint`` complete the error message when the file cannot be read.
     """
     try:
         with open(path, "rb") as f:
-            if path.suffix == ".npy":
-                _skip_npy_header(f, path)
+            _skip_npy_header(f, path)
             data = _SafeUnpickler(f).load()
     except FlameFileError:
         raise
