@@ -26,7 +26,7 @@ from fitting.init import align_sfm_poses, rotation_angle_deg
 from fitting.scene import Scene, load_scene
 from fitting.stages import FitContext, evaluate, init_appearance, initialize, stage_geometry, stage_photometric, \
     texture_maps
-from fitting.state import FitState, load_checkpoint, save_checkpoint
+from fitting.state import FitState, check_resume_options, load_checkpoint, save_checkpoint
 
 __all__ = ["fit_scene", "load_model", "standin_path", "decide_refine_focal", "ground_truth_errors", "write_outputs"]
 
@@ -302,6 +302,7 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
     if cfg.resume and ckpt_path.is_file():
         ck = load_checkpoint(ckpt_path, device)
         if ck["extra"].get("names") == scene.names:
+            check_resume_options(ck["config"], config_to_dict(cfg), ckpt_path)
             state, done, pos = ck["state"], ck["progress"]["done"], ck["progress"].get("pos", 0)
             ctx.history = ck["history"]
             init_info = ck["extra"].get("init_info", {})

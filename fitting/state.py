@@ -10,6 +10,7 @@ sits at the origin of its own copy of it, and the views' extrinsics place the ca
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from fitting.atomic import atomic_path
 from fitting.init import rot_to_matrix
 
-__all__ = ["FitState", "save_checkpoint", "load_checkpoint"]
+__all__ = ["FitState", "save_checkpoint", "load_checkpoint", "check_resume_options"]
 
 
 @dataclass
@@ -118,7 +119,11 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 def save_checkpoint(path, state: FitState, config: dict, progress: dict, history: dict | None = None,
                     extra: dict | None = None) -> None:
-    """torch.save of the state (on CPU) + config + progress ({'stage', 'iter', 'done': [...]}) atomically."""
+    """torch.save of the state (on CPU) + config + progress ({'stage', 'iter', 'done': [...]}) atomically.
+
+    Everything else must be tensors and plain Python data (dicts, lists, numbers, strings; an
+    optimiser's state_dict is): :func:`load_checkpoint` reads with ``weights_only``.
+    """
     _atomic_torch_save({
         "state": {k: v.detach().cpu() for k, v in state.tensors().items()},
         "config": config,
@@ -128,10 +133,48 @@ def save_checkpoint(path, state: FitState, config: dict, progress: dict, history
     }, path)
 
 
+CHECKPOINT_KEYS = ("state", "config", "progress", "history", "extra")
+RESTART_HINT = "rerun without --resume (or delete the file) to start afresh"
+
+# Options that decide which model the saved variables belong to and their shapes; the others
+# (iterations, loss weights, learning rates, outputs) may change between a run and its resume.
+RESUME_OPTIONS = ("flame_model", "standin_template", "standin_seed", "landmark_embedding",
+                  "n_shape", "n_exp", "tex_space", "n_tex", "tex_res", "image_size")
+
+
 def load_checkpoint(path, device=None) -> dict:
-    """Inverse of :func:`save_checkpoint`; ``d['state']`` is a FitState on ``device``."""
-    d = torch.load(path, map_location="cpu", weights_only=False)
+    """Inverse of :func:`save_checkpoint`; ``d['state']`` is a FitState on ``device``.
+
+    Only tensors and plain data load (``weights_only``), so a crafted file runs no code.
+    Raises ValueError naming the file when it is corrupt, truncated or not a checkpoint.
+    """
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message is long and about its own API; one line of it names what was refused
+        reason = next((line for line in str(e).splitlines() if "GLOBAL" in line), type(e).__name__)
+        raise ValueError(f"{path}: refusing to load this checkpoint: it holds more than tensors and plain "
+                         f"data, so it is damaged or was not written by this tool ({reason}); "
+                         f"{RESTART_HINT}") from e
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
+        raise ValueError(f"{path}: the checkpoint is corrupt or truncated ({type(e).__name__}); "
+                         f"{RESTART_HINT}") from e
+    fields = {f.name for f in dataclasses.fields(FitState)}
+    if not (isinstance(d, dict) and set(CHECKPOINT_KEYS) <= set(d) and isinstance(d["state"], dict)
+            and set(d["state"]) == fields):
+        raise ValueError(f"{path}: not a checkpoint of this tool (expected the keys {list(CHECKPOINT_KEYS)} "
+                         f"and a state with {sorted(fields)}); {RESTART_HINT}")
     d["state"] = FitState(**d["state"])
     if device is not None:
         d["state"] = d["state"].to(device)
     return d
+
+
+def check_resume_options(saved: dict, current: dict, path) -> None:
+    """Raise ValueError when the options a checkpoint was written with and today's disagree
+    on any of :data:`RESUME_OPTIONS` (options the saved config lacks are not compared)."""
+    changed = [f"--{k} {saved[k]!r} then, {current.get(k)!r} now" for k in RESUME_OPTIONS
+               if k in saved and saved[k] != current.get(k)]
+    if changed:
+        raise ValueError(f"{path} was written with other options ({'; '.join(changed)}), so its fit cannot "
+                         "continue: rerun without --resume to start afresh, or with the old options to resume.")

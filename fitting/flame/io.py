@@ -3,10 +3,13 @@
 The official ``generic_model.pkl`` (FLAME 2020 and 2023, also ``male_model.pkl`` and
 ``female_model.pkl``) are Python-2 pickles whose arrays are chumpy ``Ch`` objects and whose
 ``J_regressor`` is a scipy sparse matrix. chumpy does not import on Python 3.11 / numpy 2,
-so :class:`_FlameUnpickler` resolves a short allow-list of globals: numpy's array
+so :class:`_SafeUnpickler` resolves a short allow-list of globals: numpy's array
 reconstruction, chumpy classes (mapped to a stub that keeps the pickled state) and scipy
 sparse matrices (likewise). Any other global is refused, which also keeps a malicious
 pickle from running code. The same arrays can come from a plain ``.npz``.
+
+:func:`read_pickle` serves every pickled FLAME file, landmark embeddings included: those
+may be ``.npy`` files whose pickle holds torch tensors, read here as numpy arrays.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 try:  # numpy >= 2 renamed numpy.core; old pickles still name the old path
     from numpy._core import multiarray as _multiarray
@@ -56,31 +60,128 @@ def _stub(module: str, name: str):
     return type(name, (_PickledObject,), {"_qualname": f"{module}.{name}"})
 
 
-class _FlameUnpickler(pickle.Unpickler):
+# torch's storage classes, as named in pickles, and the numpy dtype of their elements
+_TORCH_STORAGE_DTYPES = {
+    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
+    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of torch's pre-zip serialisation
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Resolves only an allow-list of globals, so unpickling builds data and runs no code.
+
+    Torch tensors inside a pickle (DECA's embedding) become numpy arrays: the tensor and
+    storage rebuild functions are replaced by :func:`_tensor_as_array` and
+    :func:`_storage_from_bytes`, which read the raw bytes without importing torch.
+    """
     _NUMPY = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
     }
+    # numpy >= 1.16 pickles arrays with protocol 5 through _frombuffer (no code, just a copy)
+    _NUMPY_FROMBUFFER = {("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
     _BUILTINS = {("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
                  ("__builtin__", "object"), ("builtins", "object"),
                  ("__builtin__", "set"), ("builtins", "set"),
+                 ("collections", "OrderedDict"),  # a tensor's (empty) backward hooks
                  # Python 3 writes bytes into protocol-2 pickles as _codecs.encode(str, "latin1")
                  ("_codecs", "encode")}
+
+    def __init__(self, file):
+        super().__init__(file, encoding="latin1")
 
     def find_class(self, module, name):
         if (module, name) in self._NUMPY:
             if module == "numpy":
                 return getattr(np, name)
             return getattr(_multiarray, name)
+        if (module, name) in self._NUMPY_FROMBUFFER:
+            return _frombuffer
         if (module, name) in self._BUILTINS:
             return super().find_class(module, name)
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _tensor_as_array
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            return _storage_from_bytes
+        if module == "torch" and name in _TORCH_STORAGE_DTYPES:
+            return np.dtype(_TORCH_STORAGE_DTYPES[name])
         if module == "chumpy" or module.startswith("chumpy."):
             return _stub(module, name)
         if module.startswith("scipy.sparse") and name.endswith("_matrix"):
             return _stub(module, name)
         raise pickle.UnpicklingError(
-            f"refusing to load global {module}.{name}: a FLAME model file contains only arrays")
+            f"refusing to load global {module}.{name}: FLAME files hold only arrays and tensors, "
+            "so a pickle that names other code is damaged or malicious")
+
+
+class _Storage:
+    """A torch storage named by a persistent id, filled from the bytes after the pickle."""
+
+    def __init__(self, dtype: np.dtype, numel: int):
+        self.dtype, self.numel, self.array = dtype, numel, None
+
+
+class _TorchLegacyUnpickler(_SafeUnpickler):
+    """The object pickle of torch's pre-zip format, whose storages are persistent ids."""
+
+    def __init__(self, file):
+        super().__init__(file)
+        self.storages: dict[str, _Storage] = {}
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r} in a torch storage")
+        _, dtype, key, _location, numel, view = pid
+        if not isinstance(dtype, np.dtype) or view is not None:
+            raise pickle.UnpicklingError(f"unsupported torch storage {pid!r}")
+        return self.storages.setdefault(key, _Storage(dtype, int(numel)))
+
+
+def _frombuffer(buf, dtype, shape, order):
+    return np.frombuffer(buf, dtype).reshape(shape, order=order).copy()
+
+
+def _storage_from_bytes(data: bytes) -> np.ndarray:
+    """What ``torch.storage._load_from_bytes`` returns, as a 1-D numpy array.
+
+    The bytes are torch's legacy serialisation of one storage: pickles of the magic number,
+    the protocol version and system info; the pickle naming the storage; the list of storage
+    keys; then per key its element count (int64) and raw elements.
+    """
+    f = io.BytesIO(data)
+    if _SafeUnpickler(f).load() != _TORCH_LEGACY_MAGIC:
+        raise pickle.UnpicklingError("a torch storage without torch's magic number")
+    _SafeUnpickler(f).load()  # protocol version
+    sys_info = _SafeUnpickler(f).load()
+    order = "<" if sys_info.get("little_endian", True) else ">"
+    unpickler = _TorchLegacyUnpickler(f)
+    storage = unpickler.load()
+    for key in _SafeUnpickler(f).load():
+        s = unpickler.storages[key]
+        numel = int(np.frombuffer(f.read(8), order + "i8")[0])
+        dtype = s.dtype.newbyteorder(order)
+        raw = f.read(numel * dtype.itemsize)
+        if numel != s.numel or len(raw) != numel * dtype.itemsize:
+            raise pickle.UnpicklingError("a torch storage is truncated")
+        s.array = np.frombuffer(raw, dtype).astype(s.dtype)
+    if not isinstance(storage, _Storage) or storage.array is None:
+        raise pickle.UnpicklingError("torch storage bytes without the storage's data")
+    return storage.array
+
+
+def _tensor_as_array(storage, offset, size, stride, *_grad_hooks_metadata) -> np.ndarray:
+    """What ``torch._utils._rebuild_tensor_v2`` builds, as a numpy array (a copy)."""
+    if not isinstance(storage, np.ndarray) or storage.ndim != 1:
+        raise pickle.UnpicklingError("a tensor whose storage is not an array")
+    size, stride, offset = tuple(int(n) for n in size), tuple(int(n) for n in stride), int(offset)
+    # as_strided reads whatever memory the strides point at: keep every element inside the storage
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset - 1
+    if len(size) != len(stride) or min(size + stride, default=0) < 0 or offset < 0 or last >= storage.size:
+        raise pickle.UnpicklingError(f"a tensor of size {size}, stride {stride} does not fit its storage")
+    return np.lib.stride_tricks.as_strided(storage[offset:], size, [s * storage.itemsize for s in stride]).copy()
 
 
 def _to_array(obj, key: str, path: Path):
@@ -115,17 +216,48 @@ def _sparse_to_dense(state: dict, qualname: str, key: str, path: Path) -> np.nda
     return np.asarray(m.todense())
 
 
-def read_pickle_dict(path: Path) -> dict:
-    """Unpickle a FLAME-style (Python 2, possibly chumpy-referencing) pickle into a dict."""
+def _skip_npy_header(f, path: Path) -> None:
+    """When ``f`` is a ``.npy`` file, move past its header: the rest is an object array's pickle."""
+    if f.read(len(npy_format.MAGIC_PREFIX)) != npy_format.MAGIC_PREFIX:
+        f.seek(0)
+        return
+    f.seek(0)
+    readers = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
+    version = npy_format.read_magic(f)
+    if version not in readers:  # np.save writes 1.0, or 2.0 for very large headers
+        raise FlameFileError(f"{path}: unsupported .npy format version {version}; expected 1.0 or 2.0")
+    _shape, _fortran, dtype = readers[version](f)
+    if not dtype.hasobject:
+        raise FlameFileError(f"{path}: a .npy of {dtype} numbers, expected a pickled dict")
+
+
+def read_pickle(path: Path, what: str = "FLAME pickle", hint: str = FLAME_HELP):
+    """Unpickle ``path`` with only allow-listed globals (no code runs, tensors become arrays).
+
+    ``path`` is a pickle, or a ``.npy`` file (any name) holding a pickled object array, as
+    ``np.save(allow_pickle=True)`` writes; a 0-d object array is unwrapped to its item.
+    ``what`` and ``hint`` complete the error message when the file cannot be read.
+    """
     try:
         with open(path, "rb") as f:
-            data = _FlameUnpickler(f, encoding="latin1").load()
+            _skip_npy_header(f, path)
+            data = _SafeUnpickler(f).load()
+    except FlameFileError:
+        raise
     except pickle.UnpicklingError as e:
-        raise FlameFileError(f"{path}: not a readable FLAME pickle ({e}). {FLAME_HELP}") from e
+        raise FlameFileError(f"{path}: not a readable {what} ({e}). {hint}") from e
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, ImportError) as e:
         raise FlameFileError(
             f"{path}: the file is corrupt or truncated ({type(e).__name__}: {e}); download it again. "
-            f"{FLAME_HELP}") from e
+            f"{hint}") from e
+    if isinstance(data, np.ndarray) and data.dtype == object and data.ndim == 0:
+        data = data.item()
+    return data
+
+
+def read_pickle_dict(path: Path) -> dict:
+    """Unpickle a FLAME-style (Python 2, possibly chumpy-referencing) pickle into a dict."""
+    data = read_pickle(path)
     if not isinstance(data, dict):
         raise FlameFileError(f"{path}: expected a dict of arrays, found {type(data).__name__}")
     return data

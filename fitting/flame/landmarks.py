@@ -3,25 +3,26 @@
 Two embedding formats exist in the wild, and both load here:
 - DECA's ``landmark_embedding.npy``: one pickled dict with ``static_lmk_faces_idx`` (51,),
   ``static_lmk_bary_coords`` (51, 3), ``dynamic_lmk_faces_idx`` (79, 17),
-  ``dynamic_lmk_bary_coords`` (79, 17, 3) (torch tensors inside the pickle, so torch must be
-  importable), ``full_lmk_faces_idx`` (1, 68), ``full_lmk_bary_coords`` (1, 68, 3).
+  ``dynamic_lmk_bary_coords`` (79, 17, 3) (torch tensors inside the pickle, read as numpy
+  arrays), ``full_lmk_faces_idx`` (1, 68), ``full_lmk_bary_coords`` (1, 68, 3).
 - FLAME_PyTorch / RingNet's ``flame_static_embedding.pkl`` (``lmk_face_idx`` (51,),
   ``lmk_b_coords`` (51, 3)) plus ``flame_dynamic_embedding.npy`` (same keys, (79, 17[, 3])).
 
 The 51 static points are iBUG 17..67 (brows, nose, eyes, mouth). The 17 jaw-contour points
 (iBUG 0..16) depend on the view: the dynamic table has one row per integer yaw, rows 0..39
 for yaw 0..+39 degrees and rows 40..78 for yaw -1..-39 degrees (the layout of those files).
+
+Both are pickles; :func:`fitting.flame.io.read_pickle` reads them without running code.
 """
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .io import FlameFileError
+from .io import FlameFileError, read_pickle
 
 N_CONTOUR = 17
 MAX_YAW_DEG = 39
@@ -43,21 +44,15 @@ class LandmarkEmbedding:
     source: str = ""
 
 
-def _np(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
+EMBEDDING_HINT = ("Use the landmark_embedding.npy from DECA's data folder, or FLAME_PyTorch's "
+                  "flame_static_embedding.pkl + flame_dynamic_embedding.npy.")
 
 
-def _load_pickled_npy(path: Path) -> dict:
-    try:
-        obj = np.load(path, allow_pickle=True, encoding="latin1")
-        obj = obj.item() if isinstance(obj, np.ndarray) and obj.dtype == object else obj
-    except Exception as e:  # noqa: BLE001 - any failure here means an unreadable file
-        raise FlameFileError(f"{path}: cannot read landmark embedding ({type(e).__name__}: {e})") from e
-    if not isinstance(obj, dict):
-        raise FlameFileError(f"{path}: expected a pickled dict, found {type(obj).__name__}")
-    return obj
+def _load_dict(path: Path, what: str) -> dict:
+    d = read_pickle(path, what, EMBEDDING_HINT)
+    if not isinstance(d, dict):
+        raise FlameFileError(f"{path}: expected a pickled dict ({what}), found {type(d).__name__}")
+    return d
 
 
 def _require(d: dict, keys, path: Path):
@@ -68,32 +63,26 @@ def _require(d: dict, keys, path: Path):
 
 def load_deca_embedding(path: str | Path) -> LandmarkEmbedding:
     path = Path(path)
-    d = _load_pickled_npy(path)
+    d = _load_dict(path, "landmark embedding")
     _require(d, ["static_lmk_faces_idx", "static_lmk_bary_coords", "dynamic_lmk_faces_idx",
                  "dynamic_lmk_bary_coords"], path)
     emb = LandmarkEmbedding(
-        static_faces=_np(d["static_lmk_faces_idx"]).astype(np.int64).reshape(-1),
-        static_bary=_np(d["static_lmk_bary_coords"]).astype(np.float32).reshape(-1, 3),
-        dynamic_faces=_np(d["dynamic_lmk_faces_idx"]).astype(np.int64),
-        dynamic_bary=_np(d["dynamic_lmk_bary_coords"]).astype(np.float32),
+        static_faces=np.asarray(d["static_lmk_faces_idx"]).astype(np.int64).reshape(-1),
+        static_bary=np.asarray(d["static_lmk_bary_coords"]).astype(np.float32).reshape(-1, 3),
+        dynamic_faces=np.asarray(d["dynamic_lmk_faces_idx"]).astype(np.int64),
+        dynamic_bary=np.asarray(d["dynamic_lmk_bary_coords"]).astype(np.float32),
         full_faces=None, full_bary=None, source=str(path))
     if "full_lmk_faces_idx" in d:
-        emb.full_faces = _np(d["full_lmk_faces_idx"]).astype(np.int64).reshape(-1)
-        emb.full_bary = _np(d["full_lmk_bary_coords"]).astype(np.float32).reshape(-1, 3)
+        emb.full_faces = np.asarray(d["full_lmk_faces_idx"]).astype(np.int64).reshape(-1)
+        emb.full_bary = np.asarray(d["full_lmk_bary_coords"]).astype(np.float32).reshape(-1, 3)
     return _complete(emb, path)
 
 
 def load_ringnet_embedding(static_path: str | Path, dynamic_path: str | Path) -> LandmarkEmbedding:
     static_path, dynamic_path = Path(static_path), Path(dynamic_path)
-    try:
-        with open(static_path, "rb") as f:
-            s = pickle.load(f, encoding="latin1")
-    except Exception as e:  # noqa: BLE001
-        raise FlameFileError(f"{static_path}: cannot read static landmark embedding ({e})") from e
-    if not isinstance(s, dict):  # FLAME_PyTorch's file is a plain dict; tolerate objects with __dict__
-        s = getattr(s, "__dict__", {})
+    s = _load_dict(static_path, "static landmark embedding")
     _require(s, ["lmk_face_idx", "lmk_b_coords"], static_path)
-    d = _load_pickled_npy(dynamic_path)
+    d = _load_dict(dynamic_path, "dynamic landmark embedding")
     _require(d, ["lmk_face_idx", "lmk_b_coords"], dynamic_path)
     emb = LandmarkEmbedding(
         static_faces=np.asarray(s["lmk_face_idx"]).astype(np.int64).reshape(-1),
