@@ -104,7 +104,7 @@ def test_resume_skips_finished_stages(demo_fit, tmp_path):
                          "--standin_dir", cfg.standin_dir, "--image_size", "96", "--progress", "false",
                          "--n_shape", "40", "--n_exp", "20", "--tex_res", "64", "--photo_iters", "6",
                          "--resume", "true", "--write_images", "false"])
-    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ck["progress"]["done"] == ["init", "geometry", "photometric"]
     # the photometric LM round ran after the two landmark rounds, with colour rows
     photo = [h["photo"] for h in ck["history"]["geometry"] if h["round"] == 2]
@@ -114,7 +114,7 @@ def test_resume_skips_finished_stages(demo_fit, tmp_path):
     ck["history"]["photometric"] = ck["history"]["photometric"][:2]
     torch.save(ck, out / "checkpoint.pt")
     rep2 = fit_scene(cfg2)
-    ck2 = torch.load(out / "checkpoint.pt", weights_only=False)
+    ck2 = torch.load(out / "checkpoint.pt", weights_only=True)
     assert [h["iter"] for h in ck2["history"]["photometric"]] == list(range(6))
     assert rep2["timing_s"]["geometry"] == pytest.approx(report["timing_s"]["geometry"], abs=1e-3)
 
