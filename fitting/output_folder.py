@@ -18,6 +18,7 @@ the process (pid, host, start time, command); a lock left by a process that no l
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -166,6 +167,17 @@ class ResultFolder:
         """Drop an unfinished staging folder (the run failed)."""
         if not (self.staging / COMPLETE_MARKER).is_file():
             shutil.rmtree(self.staging, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def replace(self):
+        """``with folder.replace() as stage:`` write a result into ``stage``, report.json last;
+        it is swapped in when the block ends, and dropped when the block fails."""
+        self.recover()
+        try:
+            yield self.begin()
+            self.publish()
+        finally:
+            self.discard()
 
     def publish(self) -> Path:
         """Swap the complete staging folder in for ``path``. Each step can be redone after a
