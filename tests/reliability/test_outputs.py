@@ -38,50 +38,39 @@ def _dead_pid() -> int:
     return child.pid
 
 
-def test_kill_during_export_keeps_the_previous_result_and_the_rerun_recovers(scene, tmp_path, fit_args, capsys):
-    out = tmp_path / "out" / "tiny"
-    fit_scene(parse_config(fit_args(scene, tmp_path / "out")))
-    before = {k: v for k, v in _files(out).items() if k != "checkpoint.pt"}
-
-    killed = subprocess.run([sys.executable, "-c", KILLED_IN_EXPORT,
-                             *fit_args(scene, tmp_path / "out", "--photo_iters", 3)],
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
-    assert killed.returncode == -9, killed.stderr
-    after_kill = {k: v for k, v in _files(out).items() if k != "checkpoint.pt"}
-    assert after_kill == before  # the previous complete result, not a mix with the killed run's files
-
-    (out / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half a checkpoint")  # as a kill inside a write leaves
-    report = fit_scene(parse_config(fit_args(scene, tmp_path / "out", "--photo_iters", 3, "--resume", "true")))
-    assert "taking over the stale lock" in capsys.readouterr().out
-    assert json.loads((out / "report.json").read_text()) == report
-    assert not list(out.parent.glob(".tiny.*")), "staging folder or lock left behind"
-    assert not list(out.rglob("*.tmp"))
-    assert (out / "checkpoint.pt").is_file() and (out / "transforms.json").is_file()
-
-
-def test_rerun_with_fewer_views_leaves_no_stale_file(scene, tmp_path, fit_args):
+def test_kill_midway_keeps_the_previous_result_and_a_rerun_replaces_all_of_it(scene, tmp_path, fit_args, capsys):
+    """kill -9 while exporting a fit of fewer views: the folder keeps the previous result,
+    not a mix; the rerun recovers (stale lock, staging folder, orphan temp file) and leaves
+    no overlay of the dropped view beside the new report."""
     out = tmp_path / "out" / "tiny"
     fit_scene(parse_config(fit_args(scene, tmp_path / "out")))
     (out / "notes.txt").write_text("mine")  # not a result: kept
+    before = {k: v for k, v in _files(out).items() if k != "checkpoint.pt"}
     dropped = sorted((scene / "images").iterdir())[0]
     dropped.unlink()
-    report = fit_scene(parse_config(fit_args(scene, tmp_path / "out")))
-    assert report["num_views"] == 2
-    assert sorted(p.stem for p in (out / "overlays").iterdir()) == sorted(
-        Path(v["name"]).stem for v in report["views"])
-    assert dropped.stem not in {p.stem for p in (out / "overlays").iterdir()}
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_EXPORT, *fit_args(scene, tmp_path / "out")],
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    assert {k: v for k, v in _files(out).items() if k != "checkpoint.pt"} == before
+
+    (out / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half a checkpoint")  # as a kill inside a write leaves
+    report = fit_scene(parse_config(fit_args(scene, tmp_path / "out", "--resume", "true")))
+    assert "taking over the stale lock" in capsys.readouterr().out
+    assert json.loads((out / "report.json").read_text()) == report and report["num_views"] == 2
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == sorted(
+        Path(v["name"]).stem + ".png" for v in report["views"])
     assert (out / "notes.txt").read_text() == "mine" and (out / "checkpoint.pt").is_file()
+    assert not list(out.parent.glob(".tiny.*")), "staging folder or lock left behind"
+    assert not list(out.rglob("*.tmp"))
 
 
 def test_a_second_run_into_the_same_folder_is_refused(scene, tmp_path, fit_args, capsys):
-    cfg = parse_config(fit_args(scene, tmp_path / "out"))
     with FolderLock(tmp_path / "out" / ".tiny.lock"):  # held by this (running) process
         assert run_fitting.main(fit_args(scene, tmp_path / "out")) == 2
     err = capsys.readouterr().err
     assert f"pid {os.getpid()}" in err and "in use by another run" in err and "started" in err
-    assert not (tmp_path / "out" / "tiny" / "report.json").exists()
-    fit_scene(cfg)  # the lock is gone with its holder
-    assert (tmp_path / "out" / "tiny" / "report.json").is_file()
+    assert not (tmp_path / "out" / "tiny").exists()
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
