@@ -12,7 +12,6 @@ import pytest
 
 import run_fitting
 from fitting.config import parse_config
-from fitting.output_folder import FolderLock
 from fitting.pipeline import fit_scene
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,6 +65,7 @@ def test_kill_midway_keeps_the_previous_result_and_a_rerun_replaces_all_of_it(sc
 
 
 def test_a_second_run_into_the_same_folder_is_refused(scene, tmp_path, fit_args, capsys):
+    from fitting.output_folder import FolderLock
     with FolderLock(tmp_path / "out" / ".tiny.lock"):  # held by this (running) process
         assert run_fitting.main(fit_args(scene, tmp_path / "out")) == 2
     err = capsys.readouterr().err
@@ -74,6 +74,7 @@ def test_a_second_run_into_the_same_folder_is_refused(scene, tmp_path, fit_args,
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+    from fitting.output_folder import FolderLock
     lock = tmp_path / ".x.lock"
     lock.write_text(json.dumps({"pid": _dead_pid(), "host": os.uname().nodename, "started": "then"}))
     notes = []
