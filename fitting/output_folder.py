@@ -65,8 +65,11 @@ def _running(info: dict) -> bool:
     """Whether the process a lock names may still run (another host's cannot be checked)."""
     if info.get("host") != socket.gethostname():
         return True
+    pid = info.get("pid")
+    if not isinstance(pid, int) or pid <= 0:  # not a lock this tool wrote
+        return False
     try:
-        os.kill(int(info["pid"]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, under another user

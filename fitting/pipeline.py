@@ -255,6 +255,7 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
     out = output_folder(cfg)
+    check_writable(out.parent)  # the staging folder and the lock go beside the result folder
     check_writable(out)
     folder = ResultFolder(out, RESULT_FILES)
     with FolderLock(folder.lock_path):
