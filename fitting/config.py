@@ -3,8 +3,9 @@
 Every option has a default and a ``--help`` line, and can be given on the command line or
 in a config file (``--config FILE``, ``key = value`` lines, ``#`` comments). Command-line
 values override the file. An unknown key in a config file or an unknown option on the command
-line stops the run with a one-line message (file and line, the closest known option). :func:`build_parser` returns the parser so the single-image CLI
-can add its own options (``add_single_view=False`` leaves them out) and override defaults.
+line stops the run with a one-line message (file and line, the closest known option).
+:func:`build_parser` returns the parser so the single-image CLI can add its own options
+(``add_single_view=False`` leaves them out) and override defaults.
 """
 from __future__ import annotations
 

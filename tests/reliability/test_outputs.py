@@ -40,13 +40,15 @@ def _dead_pid() -> int:
 def test_kill_midway_keeps_the_previous_result_and_a_rerun_replaces_all_of_it(scene, tmp_path, fit_args, capsys):
     """kill -9 while exporting a fit of fewer views: the folder keeps the previous result,
     not a mix; the rerun recovers (stale lock, staging folder, orphan temp file) and leaves
-    no overlay of the dropped view beside the new report."""
+    no overlay of the dropped view beside the new report. The scene (the inputs) is never
+    written."""
     out = tmp_path / "out" / "tiny"
     fit_scene(parse_config(fit_args(scene, tmp_path / "out")))
     (out / "notes.txt").write_text("mine")  # not a result: kept
     before = {k: v for k, v in _files(out).items() if k != "checkpoint.pt"}
     dropped = sorted((scene / "images").iterdir())[0]
     dropped.unlink()
+    inputs = _files(scene)
 
     killed = subprocess.run([sys.executable, "-c", KILLED_IN_EXPORT, *fit_args(scene, tmp_path / "out")],
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
@@ -62,6 +64,7 @@ def test_kill_midway_keeps_the_previous_result_and_a_rerun_replaces_all_of_it(sc
     assert (out / "notes.txt").read_text() == "mine" and (out / "checkpoint.pt").is_file()
     assert not list(out.parent.glob(".tiny.*")), "staging folder or lock left behind"
     assert not list(out.rglob("*.tmp"))
+    assert _files(scene) == inputs
 
 
 def test_a_second_run_into_the_same_folder_is_refused(scene, tmp_path, fit_args, capsys):
