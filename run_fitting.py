@@ -9,16 +9,28 @@ import json
 import sys
 
 from fitting.config import parse_config
-from fitting.pipeline import fit_scene
+from fitting.pipeline import checkpoint_path, fit_scene
+
+
+def interrupted_message(cfg) -> str:
+    """What Ctrl-C leaves and how to go on."""
+    ckpt = None if cfg is None else checkpoint_path(cfg)
+    if ckpt is None or not ckpt.is_file():
+        return "interrupted before the first checkpoint; rerun the same command to start again"
+    return f"interrupted; checkpoint at {ckpt}; rerun with --resume true to continue"
 
 
 def main(argv=None) -> int:
+    cfg = None
     try:
         cfg = parse_config(argv)
         report = fit_scene(cfg)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(interrupted_message(cfg), file=sys.stderr)
+        return 130
     summary = {"scene": report["scene"], "num_views": report["num_views"], "timing_s": report["timing_s"],
                "left_out": [v["name"] for v in report["views"] if not v["used"]]}
     if "ground_truth" in report:

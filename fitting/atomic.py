@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 
 
+_TMP_SUFFIX = ".tmp"
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -28,7 +31,7 @@ def atomic_path(path: str | os.PathLike):
     For writers that want a file name (``torch.save``, image libraries)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -37,6 +40,15 @@ def atomic_path(path: str | os.PathLike):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_orphan_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files that writes killed midway (``kill -9``) left under ``folder``.
+    Only while no other process writes there (under the output folder's lock). Returns them."""
+    orphans = [p for p in Path(folder).rglob(f".*{_TMP_SUFFIX}") if p.is_file()]
+    for p in orphans:
+        p.unlink(missing_ok=True)
+    return orphans
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -2,18 +2,28 @@
 
 Every option has a default and a ``--help`` line, and can be given on the command line or
 in a config file (``--config FILE``, ``key = value`` lines, ``#`` comments). Command-line
-values override the file. :func:`build_parser` returns the parser so the single-image CLI
-can add its own options (``add_single_view=False`` leaves them out) and override defaults.
+values override the file. An unknown key in a config file or an unknown option on the command
+line stops the run with a one-line message (file and line, the closest known option).
+:func:`build_parser` returns the parser so the single-image CLI can add its own options
+(``add_single_view=False`` leaves them out) and override defaults.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
+import sys
 from pathlib import Path
 
 import configargparse
 import torch
 
-__all__ = ["build_parser", "parse_config", "resolve_device", "config_to_dict"]
+__all__ = ["build_parser", "parse_config", "parse_checked", "resolve_device", "config_to_dict"]
+
+DEVICES = "auto, cpu, cuda or cuda:N (N = the GPU's index)"
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+# a key as configargparse's DefaultConfigFileParser reads it: the line's first word
+_CONFIG_KEY_RE = re.compile(r"^(?P<key>[^:=;#\s]+)")
 
 
 def str2bool(s) -> bool:
@@ -27,9 +37,38 @@ def str2bool(s) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {s!r}")
 
 
+class _Parser(configargparse.ArgumentParser):
+    """Errors in one short line (not the usage of every option), unknown options with the
+    closest known one."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+    def parse_args(self, args=None, namespace=None, **kwargs):
+        ns, extra = self.parse_known_args(args, namespace, **kwargs)
+        if extra:
+            self.error(self._unknown(extra))
+        return ns
+
+    def option_names(self) -> list:
+        return [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+
+    def suggest(self, option: str, strip: int = 0) -> str:
+        """'; did you mean X?' with the known option closest to ``option`` ('' when none is
+        close); ``strip``: leading characters to drop from X."""
+        close = difflib.get_close_matches(option, self.option_names(), n=1)
+        return f"; did you mean {close[0][strip:]}?" if close else ""
+
+    def _unknown(self, extra: list) -> str:
+        options = [a.split("=", 1)[0] for a in extra if a.startswith("-")]
+        if options:
+            return f"unknown option {options[0]}{self.suggest(options[0])}"
+        return f"unexpected argument {extra[0]!r}"
+
+
 def build_parser(description: str | None = None) -> configargparse.ArgumentParser:
     """All fitting options. Returns a parser; callers may add options or ``set_defaults``."""
-    p = configargparse.ArgumentParser(
+    p = _Parser(
         description=description or "Multi-view FLAME fitting by analysis-by-synthesis.",
         config_file_parser_class=configargparse.DefaultConfigFileParser,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -173,10 +212,34 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
 
 def parse_config(argv=None, parser: configargparse.ArgumentParser | None = None) -> argparse.Namespace:
     """Parse ``argv`` (default sys.argv[1:]) into a Namespace, validated."""
-    parser = parser or build_parser()
-    cfg = parser.parse_args(argv)
+    cfg = parse_checked(parser or build_parser(), argv)
     validate(cfg)
     return cfg
+
+
+def parse_checked(parser: _Parser, argv=None) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` after checking the keys of the config files it names:
+    configargparse would report an unknown key as an unknown command-line argument, without
+    the file."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", action="append", default=[])
+    for path in pre.parse_known_args(argv)[0].config:
+        _check_config_keys(parser, Path(path))
+    return parser.parse_args(argv)
+
+
+def _check_config_keys(parser: _Parser, path: Path) -> None:
+    if not path.is_file():
+        return  # configargparse reports a missing file
+    known = {s[2:] for s in parser.option_names()}
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line[0] in "#;[" or line.startswith("---"):
+            continue
+        key = _CONFIG_KEY_RE.match(line)["key"].lstrip("-")
+        if key not in known:
+            parser.error(f"{path}:{lineno}: unknown option {key!r}{parser.suggest('--' + key, strip=2)}")
 
 
 def validate(cfg: argparse.Namespace) -> None:
@@ -193,15 +256,25 @@ def validate_fit_options(cfg: argparse.Namespace) -> None:
     for k in ("geom_iters", "photo_iters", "geom_lm_iters", "geom_rounds"):
         if getattr(cfg, k) < 0:
             raise ValueError(f"--{k} must be >= 0, got {getattr(cfg, k)}")
+    _check_device_name(cfg.device)
+
+
+def _check_device_name(name: str) -> None:
+    if not _DEVICE_RE.fullmatch(name):
+        raise ValueError(f"--device {name!r} is not a device: give {DEVICES}")
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; anything else is passed to torch.device."""
+    """'auto' -> CUDA when available, else CPU; 'cpu', 'cuda', 'cuda:N' when that device exists."""
+    _check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name} asked for CUDA but none is available; use --device auto or cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: there is no such GPU (this machine has {torch.cuda.device_count()}: "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return dev
 
 

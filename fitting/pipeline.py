@@ -1,7 +1,9 @@
 """config -> scene -> stages -> exports, with progress bars and checkpoints.
 
 :func:`fit_scene` is what ``run_fitting.py`` calls. Outputs go to ``<savefolder>/<scene>/``
-(see :mod:`fitting.export` and docs/FITTING.md). A checkpoint (``checkpoint.pt``: the
+(see :mod:`fitting.export` and docs/FITTING.md), which holds the last complete result or none
+(:mod:`fitting.output_folder`: the result is written into a staging folder beside it, report.json
+last, then swapped in; a lock keeps a second run out). A checkpoint (``checkpoint.pt``: the
 FitState, config, finished stages and position inside the current one) is written after
 init, after each geometry round and every ``checkpoint_every`` photometric iterations;
 ``--resume true`` continues from it (Adam's moments restart, the variables do not).
@@ -23,14 +25,32 @@ from fitting.config import config_to_dict, resolve_device
 from fitting.evaluate_cameras import report_epipolar
 from fitting.export import write_json
 from fitting.init import align_sfm_poses, rotation_angle_deg
+from fitting.output_folder import FolderLock, ResultFolder, check_writable
 from fitting.scene import Scene, load_scene
 from fitting.stages import FitContext, evaluate, init_appearance, initialize, stage_geometry, stage_photometric, \
     texture_maps
 from fitting.state import FitState, check_resume_options, load_checkpoint, save_checkpoint
 
-__all__ = ["fit_scene", "load_model", "standin_path", "decide_refine_focal", "ground_truth_errors", "write_outputs"]
+__all__ = ["fit_scene", "load_model", "standin_path", "decide_refine_focal", "ground_truth_errors", "write_outputs",
+           "output_folder", "checkpoint_path", "RESULT_FILES"]
 
 REPO = Path(__file__).resolve().parents[1]
+
+# What a result consists of: replaced as a whole by the next complete result. Everything else
+# in the output folder (checkpoint.pt, preprocess/, files of the user) stays.
+RESULT_FILES = frozenset({"params.npz", "mesh.obj", "mesh.mtl", "texture.png", "transforms.json", "colmap",
+                          "points3D.ply", "images", "overlays", "contact_sheet.png", "losses.png", "fit_details.json",
+                          "report.json"})
+
+
+def output_folder(cfg) -> Path:
+    """``<savefolder>/<scene>``: the scene's results, its checkpoint and (for read-only scenes)
+    its preprocessing outputs."""
+    return Path(cfg.savefolder) / (cfg.scene_name or Path(cfg.scene_dir).resolve().name)
+
+
+def checkpoint_path(cfg) -> Path:
+    return output_folder(cfg) / "checkpoint.pt"
 
 
 def standin_path(cfg) -> Path:
@@ -166,9 +186,11 @@ def ground_truth_errors(gt: dict, names: list, R: np.ndarray, t: np.ndarray, ver
 
 
 def write_outputs(out: Path, scene: Scene, ctx: FitContext, state: FitState, used: np.ndarray, ev: dict,
-                  write_images: bool = True) -> dict:
+                  write_images: bool = True, final: Path | None = None) -> dict:
     """params.npz, mesh.obj + texture, transforms.json, COLMAP text model, points3D.ply, previews.
-    Only views in ``used`` (N,) bool are exported. Returns arrays used by the report."""
+    Only views in ``used`` (N,) bool are exported. ``final``: the folder ``out`` becomes once
+    complete (default ``out``), that transforms.json's image paths are relative to; it must lie
+    at the same depth as ``out`` (the staging folder's sibling). Returns arrays used by the report."""
     from fitting.export import displayed_image_paths, vertex_colors_from_texture, write_colmap_text, write_mesh, \
         write_params, write_png, write_points_ply, write_transforms
 
@@ -193,6 +215,8 @@ def write_outputs(out: Path, scene: Scene, ctx: FitContext, state: FitState, use
     write_params(out / "params.npz", **params)
     write_mesh(out, verts, ctx.flame.faces.cpu(), None if vt is None else vt.cpu(), None if ft is None else ft.cpu(),
                tex[0])
+    # copies of sideways photos go into ``out``; paths to the originals are relative to where
+    # ``out`` ends up (same depth, so the same relative path)
     rel = displayed_image_paths(out, [scene.image_paths[i] for i in idx])
     write_transforms(out / "transforms.json", K[idx], R[idx], t[idx], sizes[idx], rel, mesh_path="mesh.obj")
     if ctx.tracks is not None and ctx.tracks.points is not None:
@@ -261,9 +285,25 @@ def _ensure_demo_scene(cfg, scene_dir: Path) -> bool:
 
 
 def fit_scene(cfg: argparse.Namespace) -> dict:
-    """Run the whole fit for ``cfg`` and write every output. Returns the report dict."""
+    """Run the whole fit for ``cfg`` and write every output. Returns the report dict.
+
+    Raises ValueError before any work when the output folder cannot be written or another
+    run holds it."""
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
+    out = output_folder(cfg)
+    check_writable(out.parent)  # the staging folder and the lock go beside the result folder
+    check_writable(out)
+    folder = ResultFolder(out, RESULT_FILES)
+    with FolderLock(folder.lock_path):
+        folder.recover()
+        try:
+            return _fit_and_publish(cfg, device, folder, t_start)
+        finally:
+            folder.discard()
+
+
+def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: ResultFolder, t_start: float) -> dict:
     seed_everything(cfg.seed)
     scene_dir = Path(cfg.scene_dir)
     timing = {"preprocess": 0.0, "init": 0.0, "geometry": 0.0, "photometric": 0.0}
@@ -273,8 +313,7 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
         if _ensure_demo_scene(cfg, scene_dir):
             timing["demo_scene"] = time.perf_counter() - t0
 
-    name = cfg.scene_name or scene_dir.resolve().name
-    out = Path(cfg.savefolder) / name
+    out, name = folder.path, folder.path.name
     t0 = time.perf_counter()
     scene = load_scene(scene_dir, cfg.image_size, prep_dir=cfg.preprocess_dir or None,
                        fallback_prep_dir=out / "preprocess", force=cfg.force_preprocess, name=name,
@@ -297,7 +336,7 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
                      texspace=texspace, refine_focal=refine, progress=cfg.progress)
 
     tracks = scene_tracks(cfg, scene)
-    ckpt_path = out / "checkpoint.pt"
+    ckpt_path = checkpoint_path(cfg)
     done, pos, init_info = [], 0, {}
     if cfg.resume and ckpt_path.is_file():
         ck = load_checkpoint(ckpt_path, device)
@@ -360,7 +399,8 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
 
     ev = evaluate(ctx, state, render=True)
     used = ctx.view_weights.cpu().numpy() > 0
-    arr = write_outputs(out, scene, ctx, state, used, ev, cfg.write_images)
+    stage = folder.begin()
+    arr = write_outputs(stage, scene, ctx, state, used, ev, cfg.write_images, final=out)
     ui = np.nonzero(used)[0]
     epi_views, epi = report_epipolar(scene.prep_dir / "sfm" / "database.db",
                                      {scene.names[i]: (arr["K"][i], arr["R"][i], arr["t"][i]) for i in ui},
@@ -417,14 +457,15 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
                                      ev["verts"][0].cpu().numpy(), lm_pred[ui], aligned=True)
         gt_aligned = gt_err.pop("aligned", None)
         report["ground_truth"] = gt_err
-    write_json(out / "report.json", report)
     # Details beyond the issue's report fields: focal, init agreement, the model used.
     K_fit = arr["K"][used][0] if used.any() else np.full((3, 3), np.nan)
-    write_json(out / "fit_details.json", {
+    write_json(stage / "fit_details.json", {
         "focal": {"initial_px": float(np.asarray(scene.cameras["K"])[0][0]), "source": scene.cameras.get("source"),
                   "refined": refine, "why": refine_why, "fitted_px": float(K_fit[0, 0]),
                   "width": int(scene.orig_size[0, 0])},
         "init": init_info, "model": model_info, "left_out": scene.unused,
         "ground_truth_after_similarity": gt_aligned if scene.ground_truth is not None else None,
         "flagged_views": [scene.names[i] for i, d in enumerate(init_info.get("sfm_disagree", [])) if d]})
+    write_json(stage / "report.json", report)  # last: its presence marks the result complete
+    folder.publish()
     return report

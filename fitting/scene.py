@@ -21,8 +21,6 @@ camera's K scaled uniformly (square pixels stay square).
 from __future__ import annotations
 
 import json
-import os
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ import numpy as np
 import torch
 
 from fitting.images import IMAGE_SUFFIXES, check_unique_stems, read_image, same_camera_shape
+from fitting.output_folder import writable_dir
 
 __all__ = ["Scene", "load_scene", "find_preprocess_dir", "PREPROCESS_FILES"]
 
@@ -81,19 +80,13 @@ class Scene:
         return self
 
 
-def _writable(d: Path) -> bool:
-    # os.access says yes to root even for a dr-xr-xr-x folder: honour the mode bits too, so a
-    # scene marked read-only (like the shared test data) is never written into.
-    return d.is_dir() and os.access(d, os.W_OK) and bool(d.stat().st_mode & stat.S_IWUSR)
-
-
 def find_preprocess_dir(scene_dir: Path, prep_dir=None, fallback: Path | None = None) -> Path:
     """Where the preprocessing outputs are (or go): ``prep_dir`` when given; the scene folder
     when it already holds them or is writable; else ``fallback``."""
     scene_dir = Path(scene_dir)
     if prep_dir:
         return Path(prep_dir)
-    if all((scene_dir / f).is_file() for f in PREPROCESS_FILES) or _writable(scene_dir):
+    if all((scene_dir / f).is_file() for f in PREPROCESS_FILES) or writable_dir(scene_dir):
         return scene_dir
     if fallback is None:
         raise ValueError(f"{scene_dir} is read-only and has no preprocessing outputs: give --preprocess_dir DIR")

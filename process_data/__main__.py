@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from fitting.output_folder import check_writable, writable_dir
 
 from .pipeline import ALL_STAGES, DEFAULTS, run_all
 
@@ -31,10 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_output(scene: Path, out: Path | None) -> None:
+    """Raise ValueError, before any work, when the outputs could not be written."""
+    if out is not None:
+        check_writable(out, "--out")
+    elif scene.is_dir() and not writable_dir(scene):
+        raise ValueError(f"the scene folder {scene} is read-only: give --out DIR to write the preprocessing "
+                         "outputs elsewhere")
+
+
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     stages = None if a.stages is None else ["scan", *a.stages]
     try:
+        check_output(Path(a.scene), None if a.out is None else Path(a.out))
         run_all(a.scene, out_dir=a.out, force=a.force, stages=stages, backend=a.backend, masks=a.masks,
                 bisenet_weights=a.bisenet_weights, pad_mode=a.pad_mode, pad_size=a.pad_size,
                 crop_margin=a.crop_margin, fov=a.fov, sfm_max_size=a.sfm_max_size, sequential=a.sequential,
@@ -42,6 +55,10 @@ def main(argv=None) -> int:
     except (ValueError, RuntimeError) as e:
         print(f"process_data: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("process_data: interrupted; finished stages are kept (manifest.json); rerun the same command to "
+              "continue", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from fitting.config import resolve_device
+from fitting.output_folder import FolderLock, check_writable
 from fitting.pipeline import load_model, seed_everything
 from fitting.stages import FitContext, evaluate, init_appearance, initialize, stage_geometry, stage_photometric
 from fitting.state import FitState
@@ -62,14 +63,27 @@ def fit_images(cfg: argparse.Namespace, log=print) -> dict:
     Returns {"images": {name: report dict}, "failed": {name: reason}, "timing_s": {...},
     "device": str, "savefolder": str}. Photos without a face (or whose pose initialisation
     fails) are listed in "failed" and get a report.json with the reason; the others fit.
-    Raises ValueError when no photo is usable.
+    Raises ValueError when no photo is usable, and before any work when the savefolder cannot
+    be written or another run holds it.
     """
-    from single_view.outputs import write_failed_report, write_image_outputs
-
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
     save = Path(cfg.savefolder)
+    check_writable(save)
+    with FolderLock(save / ".lock", log=log):
+        return _fit_batch(cfg, device, save, t_start, log)
+
+
+def _write_failed(save: Path, name: str, reason: str) -> None:
+    from single_view.outputs import photo_folder, write_failed_report
+    with photo_folder(save, name).replace() as stage:
+        write_failed_report(stage, name, reason)
+
+
+def _fit_batch(cfg: argparse.Namespace, device: torch.device, save: Path, t_start: float, log) -> dict:
+    from single_view.outputs import photo_folder, write_image_outputs
+
+    seed_everything(cfg.seed)
     paths, is_folder, skipped = list_inputs(cfg.input, cfg.exclude)
     t0 = time.perf_counter()
     batch = prepare_batch(paths, cfg.image_size, cfg.landmarks, cfg.mask, cfg.landmark_backend,
@@ -78,7 +92,7 @@ def fit_images(cfg: argparse.Namespace, log=print) -> dict:
     failed = dict(batch.failed)
     timing = {"preprocess": time.perf_counter() - t0}
     for name, reason in failed.items():
-        write_failed_report(save / Path(name).stem, name, reason)
+        _write_failed(save, name, reason)
     if batch.num_images == 0:
         raise ValueError("no usable photo: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     batch.to(device)
@@ -141,10 +155,11 @@ def fit_images(cfg: argparse.Namespace, log=print) -> dict:
         name = batch.names[i]
         per_image_t = {"preprocess": batch.preprocess_s[name], "fit_share": fit_s / len(used),
                        "batch_size": len(used)}
-        reports[name] = write_image_outputs(save / Path(name).stem, i, name, batch, ctx, state, ev,
-                                            recorder.history[i], cfg, per_image_t, model_info)
+        with photo_folder(save, name).replace() as stage:
+            reports[name] = write_image_outputs(stage, i, name, batch, ctx, state, ev, recorder.history[i], cfg,
+                                                per_image_t, model_info)
     for i in pnp_failed:
-        write_failed_report(save / Path(batch.names[i]).stem, batch.names[i], failed[batch.names[i]])
+        _write_failed(save, batch.names[i], failed[batch.names[i]])
     timing["export"] = time.perf_counter() - t0
     timing["total"] = time.perf_counter() - t_start
     timing["per_image"] = timing["total"] / max(1, len(used))

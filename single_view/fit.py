@@ -25,6 +25,10 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; photos whose report.json was written are complete; rerun the same command to fit "
+              "the rest (single-image fits keep no checkpoint)", file=sys.stderr)
+        return 130
     summary = {"savefolder": res["savefolder"], "device": res["device"], "timing_s": res["timing_s"],
                "images": {n: {k: r[k] for k in ("landmark_nme", "photometric_l1_first", "photometric_l1_last")}
                           for n, r in res["images"].items()},

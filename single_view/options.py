@@ -45,7 +45,7 @@ import argparse
 
 import configargparse
 
-from fitting.config import build_parser, str2bool, validate_fit_options
+from fitting.config import build_parser, parse_checked, str2bool, validate_fit_options
 from single_view.camera import CAMERA_MODELS, DEFAULT_FOV_DEG
 
 __all__ = ["build_single_view_parser", "parse_single_view", "SINGLE_VIEW_DEFAULTS"]
@@ -102,6 +102,6 @@ def validate_single_view(cfg: argparse.Namespace) -> None:
 
 def parse_single_view(argv=None) -> argparse.Namespace:
     """Parse ``argv`` (default sys.argv[1:]) and validate."""
-    cfg = build_single_view_parser().parse_args(argv)
+    cfg = parse_checked(build_single_view_parser(), argv)
     validate_single_view(cfg)
     return cfg

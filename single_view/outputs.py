@@ -9,7 +9,11 @@
 * ``mesh.obj`` + ``mesh.mtl`` + ``texture.png`` - the fitted head in the head frame.
 * ``overlay.png`` (photo with landmarks | render blended over it), ``landmarks.png`` (photo,
   green = landmarks used, red = fitted), ``losses.png`` (per-photo curves).
-* ``report.json`` - landmark_nme, photometric_l1_first / _last, timing_s, and details.
+* ``report.json`` - landmark_nme, photometric_l1_first / _last, timing_s, and details;
+  written last: a folder with report.json holds a complete result.
+
+Each folder is written through :class:`fitting.output_folder.ResultFolder` (a staging folder
+swapped in when complete), so it never mixes files of two runs.
 """
 from __future__ import annotations
 
@@ -19,11 +23,20 @@ import numpy as np
 import torch
 
 from fitting.export import write_json, write_mesh, write_params, write_png
+from fitting.output_folder import ResultFolder
 from fitting.stages import texture_maps
 from fitting.visualize import overlay, plot_losses
 from single_view.camera import deca_camera, deca_global_pose
 
-__all__ = ["original_intrinsics", "to_original_pixels", "write_image_outputs", "write_failed_report"]
+__all__ = ["original_intrinsics", "to_original_pixels", "write_image_outputs", "write_failed_report", "photo_folder"]
+
+IMAGE_RESULTS = frozenset({"params.npz", "mesh.obj", "mesh.mtl", "texture.png", "overlay.png", "landmarks.png",
+                           "losses.png", "report.json"})
+
+
+def photo_folder(savefolder: Path, name: str) -> ResultFolder:
+    """``<savefolder>/<stem>``: the result folder of photo ``name``."""
+    return ResultFolder(Path(savefolder) / Path(name).stem, IMAGE_RESULTS)
 
 
 def original_intrinsics(K_fit: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
