@@ -130,7 +130,7 @@ def _update_preprocessing(scene_dir: Path, prep: Path, force: bool, options: dic
         raise ValueError(f"{prep} holds landmarks.json but no manifest.json, so nothing says which images it "
                          f"belongs to: give --force_preprocess to recompute it, or another --preprocess_dir")
     if not force and manifest is not None and (manifest.get("producer", PRODUCER) != PRODUCER
-                                               or not _writable(prep)):
+                                               or not writable_dir(prep)):
         # process_data would replace another tool's outputs, and cannot write a read-only folder
         _check_images(scene_dir, prep, manifest)
         return

@@ -18,7 +18,6 @@ pixel centres at +0.5, COLMAP's convention too); points in the frame of the came
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch

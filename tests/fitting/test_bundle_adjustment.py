@@ -18,7 +18,7 @@ from fitting.scene import load_scene
 from fitting.stages import FitContext, initialize, stage_geometry, view_yaw_deg
 from fitting.state import FitState
 from fitting.synthetic_scene import make_scene
-from fitting.tracks import TrackTerm, Tracks
+from fitting.tracks import Tracks
 
 PROFILE_DEG = 45.0
 IMAGE_SIZE = 128      # fitting size of the 256 px photos
