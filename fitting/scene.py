@@ -108,12 +108,14 @@ def _manifest(prep: Path) -> dict | None:
 
 def _check_images(scene_dir: Path, prep: Path, manifest: dict) -> None:
     """Preprocessing used as it is (made by another tool, or in a read-only folder) must have
-    been made for exactly these images."""
+    been made for these images: none added or changed since."""
     from process_data import files
     from process_data.manifest import PRODUCER, fingerprint, image_differences
 
     names, _ = files.list_images(scene_dir / "images")
-    diff = image_differences(manifest, {n: fingerprint(scene_dir / "images" / n) for n in names})
+    # an image removed since is no reason to refuse: the outputs of the others still hold
+    diff = [n for n in image_differences(manifest, {n: fingerprint(scene_dir / "images" / n) for n in names})
+            if n in names]
     if diff:
         raise ValueError(f"{prep} holds preprocessing made by {manifest.get('producer', PRODUCER)} for other images "
                          f"({len(diff)} differ: {', '.join(diff[:5])}): give --force_preprocess to recompute "
