@@ -26,6 +26,8 @@ from fitting.init import FLIP
 
 # Bump when the scene's content changes for the same options: demo scenes are rebuilt then.
 SCENE_VERSION = 2
+# Narrowest Gaussian the skin detail draws, in texels: a narrower one would alias in the texture.
+MIN_SIGMA_TEXELS = 0.8
 
 __all__ = ["make_scene", "textured_background", "skin_mask_from_landmarks", "skin_detail", "uv_metres"]
 
@@ -72,31 +74,32 @@ def uv_metres(verts: np.ndarray, faces: np.ndarray, verts_uvs: np.ndarray, faces
     return np.median(np.linalg.norm(J, axis=1), axis=0)
 
 
-def _band_noise(shape, sigma_texels: float, rng: np.random.Generator) -> np.ndarray:
-    """(H, W) Gaussian-filtered white noise with unit standard deviation."""
-    n = cv2.GaussianBlur(rng.normal(0, 1, shape).astype(np.float32), (0, 0), sigma_texels)
-    return n / max(float(n.std()), 1e-8)
+def _band_noise(shape, sigma_mm: float, texel_m: float, rng: np.random.Generator) -> np.ndarray:
+    """(H, W) Gaussian-filtered white noise of correlation length ``sigma_mm``, unit standard
+    deviation, as texels of ``texel_m`` see it: finer noise than a texel averages out in it."""
+    sigma = sigma_mm * 1e-3 / texel_m
+    n = cv2.GaussianBlur(rng.normal(0, 1, shape).astype(np.float32), (0, 0), max(sigma, MIN_SIGMA_TEXELS))
+    return n / max(float(n.std()), 1e-8) * min(sigma / MIN_SIGMA_TEXELS, 1.0)
 
 
-def _spots(shape, per_cm2: float, sigma_texels: float, texel_cm2: float, rng: np.random.Generator) -> np.ndarray:
-    """(H, W) Gaussian blobs of peak ~U(0.5, 1) (summed where they overlap) at Poisson-placed centres."""
-    impulses = (rng.random(shape) < per_cm2 * texel_cm2) * rng.uniform(0.5, 1.0, shape)
-    return cv2.GaussianBlur(impulses.astype(np.float32), (0, 0), sigma_texels) * (2 * np.pi * sigma_texels ** 2)
+def _spots(shape, per_cm2: float, sigma_mm: float, texel_m: float, rng: np.random.Generator) -> np.ndarray:
+    """(H, W) Gaussian blobs of peak ~U(0.5, 1) (summed where they overlap) at Poisson-placed
+    centres. A blob finer than a texel keeps its integral (a fainter, texel-wide blob), as a
+    camera pixel would average it."""
+    sigma = sigma_mm * 1e-3 / texel_m
+    impulses = (rng.random(shape) < per_cm2 * (texel_m * 100) ** 2) * rng.uniform(0.5, 1.0, shape)
+    blobs = cv2.GaussianBlur(impulses.astype(np.float32), (0, 0), max(sigma, MIN_SIGMA_TEXELS))
+    return blobs * (2 * np.pi * sigma ** 2)
 
 
 def skin_detail(height: int, width: int, texel_m: float, rng: np.random.Generator) -> np.ndarray:
     """(3, height, width) multiplicative albedo detail, mean 1 per channel, for a UV texture whose
     texels are ``texel_m`` metres across: fine mottling, dark pores and brown freckles of real
-    skin sizes (at least a texel, so coarse textures keep a visible version of each)."""
-    def texels(mm: float) -> float:
-        return max(mm * 1e-3 / texel_m, 0.8)
-
+    skin sizes (what is finer than a texel fades, as in a photo of lower resolution)."""
     shape = (height, width)
-    texel_cm2 = (texel_m * 100) ** 2
-    mottle = sum(a * _band_noise(shape, texels(mm), rng) for mm, a in ((0.3, 0.04), (0.8, 0.04), (2.5, 0.03)))
-    pores = np.clip(0.2 * _spots(shape, 40.0, texels(0.25), texel_cm2, rng), 0, 0.5)
-    freckles = np.clip(0.3 * (_spots(shape, 4.0, texels(0.6), texel_cm2, rng)
-                              + _spots(shape, 1.5, texels(1.2), texel_cm2, rng)), 0, 0.6)
+    mottle = sum(a * _band_noise(shape, mm, texel_m, rng) for mm, a in ((0.3, 0.04), (0.8, 0.04), (2.5, 0.03)))
+    pores = np.clip(0.2 * _spots(shape, 40.0, 0.25, texel_m, rng), 0, 0.5)
+    freckles = np.clip(0.3 * (_spots(shape, 4.0, 0.6, texel_m, rng) + _spots(shape, 1.5, 1.2, texel_m, rng)), 0, 0.6)
     # melanin darkens blue most, so freckles look brown; pores are a neutral shadow
     tint = np.array([0.75, 0.9, 1.0], np.float32)[:, None, None]
     detail = np.clip(1 + mottle, 0, None)[None] * (1 - pores)[None] * (1 - freckles[None] * tint)

@@ -37,14 +37,22 @@ def sfm_scene(tmp_path_factory, standin_path):
 
 
 def test_skin_detail_is_seeded_with_unit_mean():
-    a = skin_detail(96, 160, 0.4e-3, np.random.default_rng(3))
-    b = skin_detail(96, 160, 0.4e-3, np.random.default_rng(3))
-    c = skin_detail(96, 160, 0.4e-3, np.random.default_rng(4))
+    a = skin_detail(96, 160, 0.17e-3, np.random.default_rng(3))  # the 1024 px demo's texels
+    b = skin_detail(96, 160, 0.17e-3, np.random.default_rng(3))
+    c = skin_detail(96, 160, 0.17e-3, np.random.default_rng(4))
     assert a.shape == (3, 96, 160) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - c).mean() > 0.05
     np.testing.assert_allclose(a.mean(axis=(1, 2)), 1.0, rtol=1e-5)
     assert a.std() > 0.1 and a.min() >= 0  # high-frequency contrast for SIFT, never a negative albedo
+
+
+def test_skin_detail_finer_than_a_texel_fades():
+    """Coarse texels (a low-resolution render) average the pores away instead of drawing them
+    texel-sized: the contrast drops, as in a photo of lower resolution."""
+    fine = skin_detail(128, 128, 0.17e-3, np.random.default_rng(0))
+    coarse = skin_detail(128, 128, 0.9e-3, np.random.default_rng(0))
+    assert coarse.std() < 0.8 * fine.std()
 
 
 def test_uv_metres_of_a_plane():
