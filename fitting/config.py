@@ -103,6 +103,11 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
     g.add_argument("--demo_exp_std", type=float, default=0.5, help="demo expression coefficients ~ N(0, std)")
     g.add_argument("--demo_faceless_views", type=int, default=0,
                    help="replace this many demo views with faceless images (robustness check)")
+    g.add_argument("--demo_sfm", type=str2bool, default=True,
+                   help="run process_data's pycolmap SfM on the demo scene (sfm/, cameras.json's sfm_poses); "
+                        "K stays the known one")
+    g.add_argument("--demo_sfm_max_size", type=int, default=1024,
+                   help="SfM feature extraction downscales the demo images to at most this side (pixels)")
 
     g = p.add_argument_group("model")
     g.add_argument("--flame_model", type=str, default="synthetic",
@@ -128,6 +133,9 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
     g.add_argument("--image_size", type=int, default=256, help="fitting resolution: the longer image side (pixels)")
     g.add_argument("--device", type=str, default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
     g.add_argument("--seed", type=int, default=0, help="random seed")
+    g.add_argument("--num_threads", type=int, default=0,
+                   help="CPU threads for torch (0: torch's default, one per core). The float32 sums' order "
+                        "depends on it, so fits on machines with other core counts agree only when it is set")
     g.add_argument("--refine_focal", type=str, default="auto", choices=["auto", "always", "never"],
                    help="estimate the focal length jointly from the face prior; auto: when SfM registered "
                         "few views, its focal is implausible, or no SfM")

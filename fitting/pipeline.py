@@ -249,7 +249,7 @@ def _demo_recipe(cfg) -> dict:
     """Everything the demo scene depends on: rebuilt when any of it changes."""
     keys = ["demo_views", "demo_width", "demo_height", "demo_fov_deg", "demo_distance", "demo_yaw_deg",
             "demo_pitch_deg", "demo_noise_px", "demo_shape_std", "demo_exp_std", "demo_faceless_views",
-            "seed", "n_shape", "n_exp"]
+            "demo_sfm", "demo_sfm_max_size", "seed", "n_shape", "n_exp"]
     from fitting.synthetic_scene import SCENE_VERSION
     return {"model": standin_path(cfg).name, "scene_version": SCENE_VERSION, **{k: getattr(cfg, k) for k in keys}}
 
@@ -280,6 +280,10 @@ def _ensure_demo_scene(cfg, scene_dir: Path) -> bool:
                yaw_deg=cfg.demo_yaw_deg, pitch_deg=cfg.demo_pitch_deg, noise_px=cfg.demo_noise_px,
                shape_std=cfg.demo_shape_std, exp_std=cfg.demo_exp_std,
                faceless_views=cfg.demo_faceless_views, seed=cfg.seed, n_shape=cfg.n_shape, n_exp=cfg.n_exp)
+    if cfg.demo_sfm:
+        # the same SfM stage as a real scene's; it keeps the scene's known K (cameras.json source "known")
+        from process_data.pipeline import run_all
+        run_all(scene_dir, stages=["scan", "intrinsics"], sfm_max_size=cfg.demo_sfm_max_size, progress=cfg.progress)
     write_json(marker, recipe)
     return True
 
@@ -291,6 +295,8 @@ def fit_scene(cfg: argparse.Namespace) -> dict:
     run holds it."""
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
     out = output_folder(cfg)
     check_writable(out.parent)  # the staging folder and the lock go beside the result folder
     check_writable(out)
@@ -439,7 +445,9 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
                       "K": None, "R": None, "t": None})
     # the fit's total: the demo's scene synthesis (timing["demo_scene"]) is not part of it
     timing["total"] = time.perf_counter() - t_start - timing.get("demo_scene", 0.0)
-    report = {"scene": name, "num_views": int(used.sum()), "device": str(device), "views": views,
+    # the thread count sets the order of float32 sums, hence the last digits of every figure
+    report = {"scene": name, "num_views": int(used.sum()), "device": str(device),
+              "cpu_threads": torch.get_num_threads(), "views": views,
               "preprocess_dir": str(Path(scene.prep_dir).resolve()), "epipolar": epi,
               "timing_s": {k: round(float(timing.get(k, 0.0)), 3)
                            for k in ("preprocess", "init", "geometry", "photometric", "total")}}

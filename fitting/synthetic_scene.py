@@ -29,9 +29,11 @@ from fitting.init import FLIP
 from process_data.manifest import fingerprint
 
 # Bump when the scene's content changes for the same options: demo scenes are rebuilt then.
-SCENE_VERSION = 2
+SCENE_VERSION = 3
+# Narrowest Gaussian the skin detail draws, in texels: a narrower one would alias in the texture.
+MIN_SIGMA_TEXELS = 0.8
 
-__all__ = ["make_scene", "textured_background", "skin_mask_from_landmarks"]
+__all__ = ["make_scene", "textured_background", "skin_mask_from_landmarks", "skin_detail", "uv_metres"]
 
 
 def textured_background(H: int, W: int, rng: np.random.Generator) -> np.ndarray:
@@ -66,6 +68,62 @@ def skin_mask_from_landmarks(coverage: np.ndarray, lmk: np.ndarray) -> np.ndarra
     return np.where(coverage, m, 0).astype(np.uint8)
 
 
+def uv_metres(verts: np.ndarray, faces: np.ndarray, verts_uvs: np.ndarray, faces_uvs: np.ndarray) -> np.ndarray:
+    """(2,) median surface length in metres of one unit of u and of v, over the triangles."""
+    X, U = verts[faces], verts_uvs[faces_uvs]
+    dX = np.stack([X[:, 1] - X[:, 0], X[:, 2] - X[:, 0]], -1)     # (F, 3, 2)
+    dU = np.stack([U[:, 1] - U[:, 0], U[:, 2] - U[:, 0]], -1)     # (F, 2, 2)
+    ok = np.abs(np.linalg.det(dU)) > 1e-10                         # degenerate UV triangles (poles, seams)
+    J = dX[ok] @ np.linalg.inv(dU[ok])                             # (F, 3, 2): d position / d (u, v)
+    return np.median(np.linalg.norm(J, axis=1), axis=0)
+
+
+def _band_noise(shape, sigma_mm: float, texel_m: float, rng: np.random.Generator) -> np.ndarray:
+    """(H, W) Gaussian-filtered white noise of correlation length ``sigma_mm``, unit standard
+    deviation, as texels of ``texel_m`` see it: finer noise than a texel averages out in it."""
+    sigma = sigma_mm * 1e-3 / texel_m
+    n = cv2.GaussianBlur(rng.normal(0, 1, shape).astype(np.float32), (0, 0), max(sigma, MIN_SIGMA_TEXELS))
+    return n / max(float(n.std()), 1e-8) * min(sigma / MIN_SIGMA_TEXELS, 1.0)
+
+
+def _spots(shape, per_cm2: float, sigma_mm: float, texel_m: float, rng: np.random.Generator) -> np.ndarray:
+    """(H, W) Gaussian blobs of peak ~U(0.5, 1) (summed where they overlap) at Poisson-placed
+    centres. A blob finer than a texel keeps its integral (a fainter, texel-wide blob), as a
+    camera pixel would average it."""
+    sigma = sigma_mm * 1e-3 / texel_m
+    impulses = (rng.random(shape) < per_cm2 * (texel_m * 100) ** 2) * rng.uniform(0.5, 1.0, shape)
+    blobs = cv2.GaussianBlur(impulses.astype(np.float32), (0, 0), max(sigma, MIN_SIGMA_TEXELS))
+    return blobs * (2 * np.pi * sigma ** 2)
+
+
+def skin_detail(height: int, width: int, texel_m: float, rng: np.random.Generator) -> np.ndarray:
+    """(3, height, width) multiplicative albedo detail, mean 1 per channel, for a UV texture whose
+    texels are ``texel_m`` metres across: fine mottling, dark pores and brown freckles of real
+    skin sizes (what is finer than a texel fades, as in a photo of lower resolution)."""
+    shape = (height, width)
+    mottle = sum(a * _band_noise(shape, mm, texel_m, rng) for mm, a in ((0.3, 0.04), (0.8, 0.04), (2.5, 0.03)))
+    pores = np.clip(0.2 * _spots(shape, 40.0, 0.25, texel_m, rng), 0, 0.5)
+    freckles = np.clip(0.3 * (_spots(shape, 4.0, 0.6, texel_m, rng) + _spots(shape, 1.5, 1.2, texel_m, rng)), 0, 0.6)
+    # melanin darkens blue most, so freckles look brown; pores are a neutral shadow
+    tint = np.array([0.75, 0.9, 1.0], np.float32)[:, None, None]
+    detail = np.clip(1 + mottle, 0, None)[None] * (1 - pores)[None] * (1 - freckles[None] * tint)
+    # unit mean: the texture space's albedo stays the detail's average colour
+    return (detail / detail.mean(axis=(1, 2), keepdims=True)).astype(np.float32)
+
+
+def _detailed_texture(texture: torch.Tensor, verts: np.ndarray, faces: np.ndarray, vt: np.ndarray, ft: np.ndarray,
+                      pixel_m: float, seed: int) -> torch.Tensor:
+    """The texture-space albedo (1, 3, h, w) resampled to texels of half a pixel's footprint and
+    multiplied by :func:`skin_detail`. The detail lives in UV space, on the surface, so every
+    view sees the same pores and freckles: SIFT tracks them across views."""
+    texel_m = pixel_m / 2
+    W, H = np.ceil(uv_metres(verts, faces, vt, ft) / texel_m).astype(int)
+    base = torch.nn.functional.interpolate(texture, size=(int(H), int(W)), mode="bilinear", align_corners=False)
+    # its own stream: the scene's other draws (head, cameras, light, backgrounds) stay as they were
+    detail = skin_detail(int(H), int(W), texel_m, np.random.default_rng([seed, 1]))
+    return (base * torch.from_numpy(detail)[None]).clamp(0, 1)
+
+
 def _sh_random(n: int, rng: np.random.Generator) -> np.ndarray:
     """(n, 9, 3) plausible lighting: ambient ~1 plus a random directional part, mildly coloured."""
     sh = np.zeros((n, 9, 3))
@@ -84,6 +142,11 @@ def make_scene(out_dir, model_path, n_views: int = 12, width: int = 384, height:
                shape_std: float = 1.0, exp_std: float = 0.5, faceless_views: int = 0, seed: int = 0,
                n_shape: int = 100, n_exp: int = 50, landmark_embedding=None) -> Path:
     """Write a synthetic scene folder with ground truth; returns ``out_dir``.
+
+    The albedo is the texture space's (drawn code) times a fine skin detail in UV space (pores,
+    freckles, mottling; see :func:`skin_detail`), which the texture space cannot represent but
+    which gives SfM features on the head; each view's background is drawn independently, so
+    every correct multi-view track lies on the head.
 
     Cameras: yaw evenly on [-yaw_deg, yaw_deg]; pitch = pitch_deg * cos(3 pi i / (n - 1));
     each looks at a point jittered by a few mm around the head centre from ``distance``
@@ -122,8 +185,10 @@ def make_scene(out_dir, model_path, n_views: int = 12, width: int = 384, height:
 
     if texspace is not None:
         code = torch.tensor(rng.normal(0, 1, (1, texspace.n_tex)), dtype=torch.float32)
-        texture = texspace(code)
         vt, ft = texspace.verts_uvs, texspace.faces_uvs
+        pixel_m = distance * 2 * np.tan(np.radians(fov_deg) / 2) / width  # footprint at the head
+        texture = _detailed_texture(texspace(code), verts[0].numpy(), flame.faces.numpy(), vt.numpy(), ft.numpy(),
+                                    pixel_m, seed)
     else:
         code = torch.zeros(1, 0)
         texture, vt, ft = None, flame.verts_uvs, flame.faces_uvs

@@ -262,6 +262,57 @@ def _masks(sc: _Scene, force: bool) -> None:
     _finish(sc, "masks", opts, inputs, tool, time.time() - t0)
 
 
+# what a calibrated camera (cameras.json with source "known") keeps when SfM runs on its views
+_INTRINSICS_KEYS = ("K", "width", "height", "model", "distortion", "source")
+
+
+def _known_cameras(path: Path) -> dict | None:
+    """The intrinsics of ``path`` when it says they are known (a calibrated or synthetic camera)."""
+    if not path.is_file():
+        return None
+    cams = json.loads(path.read_text())
+    return {k: cams[k] for k in _INTRINSICS_KEYS} if cams.get("source") == "known" else None
+
+
+def sfm_cameras(out_dir, image_dir, names: list[str], *, fov: float = DEFAULTS["fov"],
+                min_registered: int = DEFAULTS["min_registered"], max_image_size: int = DEFAULTS["sfm_max_size"],
+                sequential: bool = False, num_threads: int = -1, landmarks: dict | None = None,
+                use_landmarks: str = DEFAULTS["sfm_landmarks"], known: dict | None = None) -> tuple[dict, list[str]]:
+    """pycolmap SfM on ``names`` in ``image_dir``; writes ``out_dir/sfm`` (database.db and the
+    COLMAP binary model in model/) when it reconstructs anything. Returns (cameras.json content,
+    warnings). ``known``: known intrinsics (source "known") that the result keeps; SfM's own K then
+    goes to "sfm_K" while its poses, registered views and model are recorded as usual."""
+    from .intrinsics import estimate_intrinsics
+
+    out_dir = Path(out_dir)
+    work = out_dir / "sfm"
+    tmp_work = out_dir / ".sfm.tmp"
+    shutil.rmtree(tmp_work, ignore_errors=True)
+    cams, rec, warns = estimate_intrinsics(image_dir, names, work_dir=tmp_work, fov_deg=fov,
+                                           min_registered=min_registered, max_image_size=max_image_size,
+                                           sequential=sequential, num_threads=num_threads, landmarks=landmarks,
+                                           use_landmarks=use_landmarks)
+    if rec is not None:
+        model = tmp_work / "model"
+        model.mkdir(parents=True, exist_ok=True)
+        rec.write_binary(str(model))  # COLMAP's own binary writer
+        shutil.rmtree(tmp_work / "sparse", ignore_errors=True)
+        # swap the finished folder in whole, so sfm/ is never half written
+        old = out_dir / ".sfm.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if work.exists():
+            work.rename(old)
+        tmp_work.rename(work)
+        shutil.rmtree(old, ignore_errors=True)
+        cams["colmap_model"] = "sfm/model"
+    else:
+        shutil.rmtree(tmp_work, ignore_errors=True)
+    if known is not None:
+        sfm_K = {"sfm_K": cams["K"]} if cams["source"] == "sfm" else {}
+        cams = {**cams, **known, **sfm_K}
+    return cams, warns
+
+
 def _intrinsics(sc: _Scene, force: bool) -> None:
     # every readable view of the camera size (a view without a face still helps SfM)
     size = sc.manifest["camera_size"]
@@ -282,30 +333,12 @@ def _intrinsics(sc: _Scene, force: bool) -> None:
     if use_lm:
         points = {n: r["points"] for n, r in _load_points(sc).items() if r["points"] is not None and n in names}
     t0 = time.time()
-    work = sc.out / "sfm"
-    tmp_work = sc.out / ".sfm.tmp"
-    shutil.rmtree(tmp_work, ignore_errors=True)
-    _say(f"pycolmap SfM on {len(names)} views")
-    cams, rec, warns = estimate_intrinsics(sc.images_dir, names, work_dir=tmp_work, fov_deg=sc.opts["fov"],
-                                           min_registered=sc.opts["min_registered"],
-                                           max_image_size=sc.opts["sfm_max_size"], sequential=sc.opts["sequential"],
-                                           num_threads=sc.opts["num_threads"], landmarks=points,
-                                           use_landmarks=sc.opts["sfm_landmarks"])
-    if rec is not None:
-        model = tmp_work / "model"
-        model.mkdir(parents=True, exist_ok=True)
-        rec.write_binary(str(model))  # COLMAP's own binary writer
-        shutil.rmtree(tmp_work / "sparse", ignore_errors=True)
-        # swap the finished folder in whole, so sfm/ is never half written
-        old = sc.out / ".sfm.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if work.exists():
-            work.rename(old)
-        tmp_work.rename(work)
-        shutil.rmtree(old, ignore_errors=True)
-        cams["colmap_model"] = "sfm/model"
-    else:
-        shutil.rmtree(tmp_work, ignore_errors=True)
+    known = _known_cameras(out)
+    _say(f"pycolmap SfM on {len(names)} views" + (" (intrinsics known: K kept)" if known else ""))
+    cams, warns = sfm_cameras(sc.out, sc.images_dir, names, fov=sc.opts["fov"],
+                              min_registered=sc.opts["min_registered"], max_image_size=sc.opts["sfm_max_size"],
+                              sequential=sc.opts["sequential"], num_threads=sc.opts["num_threads"],
+                              landmarks=points, use_landmarks=sc.opts["sfm_landmarks"], known=known)
     for n in names:
         st = sc.manifest["views"][n]["status"]
         st["intrinsics"] = "registered" if n in cams["registered"] else "not registered"
