@@ -327,8 +327,6 @@ def _intrinsics(sc: _Scene, force: bool) -> None:
         return
     import pycolmap
 
-    from .intrinsics import estimate_intrinsics
-
     points = None
     if use_lm:
         points = {n: r["points"] for n, r in _load_points(sc).items() if r["points"] is not None and n in names}
