@@ -281,9 +281,15 @@ def _ensure_demo_scene(cfg, scene_dir: Path) -> bool:
                shape_std=cfg.demo_shape_std, exp_std=cfg.demo_exp_std,
                faceless_views=cfg.demo_faceless_views, seed=cfg.seed, n_shape=cfg.n_shape, n_exp=cfg.n_exp)
     if cfg.demo_sfm:
-        # the same SfM stage as a real scene's; it keeps the scene's known K (cameras.json source "known")
-        from process_data.pipeline import run_all
-        run_all(scene_dir, stages=["scan", "intrinsics"], sfm_max_size=cfg.demo_sfm_max_size, progress=cfg.progress)
+        # the SfM that process_data runs on a real scene, keeping the scene's known K (cameras.json
+        # source "known"); the scene stays the generator's (its manifest too), so its exact
+        # landmarks and masks are used as they are and never re-detected
+        from process_data.files import list_images
+        from process_data.pipeline import known_cameras, sfm_cameras
+        cams_path = scene_dir / "cameras.json"
+        cams, _ = sfm_cameras(scene_dir, scene_dir / "images", list_images(scene_dir / "images")[0],
+                              max_image_size=cfg.demo_sfm_max_size, known=known_cameras(cams_path))
+        write_json(cams_path, cams)
     write_json(marker, recipe)
     return True
 

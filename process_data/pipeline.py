@@ -266,7 +266,7 @@ def _masks(sc: _Scene, force: bool) -> None:
 _INTRINSICS_KEYS = ("K", "width", "height", "model", "distortion", "source")
 
 
-def _known_cameras(path: Path) -> dict | None:
+def known_cameras(path: Path) -> dict | None:
     """The intrinsics of ``path`` when it says they are known (a calibrated or synthetic camera)."""
     if not path.is_file():
         return None
@@ -331,7 +331,7 @@ def _intrinsics(sc: _Scene, force: bool) -> None:
     if use_lm:
         points = {n: r["points"] for n, r in _load_points(sc).items() if r["points"] is not None and n in names}
     t0 = time.time()
-    known = _known_cameras(out)
+    known = known_cameras(out)
     _say(f"pycolmap SfM on {len(names)} views" + (" (intrinsics known: K kept)" if known else ""))
     cams, warns = sfm_cameras(sc.out, sc.images_dir, names, fov=sc.opts["fov"],
                               min_registered=sc.opts["min_registered"], max_image_size=sc.opts["sfm_max_size"],
