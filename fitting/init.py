@@ -132,8 +132,8 @@ def rotation_mean(Rs: np.ndarray, weights: np.ndarray | None = None) -> np.ndarr
 
 
 def _angles_deg(Ra: np.ndarray, Rb: np.ndarray) -> np.ndarray:
-    """(M,) geodesic angles in degrees between rotations (M, 3, 3)."""
-    return np.degrees(np.arccos(np.clip((np.einsum("mij,mij->m", Ra, Rb) - 1) / 2, -1, 1)))
+    """(M,) :func:`rotation_angle_deg` of numpy rotations (M, 3, 3)."""
+    return rotation_angle_deg(torch.from_numpy(Ra), torch.from_numpy(Rb)).numpy()
 
 
 def _consensus_rotation_views(R_sfm: np.ndarray, R_ref: np.ndarray, use: np.ndarray, max_deg: float) -> np.ndarray:

@@ -27,8 +27,8 @@ from fitting.export import write_json
 from fitting.init import align_sfm_poses, rotation_angle_deg
 from fitting.output_folder import FolderLock, ResultFolder, check_writable
 from fitting.scene import Scene, load_scene
-from fitting.stages import FitContext, evaluate, init_appearance, initialize, stage_geometry, stage_photometric, \
-    texture_maps
+from fitting.stages import FitContext, cameras64, evaluate, init_appearance, initialize, stage_geometry, \
+    stage_photometric, texture_maps
 from fitting.state import FitState, check_resume_options, load_checkpoint, save_checkpoint
 
 __all__ = ["fit_scene", "load_model", "standin_path", "decide_refine_focal", "ground_truth_errors", "write_outputs",
@@ -360,8 +360,9 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
             timing.update(ck["extra"].get("timing", {}))
             ctx.view_weights = torch.as_tensor(ck["extra"]["view_weights"], device=device)
             ctx.photo_opt_state = ck["extra"].get("photo_opt")
-            ctx.landmark_weights = torch.as_tensor(ck["extra"]["landmark_weights"], device=device)
-            ctx.landmark_flags = {int(k): v for k, v in ck["extra"]["landmark_flags"].items()}
+            # a checkpoint from before the track term holds no landmark trust: every landmark is used
+            ctx.landmark_weights = torch.as_tensor(ck["extra"].get("landmark_weights", [1.0] * N), device=device)
+            ctx.landmark_flags = {int(k): v for k, v in ck["extra"].get("landmark_flags", {}).items()}
             attach_tracks(ctx, cfg, scene, tracks, init_info, ck["extra"].get("track_points"))
         else:
             print(f"[fit] {ckpt_path} is for other views; starting afresh")
@@ -421,8 +422,7 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
     sx_sy = scene.scale.cpu().numpy()
     trk_rms = trk_n = None
     if ctx.tracks is not None:
-        R64, t64, K64 = state.R().double(), state.cam_t.double(), state.K().double()
-        trk_rms = (ctx.tracks.view_rms(R64, t64, K64, N).cpu().numpy() / sx_sy.mean(1))
+        trk_rms = ctx.tracks.view_rms(*cameras64(state), N).cpu().numpy() / sx_sy.mean(1)
         trk_n = np.bincount(ctx.tracks.view.cpu().numpy(), minlength=N)
     lm_pred = ev["landmarks"].cpu().numpy() / sx_sy[:, None, :]
     lm_obs = scene.landmarks.cpu().numpy() / sx_sy[:, None, :]

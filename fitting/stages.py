@@ -30,7 +30,8 @@ from fitting.tracks import TrackTerm
 
 __all__ = ["FitContext", "subject_vertices", "view_geometry", "initialize", "stage_geometry", "lm_geometry",
            "rim_correspondences", "photo_samples", "solve_appearance", "init_appearance", "project_landmarks",
-           "stage_photometric", "evaluate", "render_views", "texture_maps"]
+           "stage_photometric", "evaluate", "render_views", "texture_maps", "cameras64", "view_yaw_deg",
+           "distrust_profiles", "distrust_outlier_views"]
 
 JAW = slice(6, 9)
 
@@ -51,7 +52,7 @@ class FitContext:
     :func:`distrust_outlier_views`); landmark_flags: {view index: why its landmarks are not used}.
     tracks: the SfM track term of the geometry LM (:class:`fitting.tracks.TrackTerm`) or None;
     track_sigma_px: its observation noise in fitting pixels; landmark_sigma_px: the landmark
-    noise the last LM iteration measured (see :func:`_track_row_weights`).
+    noise the last LM iteration measured (see :func:`_track_weight`).
     """
 
     flame: torch.nn.Module
@@ -531,7 +532,7 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
             w = pw / (1 + (r_lmk ** 2).sum(-1) / c.lmk_robust_px ** 2)  # IRLS weights of the Cauchy loss
             sw = (w / pw.sum().clamp_min(1e-8)).sqrt()
             row_view = ar.repeat_interleave(136)
-            trk_w = _track_row_weights(ctx, st, r_lmk, pw) if use_tracks and ctx.tracks is not None else None
+            trk_w = _track_weight(ctx, r_lmk, pw) if use_tracks and ctx.tracks is not None else None
             if rim is not None:
                 rr = r_all[N * 136:]
                 wr = 1 / (1 + rr ** 2 / c.rim_robust_px ** 2)
@@ -590,7 +591,7 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
         ne = None
         if trk_w is not None:  # the track term: cameras here, its points eliminated (Schur)
             cols = torch.cat([cam_cols, torch.full((N, 1), 6 * N, device=dev)], 1) if refine else cam_cols
-            ne = ctx.tracks.normal_equations(*_cameras64(st), trk_w, cols, n_unk)
+            ne = ctx.tracks.normal_equations(*cameras64(st), trk_w, cols, n_unk)
             A, g = A.double() + ne["A"], g.double() + ne["g"]
             cost0 += ne["cost"]
         accepted = False
@@ -609,7 +610,7 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
                                None if pho is None else (*pho[:-1], True))
             cost1 = cost_of(r1, coeffs(cand), cand.log_focal)
             if ne is not None:
-                r1t = ctx.tracks.residuals(*_cameras64(cand), ctx.tracks.points + dp) * trk_w[:, None]
+                r1t = ctx.tracks.residuals(*cameras64(cand), ctx.tracks.points + dp) * ne["row_weight"][:, None]
                 cost1 += float((r1t * r1t).sum())
             if cost1 < cost0:
                 st, accepted = cand, True
@@ -629,19 +630,19 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
     return st
 
 
-def _cameras64(st: FitState) -> tuple:
+def cameras64(st: FitState) -> tuple:
     """(R, t, K) of every view in float64, for the track term."""
     return st.R().double(), st.cam_t.double(), st.K().double()
 
 
 @torch.no_grad()
-def _track_row_weights(ctx: FitContext, st: FitState, r_lmk: torch.Tensor, pw: torch.Tensor) -> torch.Tensor:
-    """(M,) sqrt weights of the track rows, so that both terms weigh by their noise.
+def _track_weight(ctx: FitContext, r_lmk: torch.Tensor, pw: torch.Tensor) -> float:
+    """The track term's weight, so that both terms weigh by their noise.
 
     The landmark rows cost ``sum_l w_l |r_l|^2 / sum_l pw_l``: by maximum likelihood that is the
     landmark noise variance sigma_l^2 per unit of ``sum |r|^2 / sigma_l^2 / sum pw``, so a track
     row with noise sigma_t carries ``(sigma_l / sigma_t)^2 / sum pw`` (times its Cauchy IRLS
-    weight). sigma_l is measured on the current landmark residuals (median of |r|^2 over the
+    weight, which the term applies). sigma_l is measured on the current landmark residuals (median of |r|^2 over the
     used points = 2 ln 2 sigma^2 for 2D Gaussian noise), so detector noise and the views'
     disagreement with the tracks raise it; it is never taken below sigma_t.
     r_lmk: (N, 68, 2) landmark residuals; pw: (N, 68) point weights."""
@@ -650,8 +651,7 @@ def _track_row_weights(ctx: FitContext, st: FitState, r_lmk: torch.Tensor, pw: t
     sig_l2 = float(d2.median()) / (2 * math.log(2)) if d2.numel() else ctx.track_sigma_px ** 2
     ratio = max(sig_l2, ctx.track_sigma_px ** 2) / ctx.track_sigma_px ** 2
     ctx.landmark_sigma_px = math.sqrt(max(sig_l2, 0.0))
-    r = ctx.tracks.residuals(*_cameras64(st))
-    return (ctx.tracks.irls_weights(r) * ratio / float(pw.sum().clamp_min(1e-8))).sqrt()
+    return ratio / float(pw.sum().clamp_min(1e-8))
 
 
 @torch.no_grad()
@@ -914,7 +914,7 @@ def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> Fi
             # without trusted SfM points, the tracks join once the landmarks have fixed focal
             # and depth: with few views the tracks alone leave a bas-relief valley, and the LM
             # stays in the part of it nearest to where it starts
-            ctx.tracks.triangulate(st.R().double(), st.cam_t.double(), st.K().double())
+            ctx.tracks.triangulate(*cameras64(st))
         use_tracks = ctx.tracks is not None and ctx.tracks.points is not None
         if rnd >= c.geom_rounds:  # the photometric round: landmarks, outline and colour samples
             st = lm_geometry(ctx, st, False, c.photo_gn_iters, hist, rnd, use_rim=True, use_photo=True,

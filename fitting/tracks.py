@@ -132,9 +132,10 @@ class TrackTerm:
     term to the camera block of the LM's normal equations and keeps the point blocks, which
     :meth:`reduce` eliminates (Schur complement) and :meth:`back_substitute` recovers.
 
-    points: (P, 3) float64, the current points in the cameras' frame, None until set or
-    :meth:`triangulate` d: the LM moves them by :meth:`back_substitute`'s steps. The term works in float64: its normal equations sum thousands of rows whose weights
-    are ~(landmark noise / track noise)^2 ~ 10-100 times the landmarks', and float32 loses the
+    points: (P, 3) float64, the current points in the cameras' frame; None until set, or
+    computed by :meth:`triangulate`. The LM moves them by :meth:`back_substitute`'s steps.
+    The term works in float64: its normal equations sum thousands of rows whose weights are
+    ~(landmark noise / track noise)^2 ~ 10-100 times the landmarks', and float32 loses the
     sub-pixel steps in that sum.
     """
 
@@ -183,15 +184,17 @@ class TrackTerm:
         """(M,) Cauchy IRLS weights of residuals r (M, 2)."""
         return 1 / (1 + (r * r).sum(-1) / self.robust_px ** 2)
 
-    def normal_equations(self, R, t, K, row_weight: torch.Tensor, cam_cols: torch.Tensor, n_unk: int) -> dict:
+    def normal_equations(self, R, t, K, weight: float, cam_cols: torch.Tensor, n_unk: int) -> dict:
         """Linearise at the current cameras and points.
 
-        row_weight: (M,) sqrt of each observation's weight; cam_cols: (N, C) the LM columns of
-        each view's C compressed camera tangents (C = 6, or 7 with the shared log focal).
-        Returns the blocks of the term's normal equations: ``A`` (n_unk, n_unk) and ``g``
-        (n_unk,) over the LM's unknowns, the point blocks ``V`` (P, 3, 3), ``gp`` (P, 3), the
-        cross terms ``Y`` (M, C, 3) (camera tangents x point of each observation) and ``cols``
-        (M, C), and ``cost`` (the weighted squared residuals)."""
+        weight: the term's weight against the LM's other rows; each observation's row is
+        scaled by ``sqrt(weight * w_m)``, w_m its IRLS weight here. cam_cols: (N, C) the LM
+        columns of each view's C compressed camera tangents (C = 6, or 7 with the shared log
+        focal). Returns the blocks of the term's normal equations: ``A`` (n_unk, n_unk) and
+        ``g`` (n_unk,) over the LM's unknowns, the point blocks ``V`` (P, 3, 3), ``gp`` (P, 3),
+        the cross terms ``Y`` (M, C, 3) (camera tangents x point of each observation) and
+        ``cols`` (M, C), ``row_weight`` (M,) (held for the iteration's candidate costs) and
+        ``cost`` (the weighted squared residuals)."""
         C = cam_cols.shape[1]
         P = self.num_points
         dt, dev = self.points.dtype, self.points.device
@@ -200,7 +203,9 @@ class TrackTerm:
         one = torch.tensor([1.0, 0.0, 0.0], dtype=dt, device=dev).expand(M, 3)
         J = point_jacobian(self.points[None], eye, torch.zeros_like(self.point), self.point[:, None].expand(M, 3),
                            one, self.view, R, t, K)                                # (M, 2, 10)
-        r = self.residuals(R, t, K) * row_weight[:, None]
+        r = self.residuals(R, t, K)
+        row_weight = (weight * self.irls_weights(r)).sqrt()
+        r = r * row_weight[:, None]
         J = J * row_weight[:, None, None]
         B, Pj = J[..., :C], J[..., 7:]                                             # (M, 2, C), (M, 2, 3)
         cols = cam_cols[self.view]                                                 # (M, C)
@@ -213,7 +218,7 @@ class TrackTerm:
         gp = torch.zeros(P, 3, dtype=dt, device=dev).index_add_(
             0, self.point, (Pj.transpose(1, 2) @ r[..., None])[..., 0])
         return {"A": A.view(n_unk, n_unk), "g": g, "V": V, "gp": gp, "Y": B.transpose(1, 2) @ Pj, "cols": cols,
-                "cost": float((r * r).sum())}
+                "row_weight": row_weight, "cost": float((r * r).sum())}
 
     def reduce(self, ne: dict, lam: float, n_unk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Schur complement of the (Marquardt-damped) point blocks.

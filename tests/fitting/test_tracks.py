@@ -64,7 +64,7 @@ def test_schur_step_matches_dense_solve():
     n_unk = 6 * N + 1 + 5
     w = term.irls_weights(term.residuals(R, t, K)).sqrt() * 0.7
     cols = torch.cat([6 * torch.arange(N)[:, None] + torch.arange(6)[None], torch.full((N, 1), 6 * N)], 1)
-    ne = term.normal_equations(R, t, K, w, cols, n_unk)
+    ne = term.normal_equations(R, t, K, 0.7 ** 2, cols, n_unk)   # rows scaled by sqrt(0.49 w_irls) = w
     lam = 1e-2
     A = ne["A"] + lam * torch.diag(ne["A"].diagonal().clamp_min(1e-9))
     S, h, Vinv = term.reduce(ne, lam, n_unk)
