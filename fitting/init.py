@@ -1,54 +1,22 @@
-"""Camera initialisation and the rigid solver.
+"""Camera initialisation.
 
 * :func:`pnp_views` - robust PnP per view (RANSAC + LM refinement) of the detected landmarks
   against the model's mean-shape 3D landmarks, with the shared K.
 * :func:`umeyama` / :func:`align_sfm_poses` - bring up-to-scale SfM poses into the head frame
   with a similarity, and flag views whose PnP and SfM poses disagree.
-* :func:`lm_cameras` - Levenberg-Marquardt on the rigid part (per-view rotation and
-  translation, optionally a shared focal factor) for fixed 3D landmarks. Twelve views converge
-  in ~10 iterations where first-order methods need thousands.
 
-Rotations of cameras are stored relative to ``FLIP = diag(1, -1, -1)`` (a camera on the +z axis
-looking at the face has R = FLIP): ``R = exp(rot) @ FLIP``. The whole +-90 deg range around
-the face then stays far from the axis-angle singularity at pi.
+The camera conventions and the fit's rotation parameterisation live in
+:mod:`fitting.render.cameras`.
 """
 from __future__ import annotations
-
 
 import cv2
 import numpy as np
 import torch
 
-from fitting.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+from fitting.render.cameras import FLIP, rotation_angle_deg
 
-__all__ = ["FLIP", "rot_to_matrix", "matrix_to_rot", "pnp_views", "umeyama", "rotation_mean",
-           "align_sfm_poses", "lm_cameras", "project", "rotation_angle_deg"]
-
-FLIP = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])
-
-
-def rot_to_matrix(rot: torch.Tensor) -> torch.Tensor:
-    """rot: (..., 3) -> world-to-camera R (..., 3, 3) = exp(rot) @ FLIP."""
-    return axis_angle_to_matrix(rot) @ FLIP.to(rot)
-
-
-def matrix_to_rot(R: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`rot_to_matrix`. R: (..., 3, 3) -> (..., 3)."""
-    return matrix_to_axis_angle(R @ FLIP.to(R))  # FLIP is its own inverse
-
-
-def rotation_angle_deg(Ra: torch.Tensor, Rb: torch.Tensor) -> torch.Tensor:
-    """(...,) geodesic angle in degrees between rotation matrices (..., 3, 3)."""
-    tr = (Ra.transpose(-1, -2) @ Rb).diagonal(dim1=-2, dim2=-1).sum(-1)
-    return torch.rad2deg(torch.arccos(((tr - 1) / 2).clamp(-1, 1)))
-
-
-def project(points: torch.Tensor, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Pinhole projection, same maths as fitting.render.cameras.project_points (kept local so
-    torch.func transforms need nothing else). points (N, P, 3) -> (N, P, 2)."""
-    x = points @ R.transpose(-1, -2) + t[:, None, :]
-    xy = x[..., :2] / x[..., 2:3].clamp_min(1e-6)
-    return xy * torch.stack([K[:, 0, 0], K[:, 1, 1]], -1)[:, None] + K[:, None, :2, 2]
+__all__ = ["pnp_views", "umeyama", "rotation_mean", "align_sfm_poses"]
 
 
 def pnp_views(landmarks: np.ndarray, lmk3d: np.ndarray, K: np.ndarray, point_mask: np.ndarray | None = None,
@@ -195,70 +163,3 @@ def align_sfm_poses(R_sfm: np.ndarray, t_sfm: np.ndarray, R_ref: np.ndarray, t_r
             break
         use = new_use
     return out
-
-
-def lm_cameras(lmk3d: torch.Tensor, target: torch.Tensor, K0: torch.Tensor, rot: torch.Tensor, t: torch.Tensor,
-               log_focal: torch.Tensor, point_weights: torch.Tensor, refine_focal: bool = False,
-               iters: int = 10, scale_px: float = 3.0, focal_prior: float = 0.0, focal_ref: float = 0.0):
-    """Levenberg-Marquardt on per-view cameras (and a shared log focal factor).
-
-    lmk3d: (N, P, 3) fixed model landmarks (head frame); target: (N, P, 2) pixels;
-    K0: (N, 3, 3); rot, t: (N, 3); log_focal: (1,); point_weights: (N, P) (0 = unused).
-    Robust: iteratively reweighted with Cauchy weights of scale ``scale_px`` (same loss as
-    :func:`fitting.losses.robust_landmark_loss`). The Jacobian comes from torch.func.jacfwd on
-    the small parameter vector (6 N + 1). ``focal_prior`` adds ``focal_prior * (log_focal -
-    focal_ref)`` as a residual (pixels per unit log focal).
-    Returns (rot, t, log_focal) as new tensors; no gradients flow out.
-    """
-    dev, dt = lmk3d.device, torch.float64
-    P3, tgt, K0d = lmk3d.detach().to(dt), target.detach().to(dt), K0.detach().to(dt)
-    W0 = point_weights.detach().to(dt)
-    N = P3.shape[0]
-    R_base = rot_to_matrix(rot.detach().to(dt))
-    t_cur = t.detach().to(dt).clone()
-    lf = log_focal.detach().to(dt).reshape(1).clone()
-    mask = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=dt, device=dev)
-
-    def residual(x, R_b, t_b, lf_b, sw):
-        d = x[: 6 * N].reshape(N, 6)
-        R = axis_angle_to_matrix(d[:, :3]) @ R_b  # local update on the left keeps R_b well-conditioned
-        tt = t_b + d[:, 3:]
-        f = lf_b + (x[6 * N:] if refine_focal else 0.0)
-        K = K0d * (1 + (torch.exp(f) - 1) * mask)
-        r = (project(P3, K, R, tt) - tgt) * sw[..., None]
-        res = [r.reshape(-1)]
-        if refine_focal and focal_prior > 0:
-            res.append(focal_prior * (f - focal_ref))
-        return torch.cat(res)
-
-    n_x = 6 * N + (1 if refine_focal else 0)
-    lam = 1e-3
-    for _ in range(iters):
-        x0 = torch.zeros(n_x, dtype=dt, device=dev)
-        with torch.no_grad():
-            r_pts = project(P3, K0d * (1 + (torch.exp(lf) - 1) * mask), R_base, t_cur) - tgt
-            w = W0 / (1 + (r_pts ** 2).sum(-1) / scale_px ** 2)  # IRLS weights of the Cauchy loss
-            sw = w.sqrt()
-        r0 = residual(x0, R_base, t_cur, lf, sw)
-        J = torch.func.jacfwd(residual)(x0, R_base, t_cur, lf, sw)
-        JtJ, Jtr = J.T @ J, J.T @ r0
-        cost0 = float(r0 @ r0)
-        for _try in range(8):
-            A = JtJ + lam * torch.diag(JtJ.diagonal().clamp_min(1e-9))
-            dx = -torch.linalg.solve(A, Jtr)
-            r1 = residual(dx, R_base, t_cur, lf, sw)
-            if float(r1 @ r1) < cost0:
-                lam = max(lam / 3, 1e-7)
-                break
-            lam *= 4
-        else:
-            break
-        d = dx[: 6 * N].reshape(N, 6)
-        R_base = axis_angle_to_matrix(d[:, :3]) @ R_base
-        t_cur = t_cur + d[:, 3:]
-        if refine_focal:
-            lf = lf + dx[6 * N:]
-        if float(dx.abs().max()) < 1e-9:
-            break
-    f32 = torch.float32
-    return matrix_to_rot(R_base).to(f32), t_cur.to(f32), lf.to(f32)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["point_jacobian"]
+__all__ = ["point_jacobian", "vertex_jacobian"]
 
 
 def point_jacobian(X: torch.Tensor, J: torch.Tensor, subject: torch.Tensor, corners: torch.Tensor,
@@ -16,7 +16,7 @@ def point_jacobian(X: torch.Tensor, J: torch.Tensor, subject: torch.Tensor, corn
     skew; (u, v) = (fx x / z + cx, fy y / z + cy) of ``R X + t``). The unknowns are
     lm_geometry's tangents: a rotation increment w (R = exp([w]) R), a translation increment,
     the log-focal increment (fx, fy scale by exp) and the FLAME coefficients, whose vertex
-    Jacobian J comes from :func:`fitting.stages.vertex_jacobian` (for a free point, J = I
+    Jacobian J comes from :func:`vertex_jacobian` (for a free point, J = I
     makes the last three columns d(u, v) / dX). Explicit per point, so the cost is
     O(points x P); a jacfwd through the residuals ran every point's gathers and projection
     once per tangent (~2.3 s per iteration for 25k photometric samples in 12 views).
@@ -46,3 +46,24 @@ def point_jacobian(X: torch.Tensor, J: torch.Tensor, subject: torch.Tensor, corn
     du[:, 6] = fx * x / z                                                      # d / d log focal
     dv[:, 6] = fy * y / z
     return torch.stack([du, dv], 1)
+
+
+def vertex_jacobian(flame, co: torch.Tensor, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FLAME vertices and their Jacobian w.r.t. the LM coefficients [shape, expression, jaw].
+
+    co: (G, P) per subject; pose: (G, 15) (its jaw replaced by co's). Shape and expression
+    columns in closed form (FLAME.shape_jacobian); the three jaw columns by one jacfwd (the jaw
+    rotation enters nonlinearly). Returns X (G, V, 3) and J (G, V, 3, P)."""
+    n_sh, n_ex = flame.n_shape, flame.n_exp
+    n = n_sh + n_ex
+
+    def posed(jaw):
+        return torch.cat([pose[:, :6], jaw, pose[:, 9:]], 1)
+
+    X, J_se = flame.shape_jacobian(co[:, :n_sh], co[:, n_sh:n], posed(co[:, n:]))
+
+    def vertices(d):
+        return flame(co[:, :n_sh], co[:, n_sh:n], posed(co[:, n:] + d))[0]     # (G, V, 3)
+
+    J_jaw = torch.func.jacfwd(vertices)(torch.zeros(3, dtype=co.dtype, device=co.device))
+    return X.detach(), torch.cat([J_se, J_jaw], -1).detach()

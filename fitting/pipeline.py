@@ -24,11 +24,12 @@ import torch
 from fitting.config import config_to_dict, resolve_device
 from fitting.evaluate_cameras import report_epipolar
 from fitting.export import write_json
-from fitting.init import align_sfm_poses, rotation_angle_deg
+from fitting.init import align_sfm_poses
+from fitting.render.cameras import rotation_angle_deg
 from fitting.output_folder import FolderLock, ResultFolder, check_writable
 from fitting.scene import Scene, load_scene
-from fitting.stages import FitContext, cameras64, evaluate, init_appearance, initialize, stage_geometry, \
-    stage_photometric, texture_maps
+from fitting.context import FitContext, texture_maps
+from fitting.stages import cameras64, evaluate, init_appearance, initialize, stage_geometry, stage_photometric
 from fitting.state import FitState, check_resume_options, load_checkpoint, save_checkpoint
 
 __all__ = ["fit_scene", "load_model", "standin_path", "decide_refine_focal", "ground_truth_errors", "write_outputs",

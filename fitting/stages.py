@@ -1,9 +1,12 @@
-"""Fitting stages: initialise -> geometry (landmarks) -> photometric (render).
+"""Fitting stages: initialise -> geometry (landmarks, outline, tracks) -> photometric (render).
 
-Each stage takes a :class:`FitContext` (model, observations, weights, options) and a
-:class:`~fitting.state.FitState` and returns a new FitState. They work for N views of G
+Each stage takes a :class:`~fitting.context.FitContext` (model, observations, weights, options)
+and a :class:`~fitting.state.FitState` and returns a new FitState. They work for N views of G
 subjects (``state.view_subject``): multi-view fitting is G = 1, a batch of single images is
 G = N with one view each. Nothing here loops over views: per-view work is batched.
+
+The geometry stage is a schedule of Levenberg-Marquardt rounds (:func:`lm_geometry`,
+:mod:`fitting.lm`) over residual terms (:mod:`fitting.geometry_terms`, :mod:`fitting.tracks`).
 
 Gauge: the world is FLAME's head frame, so the head's global rotation stays 0 and the
 cameras carry the rigid motion; the neck stays 0 too (landmarks cannot tell it from the
@@ -11,207 +14,26 @@ cameras) and the eyes stay 0 (no landmark sees the eyeballs). The jaw is fitted.
 """
 from __future__ import annotations
 
-import argparse
 import math
-from dataclasses import dataclass, field
-from typing import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fitting.init import FLIP, align_sfm_poses, matrix_to_rot, pnp_views, project
-from fitting.jacobians import point_jacobian
+from fitting.context import JAW, FitContext, project_landmarks, render_views, subject_vertices, view_geometry
+from fitting.correspondences import rasterize_state
+from fitting.geometry_terms import (GaussianPrior, OutlineTerm, PhotoTerm, Unknowns, landmark_term, linearize,
+                                    model_at)
+from fitting.init import align_sfm_poses, pnp_views
+from fitting.lm import NormalEquations, levenberg_marquardt
 from fitting.losses import (gaussian_prior, landmark_point_weights, landmark_rmse, mask_iou, masked_photometric_l1,
                             robust_landmark_loss, silhouette_loss, texture_smoothness)
-from fitting.rotations import axis_angle_to_matrix
+from fitting.render.cameras import matrix_to_rot
 from fitting.state import FitState
-from fitting.tracks import TrackTerm
 
-__all__ = ["FitContext", "subject_vertices", "view_geometry", "initialize", "stage_geometry", "lm_geometry",
-           "rim_correspondences", "photo_samples", "solve_appearance", "init_appearance", "project_landmarks",
-           "stage_photometric", "evaluate", "render_views", "texture_maps", "cameras64", "view_yaw_deg",
-           "distrust_profiles", "distrust_outlier_views"]
-
-JAW = slice(6, 9)
-
-
-@dataclass
-class FitContext:
-    """What the stages need besides the state.
-
-    flame: FLAME module; images: (N, 3, H, W); landmarks: (N, 68, 2) fitting pixels;
-    skin_mask, head_mask: (N, 1, H, W); view_weights: (N,) (0 drops a view from every loss);
-    cfg: the config Namespace (iterations, learning rates, weights); texspace: TextureSpace or None;
-    refine_focal: optimise state.log_focal; history: {stage: [{loss: value}, ...]};
-    on_iter(stage, position, state): checkpoint hook; progress: show tqdm bars;
-    photo_opt_state: the photometric stage's Adam state at its last ``on_iter`` call (saved
-    with checkpoints; set it before resuming so the moments carry on, not restart).
-    landmark_weights: (N,) per-view weight of the landmark rows only (default 1; 0 for views
-    whose landmarks are not trusted, see :func:`distrust_profiles` and
-    :func:`distrust_outlier_views`); landmark_flags: {view index: why its landmarks are not used}.
-    tracks: the SfM track term of the geometry LM (:class:`fitting.tracks.TrackTerm`) or None;
-    track_sigma_px: its observation noise in fitting pixels; landmark_sigma_px: the landmark
-    noise the last LM iteration measured (see :func:`_track_weight`).
-    """
-
-    flame: torch.nn.Module
-    images: torch.Tensor
-    landmarks: torch.Tensor
-    skin_mask: torch.Tensor
-    head_mask: torch.Tensor
-    view_weights: torch.Tensor
-    cfg: argparse.Namespace
-    texspace: torch.nn.Module | None = None
-    refine_focal: bool = False
-    history: dict = field(default_factory=dict)
-    on_iter: Callable | None = None
-    progress: bool = True
-    photo_opt_state: dict | None = None
-    landmark_weights: torch.Tensor | None = None
-    landmark_flags: dict = field(default_factory=dict)
-    tracks: TrackTerm | None = None
-    track_sigma_px: float = 0.5
-    landmark_sigma_px: float | None = None
-    _renderer: torch.nn.Module | None = None
-    _boundary: tuple | None = None
-    _edges: tuple | None = None
-
-    def __post_init__(self):
-        if self.landmark_weights is None:
-            self.landmark_weights = torch.ones_like(self.view_weights)
-
-    @property
-    def size(self) -> tuple:
-        return tuple(self.images.shape[-2:])
-
-    def renderer(self):
-        if self._renderer is None:
-            from fitting.render import MeshRenderer, RasterSettings
-            vt, ft = self.uvs()
-            self._renderer = MeshRenderer(self.flame.faces, vt, ft, RasterSettings(self.size)).to(self.images.device)
-        return self._renderer
-
-    def boundary(self):
-        """Nearest head-mask boundary point and outward normal per pixel of a finer grid.
-
-        Returns (points (N, Hs, Ws, 2) fitting pixels, normals (N, Hs, Ws, 2), factor): the
-        mask is upsampled by ``factor`` and thresholded at 0.5, so the outline is located to
-        1 / factor of a fitting pixel. Computed once (OpenCV, per view)."""
-        if self._boundary is None:
-            import cv2
-            H, W = self.size
-            f = max(1, round(512 / max(H, W)))
-            pts, nrm = [], []
-            for m in self.head_mask[:, 0].detach().cpu().numpy():  # once per view, at setup
-                up = cv2.resize(m.astype(np.float32), (W * f, H * f), interpolation=cv2.INTER_LINEAR)
-                inside = (up > 0.5).astype(np.uint8)
-                edge = inside - cv2.erode(inside, np.ones((3, 3), np.uint8))
-                if edge.sum() == 0:
-                    edge[0, 0] = 1
-                _, lab = cv2.distanceTransformWithLabels(1 - edge, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-                ys, xs = np.nonzero(edge)  # label k (1-based) is the k-th edge pixel in scan order
-                order = np.zeros(lab.max() + 1, np.int64)
-                order[1:len(ys) + 1] = np.arange(len(ys))
-                k = order[lab]
-                sm = cv2.GaussianBlur(up, (0, 0), 1.5 * f)
-                gx, gy = cv2.Sobel(sm, cv2.CV_32F, 1, 0), cv2.Sobel(sm, cv2.CV_32F, 0, 1)
-                g = -np.stack([gx, gy], -1)  # outward: the mask decreases
-                g /= np.linalg.norm(g, axis=-1, keepdims=True) + 1e-12
-                n_k = g[ys[k], xs[k]]
-                # Edge pixels are the innermost *inside* pixels; the outline (the 0.5 level of the
-                # mask, whose fractional values at a downsampled outline carry sub-pixel position)
-                # lies between an edge pixel and the point one fine pixel further out along the
-                # normal: interpolate the crossing there (a plain grid point is up to a pixel off,
-                # ~0.3 % of head scale at 128 px).
-                ex, ey = xs[k].astype(np.float32), ys[k].astype(np.float32)
-                v_in = up[ey.astype(np.int64), ex.astype(np.int64)]
-                v_out = cv2.remap(up, (ex + n_k[..., 0]).astype(np.float32), (ey + n_k[..., 1]).astype(np.float32),
-                                  cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                step = np.clip((v_in - 0.5) / np.maximum(v_in - v_out, 1e-3), 0.0, 1.0)
-                pts.append(np.stack([ex + 0.5, ey + 0.5], -1) / f + (step / f)[..., None] * n_k)
-                nrm.append(n_k)
-            dev = self.images.device
-            self._boundary = (torch.tensor(np.stack(pts), dtype=torch.float32, device=dev),
-                              torch.tensor(np.stack(nrm), dtype=torch.float32, device=dev), f)
-        return self._boundary
-
-    def edges(self):
-        """Interior mesh edges with their two faces, and the vertices near the border, computed once:
-        (vertices (E, 2), faces (E, 2), near_border (V,) bool). Border edges (one face, e.g. the
-        neck opening) are left out."""
-        if self._edges is None:
-            faces = self.flame.faces.long()
-            V = int(faces.max()) + 1
-            e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(1).values  # (3F, 2)
-            fid = torch.arange(len(faces), device=faces.device).repeat(3)
-            key = e[:, 0] * V + e[:, 1]
-            key, order = key.sort()
-            e, fid = e[order], fid[order]
-            same = key[1:] == key[:-1]
-            pair = same.nonzero()[:, 0]  # consecutive equal keys: an edge's two faces
-            ev = e[pair]
-            # vertices within two rings of the mesh border (the neck cut): the mask's outline
-            # there is the cut itself, not an occluding contour, so they pair with the wrong edge
-            single = torch.ones(len(key), dtype=torch.bool, device=key.device)
-            single[1:] &= ~same
-            single[:-1] &= ~same
-            near = torch.zeros(V, dtype=torch.bool, device=key.device)
-            near[e[single].reshape(-1)] = True
-            for _ in range(2):
-                grow = near.clone()
-                grow[ev[:, 0]] |= near[ev[:, 1]]
-                grow[ev[:, 1]] |= near[ev[:, 0]]
-                near = grow
-            dev = self.images.device
-            self._edges = (ev.to(dev), torch.stack([fid[pair], fid[pair + 1]], 1).to(dev), near.to(dev))
-        return self._edges
-
-    def uvs(self):
-        if self.texspace is not None:
-            return self.texspace.verts_uvs, self.texspace.faces_uvs
-        return self.flame.verts_uvs, self.flame.faces_uvs
-
-
-# -- model evaluation --------------------------------------------------------------------------
-def subject_vertices(ctx: FitContext, state: FitState, pose: torch.Tensor | None = None) -> torch.Tensor:
-    """(G, V, 3) vertices of every subject in the head frame."""
-    verts, _ = ctx.flame(state.shape, state.expression, state.pose if pose is None else pose)
-    return verts
-
-
-def view_geometry(ctx: FitContext, state: FitState, verts: torch.Tensor, pose: torch.Tensor | None = None):
-    """Per-view vertices (N, V, 3) and 68 landmarks (N, 68, 3), contour chosen by each view's yaw."""
-    pose = state.pose if pose is None else pose
-    head = axis_angle_to_matrix(pose[:, 0:3]) @ axis_angle_to_matrix(pose[:, 3:6])  # (G, 3, 3)
-    N = state.num_views
-    if verts.shape[0] == 1:
-        vv, hv = verts.expand(N, -1, -1), head.expand(N, 3, 3)
-    else:
-        vv, hv = verts[state.view_subject], head[state.view_subject]
-    view_rot = FLIP.to(verts) @ state.R() @ hv
-    return vv, ctx.flame.landmarks(vv, view_rot)
-
-
-def project_landmarks(state: FitState, lmk3d: torch.Tensor) -> torch.Tensor:
-    return project(lmk3d, state.K(), state.R(), state.cam_t)
-
-
-def texture_maps(ctx: FitContext, state: FitState) -> torch.Tensor:
-    """(G, 3, Ht, Wt) albedo maps from the code or the free map."""
-    if state.free_texture:
-        return state.tex.clamp(0, 1)
-    return ctx.texspace(state.tex)
-
-
-def render_views(ctx: FitContext, state: FitState, verts_v: torch.Tensor | None = None):
-    """Render every view (one batch). Returns RenderOutput."""
-    if verts_v is None:
-        verts_v, _ = view_geometry(ctx, state, subject_vertices(ctx, state))
-    tex = texture_maps(ctx, state)
-    if tex.shape[0] > 1:
-        tex = tex[state.view_subject]
-    return ctx.renderer()(verts_v, state.K(), state.R(), state.cam_t, texture=tex, sh=state.sh)
+__all__ = ["initialize", "stage_geometry", "lm_geometry", "geometry_terms", "init_appearance", "stage_photometric",
+           "evaluate", "cameras64", "view_yaw_deg", "distrust_profiles", "distrust_outlier_views"]
 
 
 def _prior(ctx: FitContext, shape, expr, jaw, log_focal=None) -> torch.Tensor:
@@ -220,7 +42,6 @@ def _prior(ctx: FitContext, shape, expr, jaw, log_focal=None) -> torch.Tensor:
     if log_focal is not None and ctx.refine_focal:
         p = p + c.w_focal * (log_focal / 0.1).pow(2).sum()
     return p
-
 
 # -- initialisation ------------------------------------------------------------------------------
 @torch.no_grad()
@@ -293,10 +114,8 @@ def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
     st.cam_t = torch.as_tensor(t, dtype=torch.float32).to(st.cam_t.device)
     return st, info
 
-
 # -- which views' landmarks to trust -------------------------------------------------------------
 MIN_VIEW_TRACKS = 20   # observations that pin a view without its landmarks
-
 
 def view_yaw_deg(R: torch.Tensor) -> torch.Tensor:
     """(N,) yaw of each camera around the head in degrees (0: in front of the face; the sign
@@ -348,7 +167,6 @@ def distrust_outlier_views(ctx: FitContext, st: FitState) -> None:
         _distrust(ctx, i, f"landmark RMSE {float(rmse[i]):.1f} px (fitting size) > {lim:.1f} px, the limit set by "
                           "the other views: the landmarks disagree with the tracks")
 
-
 # -- stage 1: geometry -----------------------------------------------------------------------------
 def _bar(ctx, iterable, desc):
     return tqdm(iterable, desc=desc, disable=not ctx.progress, leave=False, dynamic_ncols=True)
@@ -356,278 +174,99 @@ def _bar(ctx, iterable, desc):
 
 # Tests set this: lm_geometry then also differentiates its residuals with torch.func.jacfwd
 # and raises if the chain-rule Jacobian differs (slow: ~10x the Jacobian's cost).
-CHECK_JACOBIAN = False
 
 
-def _compare_jacobians(J: torch.Tensor, ref: torch.Tensor, groups: dict, tol: float = 1e-4) -> None:
-    """Raise AssertionError unless J matches ref (rows, 7 + P) to ``tol`` relative (Frobenius)
-    in every row group (name: row count, in order) and column block (rotation, translation,
-    focal, coefficients): a small group is not drowned by a large one."""
-    if J.shape != ref.shape:
-        raise AssertionError(f"Jacobian shape {tuple(J.shape)} != autodiff {tuple(ref.shape)}")
-    start = 0
-    for group, n in groups.items():
-        rows = slice(start, start + n)
-        start += n
-        for name, cols in (("rotation", slice(0, 3)), ("translation", slice(3, 6)), ("focal", slice(6, 7)),
-                           ("coefficients", slice(7, None))):
-            a, b = J[rows, cols], ref[rows, cols]
-            err = float((a - b).norm() / b.norm().clamp_min(1e-30)) if n else 0.0
-            if err > tol:
-                raise AssertionError(f"chain-rule Jacobian, {group} rows, {name} columns: relative error "
-                                     f"{err:.2e} against jacfwd")
-    if start != len(J):
-        raise AssertionError(f"row groups cover {start} of {len(J)} rows")
-
-
-def vertex_jacobian(flame, co: torch.Tensor, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """FLAME vertices and their Jacobian w.r.t. the LM coefficients [shape, expression, jaw].
-
-    co: (G, P) per subject; pose: (G, 15) (its jaw replaced by co's). Shape and expression
-    columns in closed form (FLAME.shape_jacobian); the three jaw columns by one jacfwd (the jaw
-    rotation enters nonlinearly). Returns X (G, V, 3) and J (G, V, 3, P)."""
-    n_sh, n_ex = flame.n_shape, flame.n_exp
-    n = n_sh + n_ex
-
-    def posed(jaw):
-        return torch.cat([pose[:, :6], jaw, pose[:, 9:]], 1)
-
-    X, J_se = flame.shape_jacobian(co[:, :n_sh], co[:, n_sh:n], posed(co[:, n:]))
-
-    def vertices(d):
-        return flame(co[:, :n_sh], co[:, n_sh:n], posed(co[:, n:] + d))[0]     # (G, V, 3)
-
-    J_jaw = torch.func.jacfwd(vertices)(torch.zeros(3, dtype=co.dtype, device=co.device))
-    return X.detach(), torch.cat([J_se, J_jaw], -1).detach()
+def geometry_terms(ctx: FitContext, st: FitState, unk: Unknowns, static_only: bool, use_rim: bool,
+                   use_photo: bool, it: int = 0, iters: int = 1) -> tuple[FitState, list]:
+    """The row terms of one LM iteration at st: landmarks, then the outline (``use_rim``), then
+    photometric samples (``use_photo``; the state's texture code and SH are solved for them,
+    hence the returned state). it / iters: the iteration within the round (the photometric
+    term's coarse-to-fine blur)."""
+    m0 = model_at(ctx, st, unk)
+    terms = [landmark_term(ctx, m0, static_only)]
+    with torch.no_grad():
+        frag = rasterize_state(ctx, st) if use_photo else None  # shared by outline and samples
+        if use_rim:
+            terms.append(OutlineTerm.at(ctx, st, m0, frag))
+        if use_photo:
+            st, photo = PhotoTerm.at(ctx, st, m0, frag, it, iters)
+            terms.append(photo)
+    return st, [t for t in terms if t is not None]
 
 
 def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int, hist: list | None = None,
                 rnd: int = 0, use_rim: bool = False, use_photo: bool = False, use_tracks: bool = False) -> FitState:
-    """Levenberg-Marquardt on everything the landmarks (and outlines) see: per-view cameras, the
-    shared focal factor (when refined), and per-subject shape, expression and jaw.
+    """Levenberg-Marquardt on everything the landmarks, outlines, photometric samples and tracks
+    see: per-view cameras, the shared focal factor (when refined), per-subject shape,
+    expression and jaw, and the track points.
 
-    Cost (the same as the Adam formulation):
-    ``sum_i w_i rho(r_i) / sum_i w_i`` over landmarks (Cauchy rho, by IRLS)
-    ``+ w_rim / w_lmk * mean_k rho(n_k . (u_k - b_k))`` over rim vertices u_k and their nearest
-    head-mask outline points b_k with outline normals n_k (when ``use_rim``; correspondences
-    redone every iteration, see :func:`rim_correspondences`)
-    ``+ w_photo_gn / w_lmk * mean_s rho(|I(u_s) - a_s|)`` over surface samples s (when
-    ``use_photo``, see :func:`photo_samples`): the photo at the sample's projection u_s against
-    its fitted appearance a_s (albedo x shading, solved in closed form every iteration by
-    :func:`solve_appearance` and held fixed within it)
-    ``+ (w_shape |shape|^2 + w_exp |exp|^2 + w_pose |jaw / 0.1|^2) / (w_lmk G)``.
-
-    The Jacobian uses *compressed* tangents: a residual of view i depends only on camera i and
-    subject s(i), so one tangent perturbs the same camera parameter in every view (6 tangents
-    for all cameras) and one perturbs the same coefficient in every subject; the dense Jacobian
-    is scattered from them by each row's view. The tangent count is 7 + n_shape + n_exp + 3
-    whatever N and G are. It is computed by the chain rule (:func:`point_jacobian`): every row
-    is a function of one projected mesh point, and the only autodiff is one jacfwd of FLAME's
-    vertices w.r.t. the coefficients (:func:`vertex_jacobian`); tests/fitting check it against
-    jacfwd of the residuals.
-    """
+    Cost: the landmark term, plus the outline term (``use_rim``), the photometric term
+    (``use_photo``: G = 1, a texture space and ``w_photo_gn > 0``), the coefficients' prior
+    (all in :mod:`fitting.geometry_terms`), and the SfM track term (``use_tracks`` with
+    ``ctx.tracks`` set; its points are eliminated by a Schur complement and weighed against
+    the landmarks by :func:`_track_weight`). The row terms' Jacobians come by the chain rule
+    over compressed tangents (7 + P columns whatever N and G are); tests/fitting check them
+    against jacfwd of the residuals, term by term. ``hist`` gets one record per iteration with
+    each term's cost and the damping."""
     c = ctx.cfg
-    st = state.detach()
-    N, G = st.num_views, st.num_subjects
-    S, E = st.shape.shape[1], st.expression.shape[1]
-    P = S + E + 3
-    dev, dt = st.shape.device, st.shape.dtype
-    pw = landmark_point_weights(c.w_contour, static_only, dev)[None] * (ctx.view_weights * ctx.landmark_weights)[:, None]
-    vs = st.view_subject
-    refine = ctx.refine_focal
-    n_cam = 6 * N + (1 if refine else 0)
-    n_unk = n_cam + G * P
-    lam_s, lam_e, lam_j = (c.w_shape / c.w_lmk / G, c.w_exp / c.w_lmk / G, c.w_pose / c.w_lmk / G / 0.01)
-    prior_diag = torch.cat([torch.full((S,), lam_s), torch.full((E,), lam_e), torch.full((3,), lam_j)]).to(dev, dt)
-    lam_f = c.w_focal / c.w_lmk / 0.01 if refine else 0.0
+    unk = Unknowns.of(state, ctx.refine_focal)
+    st0 = state.detach()
+    prior = GaussianPrior(ctx, unk, st0.shape.device, st0.shape.dtype)
     use_rim = use_rim and c.w_rim > 0
-    use_photo = use_photo and getattr(c, "w_photo_gn", 0.0) > 0 and ctx.texspace is not None and G == 1
-    H, W = ctx.size
-    img_flat = ctx.images.permute(0, 2, 3, 1).reshape(-1, 3)
-    ph = {}  # the photo the photometric rows see this iteration (blurred early on) and its gradients
-    fmask = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=dt, device=dev)
-    ar = torch.arange(N, device=dev)
-    cam_cols = 6 * ar[:, None] + torch.arange(6, device=dev)[None]         # (N, 6)
-    co_cols = n_cam + vs[:, None] * P + torch.arange(P, device=dev)[None]  # (N, P)
+    use_photo = use_photo and c.w_photo_gn > 0 and ctx.texspace is not None and unk.num_subjects == 1
+    tracks = ctx.tracks if use_tracks else None
 
-    def coeffs(st_):
-        return torch.cat([st_.shape, st_.expression, st_.pose[:, JAW]], 1)  # (G, P)
-
-    def residuals(x, R_b, t_b, lf_b, co_b, pose_b, sw, rim, pho=None):
-        """Flat weighted residuals: N*136 landmark rows, then one row per rim pair, then three
-        (RGB) per photometric sample."""
-        R = axis_angle_to_matrix(x[:3].expand(N, 3)) @ R_b
-        t = t_b + x[3:6]
-        co = co_b + x[7:]
-        pose = torch.cat([pose_b[:, :6], co[:, S + E:], pose_b[:, 9:]], 1)
-        verts, _ = ctx.flame(co[:, :S], co[:, S:S + E], pose)
-        head = axis_angle_to_matrix(pose[:, 0:3]) @ axis_angle_to_matrix(pose[:, 3:6])
-        vv = verts.expand(N, -1, -1) if G == 1 else verts[vs]
-        hv = head.expand(N, 3, 3) if G == 1 else head[vs]
-        lmk = ctx.flame.landmarks(vv, FLIP.to(R) @ R @ hv)
-        K = st.K0 * (1 + (torch.exp(lf_b + x[6]) - 1) * fmask)
-        out = [((project(lmk, K, R, t) - ctx.landmarks) * sw[..., None]).reshape(-1)]
-        if rim is not None:
-            view, vert, tgt, nrm, rw = rim
-            X = vv[view, vert]                                            # (K, 3)
-            xc = (R[view] @ X[..., None])[..., 0] + t[view]
-            uv = xc[:, :2] / xc[:, 2:3] * torch.stack([K[view, 0, 0], K[view, 1, 1]], -1) + K[view, :2, 2]
-            out.append(((uv - tgt) * nrm).sum(-1) * rw)
-        if pho is not None:
-            view, face, bary, pix, u0, target, pw_, exact = pho
-            X = (vv[view[:, None], ctx.flame.faces[face]] * bary[..., None]).sum(1)  # (S, 3)
-            xc = (R[view] @ X[..., None])[..., 0] + t[view]
-            uv = xc[:, :2] / xc[:, 2:3] * torch.stack([K[view, 0, 0], K[view, 1, 1]], -1) + K[view, :2, 2]
-            if exact:  # the cost of a candidate step: the photo where the sample lands now
-                col = _bilinear(ph["img"], H, W, view, uv)
-            else:
-                # Jacobian: the photo linearised at the sample's pixel with central differences (a
-                # bilinear lookup's one-sided slope at a pixel centre would bias the fixed point)
-                du = uv - u0
-                col = ph["img"][pix] + ph["gx"][pix] * du[:, :1] + ph["gy"][pix] * du[:, 1:]
-            out.append(((col - target) * pw_[:, None]).reshape(-1))
-        return torch.cat(out)
-
-    def jacobian(args, sw, rim, pho):
-        """d residuals / d (7 + P compressed tangents) at x = 0, by the chain rule
-        (point_jacobian): the same rows as residuals, landmarks, rim, photometric."""
-        R_b, t_b, lf_b, co_b, pose_b = args
-        K_b = st.K0 * (1 + (torch.exp(lf_b) - 1) * fmask)
-        Xv, Jv = vertex_jacobian(ctx.flame, co_b, pose_b)
-        head = axis_angle_to_matrix(pose_b[:, 0:3]) @ axis_angle_to_matrix(pose_b[:, 3:6])
-        lf, lb = ctx.flame.landmark_faces(N, FLIP.to(R_b) @ R_b @ head[vs])   # the contour rows residuals use
-        lv = ar.repeat_interleave(68)
-        d = point_jacobian(Xv, Jv, vs[lv], ctx.flame.faces[lf.reshape(-1)], lb.reshape(-1, 3).to(dt), lv,
-                           R_b, t_b, K_b)                                          # (N*68, 2, 7 + P)
-        out = [(d * sw.reshape(-1)[:, None, None]).reshape(-1, d.shape[-1])]
-        if rim is not None:
-            view, vert, _tgt, nrm, rw = rim
-            one = torch.tensor([1.0, 0.0, 0.0], dtype=dt, device=dev).expand(len(vert), 3)
-            d = point_jacobian(Xv, Jv, vs[view], vert[:, None].expand(-1, 3), one, view, R_b, t_b, K_b)
-            out.append(rw[:, None] * (nrm[..., None] * d).sum(1))
-        if pho is not None:
-            view, face, bary, pix, _u0, _target, pw_, _exact = pho
-            d = point_jacobian(Xv, Jv, vs[view], ctx.flame.faces[face], bary, view, R_b, t_b, K_b)
-            gx, gy = ph["gx"][pix], ph["gy"][pix]                                  # (M, 3) RGB
-            out.append((pw_[:, None, None] * (gx[..., None] * d[:, None, 0] + gy[..., None] * d[:, None, 1]))
-                       .reshape(-1, d.shape[-1]))
-        return torch.cat(out)
-
-    def cost_of(r, co, lf):
-        return float((r * r).sum() + (prior_diag * co * co).sum() + lam_f * float(lf) ** 2)
-
-    lam = 1e-3
-    for it in range(iters):
-        x0 = torch.zeros(7 + P, device=dev, dtype=dt)
-        args = (st.R(), st.cam_t, st.log_focal.reshape(()), coeffs(st), st.pose)
+    def linearize_at(x: _Estimate, it: int):
+        st, terms = geometry_terms(ctx, x.state, unk, static_only, use_rim, use_photo, it, iters)
+        m0, lin = model_at(ctx, st, unk), linearize(ctx, st, unk)
         with torch.no_grad():
-            rim = None
-            frag = _rasterize_state(ctx, st) if use_photo else None  # shared by outline and samples
-            if use_rim:
-                rc = rim_correspondences(ctx, st, c.rim_max_px, frag)
-                if rc is not None:
-                    rim = (*rc, torch.ones(len(rc[0]), device=dev, dtype=dt))
-            r_all = residuals(x0, *args, torch.ones_like(pw), rim)
-            r_lmk = r_all[: N * 136].reshape(N, 68, 2)
-            w = pw / (1 + (r_lmk ** 2).sum(-1) / c.lmk_robust_px ** 2)  # IRLS weights of the Cauchy loss
-            sw = (w / pw.sum().clamp_min(1e-8)).sqrt()
-            row_view = ar.repeat_interleave(136)
-            trk_w = _track_weight(ctx, r_lmk, pw) if use_tracks and ctx.tracks is not None else None
-            if rim is not None:
-                rr = r_all[N * 136:]
-                wr = 1 / (1 + rr ** 2 / c.rim_robust_px ** 2)
-                rim = (*rim[:4], (wr * c.w_rim / c.w_lmk / len(rr)).sqrt())
-                row_view = torch.cat([row_view, rim[0]])
-            pho = None
-            if use_photo:
-                smp = photo_samples(ctx, st, frag)
-                if smp is not None:
-                    vv0, _ = view_geometry(ctx, st, subject_vertices(ctx, st))
-                    st, target = solve_appearance(ctx, st, smp)
-                    view, face, bary, pix = smp
-                    # coarse to fine: blur photo and model alike (inside the sampled pixels) for the
-                    # first half of the round, which widens the basin of the linearised photo
-                    sigma = c.photo_gn_blur * (1 - it / max(1.0, iters / 2))
-                    photo = img_flat
-                    if sigma >= 0.3:
-                        m = torch.zeros(N * H * W, 1, device=dev).index_fill_(0, pix, 1.0)
-                        a_img = torch.zeros(N * H * W, 3, device=dev).index_copy_(0, pix, target)
-                        photo = _masked_blur(img_flat, m, N, H, W, sigma)
-                        target = _masked_blur(a_img, m, N, H, W, sigma)[pix]
-                    ph["img"], ph["gx"], ph["gy"] = photo, *_central_gradients(photo, N, H, W)
-                    keep = torch.arange(0, len(pix), max(1, int(c.photo_gn_stride)), device=dev)
-                    view, face, bary, pix, target = view[keep], face[keep], bary[keep], pix[keep], target[keep]
-                    rp = (photo[pix] - target).norm(dim=-1)
-                    wp = 1 / (1 + rp ** 2 / c.photo_gn_robust ** 2)  # IRLS weights of the Cauchy loss
-                    X = (vv0[view[:, None], ctx.flame.faces[face]] * bary[..., None]).sum(1)
-                    u0 = project(X[:, None], st.K()[view], st.R()[view], st.cam_t[view])[:, 0]
-                    pho = (view, face, bary, pix, u0, target, (wp * c.w_photo_gn / c.w_lmk / len(rp)).sqrt(), False)
-                    row_view = torch.cat([row_view, view.repeat_interleave(3)])
-                    args = (st.R(), st.cam_t, st.log_focal.reshape(()), coeffs(st), st.pose)
-        Jc = jacobian(args, sw, rim, pho)                                  # (rows, 7 + P)
-        if CHECK_JACOBIAN:
-            n_rim = 0 if rim is None else len(rim[0])
-            _compare_jacobians(Jc, torch.func.jacfwd(residuals)(x0, *args, sw, rim, pho).detach(),
-                               {"landmark": N * 136, "rim": n_rim, "photometric": len(Jc) - N * 136 - n_rim})
+            r = torch.cat([t.residuals(m0) for t in terms])
+        J = unk.scatter(torch.cat([t.jacobian(lin) for t in terms]), torch.cat([t.row_view for t in terms]))
+        ne = NormalEquations.zeros(unk.size, J.dtype, J.device)
+        start = 0
+        for t in terms:
+            rows = slice(start, start + len(t.row_view))
+            start = rows.stop
+            ne.add_rows(t.name, J[rows], r[rows])
+        ne.add(prior.name, *prior.normal_equations(st))
+        blocks = None
+        if tracks is not None:
+            tracks.points = x.points
+            weight = _track_weight(ctx, terms[0].raw, terms[0].point_weights)
+            blocks = tracks.normal_equations(*cameras64(st), weight, unk.camera_columns(), unk.size)
+            ne.add_eliminated("track", blocks)
+        return _Estimate(st, x.points, terms, blocks), ne
+
+    def propose(x: _Estimate, dx: torch.Tensor, own: list):
+        cand = unk.apply(x.state, dx.to(x.state.shape.dtype))
         with torch.no_grad():
-            r0 = residuals(x0, *args, sw, rim, pho)
-        rows = r0.shape[0]
-        Jf = torch.zeros(rows, n_unk, device=dev, dtype=dt)
-        Jf.scatter_(1, cam_cols[row_view], Jc[:, :6])
-        if refine:
-            Jf[:, 6 * N] = Jc[:, 6]
-        Jf.scatter_(1, co_cols[row_view], Jc[:, 7:])
-        co = coeffs(st)
-        diag_p = torch.zeros(n_unk, device=dev, dtype=dt)
-        grad_p = torch.zeros(n_unk, device=dev, dtype=dt)
-        diag_p[n_cam:] = prior_diag.repeat(G)
-        grad_p[n_cam:] = (prior_diag * co).reshape(-1)
-        if refine:
-            diag_p[6 * N] = lam_f
-            grad_p[6 * N] = lam_f * st.log_focal.reshape(())
-        A = Jf.T @ Jf + torch.diag(diag_p)
-        g = Jf.T @ r0 + grad_p
-        cost0 = cost_of(r0, co, st.log_focal)
-        ne = None
-        if trk_w is not None:  # the track term: cameras here, its points eliminated (Schur)
-            cols = torch.cat([cam_cols, torch.full((N, 1), 6 * N, device=dev)], 1) if refine else cam_cols
-            ne = ctx.tracks.normal_equations(*cameras64(st), trk_w, cols, n_unk)
-            A, g = A.double() + ne["A"], g.double() + ne["g"]
-            cost0 += ne["cost"]
-        accepted = False
-        for _try in range(6):
-            Ad = A + lam * torch.diag(A.diagonal().clamp_min(1e-9))
-            if ne is None:
-                dx = -torch.linalg.solve(Ad, g)
-            else:
-                Sc, h, Vinv = ctx.tracks.reduce(ne, lam, n_unk)
-                dx = -torch.linalg.solve(Ad - Sc, g - h)
-                dp = ctx.tracks.back_substitute(ne, Vinv, dx)
-                dx = dx.to(dt)
-            cand = _apply_delta(st, dx, N, G, S, E, n_cam, refine)
-            with torch.no_grad():
-                r1 = residuals(x0, cand.R(), cand.cam_t, cand.log_focal.reshape(()), coeffs(cand), cand.pose, sw, rim,
-                               None if pho is None else (*pho[:-1], True))
-            cost1 = cost_of(r1, coeffs(cand), cand.log_focal)
-            if ne is not None:
-                r1t = ctx.tracks.residuals(*cameras64(cand), ctx.tracks.points + dp) * ne["row_weight"][:, None]
-                cost1 += float((r1t * r1t).sum())
-            if cost1 < cost0:
-                st, accepted = cand, True
-                if ne is not None:
-                    ctx.tracks.points = ctx.tracks.points + dp
-                lam = max(lam / 3, 1e-7)
-                break
-            lam *= 4
+            m = model_at(ctx, cand, unk)
+            cost = sum(t.step_cost(m) for t in x.terms) + prior.cost(cand)
+            if tracks is None:
+                return _Estimate(cand, None), cost
+            points = x.points + own[0]
+            return _Estimate(cand, points), cost + tracks.step_cost(x.blocks, *cameras64(cand), points)
+
+    def record(it: int, ne: NormalEquations, lam: float):
         if hist is not None:
-            n_rim = 0 if rim is None else len(rim[0])
-            hist.append({"round": rnd, "iter": it, "landmark": float((r0[: N * 136] ** 2).sum()),
-                         "rim": float((r0[N * 136:N * 136 + n_rim] ** 2).sum()),
-                         "photo": float((r0[N * 136 + n_rim:] ** 2).sum()),
-                         "track": 0.0 if ne is None else ne["cost"], "lambda": lam})
-        if not accepted or float(dx.abs().max()) < 1e-7:
-            break
-    return st
+            hist.append({"round": rnd, "iter": it, **{k: ne.parts.get(k, 0.0) for k in
+                                                      ("landmark", "rim", "photo", "track")}, "lambda": lam})
+
+    x = levenberg_marquardt(_Estimate(st0, None if tracks is None else tracks.points), linearize_at, propose, iters,
+                            record=record)
+    if tracks is not None:
+        tracks.points = x.points
+    return x.state
+
+
+class _Estimate(NamedTuple):
+    """What the geometry LM moves: the state and the track points (P, 3) (or None); the terms
+    (and the track blocks) of the linearisation the next step comes from."""
+
+    state: FitState
+    points: torch.Tensor | None
+    terms: list | None = None
+    blocks: object | None = None
 
 
 def cameras64(st: FitState) -> tuple:
@@ -654,238 +293,6 @@ def _track_weight(ctx: FitContext, r_lmk: torch.Tensor, pw: torch.Tensor) -> flo
     return ratio / float(pw.sum().clamp_min(1e-8))
 
 
-@torch.no_grad()
-def rim_correspondences(ctx: FitContext, st: FitState, max_px: float, frag=None):
-    """Silhouette correspondences for the current fit (ICP-style, redone every LM iteration).
-
-    Rim vertices of each view are the end points of its *silhouette edges*: mesh edges whose
-    two faces face opposite ways from that camera. They project exactly onto the outline of
-    the rendered polygon mesh (what the head mask is), whereas vertices picked by their
-    smoothed normal (|n . d| < eps) include points inside it; any such offset biases the head's
-    scale (0.1 px at 128 px is ~0.3 % of scale, 3 mm of camera distance at 1 m). Vertices near
-    the mesh border, hidden ones and those of internal contours (covered just outside) are
-    skipped. Each rim vertex takes the nearest (sub-pixel) head-mask boundary point and its
-    outward normal; pairs farther than ``max_px`` are dropped. Returns (view (K,), vertex (K,),
-    target (K, 2), normal (K, 2)) or None. ``frag``: this state's dense Fragments, when already
-    rasterized."""
-    pts_map, nrm_map, f = ctx.boundary()
-    e_v, e_f, near_border = ctx.edges()
-    verts = subject_vertices(ctx, st)
-    vv, _ = view_geometry(ctx, st, verts)
-    R = st.R()
-    C = -(R.transpose(1, 2) @ st.cam_t[..., None])[..., 0]
-    fv = vv[:, ctx.flame.faces]                                             # (N, F, 3, 3)
-    fn = torch.cross(fv[:, :, 1] - fv[:, :, 0], fv[:, :, 2] - fv[:, :, 0], dim=-1)
-    front = (fn * (fv[:, :, 0] - C[:, None])).sum(-1) < 0                    # (N, F)
-    sil = front[:, e_f[:, 0]] != front[:, e_f[:, 1]]                        # (N, E)
-    N, V = vv.shape[:2]
-    rim = torch.zeros(N, V, dtype=torch.bool, device=vv.device)
-    ev, ee = torch.nonzero(sil, as_tuple=True)
-    rim[ev, e_v[ee, 0]] = True
-    rim[ev, e_v[ee, 1]] = True
-    rim &= (ctx.view_weights[:, None] > 0) & ~near_border[None]
-    uv = project(vv, st.K(), R, st.cam_t)
-    Hs, Ws = pts_map.shape[1:3]
-    ix = (uv[..., 0] * f).floor().long()
-    iy = (uv[..., 1] * f).floor().long()
-    rim &= (ix >= 0) & (ix < Ws) & (iy >= 0) & (iy < Hs)
-    view, vert = torch.nonzero(rim, as_tuple=True)
-    if view.numel() == 0:
-        return None
-    tgt = pts_map[view, iy[view, vert], ix[view, vert]]
-    nrm = nrm_map[view, iy[view, vert], ix[view, vert]]
-    keep = (uv[view, vert] - tgt).norm(dim=-1) < max_px
-    # Internal occluding contours (nose over cheek, ear, the far cheek behind the face) have
-    # silhouette edges too; only vertices on the *outer* outline have empty space just outside
-    # them. Checked on the current fit's coverage 1.5 px outward along the mask normal.
-    from fitting.render.rasterize import RasterSettings, rasterize
-    H, W = ctx.size
-    if frag is None:
-        frag = rasterize(vv, ctx.flame.faces, st.K(), R, st.cam_t, RasterSettings((H, W)))
-    cov = frag.face_idx >= 0                                                # (N, H, W)
-    out = uv[view, vert] + 1.5 * nrm
-    ox, oy = out[:, 0].floor().long(), out[:, 1].floor().long()
-    inside = (ox >= 0) & (ox < W) & (oy >= 0) & (oy < H)
-    keep &= ~(inside & cov[view, oy.clamp(0, H - 1), ox.clamp(0, W - 1)])
-    # ... and are not hidden: a contour just behind the outline-forming surface (the brow behind
-    # the nose in a profile) passes the test above but lies up to a pixel inside the outline
-    px = uv[view, vert].floor().long()
-    px_x, px_y = px[:, 0].clamp(0, W - 1), px[:, 1].clamp(0, H - 1)
-    z = ((R[view] @ vv[view, vert][..., None])[..., 0] + st.cam_t[view])[:, 2]
-    zr = frag.depth[view, px_y, px_x]
-    keep &= ~(cov[view, px_y, px_x] & (zr < z * (1 - getattr(ctx.cfg, "rim_occlusion_rel", 0.005))))
-    if keep.sum() == 0:
-        return None
-    return view[keep], vert[keep], tgt[keep], nrm[keep]
-
-
-def _bilinear(img_flat: torch.Tensor, H: int, W: int, view: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-    """Bilinear lookup of per-view images at continuous pixel positions, differentiable in ``uv``
-    (forward and reverse mode; the cell index is piecewise constant). img_flat: (N*H*W, C) rows
-    ``n*H*W + y*W + x``; view: (S,); uv: (S, 2) pixels with centres at +0.5 -> (S, C)."""
-    x = (uv[:, 0] - 0.5).clamp(0, W - 1.001)
-    y = (uv[:, 1] - 0.5).clamp(0, H - 1.001)
-    x0, y0 = x.floor(), y.floor()
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    i00 = view * (H * W) + y0.long() * W + x0.long()
-    return ((1 - fy) * ((1 - fx) * img_flat[i00] + fx * img_flat[i00 + 1])
-            + fy * ((1 - fx) * img_flat[i00 + W] + fx * img_flat[i00 + W + 1]))
-
-
-def _masked_blur(flat: torch.Tensor, mask: torch.Tensor, N: int, H: int, W: int, sigma: float) -> torch.Tensor:
-    """Gaussian blur of (N*H*W, C) per-view images inside a (N*H*W, 1) mask (normalised
-    convolution: outside pixels do not bleed in). Returns (N*H*W, C)."""
-    r = int(math.ceil(3 * sigma))
-    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, device=flat.device, dtype=flat.dtype) / sigma) ** 2)
-    k = k / k.sum()
-    C = flat.shape[1]
-    x = torch.cat([flat * mask, mask], 1).view(N, H, W, C + 1).permute(0, 3, 1, 2).reshape(N * (C + 1), 1, H, W)
-    x = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1), padding=(0, r))
-    x = torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1), padding=(r, 0))
-    x = x.view(N, C + 1, H, W).permute(0, 2, 3, 1).reshape(-1, C + 1)
-    return x[:, :C] / x[:, C:].clamp_min(1e-6)
-
-
-def _central_gradients(flat: torch.Tensor, N: int, H: int, W: int):
-    """d/dx and d/dy (per pixel) of (N*H*W, C) per-view images by central differences."""
-    img = flat.view(N, H, W, -1).permute(0, 3, 1, 2)
-    pad = torch.nn.functional.pad(img, (1, 1, 1, 1), mode="replicate")
-    gx = (pad[..., 1:-1, 2:] - pad[..., 1:-1, :-2]) / 2
-    gy = (pad[..., 2:, 1:-1] - pad[..., :-2, 1:-1]) / 2
-    return gx.permute(0, 2, 3, 1).reshape(flat.shape), gy.permute(0, 2, 3, 1).reshape(flat.shape)
-
-
-@torch.no_grad()
-def photo_samples(ctx: FitContext, st: FitState, frag=None):
-    """Surface samples for the photometric rows of the LM, one per covered pixel of the current
-    fit inside the photo's skin mask, at least one pixel inside the rendered outline (a step
-    would slide an outline pixel off the surface). ``frag``: this state's dense Fragments, when
-    already rasterized. Returns (view (S,), face (S,), bary (S, 3), flat pixel index (S,) into
-    ``n*H*W + y*W + x``) or None."""
-    H, W = ctx.size
-    N = st.num_views
-    if frag is None:
-        frag = _rasterize_state(ctx, st)
-    cov = (frag.face_idx >= 0).float()[:, None]                                  # (N, 1, H, W)
-    inner = -torch.nn.functional.max_pool2d(-cov, 3, 1, 1)  # 3x3 erosion
-    ok = inner * (ctx.skin_mask > 0.5) * (ctx.view_weights[:, None, None, None] > 0)
-    pix = torch.nonzero(ok.reshape(-1) > 0)[:, 0]
-    if pix.numel() == 0:
-        return None
-    view = torch.div(pix, H * W, rounding_mode="floor")
-    return view, frag.face_idx.reshape(-1)[pix], frag.bary.reshape(-1, 3)[pix].detach(), pix
-
-
-@torch.no_grad()
-def _rasterize_state(ctx: FitContext, st: FitState):
-    """Dense Fragments of every view of the current fit at fitting resolution."""
-    from fitting.render.rasterize import RasterSettings, rasterize
-    vv, _ = view_geometry(ctx, st, subject_vertices(ctx, st))
-    return rasterize(vv, ctx.flame.faces, st.K(), st.R(), st.cam_t, RasterSettings(ctx.size))
-
-
-@torch.no_grad()
-def solve_appearance(ctx: FitContext, st: FitState, samples, rounds: int = 8,
-                     tol: float = 1e-5) -> tuple[FitState, torch.Tensor]:
-    """Texture code and per-view SH that best explain the photo at the samples (G = 1, texture
-    space): colour = (mean + basis code) * (Y(n) . sh_view) in least squares, plus a weak
-    N(0, 1) prior on the code. Returns (state with the new ``tex`` and ``sh``, the fitted colour
-    of every sample (S, 3)).
-
-    The problem is bilinear. Alternating the two linear solves converges slowly along the
-    albedo-versus-lighting valley (measured on the demo: 4 rounds left 2.8x the converged
-    residual, and the geometry bent to explain the rest), so this is variable projection: the
-    SH is always the exact least-squares solution for the current code, and the code takes
-    Gauss-Newton steps on the reduced problem (the SH eliminated by a Schur complement), for
-    at most ``rounds`` steps or until the cost drops by less than ``tol`` relatively."""
-    from fitting.render.renderer import view_packing
-    from fitting.render.shading import sh_basis, vertex_normals
-    from fitting.render.texture import uv_to_grid
-    view, face, bary, pix = samples
-    ts = ctx.texspace
-    N, S = st.num_views, len(view)
-    vv, _ = view_geometry(ctx, st, subject_vertices(ctx, st))
-    faces = ctx.flame.faces.long()
-    vn = vertex_normals(vv, faces)
-    n = (vn[view[:, None], faces[face]] * bary[..., None]).sum(1)
-    Y = sh_basis(n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12))                  # (S, 9)
-    vt, ft = ctx.uvs()
-    uv = (vt[ft[face]] * bary[..., None]).sum(1)
-    Kt = ts.n_tex
-    stack = torch.cat([ts.mean[None], ts.basis.reshape(1, Kt * 3, *ts.basis.shape[-2:])], 1)
-    smp = torch.nn.functional.grid_sample(stack, uv_to_grid(uv)[None, None].to(stack), mode="bilinear",
-                                          padding_mode="border", align_corners=False)[0, :, 0].t()
-    mean, basis = smp[:, :3], smp[:, 3:].reshape(S, Kt, 3).transpose(1, 2)             # (S, 3), (S, 3, Kt)
-    img = ctx.images.permute(0, 2, 3, 1).reshape(-1, 3)[pix]                           # (S, 3)
-    slot, m = view_packing(view, N)            # samples are sorted by view: zero-padded (N, m) batches
-    Yp = Y.new_zeros(N * m, 9).index_copy_(0, slot, Y).view(N, 1, m, 9)
-    eye9 = torch.eye(9, device=Y.device, dtype=Y.dtype)
-    prior = 1e-4   # code ~ N(0, 1) against colour noise 0.01 (a ridge of w_tex x samples biased the code)
-
-    def padded(x):                             # (S, 3, C) -> (N, 3, m, C)
-        return x.new_zeros(N * m, *x.shape[1:]).index_copy_(0, slot, x).view(N, m, 3, -1).transpose(1, 2)
-
-    def light(code):
-        """Exact SH for a code: per view and channel 9x9 normal equations. -> alb, A_hh, sh, shade."""
-        alb = mean + basis @ code                                                        # (S, 3)
-        aY = padded(alb[..., None] * Y[:, None, :])                                      # (N, 3, m, 9)
-        A = aY.transpose(-1, -2) @ aY + 1e-6 * eye9                                      # (N, 3, 9, 9)
-        b = aY.transpose(-1, -2) @ padded(img[..., None])                                # (N, 3, 9, 1)
-        sh = torch.linalg.solve(A, b)[..., 0].transpose(1, 2)                           # (N, 9, 3)
-        shade = (Y[:, :, None] * sh[view]).sum(1)                                        # (S, 3)
-        return alb, A, sh, shade
-
-    def cost(code, alb, shade):
-        return float(((alb * shade - img) ** 2).sum()) + prior * float(code @ code)
-
-    code = st.tex[0].clone()
-    alb, A_hh, sh, shade = light(code)
-    c0 = cost(code, alb, shade)
-    for _ in range(rounds):
-        r = alb * shade - img                                                            # (S, 3)
-        Jc = shade[..., None] * basis                                                    # (S, 3, Kt)
-        A_cc = torch.einsum("skt,sku->tu", Jc, Jc) + prior * torch.eye(Kt, device=Y.device, dtype=Y.dtype)
-        g_c = torch.einsum("skt,sk->t", Jc, r) + prior * code
-        # cross blocks d(colour)/d(code) x d(colour)/d(sh) per view and channel: (N, 3, Kt, 9)
-        A_ch = padded(Jc * alb[..., None]).transpose(-1, -2) @ Yp
-        X = torch.linalg.solve(A_hh, A_ch.transpose(-1, -2))                             # A_hh^-1 A_ch^T
-        M = A_cc - torch.einsum("nktj,nkju->tu", A_ch, X)
-        # the SH gradient is zero at its exact solve (up to the 1e-6 ridge), so it drops out
-        step = -torch.linalg.solve(M, g_c)
-        for _try in range(4):                  # Gauss-Newton on a bilinear problem: backtrack if needed
-            cand = code + step
-            alb1, A1, sh1, shade1 = light(cand)
-            c1 = cost(cand, alb1, shade1)
-            if c1 <= c0:
-                break
-            step = step / 2
-        else:
-            break
-        code, alb, A_hh, sh, shade = cand, alb1, A1, sh1, shade1
-        done = c0 - c1 <= tol * c0
-        c0 = c1
-        if done:
-            break
-    out = st.detach()
-    out.tex = code[None].to(st.tex)
-    out.sh = sh.to(st.sh)
-    return out, alb * shade
-
-
-def _apply_delta(st: FitState, dx: torch.Tensor, N, G, S, E, n_cam, refine) -> FitState:
-    out = st.detach()
-    d = dx[: 6 * N].reshape(N, 6)
-    out.cam_rot = matrix_to_rot(axis_angle_to_matrix(d[:, :3]) @ st.R())
-    out.cam_t = st.cam_t + d[:, 3:]
-    if refine:
-        out.log_focal = st.log_focal + dx[6 * N]
-    co = dx[n_cam:].reshape(G, S + E + 3)
-    out.shape = st.shape + co[:, :S]
-    out.expression = st.expression + co[:, S:S + E]
-    out.pose = torch.cat([st.pose[:, :6], st.pose[:, JAW] + co[:, S + E:], st.pose[:, 9:]], 1)
-    return out
-
-
 def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> FitState:
     """Landmark fit: ``geom_rounds`` rounds of Levenberg-Marquardt (:func:`lm_geometry`) over
     cameras, focal, shape, expression and jaw; the first ``geom_static_rounds`` use the 51
@@ -902,7 +309,7 @@ def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> Fi
     st = state.detach()
     hist = ctx.history.setdefault("geometry", [])
     # the photometric round needs a texture space (a closed-form albedo) and one subject
-    photo_round = (getattr(c, "w_photo_gn", 0.0) > 0 and getattr(c, "photo_gn_iters", 0) > 0
+    photo_round = (c.w_photo_gn > 0 and c.photo_gn_iters > 0
                    and ctx.texspace is not None and state.num_subjects == 1)
     if ctx.tracks is not None and start_round == 0:
         distrust_profiles(ctx, st)
@@ -956,7 +363,6 @@ def _adam_geometry(ctx: FitContext, state: FitState, hist: list) -> FitState:
             hist.append({"round": "adam", "iter": it, "landmark": float(l_lmk.detach())})
     st.pose = torch.cat([st.pose[:, :6], jaw.detach(), st.pose[:, 9:]], 1)
     return st.detach()
-
 
 # -- stage 2: photometric --------------------------------------------------------------------------
 @torch.no_grad()
@@ -1041,7 +447,6 @@ def stage_photometric(ctx: FitContext, state: FitState, start_iter: int = 0) -> 
             ctx.on_iter("photometric", it + 1, snap)
     st.pose = torch.cat([st.pose[:, :6], jaw.detach(), st.pose[:, 9:]], 1)
     return st.detach()
-
 
 # -- evaluation ------------------------------------------------------------------------------------
 @torch.no_grad()

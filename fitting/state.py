@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from fitting.atomic import atomic_path
-from fitting.init import rot_to_matrix
+from fitting.render.cameras import rot_to_matrix, scale_focal
 
 __all__ = ["FitState", "save_checkpoint", "load_checkpoint", "check_resume_options"]
 
@@ -62,15 +62,12 @@ class FitState:
         return self.tex.dim() == 4
 
     def R(self) -> torch.Tensor:
-        """(N, 3, 3) world-to-camera rotations (cam_rot is relative to FLIP, see fitting.init)."""
+        """(N, 3, 3) world-to-camera rotations (cam_rot is relative to FLIP, see fitting.render.cameras)."""
         return rot_to_matrix(self.cam_rot)
 
     def K(self) -> torch.Tensor:
         """(N, 3, 3) intrinsics at fitting resolution with the focal factor applied to fx, fy."""
-        s = torch.exp(self.log_focal).reshape(()) - 1
-        # only fx, skew and fy scale; the principal point stays
-        mask = self.K0.new_tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
-        return self.K0 * (1 + s * mask)
+        return scale_focal(self.K0, self.log_focal)
 
     def per_view(self, x: torch.Tensor) -> torch.Tensor:
         """Expand a per-subject tensor (G, ...) to per-view (N, ...)."""

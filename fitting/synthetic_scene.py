@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from fitting.export import write_json, write_png
-from fitting.init import FLIP
+from fitting.render.cameras import FLIP
 from process_data.manifest import fingerprint
 
 # Bump when the scene's content changes for the same options: demo scenes are rebuilt then.

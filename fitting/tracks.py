@@ -128,12 +128,12 @@ class TrackTerm:
     passes it per iteration, from the measured noise of both terms).
 
     The camera Jacobian uses the LM's compressed tangents (rotation increment, translation,
-    log focal), and the point Jacobian the 3 coordinates. :meth:`normal_equations` adds the
-    term to the camera block of the LM's normal equations and keeps the point blocks, which
-    :meth:`reduce` eliminates (Schur complement) and :meth:`back_substitute` recovers.
+    log focal), and the point Jacobian the 3 coordinates. :meth:`normal_equations` returns the
+    term's camera block of the LM's normal equations and its point blocks, which
+    :meth:`TrackBlocks.reduce` eliminates (Schur complement).
 
     points: (P, 3) float64, the current points in the cameras' frame; None until set, or
-    computed by :meth:`triangulate`. The LM moves them by :meth:`back_substitute`'s steps.
+    computed by :meth:`triangulate`. The LM moves them (see :func:`fitting.stages.lm_geometry`).
     The term works in float64: its normal equations sum thousands of rows whose weights are
     ~(landmark noise / track noise)^2 ~ 10-100 times the landmarks', and float32 loses the
     sub-pixel steps in that sum.
@@ -147,7 +147,7 @@ class TrackTerm:
         self.uv = torch.as_tensor(tracks.uv, device=device, dtype=torch.float64)
         self.points = None
         self.robust_px = float(robust_px)
-        self._pairs = _track_pairs(self.point, self.num_points)
+        self.pairs = _track_pairs(self.point, self.num_points)
 
     def residuals(self, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor,
                   points: torch.Tensor | None = None) -> torch.Tensor:
@@ -184,17 +184,13 @@ class TrackTerm:
         """(M,) Cauchy IRLS weights of residuals r (M, 2)."""
         return 1 / (1 + (r * r).sum(-1) / self.robust_px ** 2)
 
-    def normal_equations(self, R, t, K, weight: float, cam_cols: torch.Tensor, n_unk: int) -> dict:
+    def normal_equations(self, R, t, K, weight: float, cam_cols: torch.Tensor, n_unk: int) -> "TrackBlocks":
         """Linearise at the current cameras and points.
 
         weight: the term's weight against the LM's other rows; each observation's row is
         scaled by ``sqrt(weight * w_m)``, w_m its IRLS weight here. cam_cols: (N, C) the LM
         columns of each view's C compressed camera tangents (C = 6, or 7 with the shared log
-        focal). Returns the blocks of the term's normal equations: ``A`` (n_unk, n_unk) and
-        ``g`` (n_unk,) over the LM's unknowns, the point blocks ``V`` (P, 3, 3), ``gp`` (P, 3),
-        the cross terms ``Y`` (M, C, 3) (camera tangents x point of each observation) and
-        ``cols`` (M, C), ``row_weight`` (M,) (held for the iteration's candidate costs) and
-        ``cost`` (the weighted squared residuals)."""
+        focal); n_unk: the LM's number of (camera and model) unknowns."""
         C = cam_cols.shape[1]
         P = self.num_points
         dt, dev = self.points.dtype, self.points.device
@@ -217,34 +213,62 @@ class TrackTerm:
         V = torch.zeros(P, 3, 3, dtype=dt, device=dev).index_add_(0, self.point, Pj.transpose(1, 2) @ Pj)
         gp = torch.zeros(P, 3, dtype=dt, device=dev).index_add_(
             0, self.point, (Pj.transpose(1, 2) @ r[..., None])[..., 0])
-        return {"A": A.view(n_unk, n_unk), "g": g, "V": V, "gp": gp, "Y": B.transpose(1, 2) @ Pj, "cols": cols,
-                "row_weight": row_weight, "cost": float((r * r).sum())}
+        return TrackBlocks(self, A.view(n_unk, n_unk), g, float((r * r).sum()), V, gp, B.transpose(1, 2) @ Pj, cols,
+                           row_weight)
 
-    def reduce(self, ne: dict, lam: float, n_unk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step_cost(self, blocks: "TrackBlocks", R, t, K, points: torch.Tensor) -> float:
+        """The term's cost for candidate cameras and points, with the row weights of ``blocks``
+        (the linearisation the candidate step came from)."""
+        r = self.residuals(R, t, K, points) * blocks.row_weight[:, None]
+        return float((r * r).sum())
+
+
+@dataclass
+class TrackBlocks:
+    """The track term's normal equations at one linearisation point.
+
+    ``A`` (n, n) and ``g`` (n,) over the LM's unknowns, ``cost`` (the weighted squared
+    residuals); the point blocks ``V`` (P, 3, 3) and ``gp`` (P, 3); the cross terms ``Y``
+    (M, C, 3) (camera tangents x point of each observation) in the columns ``cols`` (M, C);
+    ``row_weight`` (M,), held for the candidate costs of the iteration."""
+
+    term: TrackTerm
+    A: torch.Tensor
+    g: torch.Tensor
+    cost: float
+    V: torch.Tensor
+    gp: torch.Tensor
+    Y: torch.Tensor
+    cols: torch.Tensor
+    row_weight: torch.Tensor
+
+    def reduce(self, lam: float):
         """Schur complement of the (Marquardt-damped) point blocks.
 
         With the full system [[A, W], [W^T, V]] [dc; dp] = -[g; gp], the cameras solve
         ``(A - W V^-1 W^T) dc = -(g - W V^-1 gp)``. W has a 3-column block per point holding
         Y_m in the columns of observation m's view, so ``W V_j^-1 W^T`` is the sum of
         ``Y_m V_j^-1 Y_n^T`` over pairs (m, n) of observations of the same point j.
-        Returns (the matrix to subtract from A, the vector to subtract from g, V^-1 (P, 3, 3))."""
-        V = ne["V"]
-        Vd = V + lam * torch.diag_embed(V.diagonal(dim1=1, dim2=2).clamp_min(1e-9))
+        Returns (the matrix to subtract from A, the vector to subtract from g, the function
+        that maps a camera step dc (n,) to the point steps (P, 3))."""
+        n = self.A.shape[0]
+        point = self.term.point
+        Vd = self.V + lam * torch.diag_embed(self.V.diagonal(dim1=1, dim2=2).clamp_min(1e-9))
         Vinv = torch.linalg.inv(Vd)
-        Y, cols = ne["Y"], ne["cols"]
-        m, n = self._pairs
-        blocks = Y[m] @ Vinv[self.point[m]] @ Y[n].transpose(1, 2)                 # (pairs, C, C)
-        idx = (cols[m][:, :, None] * n_unk + cols[n][:, None, :]).reshape(-1)
-        S = torch.zeros(n_unk * n_unk, dtype=V.dtype, device=V.device).index_add_(0, idx, blocks.reshape(-1))
-        WVg = (Y @ (Vinv[self.point] @ ne["gp"][self.point][..., None]))[..., 0]  # (M, C)
-        h = torch.zeros(n_unk, dtype=V.dtype, device=V.device).index_add_(0, cols.reshape(-1), WVg.reshape(-1))
-        return S.view(n_unk, n_unk), h, Vinv
+        Y, cols = self.Y, self.cols
+        m, k = self.term.pairs
+        blocks = Y[m] @ Vinv[point[m]] @ Y[k].transpose(1, 2)                      # (pairs, C, C)
+        idx = (cols[m][:, :, None] * n + cols[k][:, None, :]).reshape(-1)
+        S = torch.zeros(n * n, dtype=Vd.dtype, device=Vd.device).index_add_(0, idx, blocks.reshape(-1))
+        WVg = (Y @ (Vinv[point] @ self.gp[point][..., None]))[..., 0]              # (M, C)
+        h = torch.zeros(n, dtype=Vd.dtype, device=Vd.device).index_add_(0, cols.reshape(-1), WVg.reshape(-1))
 
-    def back_substitute(self, ne: dict, Vinv: torch.Tensor, dc: torch.Tensor) -> torch.Tensor:
-        """(P, 3) point steps for camera steps dc (n_unk,): dp_j = -V_j^-1 (gp_j + sum_m Y_m^T dc_m)."""
-        Wt_dc = (ne["Y"].transpose(1, 2) @ dc[ne["cols"]][..., None])[..., 0]      # (M, 3)
-        rhs = ne["gp"].index_add(0, self.point, Wt_dc)
-        return -(Vinv @ rhs[..., None])[..., 0]
+        def back_substitute(dc: torch.Tensor) -> torch.Tensor:
+            """dp_j = -V_j^-1 (gp_j + sum_m Y_m^T dc_m)."""
+            Wt_dc = (Y.transpose(1, 2) @ dc[cols][..., None])[..., 0]                # (M, 3)
+            return -(Vinv @ self.gp.index_add(0, point, Wt_dc)[..., None])[..., 0]
+
+        return S.view(n, n), h, back_substitute
 
 
 def _track_pairs(point: torch.Tensor, num_points: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,8 @@ import torch
 from fitting.config import resolve_device
 from fitting.output_folder import FolderLock, check_writable
 from fitting.pipeline import load_model, seed_everything
-from fitting.stages import FitContext, evaluate, init_appearance, initialize, stage_geometry, stage_photometric
+from fitting.context import FitContext
+from fitting.stages import evaluate, init_appearance, initialize, stage_geometry, stage_photometric
 from fitting.state import FitState
 from single_view.camera import fitting_intrinsics
 from single_view.inputs import list_inputs, prepare_batch

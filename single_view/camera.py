@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from fitting.init import FLIP
+from fitting.render.cameras import FLIP
 from fitting.render import intrinsics_from_fov
 from fitting.rotations import matrix_to_axis_angle
 

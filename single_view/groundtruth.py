@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fitting.init import FLIP, umeyama
+from fitting.init import umeyama
+from fitting.render.cameras import FLIP
 
 __all__ = ["now_face_region", "visible_vertices", "aligned_vertex_errors", "region_errors", "make_synthetic_photo"]
 

@@ -24,7 +24,7 @@ import torch
 
 from fitting.export import write_json, write_mesh, write_params, write_png
 from fitting.output_folder import ResultFolder
-from fitting.stages import texture_maps
+from fitting.context import texture_maps
 from fitting.visualize import overlay, plot_losses
 from single_view.camera import deca_camera, deca_global_pose
 

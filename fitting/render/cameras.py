@@ -37,7 +37,8 @@ from fitting.rotations import matrix_to_rotation_6d, rotation_6d_to_matrix  # no
 __all__ = [
     "project_points", "world_to_camera", "camera_centers", "intrinsics_from_fov", "look_at",
     "opencv_to_opengl_c2w", "opengl_c2w_to_opencv", "to_pytorch3d", "from_pytorch3d",
-    "scale_intrinsics", "check_cameras", "pinhole_inverse",
+    "scale_intrinsics", "check_cameras", "pinhole_inverse", "FLIP", "rot_to_matrix", "matrix_to_rot",
+    "rotation_angle_deg", "scale_focal", "view_rotation",
 ]
 
 _FLIP_YZ = (1.0, -1.0, -1.0)   # OpenCV camera axes <-> OpenGL camera axes
@@ -200,3 +201,41 @@ def scale_intrinsics(K: torch.Tensor, sx: float, sy: float | None = None) -> tor
     sy = sx if sy is None else sy
     S = K.new_tensor([[sx, 0, 0], [0, sy, 0], [0, 0, 1]])
     return S @ K
+
+
+# -- the fit's camera parameterisation ----------------------------------------------------------
+# Rotations of fitted cameras are stored relative to FLIP = diag(1, -1, -1) (a camera on the +z
+# axis looking at the face has R = FLIP): R = exp(rot) @ FLIP. The whole +-90 deg range around
+# the face then stays far from the axis-angle singularity at pi.
+FLIP = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])
+
+# The shared focal factor scales fx, the skew and fy; the principal point stays.
+_FOCAL_MASK = ((1.0, 1.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 0.0))
+
+
+def rot_to_matrix(rot: torch.Tensor) -> torch.Tensor:
+    """rot: (..., 3) -> world-to-camera R (..., 3, 3) = exp(rot) @ FLIP."""
+    return axis_angle_to_matrix(rot) @ FLIP.to(rot)
+
+
+def matrix_to_rot(R: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rot_to_matrix`. R: (..., 3, 3) -> (..., 3)."""
+    return matrix_to_axis_angle(R @ FLIP.to(R))  # FLIP is its own inverse
+
+
+def rotation_angle_deg(Ra: torch.Tensor, Rb: torch.Tensor) -> torch.Tensor:
+    """(...,) geodesic angle in degrees between rotation matrices (..., 3, 3)."""
+    tr = (Ra.transpose(-1, -2) @ Rb).diagonal(dim1=-2, dim2=-1).sum(-1)
+    return torch.rad2deg(torch.arccos(((tr - 1) / 2).clamp(-1, 1)))
+
+
+def scale_focal(K0: torch.Tensor, log_focal: torch.Tensor) -> torch.Tensor:
+    """K0 (B, 3, 3) with fx, fy (and skew) multiplied by exp(log_focal) (a scalar tensor)."""
+    s = torch.exp(log_focal).reshape(()) - 1
+    return K0 * (1 + s * K0.new_tensor(_FOCAL_MASK))
+
+
+def view_rotation(R: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) rotation of the head as a camera at FLIP sees it (the frame in which the
+    model picks each view's jaw-line contour): FLIP @ R @ head."""
+    return FLIP.to(R) @ R @ head

@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from fitting.config import parse_config
-from fitting.init import align_sfm_poses, rotation_angle_deg
+from fitting.init import align_sfm_poses
+from fitting.render.cameras import rotation_angle_deg
 from fitting.pipeline import attach_tracks
 from fitting.rotations import axis_angle_to_matrix
 from fitting.scene import load_scene
-from fitting.stages import FitContext, initialize, stage_geometry, view_yaw_deg
+from fitting.context import FitContext
+from fitting.stages import initialize, stage_geometry, view_yaw_deg
 from fitting.state import FitState
 from fitting.synthetic_scene import make_scene
 from fitting.tracks import Tracks

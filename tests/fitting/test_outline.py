@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from fitting.stages import FitContext
+from fitting.context import FitContext
 
 
 def _ctx(mask: torch.Tensor, faces: torch.Tensor | None = None) -> FitContext:

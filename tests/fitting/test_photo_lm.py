@@ -9,7 +9,8 @@ import torch
 from fitting.render import look_at
 from fitting.rotations import axis_angle_to_matrix
 from fitting.jacobians import point_jacobian
-from fitting.stages import _central_gradients, _masked_blur, vertex_jacobian
+from fitting.correspondences import central_gradients, masked_blur
+from fitting.jacobians import vertex_jacobian
 
 
 def test_central_gradients_of_a_ramp():
@@ -17,7 +18,7 @@ def test_central_gradients_of_a_ramp():
     y, x = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
     img = torch.stack([0.3 * x - 0.2 * y, 0.05 * y, torch.ones_like(x)], -1)  # (H, W, 3)
     flat = img[None].expand(N, H, W, 3).reshape(-1, 3)
-    gx, gy = _central_gradients(flat, N, H, W)
+    gx, gy = central_gradients(flat, N, H, W)
     gx, gy = gx.view(N, H, W, 3)[:, 1:-1, 1:-1], gy.view(N, H, W, 3)[:, 1:-1, 1:-1]  # interior
     torch.testing.assert_close(gx, torch.tensor([0.3, 0.0, 0.0]).expand_as(gx))
     torch.testing.assert_close(gy, torch.tensor([-0.2, 0.05, 0.0]).expand_as(gy))
@@ -29,12 +30,12 @@ def test_masked_blur_keeps_a_constant_and_ignores_outside():
     mask[:, 4:12, 3:10] = 1
     val = torch.full((N, H, W, 3), 0.25)
     val[mask[..., 0] == 0] = 7.0  # outside values must not bleed in
-    out = _masked_blur(val.reshape(-1, 3), mask.reshape(-1, 1), N, H, W, 1.5).view(N, H, W, 3)
+    out = masked_blur(val.reshape(-1, 3), mask.reshape(-1, 1), N, H, W, 1.5).view(N, H, W, 3)
     torch.testing.assert_close(out[mask[..., 0] > 0], torch.full((7 * 8, 3), 0.25))
     # and it is a blur: a step inside the mask gets a monotone ramp
     step = torch.zeros(N, H, W, 1)
     step[:, :, 8:] = 1
-    b = _masked_blur(step.reshape(-1, 1), torch.ones(N * H * W, 1), N, H, W, 1.5).view(H, W)
+    b = masked_blur(step.reshape(-1, 1), torch.ones(N * H * W, 1), N, H, W, 1.5).view(H, W)
     row = b[8]
     assert abs(float(row[7] + row[8]) - 1) < 1e-4 and bool((row[1:] >= row[:-1] - 1e-6).all())
     assert float(row[0]) < 1e-3 and float(row[-1]) > 1 - 1e-3
@@ -44,7 +45,7 @@ def test_point_jacobian_equals_autodiff(standin):
     """point_jacobian's chain rule (with vertex_jacobian) against torch.func.jacfwd of the
     projected mesh points written out from their definition (rotation increment exp([w]) R,
     translation, log focal, FLAME coefficients incl. the jaw), for two subjects in three views
-    of the stand-in head. (stages.CHECK_JACOBIAN checks whole LM Jacobians the same way.)"""
+    of the stand-in head. (tests/fitting/test_pipeline.py checks each LM term's Jacobian the same way.)"""
     g = torch.Generator().manual_seed(0)
     S, E = standin.n_shape, standin.n_exp
     P = S + E + 3

@@ -155,7 +155,8 @@ def test_stages_with_one_subject_per_view(demo_fit):
     stage: every view's landmarks fit, and each subject gets its own shape."""
     from fitting.pipeline import load_model
     from fitting.scene import load_scene
-    from fitting.stages import FitContext, evaluate, initialize, stage_geometry
+    from fitting.context import FitContext
+    from fitting.stages import evaluate, initialize, stage_geometry
     from fitting.state import FitState
 
     import argparse
@@ -179,10 +180,10 @@ def test_stages_with_one_subject_per_view(demo_fit):
 def _true_state(demo_fit):
     """The reduced demo's scene at 96 px with the true head and cameras:
     (FitContext, FitState, ground truth, index of each loaded view in it, number of views)."""
-    from fitting.init import matrix_to_rot
+    from fitting.render.cameras import matrix_to_rot
     from fitting.pipeline import load_model
     from fitting.scene import load_scene
-    from fitting.stages import FitContext
+    from fitting.context import FitContext
     from fitting.state import FitState
 
     cfg, _, _ = demo_fit
@@ -205,15 +206,16 @@ def test_rim_correspondences_unbiased_at_ground_truth(demo_fit):
     """At the true head and cameras the outline pairs (silhouette-edge vertices vs the head-mask
     boundary) sit on each other: median signed distance ~0 (a bias here is a head-scale error);
     moving every camera 2 % farther shrinks the head, so the pairs move inside the mask."""
-    from fitting.init import project
-    from fitting.stages import rim_correspondences, subject_vertices, view_geometry
+    from fitting.context import subject_vertices, view_geometry
+    from fitting.correspondences import rim_correspondences
+    from fitting.render.cameras import project_points
 
     ctx, st, _, _, N = _true_state(demo_fit)
 
     def signed(s):
         view, vert, tgt, nrm = rim_correspondences(ctx, s, 4.0)
         vv, _ = view_geometry(ctx, s, subject_vertices(ctx, s))
-        return view, ((project(vv, s.K(), s.R(), s.cam_t)[view, vert] - tgt) * nrm).sum(-1)
+        return view, ((project_points(vv, s.K(), s.R(), s.cam_t)[0][view, vert] - tgt) * nrm).sum(-1)
 
     view, r = signed(st)
     assert set(view.tolist()) == set(range(N))  # every view has outline pairs
@@ -229,7 +231,9 @@ def test_rim_correspondences_unbiased_at_ground_truth(demo_fit):
 def test_closed_form_appearance_matches_the_renderer_at_the_truth(demo_fit):
     """At the true head and cameras, the alternating least squares for texture code and SH
     explain the photo as well as the true appearance does, with the renderer's colour model."""
-    from fitting.stages import photo_samples, render_views, solve_appearance
+    from fitting.appearance import solve_appearance
+    from fitting.context import render_views
+    from fitting.correspondences import photo_samples
 
     ctx, st, gt, idx, N = _true_state(demo_fit)
     st.tex, st.sh = torch.tensor(gt["tex"]).float(), torch.tensor(gt["sh"][idx]).float()
@@ -256,7 +260,7 @@ def test_closed_form_appearance_matches_the_renderer_at_the_truth(demo_fit):
     # Schur-complement algebra) is ~0 next to its size at the blank start
     from fitting.render.shading import sh_basis, vertex_normals
     from fitting.render.texture import uv_to_grid
-    from fitting.stages import subject_vertices, view_geometry
+    from fitting.context import subject_vertices, view_geometry
 
     view, face, bary, _ = smp
     vv, _ = view_geometry(ctx, st, subject_vertices(ctx, st))
@@ -332,21 +336,30 @@ def test_photometric_resume_continues_adam(demo_fit):
     assert (fresh.shape - full.shape).abs().max() > 1e-4
 
 
+def _compare_jacobians(J: torch.Tensor, ref: torch.Tensor, term: str, tol: float = 1e-4) -> None:
+    """J against ref (rows, 7 + P) to ``tol`` relative (Frobenius) in every column block
+    (rotation, translation, focal, coefficients): a small block is not drowned by a large one."""
+    assert J.shape == ref.shape, (term, tuple(J.shape), tuple(ref.shape))
+    for name, cols in (("rotation", slice(0, 3)), ("translation", slice(3, 6)), ("focal", slice(6, 7)),
+                       ("coefficients", slice(7, None))):
+        a, b = J[:, cols], ref[:, cols]
+        err = float((a - b).norm() / b.norm().clamp_min(1e-30))
+        assert err <= tol, f"{term} term, {name} columns: chain rule vs jacfwd relative error {err:.2e}"
+
+
 @pytest.mark.slow  # shares the ~20 s reduced-demo fit
 @pytest.mark.parametrize("layout", ["one_subject_photo_round", "subject_per_view_focal"])
-def test_lm_jacobian_equals_autodiff(demo_fit, monkeypatch, layout):
-    """lm_geometry's chain-rule Jacobian (landmark rows with the dynamic contour, outline rows,
-    photometric rows; one subject or one per view; focal refinement) against torch.func.jacfwd
-    of its residuals, at every iteration (stages.CHECK_JACOBIAN raises on a mismatch)."""
-    from fitting import stages
+def test_lm_jacobian_equals_autodiff(demo_fit, layout):
+    """Each row term's chain-rule Jacobian (landmarks with the dynamic contour, outline,
+    photometric samples; one subject or one per view; focal refinement) against
+    torch.func.jacfwd of its residuals, at a state two LM iterations into the fit."""
+    from fitting.context import FitContext
+    from fitting.geometry_terms import Unknowns, linearize, model_at
     from fitting.pipeline import load_model
     from fitting.scene import load_scene
-    from fitting.stages import FitContext, initialize, lm_geometry
+    from fitting.stages import geometry_terms, initialize, lm_geometry
     from fitting.state import FitState
 
-    import argparse
-
-    monkeypatch.setattr(stages, "CHECK_JACOBIAN", True)
     cfg, _, _ = demo_fit
     cfg = argparse.Namespace(**{**vars(cfg), "w_rim": 1.0})      # outline rows on (the demo's weight)
     photo = layout == "one_subject_photo_round"
@@ -359,6 +372,14 @@ def test_lm_jacobian_equals_autodiff(demo_fit, monkeypatch, layout):
                      cfg, tex, refine_focal=not photo, progress=False)
     st, _ = initialize(ctx, st)
     st = lm_geometry(ctx, st, True, 2)                                   # landmarks only, static contour
+    unk = Unknowns.of(st, ctx.refine_focal)
+    st, terms = geometry_terms(ctx, st, unk, False, use_rim=True, use_photo=photo)
+    assert [t.name for t in terms] == ["landmark", "rim"] + (["photo"] if photo else [])
+    lin = linearize(ctx, st, unk)
+    x0 = torch.zeros(7 + unk.P)
+    for term in terms:
+        ref = torch.func.jacfwd(lambda x: term.residuals(model_at(ctx, st, unk, x)))(x0).detach()
+        _compare_jacobians(term.jacobian(lin), ref, term.name)
     hist = []
-    lm_geometry(ctx, st, False, 2, hist, use_rim=True, use_photo=photo)  # + outline (+ photometric) rows
+    lm_geometry(ctx, st, False, 2, hist, use_rim=True, use_photo=photo)  # each term's cost per iteration
     assert len(hist) == 2 and hist[0]["rim"] > 0 and (hist[0]["photo"] > 0) == photo

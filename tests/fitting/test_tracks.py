@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from fitting.lm import NormalEquations
 from fitting.rotations import axis_angle_to_matrix
 from fitting.tracks import TrackTerm, Tracks, load_tracks
 
@@ -64,17 +65,16 @@ def test_schur_step_matches_dense_solve():
     n_unk = 6 * N + 1 + 5
     w = term.irls_weights(term.residuals(R, t, K)).sqrt() * 0.7
     cols = torch.cat([6 * torch.arange(N)[:, None] + torch.arange(6)[None], torch.full((N, 1), 6 * N)], 1)
-    ne = term.normal_equations(R, t, K, 0.7 ** 2, cols, n_unk)   # rows scaled by sqrt(0.49 w_irls) = w
+    blocks = term.normal_equations(R, t, K, 0.7 ** 2, cols, n_unk)   # rows scaled by sqrt(0.49 w_irls) = w
+    ne = NormalEquations.zeros(n_unk, torch.float64)
+    ne.add_eliminated("track", blocks)
     lam = 1e-2
-    A = ne["A"] + lam * torch.diag(ne["A"].diagonal().clamp_min(1e-9))
-    S, h, Vinv = term.reduce(ne, lam, n_unk)
-    dc = -torch.linalg.solve(A - S, ne["g"] - h)
-    dp = term.back_substitute(ne, Vinv, dc)
+    dc, (dp,) = ne.step(lam)                                            # the LM's step, points eliminated
     dc_ref, dp_ref = _dense_step(term, R, t, K, w, n_unk, lam)
     assert torch.allclose(dc, dc_ref, atol=1e-10, rtol=1e-7), (dc - dc_ref).abs().max()
     assert torch.allclose(dp, dp_ref, atol=1e-10, rtol=1e-7), (dp - dp_ref).abs().max()
     r = term.residuals(R, t, K) * w[:, None]
-    assert ne["cost"] == pytest.approx(float((r * r).sum()), rel=1e-12)
+    assert blocks.cost == pytest.approx(float((r * r).sum()), rel=1e-12)
 
 
 def test_exact_tracks_triangulate_to_the_points():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fitting.init import FLIP
+from fitting.render.cameras import FLIP
 from single_view.camera import WEAK_PERSPECTIVE_FOV_DEG, deca_camera, deca_global_pose, fitting_intrinsics
 from single_view.inputs import list_inputs, load_landmarks_npy, prepare_batch, resolve_override
 from single_view.options import parse_single_view
