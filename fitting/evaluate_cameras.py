@@ -63,6 +63,10 @@ class Matches:
     def __len__(self) -> int:
         return len(self.view1)
 
+    def subset(self, keep: np.ndarray) -> "Matches":
+        """The matches where ``keep`` (M,) bool is set."""
+        return Matches(self.names, self.view1[keep], self.view2[keep], self.x1[keep], self.x2[keep])
+
 
 # -- the database --------------------------------------------------------------------------------
 def read_matches(database) -> Matches:
@@ -245,21 +249,24 @@ def sfm_cameras(database, names) -> dict:
 
 
 # -- the fit's report ----------------------------------------------------------------------------
-def report_epipolar(database, cameras: dict, focal_initial: float | None = None) -> tuple[dict, dict]:
+def report_epipolar(database, cameras: dict, focal_initial: float | None = None,
+                    on_head=None) -> tuple[dict, dict]:
     """Epipolar figures of the fit's cameras for report.json, beside SfM's own cameras.
 
     database: path of SfM's database (may not exist); cameras: {name: (K, R, t)} of the used
-    views, original pixels. Returns (per-view fields {name: {"epipolar_px_median",
-    "epipolar_px_p90"}}, scene block {"database", "fit", "sfm", "sfm_views", "focal_px": {"sfm",
-    "initial", "fit"}}); figures are None without a database or matches. SfM's cameras are
-    scored on the same views (those of ``cameras`` that SfM registered)."""
+    views, original pixels; on_head(name, xy (M, 2) original pixels) -> (M,) bool, optional:
+    which keypoints lie on the head. Returns (per-view fields {name: {"epipolar_px_median",
+    "epipolar_px_p90"}}, scene block {"database", "fit", "sfm", "sfm_views", "head": {"fit",
+    "sfm"} (the matches with both ends on the head; None without ``on_head``), "focal_px":
+    {"sfm", "initial", "fit"}}); figures are None without a database or matches. SfM's cameras
+    are scored on the same views (those of ``cameras`` that SfM registered)."""
     first = next(iter(cameras.values()), None)
     focal = {"sfm": None, "initial": focal_initial, "fit": None if first is None else float(first[0][0, 0])}
     database = Path(database)
     if not database.is_file():
         none = {"epipolar_px_median": None, "epipolar_px_p90": None}
         return ({n: dict(none) for n in cameras},
-                {"database": None, "fit": None, "sfm": None, "sfm_views": None, "focal_px": focal})
+                {"database": None, "fit": None, "sfm": None, "sfm_views": None, "head": None, "focal_px": focal})
     matches = read_matches(database)
     fit = epipolar_stats(matches, cameras)
     try:
@@ -269,8 +276,26 @@ def report_epipolar(database, cameras: dict, focal_initial: float | None = None)
     sfm = epipolar_stats(matches, sfm_cams)
     focal["sfm"] = next((float(c[0][0, 0]) for c in sfm_cams.values()), None)
     views = {n: {k: s[k] for k in ("epipolar_px_median", "epipolar_px_p90")} for n, s in fit["views"].items()}
+    head = None
+    if on_head is not None:
+        head_matches = matches.subset(_both_on_head(matches, cameras, on_head))
+        head = {"fit": epipolar_stats(head_matches, cameras)["scene"],
+                "sfm": epipolar_stats(head_matches, sfm_cams)["scene"]}
     return views, {"database": str(database), "fit": fit["scene"], "sfm": sfm["scene"], "sfm_views": sfm["views"],
-                   "focal_px": focal}
+                   "head": head, "focal_px": focal}
+
+
+def _both_on_head(matches: Matches, cameras: dict, on_head) -> np.ndarray:
+    """(M,) bool: matches whose two keypoints are both on the head (views without a camera: no)."""
+    ok = [np.zeros(len(matches), bool), np.zeros(len(matches), bool)]
+    for k, n in enumerate(matches.names):  # a few views
+        if n not in cameras:
+            continue
+        for end, (v, x) in enumerate(((matches.view1, matches.x1), (matches.view2, matches.x2))):
+            sel = v == k
+            if sel.any():
+                ok[end][sel] = np.asarray(on_head(n, x[sel]), bool)
+    return ok[0] & ok[1]
 
 
 # -- CLI -----------------------------------------------------------------------------------------

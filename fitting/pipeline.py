@@ -33,6 +33,7 @@ from fitting.stages import cameras64, evaluate, init_appearance, initialize, sta
 from fitting.state import FitState, check_resume_options, load_checkpoint, save_checkpoint
 
 __all__ = ["fit_scene", "load_model", "standin_path", "decide_refine_focal", "ground_truth_errors", "write_outputs",
+           "head_mask_test",
            "output_folder", "checkpoint_path", "RESULT_FILES"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,15 +110,34 @@ def decide_refine_focal(cfg, cameras: dict) -> tuple[bool, str]:
     return False, f"SfM registered {n_reg} views"
 
 
+def head_mask_test(scene: Scene):
+    """inside(view (M,) indices, uv (M, 2) original pixels) -> (M,) bool: the points that fall in
+    their view's head mask (at the fitting resolution)."""
+    masks = (scene.head_mask[:, 0] > 0.5).cpu().numpy()                       # (N, H, W)
+    scale = scene.scale.cpu().numpy()                                          # (N, 2)
+    H, W = masks.shape[1:]
+
+    def inside(view: np.ndarray, uv: np.ndarray) -> np.ndarray:
+        x = np.clip(np.floor(uv[:, 0] * scale[view, 0]).astype(np.int64), 0, W - 1)
+        y = np.clip(np.floor(uv[:, 1] * scale[view, 1]).astype(np.int64), 0, H - 1)
+        return masks[view, y, x]
+
+    return inside
+
+
 def scene_tracks(cfg, scene: Scene):
     """The scene's SfM tracks over its used views (SfM's frame), or None (``--tracks off``,
-    no SfM model, or no point seen twice)."""
+    no SfM model, or no point seen twice). Only observations inside their view's head mask are
+    kept: the fit's rigid object is the head, and the torso can turn against it (on the real
+    8-view sample, the torso's tracks, up to 70 % of a side view's, pulled the cameras into an
+    arc of +-8 deg of yaw where the head's tracks and landmarks put them at +-30)."""
     from fitting.tracks import load_tracks
     model = scene.cameras.get("colmap_model")
     if cfg.tracks == "off" or not model or not (scene.prep_dir / model).is_dir():
         return None
     lmk_orig = scene.landmarks.cpu().numpy() / scene.scale.cpu().numpy()[:, None, :]
-    return load_tracks(scene.prep_dir / model, scene.names, scene.scale.cpu().numpy(), landmarks_px=lmk_orig)
+    return load_tracks(scene.prep_dir / model, scene.names, scene.scale.cpu().numpy(), landmarks_px=lmk_orig,
+                       inside=head_mask_test(scene))
 
 
 def attach_tracks(ctx: FitContext, cfg, scene: Scene, tracks, init_info: dict, points=None) -> None:
@@ -416,9 +436,11 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
     stage = folder.begin()
     arr = write_outputs(stage, scene, ctx, state, used, ev, cfg.write_images, final=out)
     ui = np.nonzero(used)[0]
+    inside, index = head_mask_test(scene), {n: i for i, n in enumerate(scene.names)}
     epi_views, epi = report_epipolar(scene.prep_dir / "sfm" / "database.db",
                                      {scene.names[i]: (arr["K"][i], arr["R"][i], arr["t"][i]) for i in ui},
-                                     focal_initial=float(scene.K_orig[ui[0], 0, 0]))
+                                     focal_initial=float(scene.K_orig[ui[0], 0, 0]),
+                                     on_head=lambda name, xy: inside(np.full(len(xy), index[name]), xy))
 
     sx_sy = scene.scale.cpu().numpy()
     trk_rms = trk_n = None

@@ -383,25 +383,30 @@ def init_appearance(ctx: FitContext, state: FitState) -> FitState:
 def stage_photometric(ctx: FitContext, state: FitState, start_iter: int = 0) -> FitState:
     """Analysis-by-synthesis on every view at once: masked photometric L1 (skin mask of the photo
     AND coverage of the render), silhouette vs head mask, landmarks, priors; optimises shape,
-    expression, jaw, texture (code or map), SH per view, cameras (small steps) and the focal
-    factor when refined. Losses go to ``ctx.history['photometric']``."""
+    expression, jaw, texture (code or map), SH per view, and, unless the geometry stage used SfM
+    tracks, the cameras (small steps) and the focal factor when refined. With tracks the
+    cameras stay: this stage has no track term, and its photometric and landmark gradients
+    would move them off the tracks (real 8-view sample: epipolar median 0.42 -> 0.65 px).
+    Losses go to ``ctx.history['photometric']``."""
     c = ctx.cfg
     st = state.detach()
     hist = ctx.history.setdefault("photometric", [])
     if c.photo_iters <= start_iter:
         return st
     jaw = st.pose[:, JAW].clone()
+    cams = [] if ctx.tracks is not None and ctx.tracks.points is not None else [st.cam_rot, st.cam_t]
     # the focal factor is a leaf only when refined: a gradient nobody uses costs a K backward
-    focal = [st.log_focal] if ctx.refine_focal else []
-    leaves = [st.shape, st.expression, jaw, st.tex, st.sh, st.cam_rot, st.cam_t] + focal
+    focal = [st.log_focal] if ctx.refine_focal and cams else []
+    leaves = [st.shape, st.expression, jaw, st.tex, st.sh] + cams + focal
     for p in leaves:
         p.requires_grad_(True)
     groups = [{"params": [st.shape, st.expression, jaw], "lr": c.photo_lr},
               {"params": [st.tex], "lr": c.tex_lr},
-              {"params": [st.sh], "lr": c.sh_lr},
-              {"params": [st.cam_rot, st.cam_t], "lr": c.photo_cam_lr}]
-    if ctx.refine_focal:
-        groups.append({"params": [st.log_focal], "lr": c.photo_cam_lr})
+              {"params": [st.sh], "lr": c.sh_lr}]
+    if cams:
+        groups.append({"params": cams, "lr": c.photo_cam_lr})
+    if focal:
+        groups.append({"params": focal, "lr": c.photo_cam_lr})
     opt = torch.optim.Adam(groups)
     if start_iter > 0 and ctx.photo_opt_state is not None:
         opt.load_state_dict(ctx.photo_opt_state)   # resumed: Adam's moments carry on
@@ -411,7 +416,7 @@ def stage_photometric(ctx: FitContext, state: FitState, start_iter: int = 0) -> 
     pw = landmark_point_weights(c.w_contour, False, st.shape.device)
     bar = _bar(ctx, range(start_iter, c.photo_iters), "photometric")
     warmup = int(round(c.photo_warmup * c.photo_iters))
-    geo = [st.shape, st.expression, jaw, st.cam_rot, st.cam_t] + focal
+    geo = [st.shape, st.expression, jaw] + cams + focal
     for it in bar:
         opt.zero_grad(set_to_none=True)
         # appearance first: with texture and light still wrong, geometry would bend to explain them

@@ -61,14 +61,16 @@ class Tracks:
 
 
 def load_tracks(model_dir, names: list, scale: np.ndarray, landmarks_px: np.ndarray | None = None,
-                min_views: int = 2) -> Tracks | None:
+                inside=None, min_views: int = 2) -> Tracks | None:
     """Tracks of a COLMAP model restricted to the fit's views.
 
     model_dir: COLMAP model folder (binary or text); names: (N,) the fit's view names, in
     order; scale: (N, 2) original -> fitting pixel factors (sx, sy); landmarks_px: (N, 68, 2)
     detected landmarks in original pixels, whose copies that SfM may have used as extra
     keypoints (process_data's ``--sfm-landmarks``) are dropped, since the landmark term already
-    counts them. Points seen by fewer than ``min_views`` of the fit's views are dropped.
+    counts them. inside(view (M,), uv (M, 2) original pixels) -> (M,) bool: the observations
+    to keep (the pipeline keeps those on the head, see :func:`fitting.pipeline.head_mask_test`).
+    Points seen by fewer than ``min_views`` of the fit's views are dropped.
     Returns None when nothing is left.
     """
     import pycolmap
@@ -98,6 +100,10 @@ def load_tracks(model_dir, names: list, scale: np.ndarray, landmarks_px: np.ndar
     if landmarks_px is not None:
         d = np.linalg.norm(tr.uv[:, None] - np.asarray(landmarks_px, np.float64)[tr.view], axis=-1).min(1)
         tr = _keep_observations(tr, d > 1e-3, min_views)
+        if tr is None:
+            return None
+    if inside is not None:
+        tr = _keep_observations(tr, np.asarray(inside(tr.view, tr.uv), bool), min_views)
         if tr is None:
             return None
     tr.uv = tr.uv * np.asarray(scale, np.float64)[tr.view]

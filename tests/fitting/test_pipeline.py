@@ -121,8 +121,10 @@ def test_resume_skips_finished_stages(demo_fit, tmp_path):
 
 @pytest.mark.slow
 def test_real_multiview_sample(shared_data, tmp_path):
-    """8 real views, stand-in on the FLAME template: all views used; the cameras agree with the
-    SfM matches about as well as SfM's own (the track term), and the landmarks stay close."""
+    """8 real views, stand-in on the FLAME template: all views used; with the head's SfM tracks
+    the cameras agree with SfM's matches on the head better than SfM's own cameras do, span the
+    capture's yaw range (the data's README: about +-45 deg; tracks on the torso, which turns
+    against the head, had collapsed it to +-8), and the landmarks stay close."""
     scene = shared_data / "multiview_sample"
     topo = shared_data / "flame_topology"
     cfg = parse_config([
@@ -136,11 +138,14 @@ def test_real_multiview_sample(shared_data, tmp_path):
     rmse = [v["landmark_rmse_px"] for v in report["views"]]
     epi = report["epipolar"]
     print("landmark RMSE", np.round(rmse, 2), "epipolar fit", epi["fit"], "sfm", epi["sfm"])
+    print("on the head: fit", epi["head"]["fit"], "sfm", epi["head"]["sfm"])
     assert report["tracks"]["num_observations"] > 1000
-    assert epi["fit"]["epipolar_px_p90"] <= 1.1 * epi["sfm"]["epipolar_px_p90"], epi
-    # the cameras no longer bend towards the stand-in's landmarks (3.4 px without tracks):
-    # far views' detections and the stand-in's shape space disagree with the tracks by more
-    assert np.mean(rmse) <= 9.0, rmse
+    assert epi["fit"]["epipolar_px_median"] <= epi["sfm"]["epipolar_px_median"], epi
+    assert epi["head"]["fit"]["epipolar_px_median"] <= epi["head"]["sfm"]["epipolar_px_median"], epi["head"]
+    assert epi["head"]["fit"]["epipolar_px_p90"] <= 1.1 * epi["head"]["sfm"]["epipolar_px_p90"], epi["head"]
+    yaw = [np.degrees(np.arctan2(np.array(v["R"])[2, 0], -np.array(v["R"])[2, 2])) for v in report["views"]]
+    assert max(yaw) - min(yaw) >= 40, np.round(yaw, 1)       # 51 deg measured; 15 with the torso's tracks
+    assert np.mean(rmse) <= 1.2 * 3.4, rmse                   # 3.4 px with landmarks alone (256 px)
     out = tmp_path / "multiview_sample"
     for f in ("report.json", "params.npz", "mesh.obj", "transforms.json", "colmap/images.txt"):
         assert (out / f).is_file()
