@@ -1,7 +1,7 @@
 """Track-only bundle adjustment, Ceres against the torch LM: ``python -m bench.tracks_ceres MODEL``.
 
 MODEL: a COLMAP model folder, e.g. the preprocessing's ``<prep>/sfm/model`` of the real sample
-(``python -m process_data --scene ../shared/data/multiview_sample --out /tmp/mvp``). Both
+(``python -m process_data ../shared/data/multiview_sample --out /tmp/mvp``). Both
 solvers adjust the same problem from SfM's own solution: every view's pose, one shared focal
 length, every point; no robust loss. Ceres runs as pycolmap's bundle adjuster; the torch LM
 is :func:`fitting.lm.levenberg_marquardt` with :class:`fitting.tracks.TrackTerm` (points
