@@ -21,7 +21,7 @@ for step in "$@"; do
     bench) python3 -m bench.render --device cuda 2>&1 | tee "$OUT/bench_render_cuda.jsonl" ;;
     graph) python3 -m bench.render --device cuda --mode graph packed 2>&1 | tee "$OUT/bench_render_graph.jsonl" ;;
     profile) python3 -m bench.profile_render --device cuda 2>&1 | tee "$OUT/profile_cuda.txt" | tail -45 ;;
-    # the experimental CUDA kernels (fitting/render/native/cuda.py): build, check, measure
+    # the experimental CUDA kernels (fitting/render/native/cuda/__init__.py): build, check, measure
     ntests) FLAME_FIT_NATIVE_CUDA=1 python3 -m fitting.render.native 2>&1 | tail -4
             FLAME_FIT_NATIVE_CUDA=1 python3 -m pytest -q -p no:cacheprovider tests/render 2>&1 | tee "$OUT/ntests.log" | tail -25 ;;
     nbench) FLAME_FIT_NATIVE_CUDA=1 python3 -m bench.render --device cuda 2>&1 | tee "$OUT/bench_render_native_cuda.jsonl" ;;

@@ -21,8 +21,8 @@ import torch
 
 from bench._common import PeakMemory, emit, load_average, machine, timings_ms
 from fitting.render import MeshRenderer, RasterSettings
-from fitting.render.rasterize import static_settings
 from fitting.render.demo import checker_texture, default_sh, load_head_mesh, orbit_cameras
+from fitting.render.static import StaticMeshRenderer, static_sizes
 
 
 def _graphed(fn, dev):
@@ -47,17 +47,19 @@ def _native_kernels(dev: torch.device) -> bool:
 
 
 def run_case(mesh, views: int, res: int, device: str, repeats: int, mode: str = "packed") -> dict:
-    """mode: 'packed' (default pipeline), 'static' (RasterSettings.static_tiles,
-    static_pixels and static_outline, 20 % above what the views need) or 'graph' (static,
+    """mode: 'packed' (default pipeline), 'static' (StaticMeshRenderer, sized 20 % above
+    what the views need) or 'graph' (static,
     forward and forward+backward each captured in a CUDA graph and replayed)."""
     v, f, vt, ft, name = mesh
     dev = torch.device(device)
     K, R, t = (x.to(dev) for x in orbit_cameras(v, views, res))
     settings = RasterSettings((res, res))
     verts = v.to(dev)[None].repeat(views, 1, 1).requires_grad_()
-    if mode != "packed":
-        settings = static_settings(verts.detach(), f.to(dev), K, R, t, settings, margin=0.2)
-    renderer = MeshRenderer(f, vt, ft, settings).to(dev)
+    if mode == "packed":
+        renderer = MeshRenderer(f, vt, ft, settings).to(dev)
+    else:
+        sizes = static_sizes(verts.detach(), f.to(dev), K, R, t, settings).with_room(margin=0.2)
+        renderer = StaticMeshRenderer(f, vt, ft, settings, sizes).to(dev)
     tex = checker_texture(256).to(dev).requires_grad_()
     sh = default_sh(views).to(dev).requires_grad_()
 

@@ -4,8 +4,8 @@ Every option has a default and a ``--help`` line, and can be given on the comman
 in a config file (``--config FILE``, ``key = value`` lines, ``#`` comments). Command-line
 values override the file. An unknown key in a config file or an unknown option on the command
 line stops the run with a one-line message (file and line, the closest known option).
-:func:`build_parser` returns the parser so the single-image CLI can add its own options
-(``add_single_view=False`` leaves them out) and override defaults.
+:func:`build_parser` returns the parser so the single-image CLI (single_view/options.py) can add
+its own options and override defaults.
 """
 from __future__ import annotations
 
@@ -179,7 +179,8 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
     g = p.add_argument_group("loss weights")
     g.add_argument("--w_lmk", type=float, default=1.0, help="landmark reprojection (per pixel^2 at fitting size)")
     g.add_argument("--w_contour", type=float, default=0.3, help="per-point weight of the 17 contour landmarks")
-    g.add_argument("--lmk_robust_px", type=float, default=3.0, help="Geman-McClure/Huber-like scale of the landmark loss (pixels)")
+    g.add_argument("--lmk_robust_px", type=float, default=3.0,
+                   help="scale s of the Cauchy landmark loss (pixels): a point r px off costs s^2 log(1 + r^2/s^2)")
     g.add_argument("--w_rim", type=float, default=0.0,
                    help="geometry stage: outline term, silhouette-edge vertices vs the head-mask boundary; fixes the "
                         "head's size and its unseen back (0 = off, the default: real masks include hair; the demo uses 1)")

@@ -1,4 +1,4 @@
-"""Epipolar consistency of a set of cameras with SfM's verified SIFT matches (issue 14).
+"""Epipolar consistency of a set of cameras with SfM's verified SIFT matches.
 
 NeRF / Gaussian-splatting users need extrinsics that agree with the images to a fraction of a
 pixel. The measure: every inlier match of every verified image pair in the COLMAP database

@@ -6,7 +6,7 @@
 last, then swapped in; a lock keeps a second run out). A checkpoint (``checkpoint.pt``: the
 FitState, config, finished stages and position inside the current one) is written after
 init, after each geometry round and every ``checkpoint_every`` photometric iterations;
-``--resume true`` continues from it (Adam's moments restart, the variables do not).
+``--resume true`` continues from it: the variables, and inside the photometric stage Adam's moments.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from fitting.export import write_json
 from fitting.init import align_sfm_poses
 from fitting.render.cameras import rotation_angle_deg
 from fitting.output_folder import FolderLock, ResultFolder, check_writable
+from fitting.render.cameras import unscale_intrinsics
 from fitting.scene import Scene, load_scene
 from fitting.context import FitContext, texture_maps
 from fitting.stages import cameras64, evaluate, init_appearance, initialize, stage_geometry, stage_photometric
@@ -166,12 +167,6 @@ def seed_everything(s: int) -> None:
     torch.manual_seed(s)
 
 
-def _orig_K(K_fit: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """K at fitting resolution -> original pixels (undo the per-view resize)."""
-    inv = torch.diag_embed(torch.cat([1 / scale, torch.ones_like(scale[:, :1])], 1))
-    return inv @ K_fit
-
-
 def ground_truth_errors(gt: dict, names: list, R: np.ndarray, t: np.ndarray, verts: np.ndarray,
                         lmk_orig: np.ndarray, aligned: bool = False) -> dict:
     """Errors against ground_truth.npz (synthetic scenes), for the used views ``names``.
@@ -216,7 +211,7 @@ def write_outputs(out: Path, scene: Scene, ctx: FitContext, state: FitState, use
         write_params, write_png, write_points_ply, write_transforms
 
     out.mkdir(parents=True, exist_ok=True)
-    K = _orig_K(state.K().cpu(), scale=scene.scale).numpy()
+    K = unscale_intrinsics(state.K().cpu(), scene.scale).numpy()
     R, t = state.R().cpu().numpy(), state.cam_t.cpu().numpy()
     idx = np.nonzero(used)[0]
     names = [scene.names[i] for i in idx]
@@ -381,7 +376,7 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
             timing.update(ck["extra"].get("timing", {}))
             ctx.view_weights = torch.as_tensor(ck["extra"]["view_weights"], device=device)
             ctx.photo_opt_state = ck["extra"].get("photo_opt")
-            # a checkpoint from before the track term holds no landmark trust: every landmark is used
+            # a checkpoint without landmark trust (saved without the track term) uses every landmark
             ctx.landmark_weights = torch.as_tensor(ck["extra"].get("landmark_weights", [1.0] * N), device=device)
             ctx.landmark_flags = {int(k): v for k, v in ck["extra"].get("landmark_flags", {}).items()}
             attach_tracks(ctx, cfg, scene, tracks, init_info, ck["extra"].get("track_points"))

@@ -1,6 +1,6 @@
 """Load a preprocessed scene at fitting resolution.
 
-A scene folder holds ``images/``; preprocessing (process_data, issue 4) writes beside it, or
+A scene folder holds ``images/``; preprocessing (process_data) writes beside it, or
 into another folder for read-only scenes: ``landmarks.json`` (68 points per view in original
 pixels, pixel centres at +0.5), ``masks/head/<stem>.png`` and ``masks/skin/<stem>.png``
 (original size), ``cameras.json`` (K at original resolution, SfM poses) and

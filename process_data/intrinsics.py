@@ -37,11 +37,12 @@ MIN_POINTS3D = 50             # fewer triangulated points cannot pin down a foca
 
 
 def K_from_fov(width: int, height: int, fov_deg: float) -> np.ndarray:
-    """K (3, 3) for a horizontal field of view in degrees; centred principal point (W/2, H/2)."""
-    if not 0 < fov_deg < 180:
-        raise ValueError(f"fov must be in (0, 180) degrees, got {fov_deg}")
-    f = 0.5 * width / np.tan(np.radians(fov_deg) / 2)
-    return np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], dtype=np.float64)
+    """K (3, 3) float64 for a horizontal field of view in degrees; centred principal point
+    (W/2, H/2): fitting.render.cameras.intrinsics_from_fov as a numpy array."""
+    import torch
+
+    from fitting.render.cameras import intrinsics_from_fov
+    return intrinsics_from_fov(fov_deg, width, height, dtype=torch.float64)[0].numpy()
 
 
 def exif_focal_px(path) -> float | None:

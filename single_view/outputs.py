@@ -25,6 +25,7 @@ import torch
 from fitting.export import write_json, write_mesh, write_params, write_png
 from fitting.output_folder import ResultFolder
 from fitting.context import texture_maps
+from fitting.render.cameras import unscale_intrinsics as original_intrinsics
 from fitting.visualize import overlay, plot_losses
 from single_view.camera import deca_camera, deca_global_pose
 
@@ -37,16 +38,6 @@ IMAGE_RESULTS = frozenset({"params.npz", "mesh.obj", "mesh.mtl", "texture.png", 
 def photo_folder(savefolder: Path, name: str) -> ResultFolder:
     """``<savefolder>/<stem>``: the result folder of photo ``name``."""
     return ResultFolder(Path(savefolder) / Path(name).stem, IMAGE_RESULTS)
-
-
-def original_intrinsics(K_fit: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """K (N, 3, 3) at fitting size -> original pixels, undoing ``u_fit = s u + offset``.
-    scale: (N,); offset: (N, 2)."""
-    A = torch.zeros_like(K_fit)
-    A[:, 0, 0] = A[:, 1, 1] = 1 / scale
-    A[:, :2, 2] = -offset / scale[:, None]
-    A[:, 2, 2] = 1
-    return A @ K_fit
 
 
 def to_original_pixels(points: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:

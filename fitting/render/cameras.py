@@ -28,6 +28,7 @@ Rotation-representation conversions (axis-angle, 6D, matrix) live in
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -35,10 +36,11 @@ from fitting.rotations import axis_angle_to_matrix, matrix_to_axis_angle  # noqa
 from fitting.rotations import matrix_to_rotation_6d, rotation_6d_to_matrix  # noqa: F401
 
 __all__ = [
+    "Cameras", "prepare_cameras",
     "project_points", "world_to_camera", "camera_centers", "intrinsics_from_fov", "look_at",
     "opencv_to_opengl_c2w", "opengl_c2w_to_opencv", "to_pytorch3d", "from_pytorch3d",
-    "scale_intrinsics", "check_cameras", "pinhole_inverse", "FLIP", "rot_to_matrix", "matrix_to_rot",
-    "rotation_angle_deg", "scale_focal", "view_rotation",
+    "scale_intrinsics", "unscale_intrinsics", "check_cameras", "pinhole_inverse",
+    "FLIP", "rot_to_matrix", "matrix_to_rot", "rotation_angle_deg", "scale_focal", "view_rotation",
 ]
 
 _FLIP_YZ = (1.0, -1.0, -1.0)   # OpenCV camera axes <-> OpenGL camera axes
@@ -74,6 +76,23 @@ def pinhole_inverse(K: torch.Tensor) -> torch.Tensor:
     return torch.stack([ifx, -s * ifx * ify, (s * cy - cx * fy) * ifx * ify,
                         zero, ify, -cy * ify,
                         zero, zero, one], -1).view(-1, 3, 3)
+
+
+class Cameras(NamedTuple):
+    """B pinhole cameras checked once, with K^-1: what every pass of one render shares
+    (MeshRenderer.forward prepares them once and hands them down).
+
+    K, Kinv: (B, 3, 3), Kinv = pinhole_inverse(K); R: (B, 3, 3); t: (B, 3)."""
+    K: torch.Tensor
+    Kinv: torch.Tensor
+    R: torch.Tensor
+    t: torch.Tensor
+
+
+def prepare_cameras(K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, batch: int | None = None) -> Cameras:
+    """check_cameras(K, R, t, batch), then Cameras(K, pinhole_inverse(K), R, t)."""
+    check_cameras(K, R, t, batch)
+    return Cameras(K, pinhole_inverse(K), R, t)
 
 
 def world_to_camera(points: torch.Tensor, R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -193,6 +212,20 @@ def from_pytorch3d(R: torch.Tensor, T: torch.Tensor, focal_length: torch.Tensor,
     K[:, 2, 2] = 1
     R_cv = (R * flip).transpose(-1, -2)
     return K, R_cv, T * flip
+
+
+def unscale_intrinsics(K: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """K (N, 3, 3) of images resized and shifted by ``u_fit = s u + offset`` -> K of the original
+    images (with pixel centres at +0.5 the continuous image plane maps affinely, so this is exact).
+
+    scale: (N,) isotropic or (N, 2) (sx, sy); offset: (N, 2) in resized pixels, or None (0)."""
+    s = scale[:, None].expand(-1, 2) if scale.dim() == 1 else scale
+    A = torch.zeros_like(K)
+    A[:, 0, 0], A[:, 1, 1] = 1 / s[:, 0], 1 / s[:, 1]
+    if offset is not None:
+        A[:, :2, 2] = -offset / s
+    A[:, 2, 2] = 1
+    return A @ K
 
 
 def scale_intrinsics(K: torch.Tensor, sx: float, sy: float | None = None) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Hard rasterization: nearest face per pixel, perspective-correct barycentrics, depth.
 
-Two passes, one code path for CPU and CUDA, no Python loop over views, faces or pixels:
+Two passes, in PyTorch for any device, no Python loop over views, faces or pixels (on the
+CPU a compiled kernel, fitting.render.native, runs the first pass bit for bit the same):
 
 1. **Visibility** (no gradient). Each face's screen-space bounding box is enumerated as
    (face, pixel) candidate pairs in flat tensors (in chunks of at most
@@ -35,11 +36,11 @@ from typing import NamedTuple
 
 import torch
 
-from fitting.render.cameras import check_cameras, pinhole_inverse, world_to_camera
+from fitting.render.cameras import Cameras, pinhole_inverse, prepare_cameras, world_to_camera
+from fitting.render.rays import cross, face_corners, pixel_centre_rays, pixel_xy
 
-__all__ = ["RasterSettings", "Fragments", "PackedFragments", "StaticSizes", "rasterize", "rasterize_packed",
-           "visible_faces", "visible_faces_static", "static_sizes", "static_settings", "pixel_rays",
-           "pixel_centre_rays"]
+__all__ = ["RasterSettings", "Fragments", "PackedFragments", "rasterize", "rasterize_packed",
+           "rasterize_camera_space", "visible_faces", "check_mesh", "check_image_size"]
 
 _FACE_MASK = 0xFFFFFFFF
 
@@ -48,30 +49,12 @@ class RasterSettings(NamedTuple):
     """image_size: (H, W); near: camera-space clip distance (same unit as verts);
     cull_backfaces: drop faces whose (v0, v1, v2) winding is clockwise as seen by the camera
     (i.e. whose right-hand normal points away from it); max_pairs: candidate (face, pixel)
-    pairs per chunk of the visibility pass (memory ~ 60-100 bytes per pair);
-    static_tiles, static_pixels: 0 (default) for the packed pipeline, whose tensor sizes
-    follow the image content. Both > 0 for static shapes throughout (at most that many 2x2
-    candidate tiles and covered pixels per call, padded to exactly that many), which lets
-    a CUDA graph capture a forward + backward (docs/RENDERER.md). static_outline: in the
-    static mode, the silhouette's outline pixel pairs per direction (0: 2 x static_pixels,
-    which always suffices but costs ~30x the work of a measured size). A call that needs
-    more raises; :func:`static_sizes` measures what a set of views needs and
-    :func:`static_settings` sets all three with a margin."""
+    pairs per chunk of the visibility pass (memory ~ 60-100 bytes per pair). Tensor sizes
+    follow the image content; fitting.render.static renders with fixed sizes instead."""
     image_size: tuple[int, int]
     near: float = 1e-3
     cull_backfaces: bool = False
     max_pairs: int = 1 << 22
-    static_tiles: int = 0
-    static_pixels: int = 0
-    static_outline: int = 0
-
-
-class StaticSizes(NamedTuple):
-    """What a set of views needs in the static mode: 2x2 candidate tiles, covered pixels, and
-    outline pixel pairs (the larger of the horizontal and vertical counts)."""
-    tiles: int
-    pixels: int
-    outline: int
 
 
 class Fragments(NamedTuple):
@@ -86,35 +69,23 @@ class PackedFragments(NamedTuple):
     """The covered pixels only (N of them), which is what the renderer computes on.
 
     pix (N,) int64 flat index ``b*H*W + y*W + x``; view (N,) int64; face (N,) int64 face id
-    (per view, into ``faces``); bary (N,3); depth (N,); shape (B, H, W).
-    Static mode (``RasterSettings.static_tiles``): N = static_pixels, the slots after the
-    covered pixels are padding with ``pix = B*H*W`` (one past the image), ``covered`` (N,)
-    bool False, view and face 0, bary and depth 0; ``needed`` = (tiles, pixels) the call
-    needed (after a CUDA graph replay, check it against the settings: more means faces or
-    pixels were dropped). Both are None in the packed mode."""
+    (per view, into ``faces``); bary (N,3); depth (N,); shape (B, H, W)."""
     pix: torch.Tensor
     view: torch.Tensor
     face: torch.Tensor
     bary: torch.Tensor
     depth: torch.Tensor
     shape: tuple[int, int, int]
-    covered: torch.Tensor | None = None
-    needed: torch.Tensor | None = None
 
     def scatter(self, values: torch.Tensor, fill: float = 0) -> torch.Tensor:
         """(N, C) values at the listed pixels -> (B*H*W, C), ``fill`` elsewhere."""
         B, H, W = self.shape
-        n = B * H * W
-        if self.covered is None:
-            return values.new_full((n, values.shape[-1]), fill).index_copy(0, self.pix, values)
-        out = values.new_full((n + 1, values.shape[-1]), fill)      # a dump slot for the padding
-        return out.index_copy(0, self.pix, values)[:n]
+        return values.new_full((B * H * W, values.shape[-1]), fill).index_copy(0, self.pix, values)
 
     def face_idx(self) -> torch.Tensor:
         """(B, H, W) int64 face per pixel, -1 for background."""
         B, H, W = self.shape
-        face = self.face if self.covered is None else torch.where(self.covered, self.face, -1)
-        return self.scatter(face[:, None], -1).view(B, H, W)
+        return self.scatter(self.face[:, None], -1).view(B, H, W)
 
     def to_dense(self) -> Fragments:
         B, H, W = self.shape
@@ -123,7 +94,8 @@ class PackedFragments(NamedTuple):
         return Fragments(self.face_idx(), bary, depth)
 
 
-def _check_mesh(verts: torch.Tensor, faces: torch.Tensor) -> None:
+def check_mesh(verts: torch.Tensor, faces: torch.Tensor) -> None:
+    """Raise a ValueError unless verts (B, V, 3) and integer faces (F, 3) fit together."""
     if verts.dim() != 3 or verts.shape[-1] != 3:
         raise ValueError(f"verts must be (B, V, 3), got {tuple(verts.shape)}; add a batch dim")
     if faces.dim() != 2 or faces.shape[-1] != 3 or faces.dtype not in (torch.int64, torch.int32):
@@ -132,40 +104,14 @@ def _check_mesh(verts: torch.Tensor, faces: torch.Tensor) -> None:
         raise ValueError(f"faces on {faces.device} but verts on {verts.device}; move them together")
 
 
-def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Cross product over the last dim (explicit: faster than linalg.cross on strided views)."""
-    ax, ay, az = a.unbind(-1)
-    bx, by, bz = b.unbind(-1)
-    return torch.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], -1)
+def check_image_size(settings: RasterSettings) -> None:
+    H, W = settings.image_size
+    if H <= 0 or W <= 0:
+        raise ValueError(f"image_size must be positive (H, W), got {settings.image_size}")
 
 
-def pixel_centre_rays(Kinv: torch.Tensor, view: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                      H: int, W: int) -> torch.Tensor:
-    """Rays d = K^-1 (x + 0.5, y + 0.5, 1) of integer pixels (x, y) of views ``view`` (all (N,)).
-
-    Kinv: (B, 3, 3) upper triangular with last row (0, 0, 1) (any pinhole K). Per-view
-    column / row tables keep the per-pixel work to three scalar gathers. Returns (N, 3)."""
-    dt = Kinv.dtype
-    cols = torch.arange(W, device=Kinv.device, dtype=dt) + 0.5
-    rows = torch.arange(H, device=Kinv.device, dtype=dt) + 0.5
-    col_x = Kinv[:, 0, 0, None] * cols + Kinv[:, 0, 2, None]          # (B, W)
-    row_x = Kinv[:, 0, 1, None] * rows                                 # (B, H)  (skew)
-    row_y = Kinv[:, 1, 1, None] * rows + Kinv[:, 1, 2, None]          # (B, H)
-    ci, ri = view * W + x, view * H + y
-    dx = col_x.reshape(-1).index_select(0, ci) + row_x.reshape(-1).index_select(0, ri)
-    dy = row_y.reshape(-1).index_select(0, ri)
-    return torch.stack([dx, dy, torch.ones_like(dx)], -1)
-
-
-def pixel_rays(u: torch.Tensor, v: torch.Tensor, Kinv: torch.Tensor) -> torch.Tensor:
-    """Camera-frame ray directions d = K^-1 (u, v, 1) (z component 1 for a pinhole K).
-
-    u, v: (N,) continuous pixel coordinates; Kinv: (N, 3, 3) -> (N, 3)."""
-    return Kinv[:, :, 0] * u[:, None] + Kinv[:, :, 1] * v[:, None] + Kinv[:, :, 2]
-
-
-def _face_boxes(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, near: float, H: int, W: int,
-                static: bool = False):
+def face_boxes(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, near: float, H: int, W: int,
+               static: bool = False):
     """Inclusive pixel boxes (x0, x1, y0, y1), each (B, F) int64, of the faces' parts in front
     of the near plane (empty, x1 < x0 or y1 < y0, for faces that can draw nothing).
     static: always take the clipping branch (no host sync on the vertices' depths)."""
@@ -215,23 +161,21 @@ def _sum3(x: torch.Tensor) -> torch.Tensor:
     return (x[..., 0] + x[..., 1]) + x[..., 2]
 
 
-def _face_coefficients(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, gidx: torch.Tensor):
-    """Edge-function and inverse-depth coefficients of the faces ``gidx`` (flat b*F + f).
+def face_coefficients(Xc: torch.Tensor, faces: torch.Tensor, Kinv: torch.Tensor, gidx: torch.Tensor):
+    """Edge-function and inverse-depth coefficients of the faces ``gidx`` (flat b*F + f), for
+    the pixel-centre rays of Kinv (B, 3, 3) = pinhole_inverse(K).
 
     Returns coef (M, 12): rows ``[a0 b0 c0 a1 b1 c1 a2 b2 c2 az bz cz]`` with
     ``w_i = a_i u + b_i v + c_i`` sign-normalised (all >= 0 inside) and inverse depth
     ``az u + bz v + cz``, and det (M,) = det(P0, P1, P2) (0: degenerate or edge-on;
     > 0: the right-hand normal points away from the camera)."""
-    B, V = Xc.shape[:2]
-    F = faces.shape[0]
+    B, F = Xc.shape[0], faces.shape[0]
     view = torch.div(gidx, F, rounding_mode="floor")
-    vid = faces.index_select(0, gidx - view * F) + (view * V)[:, None]
-    P = Xc.reshape(B * V, 3).index_select(0, vid.reshape(-1)).view(-1, 3, 3)
-    P0, P1, P2 = P.unbind(1)
-    E = torch.stack([_cross(P1, P2), _cross(P2, P0), _cross(P0, P1)], 1)    # (M, 3, 3)
+    P0, P1, P2 = face_corners(Xc, faces, view, gidx - view * F).unbind(1)
+    E = torch.stack([cross(P1, P2), cross(P2, P0), cross(P0, P1)], 1)      # (M, 3, 3)
     det = _sum3(P0 * E[:, 0])
     # w_i = E_i . (Kinv (u, v, 1)), Kinv upper triangular with last row (0, 0, 1)
-    Ki = pinhole_inverse(K).reshape(B, 9).index_select(0, view)            # (M, 9)
+    Ki = Kinv.reshape(B, 9).index_select(0, view)                          # (M, 9)
     Es = E * torch.sign(det)[:, None, None]
     ex, ey, ez = Es.unbind(-1)                                              # (M, 3) each
     a = ex * Ki[:, 0:1]
@@ -251,11 +195,6 @@ _PAD_TO_COARSE = (0, 4, 4, 4, 4, 8, 8, 8, 8)
 _COARSE_DEVICES = ("cuda",)
 
 
-def _key(invz, fid):
-    """int64 z-buffer key: float32 bits of inverse depth << 32 | (2^31 - 1 - face)."""
-    return (invz.float().view(torch.int32).to(torch.int64) << 32) | (0x7FFFFFFF - fid)
-
-
 def _pairs_key(w0, w1, w2, invz, fid, near):
     """int64 z-buffer key of candidate pairs, 0 where the pixel centre is not covered.
 
@@ -267,10 +206,15 @@ def _pairs_key(w0, w1, w2, invz, fid, near):
     return torch.where(ok, key, 0)   # inside implies invz >= 0; invz == 0 (degenerate) is not a hit
 
 
-def _grid_keys(coef, u0, v0, fid, dx, dy, near: float):
+def key_face(key: torch.Tensor) -> torch.Tensor:
+    """The face id in z-buffer keys (see _pairs_key)."""
+    return 0x7FFFFFFF - (key & _FACE_MASK)
+
+
+def grid_keys(coef, u0, v0, fid, dx, dy, near: float):
     """z-buffer keys of each face's (by, bx) grid of candidate pixels.
 
-    coef: (n, 12) from _face_coefficients; u0, v0: (n,) centre of each grid's corner pixel;
+    coef: (n, 12) from face_coefficients; u0, v0: (n,) centre of each grid's corner pixel;
     fid: (n,) face ids; dx: (bx,), dy: (by,) pixel offsets. Returns (n, by, bx) int64.
 
     Every candidate is evaluated as ``(a * u + b * v) + c`` at its own pixel centre (u, v)
@@ -287,35 +231,30 @@ def _grid_keys(coef, u0, v0, fid, dx, dy, near: float):
 
 @torch.no_grad()
 def visible_faces(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, settings: RasterSettings,
-                  native: bool | None = None):
-    """Visibility pass. Xc: (B, V, 3) camera frame. Returns (pix (N,), face (N,)) int64 for the
-    covered pixels, sorted by pixel; ``face`` indexes ``faces`` (per view).
+                  native: bool | None = None, Kinv: torch.Tensor | None = None):
+    """Visibility pass. Xc: (B, V, 3) camera frame; K: (B, 3, 3); Kinv: pinhole_inverse(K)
+    where the caller has it. Returns (pix (N,), face (N,)) int64 for the covered pixels,
+    sorted by pixel; ``face`` indexes ``faces`` (per view).
 
     native: None (default) runs the compiled kernel (fitting.render.native, bit-identical
-    to the torch path) for float32 inputs when it is available (CPU; CUDA with
-    FLAME_FIT_NATIVE_CUDA=1, see fitting.render.native.cuda), else the torch path; False
-    always runs the torch path; True requires the kernel (RuntimeError otherwise)."""
-    if native is not False and Xc.device.type in ("cpu", "cuda"):
-        out = _native_visible_faces(Xc, faces, K, settings)
+    to the torch path) where it takes these inputs (see native.visible_faces), else the
+    torch path; False always runs the torch path; True requires the kernel (RuntimeError
+    otherwise)."""
+    if native is not False:
+        from fitting.render import native as kernels
+        H, W = settings.image_size
+        out = kernels.visible_faces(Xc, faces, K, H, W, settings.near, settings.cull_backfaces)
         if out is not None:
             return out
         if native:
             raise RuntimeError("the native visibility kernel is not available for these inputs (it needs "
-                               "float32 Xc and K, near > 0, finite values, and a successful build: "
-                               "python -m fitting.render.native; on CUDA also FLAME_FIT_NATIVE_CUDA=1)")
-    return _visible_faces_torch(Xc, faces, K, settings)
+                               "float32 Xc and K on the CPU, near > 0, finite values, and a successful build: "
+                               "python -m fitting.render.native)")
+    return _visible_faces_torch(Xc, faces, K, settings, Kinv)
 
 
-def _native_visible_faces(Xc, faces, K, settings):
-    """The compiled kernel's (pix, face), or None where it does not apply (see native)."""
-    from fitting.render import native as _native
-    from fitting.render.native import cuda as _cuda
-    H, W = settings.image_size
-    kernel = _cuda if _cuda.runs_on(Xc.device) else _native
-    return kernel.visible_faces(Xc, faces, K, H, W, settings.near, settings.cull_backfaces)
-
-
-def _visible_faces_torch(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, settings: RasterSettings):
+def _visible_faces_torch(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, settings: RasterSettings,
+                         Kinv: torch.Tensor | None = None):
     """Pure-PyTorch visibility pass (any device and float dtype); see visible_faces.
 
     Boxes come first (cheap, per vertex), edge coefficients only for faces whose box holds
@@ -327,12 +266,12 @@ def _visible_faces_torch(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor,
     H, W = settings.image_size
     B, F = Xc.shape[0], faces.shape[0]
     dev = Xc.device
-    x0, x1, y0, y1 = _face_boxes(Xc, faces, K, settings.near, H, W)
+    x0, x1, y0, y1 = face_boxes(Xc, faces, K, settings.near, H, W)
     nx = (x1 - x0 + 1).clamp_min(0).flatten()
     ny = (y1 - y0 + 1).clamp_min(0).flatten()
     gidx = ((nx > 0) & (ny > 0)).nonzero()[:, 0]            # faces that may cover a pixel centre
     zbuf = torch.zeros(B * H * W, dtype=torch.int64, device=dev)
-    coef, det = _face_coefficients(Xc, faces, K, gidx)
+    coef, det = face_coefficients(Xc, faces, pinhole_inverse(K) if Kinv is None else Kinv, gidx)
     nx, ny = nx.index_select(0, gidx), ny.index_select(0, gidx)
     draw = det < 0 if settings.cull_backfaces else det != 0  # camera at the origin: N faces it when det < 0
     S = _SMALL_BOX
@@ -382,98 +321,11 @@ def _visible_faces_torch(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor,
         rows = max(1, settings.max_pairs // (bx * by))          # bound the memory of one grid
         for r0 in range(sl.start, sl.stop, rows):
             ch = slice(r0, min(r0 + rows, sl.stop))
-            key = _grid_keys(coef[ch], u0[ch], v0[ch], fid[ch], dx, dy, settings.near)
+            key = grid_keys(coef[ch], u0[ch], v0[ch], fid[ch], dx, dy, settings.near)
             pix = pix0[ch][:, None, None] + offs
             zbuf.scatter_reduce_(0, pix.flatten(), key.flatten(), "amax")
     pix = zbuf.nonzero()[:, 0]
-    face = 0x7FFFFFFF - (zbuf.index_select(0, pix) & _FACE_MASK)
-    return pix, face
-
-
-# Static-mode tiles are _TILE x _TILE pixels. Most faces of a head cover a pixel box of 1-3
-# pixels a side: 2x2 tiles evaluate half the candidates of 4x4 ones (2.4 M instead of 4.8 M for
-# 30 views at 256²) for 2.4x the tiles, ~20 % less time in the CPU proxy (docs/RENDERER.md).
-_TILE = 2
-
-
-def _tiles(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, settings: RasterSettings):
-    """Per face (flat b*F + f): boxes x0, x1, y0, y1, edge tables coef (B*F, 12), tiles per
-    row tx and the number of tiles ``count`` (0 for faces that cannot draw)."""
-    H, W = settings.image_size
-    B, F = Xc.shape[0], faces.shape[0]
-    x0, x1, y0, y1 = (b.flatten() for b in _face_boxes(Xc, faces, K, settings.near, H, W, static=True))
-    coef, det = _face_coefficients(Xc, faces, K, torch.arange(B * F, device=Xc.device))
-    draw = det < 0 if settings.cull_backfaces else det != 0
-    tx = torch.div(x1 - x0 + _TILE, _TILE, rounding_mode="floor").clamp_min(0)
-    ty = torch.div(y1 - y0 + _TILE, _TILE, rounding_mode="floor").clamp_min(0)
-    return x0, x1, y0, y1, coef, tx, torch.where(draw, tx * ty, 0)
-
-
-@torch.no_grad()
-def static_sizes(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: torch.Tensor,
-                 t: torch.Tensor, settings: RasterSettings) -> StaticSizes:
-    """StaticSizes(tiles, pixels, outline) that the static mode needs to render these views;
-    choose ``RasterSettings.static_tiles`` / ``static_pixels`` / ``static_outline`` with a
-    margin for motion (:func:`static_settings` does).
-
-    verts: (B, V, 3) world; K, R: (B, 3, 3); t: (B, 3)."""
-    from fitting.render.silhouette import outline_pair_counts
-    faces = faces.long()
-    Xc = world_to_camera(verts, R, t)
-    tiles = int(_tiles(Xc, faces, K, settings)[-1].sum())
-    packed = settings._replace(static_tiles=0, static_pixels=0, static_outline=0)
-    pix, face = visible_faces(Xc, faces, K, packed)
-    B, (H, W) = verts.shape[0], settings.image_size
-    face_idx = torch.full((B * H * W,), -1, dtype=torch.int64, device=pix.device).index_copy(0, pix, face)
-    outline = int(outline_pair_counts(face_idx.view(B, H, W)).max())
-    return StaticSizes(tiles, int(pix.numel()), outline)
-
-
-def static_settings(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor,
-                    settings: RasterSettings, margin: float = 0.2, extra: int = 64) -> RasterSettings:
-    """``settings`` switched to the static mode, sized for these views (static_sizes) plus
-    ``margin`` (relative) and ``extra`` (absolute) room for the mesh and cameras to move.
-    Same arguments as static_sizes."""
-    need = static_sizes(verts, faces, K, R, t, settings)
-    room = [int(n * (1 + margin)) + extra for n in need]
-    return settings._replace(static_tiles=room[0], static_pixels=room[1], static_outline=room[2])
-
-
-@torch.no_grad()
-def visible_faces_static(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, settings: RasterSettings):
-    """Visibility pass with static shapes and no host sync (capturable in a CUDA graph).
-
-    Every face's box is cut into _TILE x _TILE tiles; a fixed number ``settings.static_tiles`` of tile
-    slots is filled by a search over the faces' cumulative tile counts. Keys are
-    bit-identical to :func:`visible_faces` (see _grid_keys). Returns face (B*H*W,) int64,
-    -1 for background, and the number of tiles needed (0-dim int64 tensor; more than
-    ``static_tiles`` means tiles were dropped: the caller must check)."""
-    H, W = settings.image_size
-    B, F = Xc.shape[0], faces.shape[0]
-    dev = Xc.device
-    T = _TILE
-    x0, x1, y0, y1, coef, tx, count = _tiles(Xc, faces, K, settings)
-    ends = count.cumsum(0)
-    slot = torch.arange(settings.static_tiles, device=dev)
-    g = torch.searchsorted(ends, slot, right=True).clamp(max=B * F - 1)     # face of each slot
-    local = slot - (ends.index_select(0, g) - count.index_select(0, g))
-    w = tx.index_select(0, g).clamp_min(1)
-    ry = torch.div(local, w, rounding_mode="floor")
-    tile_x = x0.index_select(0, g) + T * (local - ry * w)                   # tile corner pixel
-    tile_y = y0.index_select(0, g) + T * ry
-    view = torch.div(g, F, rounding_mode="floor")
-    d = torch.arange(T, device=dev)
-    xs, ys = tile_x[:, None] + d, tile_y[:, None] + d                       # (S, T) each
-    key = _grid_keys(coef.index_select(0, g), tile_x.to(coef.dtype) + 0.5, tile_y.to(coef.dtype) + 0.5,
-                     g - view * F, d.to(coef.dtype), d.to(coef.dtype), settings.near)   # (S, T, T)
-    inside = ((slot < ends[-1])[:, None, None]
-              & (ys <= y1.index_select(0, g)[:, None])[:, :, None]
-              & (xs <= x1.index_select(0, g)[:, None])[:, None, :])
-    pix = (view * (H * W))[:, None, None] + ys.clamp(max=H - 1)[:, :, None] * W + xs.clamp(max=W - 1)[:, None, :]
-    zbuf = torch.zeros(B * H * W, dtype=torch.int64, device=dev)
-    zbuf.scatter_reduce_(0, pix.flatten(), torch.where(inside, key, 0).flatten(), "amax")
-    face = torch.where(zbuf > 0, 0x7FFFFFFF - (zbuf & _FACE_MASK), -1)
-    return face, ends[-1]
+    return pix, key_face(zbuf.index_select(0, pix))
 
 
 def _enumerate_pairs(zbuf, coef, u0, v0, nx, count, pix0, fid, W, settings):
@@ -502,24 +354,20 @@ def _enumerate_pairs(zbuf, coef, u0, v0, nx, count, pix0, fid, W, settings):
         first = last
 
 
-def _barycentrics(Xc, faces, Kinv, pix, view, face, H, W, covered=None):
-    """Differentiable perspective-correct barycentrics and depth of the given pixels
-    (zero where ``covered`` (N,) bool, if given, is False)."""
-    B, V = Xc.shape[:2]
-    rem = pix - view * (H * W)
-    y = torch.div(rem, W, rounding_mode="floor")
-    x = rem - y * W
-    # index_select rather than advanced indexing: ~3x faster gathers and scatter-adds on CPU
+def barycentrics(Xc, faces, Kinv, pix, view, face, H, W, covered=None):
+    """Differentiable perspective-correct barycentrics (N, 3) and depth (N,) of the pixels
+    pix (N,) of views view (N,) on faces face (N,); Kinv: pinhole_inverse(K) (zero where
+    ``covered`` (N,) bool, if given, is False)."""
+    x, y = pixel_xy(pix, view, H, W)
     d = pixel_centre_rays(Kinv.to(Xc.dtype), view, x, y, H, W)                # (N, 3)
-    vid = faces.index_select(0, face) + (view * V)[:, None]                   # (N, 3)
-    P = Xc.reshape(B * V, 3).index_select(0, vid.reshape(-1)).view(-1, 3, 3)  # (N, 3, 3)
+    P = face_corners(Xc, faces, view, face)                                   # (N, 3, 3)
     P0, P1, P2 = P.unbind(1)
     # w_i = d . (P_j x P_k); with q = d x P0 the last two are triple products with q, and
     # their sum is d . ((P1 - P0) x (P2 - P0)): two cross products instead of three
-    q = _cross(d, P0)
+    q = cross(d, P0)
     w1 = -(P2 * q).sum(-1)
     w2 = (P1 * q).sum(-1)
-    total = (d * _cross(P1 - P0, P2 - P0)).sum(-1)
+    total = (d * cross(P1 - P0, P2 - P0)).sum(-1)
     w = torch.stack([total - w1 - w2, w1, w2], -1)
     if covered is not None:                          # background rays may be parallel to face 0
         total = torch.where(covered, total, 1.0)
@@ -529,54 +377,26 @@ def _barycentrics(Xc, faces, Kinv, pix, view, face, H, W, covered=None):
     return bary, depth
 
 
+def rasterize_camera_space(Xc: torch.Tensor, faces: torch.Tensor, cams: Cameras,
+                           settings: RasterSettings) -> PackedFragments:
+    """:func:`rasterize_packed` of vertices already in the camera frame, for callers that
+    checked and prepared the cameras once (MeshRenderer.forward).
+
+    Xc: (B, V, 3) = world_to_camera(verts, R, t); faces: (F, 3) int64; cams: prepare_cameras(K, R, t)."""
+    H, W = settings.image_size
+    pix, face = visible_faces(Xc.detach(), faces, cams.K.detach(), settings, Kinv=cams.Kinv.detach())
+    view = torch.div(pix, H * W, rounding_mode="floor")
+    bary, depth = barycentrics(Xc, faces, cams.Kinv, pix, view, face, H, W)
+    return PackedFragments(pix, view, face, bary, depth, (Xc.shape[0], H, W))
+
+
 def rasterize_packed(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: torch.Tensor,
                      t: torch.Tensor, settings: RasterSettings) -> PackedFragments:
     """Like :func:`rasterize` but returns only the covered pixels (see PackedFragments)."""
-    _check_mesh(verts, faces)
-    check_cameras(K, R, t, verts.shape[0])
-    H, W = settings.image_size
-    if H <= 0 or W <= 0:
-        raise ValueError(f"image_size must be positive (H, W), got {settings.image_size}")
-    faces = faces.long()
-    Xc = world_to_camera(verts, R, t)
-    B = verts.shape[0]
-    if settings.static_tiles > 0 or settings.static_pixels > 0:
-        pix, at, face, covered, needed = _static_pixels(Xc.detach(), faces, K.detach(), settings)
-    else:
-        pix, face = visible_faces(Xc.detach(), faces, K.detach(), settings)
-        at, covered, needed = pix, None, None
-    view = torch.div(at, H * W, rounding_mode="floor")
-    bary, depth = _barycentrics(Xc, faces, pinhole_inverse(K), at, view, face, H, W, covered)
-    return PackedFragments(pix, view, face, bary, depth, (B, H, W), covered, needed)
-
-
-def _static_pixels(Xc, faces, K, settings):
-    """Static-mode visibility: (pix (P,), at (P,), face (P,), covered (P,), needed (2,)) with
-    P = settings.static_pixels (see PackedFragments); ``at`` is ``pix`` with the padding slots
-    on valid, spread-out pixels, for computing on."""
-    if settings.static_tiles <= 0 or settings.static_pixels <= 0:
-        raise ValueError("static mode needs both RasterSettings.static_tiles and static_pixels > 0 "
-                         "(static_sizes() measures what your views need)")
-    B = Xc.shape[0]
-    H, W = settings.image_size
-    face_all, tiles = visible_faces_static(Xc, faces, K, settings)
-    hit = face_all >= 0
-    needed = torch.stack([tiles, hit.sum()])
-    if not (Xc.is_cuda and torch.cuda.is_current_stream_capturing()):
-        nt, npix = needed.tolist()
-        if nt > settings.static_tiles or npix > settings.static_pixels:
-            raise ValueError(f"these views need {nt} tiles and {npix} pixels but RasterSettings allows "
-                             f"static_tiles={settings.static_tiles}, static_pixels={settings.static_pixels}; "
-                             "raise them (static_sizes() measures what views need)")
-    n = B * H * W
-    pix = torch.nonzero_static(hit, size=settings.static_pixels, fill_value=n)[:, 0]
-    covered = pix < n
-    # padding slots compute on spread-out pixels and faces: were they all the same, the
-    # backward's atomic adds into that one face's vertices would serialise
-    spread = torch.arange(settings.static_pixels, device=pix.device)
-    at = torch.where(covered, pix, spread % n)
-    face = torch.where(covered, face_all.index_select(0, at), spread % faces.shape[0])
-    return pix, at, face, covered, needed
+    check_mesh(verts, faces)
+    cams = prepare_cameras(K, R, t, verts.shape[0])
+    check_image_size(settings)
+    return rasterize_camera_space(world_to_camera(verts, R, t), faces.long(), cams, settings)
 
 
 def rasterize(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: torch.Tensor,

@@ -12,14 +12,13 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
+from fitting.render.cameras import Cameras, prepare_cameras, world_to_camera
 from fitting.render.interpolate import check_attrs as _check_attrs
 from fitting.render.interpolate import interpolate_barycentric
-from fitting.render.cameras import check_cameras, pinhole_inverse, world_to_camera
-from fitting.render.native import cuda as native_cuda
-from fitting.render.rasterize import (Fragments, PackedFragments, RasterSettings, _check_mesh, rasterize_packed,
-                                      visible_faces)
+from fitting.render.rasterize import (Fragments, PackedFragments, RasterSettings, check_image_size, check_mesh,
+                                      rasterize_camera_space, visible_faces)
 from fitting.render.shading import sh_basis, vertex_normals
-from fitting.render.silhouette import silhouette_static
+from fitting.render.silhouette import silhouette_camera_space
 from fitting.render.texture import uv_to_grid
 
 __all__ = ["MeshRenderer", "RenderOutput", "sample_texture_packed", "per_view_matmul", "view_packing",
@@ -38,9 +37,7 @@ class RenderOutput:
     silhouette: (B,1,H,W) antialiased, differentiable at the outline; packed: the covered
     pixels (PackedFragments). Computed on first access (then cached): albedo, shading,
     normals (world, unit): (B,3,H,W), zero at background; fragments: dense Fragments.
-    needed: static mode only (else None), (3,) int64 tiles, pixels and outline pairs this
-    call needed; after a CUDA graph replay, any above the RasterSettings' static sizes
-    means that work was dropped and the result is wrong."""
+    needed: None, except from fitting.render.static.StaticMeshRenderer (see there)."""
     image: torch.Tensor
     alpha: torch.Tensor
     silhouette: torch.Tensor
@@ -182,15 +179,29 @@ class MeshRenderer(torch.nn.Module):
         sh: (B, 9, 3); vertex_colors: (B, V, 3) or (V, 3). Albedo is the texture if given,
         else the vertex colours, else 1; shading is SH if given, else 1.
 
-        On CPU, in the packed mode (settings.static_tiles == 0), everything per covered pixel
-        (barycentrics, depth, normals, albedo, shading, the image scatter) and the vertex
-        normals run in a compiled kernel
-        (fitting.render.native.shade, built on first use; FLAME_FIT_NATIVE=0 disables it, a
-        failed build warns once and keeps the torch path); on CUDA the same with
-        FLAME_FIT_NATIVE_CUDA=1 (experimental: fitting.render.native.cuda). Same values to float rounding;
-        the packed bary / depth / normals / albedo / shading stay differentiable w.r.t.
-        verts, K, R, t, texture, vertex colours and SH."""
+        The cameras are checked and converted once (prepare_cameras, world_to_camera) and
+        handed to each pass. On CPU, everything per covered pixel (barycentrics, depth,
+        normals, albedo, shading, the image scatter), the vertex normals and the silhouette
+        run in compiled kernels (fitting.render.native, built on first use;
+        FLAME_FIT_NATIVE=0 disables them, a failed build warns once and keeps the PyTorch
+        path). Same values to float rounding; the packed bary / depth / normals / albedo /
+        shading stay differentiable w.r.t. verts, K, R, t, texture, vertex colours and SH."""
         faces = self.faces
+        vertex_colors = self._check_inputs(verts, texture, sh, vertex_colors)
+        check_mesh(verts, faces)
+        cams = prepare_cameras(K, R, t, verts.shape[0])
+        check_image_size(self.settings)
+        Xc = world_to_camera(verts, R, t)
+        pf, n, albedo, shading, image = self._pixels(verts, Xc, cams, texture, vertex_colors, sh)
+        face_idx = pf.face_idx()
+        return RenderOutput(image=image, alpha=(face_idx >= 0).to(verts.dtype)[:, None],
+                            silhouette=silhouette_camera_space(Xc, faces, cams.Kinv, face_idx),
+                            packed=pf, face_idx=face_idx, packed_albedo=albedo, packed_shading=shading,
+                            packed_normals=n)
+
+    def _check_inputs(self, verts, texture, sh, vertex_colors):
+        """Raise a ValueError for a texture, SH or vertex colours that do not fit verts and this
+        renderer; returns the vertex colours as (B or 1, V, C)."""
         B = verts.shape[0] if verts.dim() == 3 else -1
         if texture is not None:
             if self.faces_uvs is None:
@@ -199,66 +210,27 @@ class MeshRenderer(torch.nn.Module):
                 raise ValueError(f"texture must be (B or 1, C, Ht, Wt) with B = {B}, got {tuple(texture.shape)}")
         if sh is not None and (sh.dim() != 3 or sh.shape[0] != B or sh.shape[1] != 9):
             raise ValueError(f"sh must be (B, 9, C) with B = {B}, got {tuple(sh.shape)}")
+        return None if vertex_colors is None else _check_attrs(self.faces, vertex_colors, B)
 
-        if vertex_colors is not None:
-            vertex_colors = _check_attrs(faces, vertex_colors, B)
-        fused = self._fused(verts, K, R, t, texture, vertex_colors, sh)
-        if fused is not None:
-            pf, n, albedo, shading, colour = fused
-            static = False
-        else:
-            pf = rasterize_packed(verts, faces, K, R, t, self.settings)
-            static = pf.covered is not None
-            # static: per-pixel SH by gather (a padded per-view batch would need the counts: a sync)
-            slot, m = view_packing(pf.view, B) if sh is not None and not static else (None, 0)
+    def _pixels(self, verts, Xc, cams: Cameras, texture, vertex_colors, sh):
+        """Rasterization and everything per covered pixel: (PackedFragments, normals, albedo,
+        shading, image (B, C, H, W)), by the compiled kernels where they take the inputs
+        (fitting.render.native.shade.supports), else by the PyTorch ops of
+        rasterize.barycentrics and _shade_pixels (same values and gradients)."""
+        from fitting.render.native import shade
+        faces, s = self.faces, self.settings
+        if not (shade.supports(verts, texture, vertex_colors, sh) and cams.K.device == verts.device
+                and shade.available_on(verts.device)):
+            pf = rasterize_camera_space(Xc, faces, cams, s)
+            slot, m = view_packing(pf.view, verts.shape[0]) if sh is not None else (None, 0)
             n, albedo, shading = _shade_pixels(verts, faces, pf.bary, pf.view, pf.face, self.faces_uvs,
                                                self.verts_uvs, texture, vertex_colors, sh, slot, m)
-        if static:
-            cov = pf.covered[:, None].to(n.dtype)
-            n, albedo, shading = n * cov, albedo * cov, shading * cov
-
-        face_idx = pf.face_idx()
-        alpha = (face_idx >= 0).to(verts.dtype)[:, None]
-        s = self.settings
-        sil, outline = silhouette_static(verts, faces, K, R, t, face_idx=face_idx,
-                                         static_pairs=(s.static_outline or 2 * s.static_pixels) if static else 0)
-        needed = torch.cat([pf.needed, outline[None]]) if static else None
-        if fused is None:
-            image = _dense(albedo * shading, pf)
-        elif native_cuda.runs_on(colour.device):     # the CUDA kernels (or their CPU emulation)
-            image = _dense(colour, pf)
-        else:
-            from fitting.render.native.shade import dense_image
-            image = dense_image(colour, pf.pix, pf.shape)
-        return RenderOutput(image=image, alpha=alpha, silhouette=sil,
-                            packed=pf, face_idx=face_idx, packed_albedo=albedo, packed_shading=shading,
-                            packed_normals=n, needed=needed)
-
-    def _fused(self, verts, K, R, t, texture, vertex_colors, sh):
-        """The compiled fast path: visibility, then the compiled per-pixel chain
-        (fitting.render.native.shade) instead of the torch ops of _barycentrics and
-        _shade_pixels (same values and gradients). Taken in the packed mode when the kernel is
-        built: on CPU (FLAME_FIT_NATIVE=0 disables it), and on CUDA when
-        FLAME_FIT_NATIVE_CUDA=1 (experimental, fitting.render.native.cuda). Returns
-        (PackedFragments, normals, albedo, shading, colour), or None for the torch path."""
-        from fitting.render.native import shade
-        s = self.settings
-        if (s.static_tiles > 0 or s.static_pixels > 0 or not shade.enabled() or verts.dim() != 3
-                or not shade.supports(verts, texture, vertex_colors, sh) or K.device != verts.device
-                or not shade.available_on(verts.device)):
-            return None
-        faces = self.faces
-        _check_mesh(verts, faces)
-        check_cameras(K, R, t, verts.shape[0])
-        H, W = s.image_size
-        if H <= 0 or W <= 0:
-            raise ValueError(f"image_size must be positive (H, W), got {s.image_size}")
-        B = verts.shape[0]
-        Xc = world_to_camera(verts, R, t)
-        pix, face = visible_faces(Xc.detach(), faces, K.detach(), s)
+            return pf, n, albedo, shading, _dense(albedo * shading, pf)
+        (H, W), B = s.image_size, verts.shape[0]
+        pix, face = visible_faces(Xc.detach(), faces, cams.K.detach(), s, Kinv=cams.Kinv.detach())
         view = torch.div(pix, H * W, rounding_mode="floor")
         colour, bary, depth, n, albedo, shading = shade.shade_pixels(
-            Xc, shade.vertex_normals(verts, faces), pinhole_inverse(K), pix, view, face, faces, (H, W),
+            Xc, shade.vertex_normals(verts, faces), cams.Kinv, pix, view, face, faces, (H, W),
             texture=texture, verts_uvs=self.verts_uvs, faces_uvs=self.faces_uvs, vertex_colors=vertex_colors, sh=sh)
-        return PackedFragments(pix, view, face, bary, depth, (B, H, W)), n, albedo, shading, colour
-
+        pf = PackedFragments(pix, view, face, bary, depth, (B, H, W))
+        return pf, n, albedo, shading, shade.dense_image(colour, pix, pf.shape)

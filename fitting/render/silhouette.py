@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import torch
 
-from fitting.render.cameras import check_cameras, pinhole_inverse, world_to_camera
-from fitting.render.rasterize import Fragments, RasterSettings, _cross, pixel_centre_rays, rasterize
+from fitting.render.cameras import prepare_cameras, world_to_camera
+from fitting.render.rasterize import Fragments, RasterSettings, check_mesh, rasterize
+from fitting.render.rays import cross, face_corners, pixel_centre_rays, pixel_xy
 
-__all__ = ["silhouette", "silhouette_static", "outline_pair_counts"]
+__all__ = ["silhouette", "silhouette_camera_space", "outline_pair_counts", "differing_pairs", "pair_pixels",
+           "outline_delta"]
 
 
-def _differs(cov: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+def differing_pairs(cov: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, differs): coverage of each pair's first pixel and whether its neighbour along dim
     (2: horizontal, 1: vertical) differs; cov (B, H, W) bool -> each one shorter along dim."""
     n = cov.shape[dim] - 1
@@ -44,60 +46,34 @@ def _differs(cov: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def outline_pair_counts(face_idx: torch.Tensor) -> torch.Tensor:
-    """(2,) int64: the horizontal and vertical outline pixel pairs of face_idx (B, H, W) (what
-    ``RasterSettings.static_outline`` must hold)."""
+    """(2,) int64: the horizontal and vertical outline pixel pairs of face_idx (B, H, W)."""
     cov = face_idx >= 0
-    return torch.stack([_differs(cov, 2)[1].sum(), _differs(cov, 1)[1].sum()])
+    return torch.stack([differing_pairs(cov, 2)[1].sum(), differing_pairs(cov, 1)[1].sum()])
 
 
-def _pairs(face_idx: torch.Tensor, dim: int, capacity: int = 0):
-    """Outline pairs along ``dim`` (2: horizontal, 1: vertical) of face_idx (B, H, W).
-
-    Returns flat indices (p covered, q background) into B*H*W, a validity mask and, with
-    ``capacity`` > 0, the number of pairs found (0-dim int64; else None). With a capacity
-    exactly that many pairs are returned (no host sync; padding invalid; pairs beyond it
-    are dropped: the caller checks the count)."""
-    B, H, W = face_idx.shape
-    a, differs = _differs(face_idx >= 0, dim)
-    count = differs.sum() if capacity > 0 else None
-    if capacity > 0:
-        edge = torch.nonzero_static(differs, size=capacity, fill_value=-1)
-        valid = edge[:, 0] >= 0
-        # padding on spread-out pairs (the same pair everywhere would serialise atomic adds)
-        spread = torch.arange(capacity, device=edge.device)
-        filler = torch.stack([spread % size for size in differs.shape], -1)
-        edge = torch.where(valid[:, None], edge, filler)
-    else:
-        edge = differs.nonzero()                              # (M, 3): b, y, x of the first pixel
-        valid = torch.ones(len(edge), dtype=torch.bool, device=face_idx.device)
+def pair_pixels(a: torch.Tensor, edge: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat pixels (p covered, q background), each (M,), into B*H*W of the outline pairs
+    whose first pixels are ``edge`` (M, 3) (b, y, x); a: differing_pairs' coverage of the
+    first pixels; dim: 2 horizontal, 1 vertical."""
+    H, W = a.shape[1] + (dim == 1), a.shape[2] + (dim == 2)
     first = (edge[:, 0] * H + edge[:, 1]) * W + edge[:, 2]
     a_cov = a[edge[:, 0], edge[:, 1], edge[:, 2]]
     step = W if dim == 1 else 1
-    p = torch.where(a_cov, first, first + step)
-    q = torch.where(a_cov, first + step, first)
-    return p, q, valid, count
+    return torch.where(a_cov, first, first + step), torch.where(a_cov, first + step, first)
 
 
-def _outline_delta(Xc, faces, Kinv, flat_face, p, q, horizontal, valid, H: int, W: int):
+def outline_delta(Xc, faces, Kinv, flat_face, p, q, horizontal, valid, H: int, W: int):
     """Coverage change (B*H*W,) of the outline pairs (p covered, q background), (M,) each;
     horizontal, valid: (M,) bool (invalid pairs change nothing); Xc: (B, V, 3) camera
     frame; Kinv: (B, 3, 3) (see module doc)."""
-    B, V = Xc.shape[:2]
+    B = Xc.shape[0]
     hw = H * W
     view = torch.div(p, hw, rounding_mode="floor")
     Kinv = Kinv.to(Xc.dtype)
-
-    def ray(pix):
-        rem = pix - view * hw
-        y = torch.div(rem, W, rounding_mode="floor")
-        x = rem - y * W
-        return pixel_centre_rays(Kinv, view, x, y, H, W)
-
-    dp, dq = ray(p), ray(q)                                             # (M, 3)
-    vid = faces.index_select(0, flat_face.index_select(0, p).clamp_min(0)) + (view * V)[:, None]
-    P = Xc.reshape(B * V, 3).index_select(0, vid.reshape(-1)).view(-1, 3, 3)
-    P0, P1, P2 = P.unbind(1)
-    E = torch.stack([_cross(P1, P2), _cross(P2, P0), _cross(P0, P1)], 1)    # (M, 3 edges, 3)
+    dp = pixel_centre_rays(Kinv, view, *pixel_xy(p, view, H, W), H, W)     # (M, 3)
+    dq = pixel_centre_rays(Kinv, view, *pixel_xy(q, view, H, W), H, W)
+    P0, P1, P2 = face_corners(Xc, faces, view, flat_face.index_select(0, p).clamp_min(0)).unbind(1)
+    E = torch.stack([cross(P1, P2), cross(P2, P0), cross(P0, P1)], 1)      # (M, 3 edges, 3)
     wp = (E * dp[:, None]).sum(-1)                                      # (M, 3)
     wq = (E * dq[:, None]).sum(-1)
     with torch.no_grad():
@@ -120,70 +96,56 @@ def _outline_delta(Xc, faces, Kinv, flat_face, p, q, horizontal, valid, H: int, 
     return delta.index_add(0, q, torch.where(ok & (s >= 0.5), s - 0.5, zero))
 
 
-def _native_applies(Xc, faces, K, face_idx) -> bool:
+def _native_applies(Xc, faces, Kinv, face_idx) -> bool:
     """Whether the compiled silhouette (fitting.render.native.shade.silhouette: the same
     values per pixel, no per-pair tensors) takes these inputs: float32 / float64, all on one
     device whose kernels are built (FLAME_FIT_NATIVE=0 keeps this module's PyTorch path)."""
     from fitting.render.native import shade
     dev = Xc.device
     return (shade.enabled() and Xc.dtype in (torch.float32, torch.float64)
-            and all(x.device == dev for x in (faces, K, face_idx)) and shade.available_on(dev))
+            and all(x.device == dev for x in (faces, Kinv, face_idx)) and shade.available_on(dev))
 
 
 def silhouette(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: torch.Tensor,
                t: torch.Tensor, fragments: Fragments | None = None,
-               settings: RasterSettings | None = None, face_idx: torch.Tensor | None = None,
-               static_pairs: int = 0) -> torch.Tensor:
+               settings: RasterSettings | None = None, face_idx: torch.Tensor | None = None) -> torch.Tensor:
     """Antialiased silhouette (B, 1, H, W) in [0, 1] with gradients at the outline.
 
     verts: (B, V, 3) world; faces: (F, 3); K, R: (B, 3, 3); t: (B, 3). Pass the
     ``fragments`` of the same mesh and cameras (or only their ``face_idx`` (B, H, W)), or
-    ``settings`` to rasterize here. static_pairs: > 0 for fixed shapes (CUDA graphs): the
-    outline pairs of each direction padded to that many (outline_pair_counts measures them;
-    twice the covered pixels always suffice). Eagerly, too few raise ValueError; inside a
-    CUDA graph capture nothing is checked: use :func:`silhouette_static` and check its count.
+    ``settings`` to rasterize here.
     """
-    return silhouette_static(verts, faces, K, R, t, fragments, settings, face_idx, static_pairs)[0]
-
-
-def silhouette_static(verts: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, R: torch.Tensor,
-                      t: torch.Tensor, fragments: Fragments | None = None,
-                      settings: RasterSettings | None = None, face_idx: torch.Tensor | None = None,
-                      static_pairs: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`silhouette` and, with ``static_pairs`` > 0, the outline pairs it needed (0-dim
-    int64, the larger of the two directions; more than ``static_pairs`` means pairs were
-    dropped), else None. Without static shapes it runs the compiled kernel where one is
-    built (fitting.render.native; FLAME_FIT_NATIVE=0 keeps the PyTorch path below)."""
-    check_cameras(K, R, t, verts.shape[0])
+    cams = prepare_cameras(K, R, t, verts.shape[0])
     if face_idx is None:
         if fragments is None:
             if settings is None:
                 raise ValueError("silhouette needs fragments (or face_idx) from rasterize(), or settings")
             fragments = rasterize(verts, faces, K, R, t, settings)
         face_idx = fragments.face_idx
-    B, H, W = face_idx.shape
-    faces = faces.long()
-    Xc = world_to_camera(verts, R, t)
-    if static_pairs == 0 and _native_applies(Xc, faces, K, face_idx):
+    check_mesh(verts, faces)
+    return silhouette_camera_space(world_to_camera(verts, R, t), faces.long(), cams.Kinv, face_idx)
+
+
+def silhouette_camera_space(Xc: torch.Tensor, faces: torch.Tensor, Kinv: torch.Tensor,
+                            face_idx: torch.Tensor) -> torch.Tensor:
+    """:func:`silhouette` of vertices already in the camera frame: Xc (B, V, 3); faces (F, 3)
+    int64; Kinv (B, 3, 3) = pinhole_inverse(K); face_idx (B, H, W). Runs the compiled kernel
+    where one is built (fitting.render.native; FLAME_FIT_NATIVE=0 keeps the PyTorch path)."""
+    if _native_applies(Xc, faces, Kinv, face_idx):
         from fitting.render.native import shade
-        return shade.silhouette(Xc, faces, pinhole_inverse(K), face_idx), None
+        return shade.silhouette(Xc, faces, Kinv, face_idx)
+    B, H, W = face_idx.shape
     flat_face = face_idx.reshape(-1)
-    cover = (flat_face >= 0).to(verts.dtype)
-
-    ph, qh, vh, nh = _pairs(face_idx, 2, static_pairs)
-    pv, qv, vv, nv = _pairs(face_idx, 1, static_pairs)
-    needed = torch.maximum(nh, nv) if static_pairs > 0 else None
-    if static_pairs > 0 and not (face_idx.is_cuda and torch.cuda.is_current_stream_capturing()):
-        if int(needed) > static_pairs:
-            raise ValueError(f"the silhouette needs {int(needed)} outline pairs per direction but "
-                             f"static_outline / static_pairs is {static_pairs}; raise it "
-                             "(rasterize.static_sizes measures what views need)")
+    cover = (flat_face >= 0).to(Xc.dtype)
+    ah, dh = differing_pairs(face_idx >= 0, 2)
+    av, dv = differing_pairs(face_idx >= 0, 1)
+    ph, qh = pair_pixels(ah, dh.nonzero(), 2)
+    pv, qv = pair_pixels(av, dv.nonzero(), 1)
     p = torch.cat([ph, pv])
-    q = torch.cat([qh, qv])
-    valid = torch.cat([vh, vv])
-    horizontal = torch.arange(len(p), device=p.device) < len(ph)
     if len(p) == 0:
-        return cover.view(B, 1, H, W), needed
-
-    delta = _outline_delta(Xc, faces, pinhole_inverse(K), flat_face, p, q, horizontal, valid, H, W)
-    return (cover + delta).clamp(0, 1).view(B, 1, H, W), needed
+        return cover.view(B, 1, H, W)
+    q = torch.cat([qh, qv])
+    valid = torch.ones(len(p), dtype=torch.bool, device=p.device)
+    horizontal = torch.arange(len(p), device=p.device) < len(ph)
+    delta = outline_delta(Xc, faces, Kinv, flat_face, p, q, horizontal, valid, H, W)
+    return (cover + delta).clamp(0, 1).view(B, 1, H, W)

@@ -1,4 +1,4 @@
-"""The CPU emulation of CUDA (fitting/render/native/cuda_emulation.h) that lets the CUDA
+"""The CPU emulation of CUDA (fitting/render/native/cuda/cuda_emulation.h) that lets the CUDA
 drivers run without a GPU: its warp shuffles, votes and atomics against answers computed
 here, and its report of a kernel that breaks the all-lanes rule of warp collectives."""
 import pytest

@@ -1,12 +1,12 @@
-"""Static-shape mode (RasterSettings.static_tiles): same images and gradients as the packed
+"""Static-shape mode (fitting.render.static): same images and gradients as the packed
 pipeline, and capturable in a CUDA graph."""
 import pytest
 import torch
 
 from fitting.render import MeshRenderer, RasterSettings
 from fitting.render.demo import checker_texture, default_sh, ellipsoid_mesh, orbit_cameras
-from fitting.render.rasterize import static_settings, static_sizes
 from fitting.render.silhouette import outline_pair_counts
+from fitting.render.static import StaticMeshRenderer, StaticSizes, static_sizes
 
 
 def _scene(views=3, res=40, device="cpu"):
@@ -16,11 +16,12 @@ def _scene(views=3, res=40, device="cpu"):
     return f.to(device), vt.to(device), ft.to(device), verts, K, R, t
 
 
-def _render(settings, f, vt, ft, verts, K, R, t):
+def _render(settings, f, vt, ft, verts, K, R, t, sizes=None):
     verts = verts.clone().requires_grad_()
     tex = checker_texture(32).to(verts.device).requires_grad_()
     sh = default_sh(verts.shape[0]).to(verts.device).requires_grad_()
-    out = MeshRenderer(f, vt, ft, settings).to(verts.device)(verts, K, R, t, texture=tex, sh=sh)
+    renderer = MeshRenderer(f, vt, ft, settings) if sizes is None else StaticMeshRenderer(f, vt, ft, settings, sizes)
+    out = renderer.to(verts.device)(verts, K, R, t, texture=tex, sh=sh)
     H, W = settings.image_size
     w = torch.linspace(0, 1, H * W, device=verts.device).view(1, 1, H, W)
     ((out.image * w).sum() + (out.silhouette * w).sum()).backward()
@@ -34,8 +35,7 @@ def test_static_mode_equals_packed_mode():
     assert tiles > 0 and pixels > 100 and 0 < outline < pixels
     ref, ref_grads = _render(packed, f, vt, ft, verts, K, R, t)
     # outline sized exactly: every pair slot is used, none dropped
-    settings = packed._replace(static_tiles=tiles, static_pixels=pixels + 50, static_outline=outline)
-    out, grads = _render(settings, f, vt, ft, verts, K, R, t)
+    out, grads = _render(packed, f, vt, ft, verts, K, R, t, StaticSizes(tiles, pixels + 50, outline))
     assert out.packed.covered is not None and out.packed.needed.tolist() == [tiles, pixels]
     assert out.needed.tolist() == [tiles, pixels, outline]
     assert int(out.packed.covered.sum()) == pixels
@@ -53,12 +53,12 @@ def test_static_mode_with_too_small_sizes_says_what_is_needed():
     tiles, pixels, outline = static_sizes(verts, f, K, R, t, RasterSettings((40, 40)))
     for nt, npix in ((tiles - 1, pixels), (tiles, pixels - 1)):
         with pytest.raises(ValueError, match=f"need {tiles} tiles and {pixels} pixels"):
-            MeshRenderer(f, vt, ft, RasterSettings((40, 40), static_tiles=nt, static_pixels=npix))(verts, K, R, t)
+            StaticMeshRenderer(f, vt, ft, RasterSettings((40, 40)), StaticSizes(nt, npix))(verts, K, R, t)
     with pytest.raises(ValueError, match=f"needs {outline} outline pairs"):
-        MeshRenderer(f, vt, ft, RasterSettings((40, 40), static_tiles=tiles, static_pixels=pixels,
-                                               static_outline=outline - 1))(verts, K, R, t)
+        StaticMeshRenderer(f, vt, ft, RasterSettings((40, 40)),
+                           StaticSizes(tiles, pixels, outline - 1))(verts, K, R, t)
     with pytest.raises(ValueError, match="both"):
-        MeshRenderer(f, vt, ft, RasterSettings((40, 40), static_tiles=tiles))(verts, K, R, t)
+        StaticMeshRenderer(f, vt, ft, RasterSettings((40, 40)), StaticSizes(tiles, 0))
 
 
 def test_outline_pair_counts_on_a_known_face_map():
@@ -71,18 +71,18 @@ def test_outline_pair_counts_on_a_known_face_map():
     assert outline_pair_counts(face_idx).tolist() == [3 * 2 + 1, 4 * 2 + 1]
 
 
-def test_static_settings_leaves_room():
+def test_with_room_leaves_room():
     f, vt, ft, verts, K, R, t = _scene()
     need = static_sizes(verts, f, K, R, t, RasterSettings((40, 40)))
-    s = static_settings(verts, f, K, R, t, RasterSettings((40, 40)), margin=0.5, extra=3)
-    assert (s.static_tiles, s.static_pixels, s.static_outline) == tuple(int(n * 1.5) + 3 for n in need)
+    assert need.with_room(margin=0.5, extra=3) == tuple(int(n * 1.5) + 3 for n in need)
 
 
 @pytest.mark.cuda
 def test_cuda_graph_replay_of_forward_and_backward_matches_eager():
     f, vt, ft, verts, K, R, t = _scene(views=4, res=64, device="cuda")
-    settings = static_settings(verts, f, K, R, t, RasterSettings((64, 64)), margin=0.5)
-    renderer = MeshRenderer(f, vt, ft, settings).cuda()
+    settings = RasterSettings((64, 64))
+    sizes = static_sizes(verts, f, K, R, t, settings).with_room(margin=0.5)
+    renderer = StaticMeshRenderer(f, vt, ft, settings, sizes).cuda()
     x = verts.clone().requires_grad_()
     tex = checker_texture(32).cuda().requires_grad_()
     sh = default_sh(4).cuda().requires_grad_()
@@ -112,8 +112,7 @@ def test_cuda_graph_replay_of_forward_and_backward_matches_eager():
         ref = MeshRenderer(f, vt, ft, RasterSettings((64, 64))).cuda()(ref_x, K, R, t, texture=ref_tex, sh=ref_sh)
         (ref.image.square().mean() + ref.silhouette.mean()).backward()
         assert torch.equal(out.packed.face_idx(), ref.fragments.face_idx)
-        assert (out.needed.cpu() <= torch.tensor([settings.static_tiles, settings.static_pixels,
-                                                  settings.static_outline])).all()
+        assert (out.needed.cpu() <= torch.tensor(sizes)).all()
         torch.testing.assert_close(out.image, ref.image, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(x.grad, ref_x.grad, atol=1e-6, rtol=1e-4)
         torch.testing.assert_close(sh.grad, ref_sh.grad, atol=1e-6, rtol=1e-4)
@@ -126,9 +125,9 @@ def test_static_mode_equals_packed_for_vertex_colours_culling_and_near_clipping(
     verts[1] = verts[1] * 4.0                     # view 1: the camera sits inside the mesh (near plane)
     colours = torch.rand(verts.shape[1], 3)
     packed = RasterSettings((32, 32), cull_backfaces=cull)
-    static = static_settings(verts, f, K, R, t, packed, margin=0, extra=0)
+    sizes = static_sizes(verts, f, K, R, t, packed)
     ref = MeshRenderer(f, settings=packed)(verts, K, R, t, vertex_colors=colours)
-    out = MeshRenderer(f, settings=static)(verts, K, R, t, vertex_colors=colours)
+    out = StaticMeshRenderer(f, settings=packed, sizes=sizes)(verts, K, R, t, vertex_colors=colours)
     assert torch.equal(out.fragments.face_idx, ref.fragments.face_idx)
     assert (ref.fragments.face_idx[1] >= 0).any()
     for name in ("image", "silhouette"):

@@ -1,185 +1,43 @@
-"""Optional compiled kernels of the renderer: this module is the CPU visibility pass and the
-build machinery (:class:`Kernel`) shared with :mod:`.shade` (the fused per-pixel chain) and
-:mod:`.cuda` (experimental CUDA versions of both). The maths the kernels share lives in
-headers beside them: ``raster.h`` (per face) and ``pixel.h`` (per pixel).
+"""Compiled kernels of the renderer (C++ torch extensions, built on first use; see
+:mod:`.build`). This module is the CPU visibility pass; :mod:`.shade` is the fused per-pixel
+chain, vertex normals, silhouette and image scatter. The maths the kernels share lives in
+headers beside them: ``raster.h`` (per face), ``pixel.h`` (per pixel), ``outline.h`` (per
+outline pair). :mod:`.cuda` holds the experimental CUDA versions, off unless
+``FLAME_FIT_NATIVE_CUDA`` opts in: :func:`experimental_cuda` is the one place that asks.
 
-``visibility.cpp`` is a C++ torch extension built on first use (or ahead of time with
-``python -m fitting.render.native``) with ``torch.utils.cpp_extension.load``: it needs a
-C++ compiler (g++ or clang++, or ``$CXX``) and the ``ninja`` Python package. It returns the
-same (pix, face) as the torch path of :func:`fitting.render.rasterize.visible_faces`, bit
-for bit: every float32 operation mirrors one torch operation, in the same order, compiled
-without FMA contraction (``-ffp-contract=off``) or fast-math. It is parallel over views
-(``at::parallel_for``, torch's thread count).
+``visibility.cpp`` returns the same (pix, face) as the torch path of
+:func:`fitting.render.rasterize.visible_faces`, bit for bit: every float32 operation mirrors
+one torch operation, in the same order, compiled without FMA contraction
+(``-ffp-contract=off``) or fast-math. It is parallel over views (``at::parallel_for``,
+torch's thread count). Build it ahead of time with ``python -m fitting.render.native``.
 
-When the build fails the renderer warns once and keeps the torch path; it never fails
-because of this module. ``FLAME_FIT_NATIVE=0`` disables it; ``FLAME_FIT_NATIVE_DIR`` moves
-the build cache (default ``~/.cache/flame_fit/native/<python>-<torch>/<kernel>/<source hash>``).
+When a build fails the renderer warns once and keeps the torch path; it never fails because
+of this package. ``FLAME_FIT_NATIVE=0`` disables it.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import re
-import shutil
-import sys
-import threading
-import warnings
 from pathlib import Path
 
 import torch
 
+from fitting.render.native.build import (_LDFLAGS, Kernel, _missing, cache_root, compile_extension,  # noqa: F401
+                                         enabled, kernel_directory, warn_fallback)
+
 __all__ = ["available", "build", "visible_faces", "build_directory", "cache_root", "kernel_directory", "enabled",
-           "compile_extension", "warn_fallback", "Kernel"]
+           "compile_extension", "warn_fallback", "Kernel", "experimental_cuda"]
 
 _SOURCE = Path(__file__).with_name("visibility.cpp")
 _NAME = "flame_fit_visibility"
 # no FMA contraction and no fast-math: the kernel must round like torch's separate ops
 _CFLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fopenmp"]
-_LDFLAGS = ("-fopenmp",)   # a tuple: torch's load() appends to the flag lists it is given
 
 
-
-def enabled() -> bool:
-    """False when the environment variable FLAME_FIT_NATIVE is 0 / false / off / no."""
-    return os.environ.get("FLAME_FIT_NATIVE", "1").strip().lower() not in ("0", "false", "off", "no")
-
-
-def cache_root() -> Path:
-    """``$FLAME_FIT_NATIVE_DIR`` or ~/.cache/flame_fit/native, then one folder per Python and
-    torch version (a virtualenv upgrade never loads a stale binary); each kernel builds in a
-    folder of its own below it."""
-    root = os.environ.get("FLAME_FIT_NATIVE_DIR")
-    base = Path(root) if root else Path.home() / ".cache" / "flame_fit" / "native"
-    tag = f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}".replace("+", "_")
-    return base / tag
-
-
-def _as_list(sources) -> list[Path]:
-    return [Path(sources)] if isinstance(sources, (str, Path)) else [Path(x) for x in sources]
-
-
-_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"', re.MULTILINE)
-
-
-def _with_includes(sources: list[Path]) -> list[Path]:
-    """The sources, then the local files they ``#include "..."`` (shared headers such as
-    pixel.h, the .cu file that cuda_emulation.cpp compiles), recursively, each once."""
-    out, todo = [], list(sources)
-    while todo:
-        path = todo.pop(0)
-        if path in out:
-            continue
-        out.append(path)
-        todo += [path.parent / name for name in _INCLUDE.findall(path.read_text(errors="replace"))
-                 if (path.parent / name).is_file()]
-    return out
-
-
-def kernel_directory(name: str, sources: Path | list[Path], cflags: list[str], extra: tuple[str, ...] = _LDFLAGS) -> Path:
-    """Build folder of one kernel: ``cache_root() / name / <hash of its sources, the local
-    files they include and its flags>`` (``extra``: the other flags, linker and nvcc ones).
-    A changed source (another checkout or version of this project) builds afresh in a folder
-    of its own instead of reusing a binary whose functions may take other arguments: ninja's
-    timestamps alone were fooled by an edit made while a build was running."""
-    h = hashlib.sha256()
-    for path in _with_includes(_as_list(sources)):
-        h.update(path.read_bytes())
-    h.update(" ".join([*cflags, *extra]).encode())
-    return cache_root() / name / h.hexdigest()[:16]
-
-
-def _missing(cuda: bool = False) -> list[str]:
-    """Build prerequisites that are absent (empty list: all present); ``cuda``: also nvcc and
-    a CUDA build of torch."""
-    from torch.utils.cpp_extension import is_ninja_available
-    missing = []
-    cxx = os.environ.get("CXX", "c++")
-    if shutil.which(cxx) is None and shutil.which("g++") is None and shutil.which("clang++") is None:
-        missing.append(f"a C++ compiler ({cxx!r}, g++ or clang++ on PATH; e.g. apt-get install g++)")
-    if not is_ninja_available():
-        missing.append("the 'ninja' build tool (pip install ninja)")
-    if cuda:
-        from torch.utils.cpp_extension import CUDA_HOME
-        if torch.version.cuda is None:
-            missing.append("a CUDA build of torch (this one is CPU-only)")
-        elif CUDA_HOME is None:
-            missing.append("the CUDA toolkit's nvcc (set CUDA_HOME or put nvcc on PATH)")
-    return missing
-
-
-def compile_extension(name: str, sources: Path | list[Path], cflags: list[str], what: str, verbose: bool = False,
-                      cuda_cflags: list[str] | None = None, ldflags: tuple[str, ...] = _LDFLAGS):
-    """Build (or load the cached build of) one kernel into :func:`kernel_directory` and return
-    the module; ``cuda_cflags`` (nvcc flags) when its sources include .cu files. Raises
-    RuntimeError saying what is missing or how compilation failed."""
-    missing = _missing(cuda=cuda_cflags is not None)
-    if missing:
-        raise RuntimeError(f"cannot build the native {what} kernel: missing " + " and ".join(missing))
-    from torch.utils.cpp_extension import load
-    out = kernel_directory(name, sources, cflags, (*ldflags, *(cuda_cflags or ())))
-    out.mkdir(parents=True, exist_ok=True)
-    if not any(out.glob(name + "*.so")):
-        print(f"building the native {what} kernel in {out} (once, ~20-90 s)...", file=sys.stderr)
-    try:
-        # copies of the flag lists: load() appends to them
-        return load(name=name, sources=[str(x) for x in _as_list(sources)], extra_cflags=list(cflags),
-                    extra_cuda_cflags=list(cuda_cflags or ()), extra_ldflags=list(ldflags),
-                    build_directory=str(out), verbose=verbose)
-    except Exception as e:   # compiler errors come as RuntimeError / CalledProcessError / OSError
-        raise RuntimeError(f"building the native {what} kernel in {out} failed: {e}") from e
-
-
-def warn_fallback(reason: str, what: str) -> None:
-    """The one warning when a kernel cannot be used: rendering goes on in PyTorch."""
-    warnings.warn(f"{reason}. Rendering goes on with the slower pure-PyTorch {what} "
-                  "(set FLAME_FIT_NATIVE=0 to silence this).", RuntimeWarning, stacklevel=4)
-
-
-class Kernel:
-    """One optional C++ kernel: built (or loaded from the cache) once, on first use or by
-    :meth:`build`; a failed build warns once, is never retried, and the caller keeps its
-    PyTorch path. ``what`` names the kernel in messages."""
-
-    def __init__(self, name: str, sources: Path | list[Path], cflags: list[str], what: str,
-                 cuda_cflags: list[str] | None = None, ldflags: tuple[str, ...] = _LDFLAGS):
-        self.name, self.sources, self.cflags, self.what = name, _as_list(sources), cflags, what
-        self.cuda_cflags, self.ldflags = cuda_cflags, ldflags
-        self.module = None             # the loaded extension
-        self.failed: str | None = None  # why the build failed
-        self._lock = threading.Lock()
-
-    def directory(self) -> Path:
-        """Where it is built and cached (see :func:`kernel_directory`)."""
-        return kernel_directory(self.name, self.sources, self.cflags, (*self.ldflags, *(self.cuda_cflags or ())))
-
-    def build(self, verbose: bool = False):
-        """Build (or load the cached build of) the extension and return the module. Raises
-        RuntimeError saying what is missing or how the compilation failed."""
-        with self._lock:
-            if self.module is None:
-                self.module = compile_extension(self.name, self.sources, self.cflags, self.what, verbose,
-                                                self.cuda_cflags, self.ldflags)
-            return self.module
-
-    def load(self):
-        """The extension, building it on first use; None (with one warning) when it cannot
-        be built or FLAME_FIT_NATIVE disables it."""
-        if not enabled():
-            return None
-        if self.module is not None:
-            return self.module
-        if self.failed is not None:
-            return None
-        try:
-            return self.build()
-        except Exception as e:
-            self.failed = str(e)
-            warn_fallback(self.failed, self.what)
-            return None
-
-    def available(self) -> bool:
-        """True when the kernel is enabled and built (building it now if needed)."""
-        return self.load() is not None
+def experimental_cuda(device: torch.device):
+    """The experimental CUDA kernels (:mod:`fitting.render.native.cuda`) where
+    ``FLAME_FIT_NATIVE_CUDA`` opts in and they serve tensors on ``device`` (CUDA tensors, or
+    CPU tensors when emulating), else None: then the CPU kernels or the PyTorch path run."""
+    from fitting.render.native import cuda
+    return cuda if cuda.runs_on(device) else None
 
 
 _kernel = Kernel(_NAME, _SOURCE, _CFLAGS, "visibility pass")
@@ -193,7 +51,11 @@ def visible_faces(Xc: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, H: int
     CPU float32, near <= 0, non-finite input): the caller then uses the torch path.
 
     Xc: (B, V, 3) camera frame; faces: (F, 3) integer; K: (B, 3, 3).
-    Returns (pix (N,), face (N,)) int64, as :func:`fitting.render.rasterize.visible_faces`."""
+    Returns (pix (N,), face (N,)) int64, as :func:`fitting.render.rasterize.visible_faces`.
+    Where :func:`experimental_cuda` opts in for Xc's device, the CUDA kernel answers instead."""
+    cuda = experimental_cuda(Xc.device)
+    if cuda is not None:
+        return cuda.visible_faces(Xc, faces, K, H, W, near, cull_backfaces)
     if (Xc.device.type != "cpu" or Xc.dtype != torch.float32 or K.dtype != torch.float32
             or not near > 0 or faces.device.type != "cpu"):
         return None

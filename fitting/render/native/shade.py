@@ -1,10 +1,10 @@
 """Optional compiled kernels for the renderer's per-pixel shading chain and silhouette.
 
-``shade.cpp`` (CPU) and ``shade_cuda.cu`` (CUDA, experimental: see
-:mod:`fitting.render.native.cuda`) fuse what ``fitting.render.renderer`` does per covered pixel after the
-visibility pass (perspective-correct barycentrics and depth, interpolated unit normals,
-texture / vertex-colour albedo, 9-term SH shading, colour = albedo * shading) into one
-forward pass and one hand-written backward pass, float32 or float64, parallel over views
+``shade.cpp`` (CPU; and ``cuda/shade_cuda.cu``, experimental, where
+:func:`fitting.render.native.experimental_cuda` opts in) fuse what ``fitting.render.renderer``
+does per covered pixel after the visibility pass (perspective-correct barycentrics and depth,
+interpolated unit normals, texture / vertex-colour albedo, 9-term SH shading, colour =
+albedo * shading) into one forward pass and one hand-written backward pass, float32 or float64, parallel over views
 (``at::parallel_for``, torch's thread count); likewise vertex normals and the silhouette's
 outline antialiasing (:func:`silhouette`, maths in ``outline.h``). It is built on first use with
 ``torch.utils.cpp_extension.load`` (a C++ compiler and the ``ninja`` package; ~30-60 s,
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from fitting.render.native import Kernel, cuda, enabled
+from fitting.render.native import experimental_cuda
+from fitting.render.native.build import Kernel, enabled
 from fitting.render.shading import SH_CONSTANTS
 
 __all__ = ["enabled", "available", "available_on", "build", "build_directory", "supports", "shade_pixels", "dense_image",
@@ -36,16 +37,18 @@ build_directory, build, available = _kernel.directory, _kernel.build, _kernel.av
 
 
 def _module(t: torch.Tensor):
-    """The loaded extension for t's device: the CPU kernel, or the CUDA one (also on CPU
-    tensors when emulating CUDA, see fitting.render.native.cuda)."""
-    return cuda.module() if cuda.runs_on(t.device) else _kernel.module
+    """The loaded extension for t's device: the CPU kernel, or the experimental CUDA one
+    where experimental_cuda opts in."""
+    cuda = experimental_cuda(t.device)
+    return _kernel.module if cuda is None else cuda.module()
 
 
 def available_on(device: torch.device) -> bool:
-    """Whether the compiled chain can run on this device: the CPU kernel, or on CUDA the
-    experimental CUDA kernels (on CPU too when emulating them; building it now if needed; a
-    failed build warns once)."""
-    if cuda.runs_on(device):
+    """Whether the compiled chain can run on this device: the CPU kernel, or the experimental
+    CUDA kernels where experimental_cuda opts in (building it now if needed; a failed build
+    warns once)."""
+    cuda = experimental_cuda(device)
+    if cuda is not None:
         return cuda.available()
     return device.type == "cpu" and available()
 
@@ -54,7 +57,8 @@ def _load(device: torch.device) -> None:
     """Raise unless the kernel for this device can be used (building it if needed)."""
     if available_on(device):
         return
-    if cuda.runs_on(device) and cuda.emulating():
+    cuda = experimental_cuda(device)
+    if cuda is not None and cuda.emulating():
         raise RuntimeError("the emulated CUDA kernels are not available (their build failed: see the warning)")
     if device.type == "cuda":
         raise RuntimeError("the native CUDA kernels are not available (they need FLAME_FIT_NATIVE_CUDA=1, "
@@ -69,7 +73,7 @@ def supports(verts: torch.Tensor, texture: torch.Tensor | None, vertex_colors: t
     channels, albedo and SH with equal channel counts), without building anything."""
     tensors = [x for x in (verts, texture, vertex_colors, sh) if x is not None]
     device = verts.device
-    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not cuda.runs_on(device)):
+    if device.type != "cpu" and experimental_cuda(device) is None:
         return False
     if any(x.device != device for x in tensors) or verts.dtype not in (torch.float32, torch.float64):
         return False
@@ -176,9 +180,12 @@ def dense_image(values: torch.Tensor, pix: torch.Tensor, shape: tuple[int, int, 
     """values (N, C) at the flat pixels pix (N,) (b*H*W + y*W + x, distinct) -> a zero
     (B, C, H, W) image with them, contiguous; differentiable w.r.t. values. Same result as
     renderer._dense in one pass (no channels-last buffer to permute)."""
+    B, H, W = shape
+    if experimental_cuda(values.device) is not None:    # the CUDA kernels have no image scatter
+        flat = values.new_zeros(B * H * W, values.shape[-1]).index_copy(0, pix, values)
+        return flat.view(B, H, W, -1).permute(0, 3, 1, 2)
     if _kernel.load() is None:
         raise RuntimeError("the native shading kernel is not available (FLAME_FIT_NATIVE=0 or the build failed)")
-    B, H, W = shape
     return _ScatterImage.apply(values.contiguous(), pix.contiguous(), int(B), int(H), int(W))
 
 

@@ -2,7 +2,7 @@
 // indexing, launch sizes, atomics, the warp reduction of add_per_view, the host glue around
 // the kernels) run, and are tested, on machines without a GPU. cuda_emulation.cpp compiles
 // shade_cuda.cu as plain C++ with this header; FLAME_FIT_NATIVE_CUDA=emulate sends CPU
-// tensors through it (fitting/render/native/cuda.py).
+// tensors through it (fitting/render/native/cuda/__init__.py).
 //
 // The model: a launch runs its blocks, and each block's warps, one after another; the 32
 // lanes of a warp run at the same time, as 32 threads. So warp collectives (__shfl_sync,

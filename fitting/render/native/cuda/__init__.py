@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from fitting.render.native import Kernel, enabled as native_enabled
+from fitting.render.native.build import Kernel, enabled as native_enabled
 
 __all__ = ["enabled", "emulating", "runs_on", "available", "build", "build_directory", "visible_faces"]
 

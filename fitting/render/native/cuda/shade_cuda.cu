@@ -36,10 +36,10 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
-#include "outline.h"
-#include "pixel.h"
-#include "raster.h"
-#include "shade_inputs.h"
+#include "../outline.h"
+#include "../pixel.h"
+#include "../raster.h"
+#include "../shade_inputs.h"
 
 namespace flame_fit {
 

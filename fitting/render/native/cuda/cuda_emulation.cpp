@@ -1,12 +1,12 @@
 // shade_cuda.cu compiled as C++ for the CPU, with cuda_emulation.h standing in for CUDA
 // (the build defines FF_CUDA_EMULATION): the CUDA drivers run, and are tested, without a GPU
-// (FLAME_FIT_NATIVE_CUDA=emulate; see fitting/render/native/cuda.py).
+// (FLAME_FIT_NATIVE_CUDA=emulate; see fitting/render/native/cuda/__init__.py).
 //
 // Below them, kernels that exercise the emulator itself (tests/render/test_cuda_emulation.py):
 // warp shuffles, votes and atomics against known answers, and a kernel that breaks the
 // all-lanes rule of warp collectives, which the emulator must report.
 #ifndef FF_CUDA_EMULATION
-#error "cuda_emulation.cpp is built with -DFF_CUDA_EMULATION (fitting/render/native/cuda.py)"
+#error "cuda_emulation.cpp is built with -DFF_CUDA_EMULATION (fitting/render/native/cuda/__init__.py)"
 #endif
 
 #include "shade_cuda.cu"
