@@ -214,7 +214,18 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
     g.add_argument("--resume", type=str2bool, default=False, help="resume from <out>/checkpoint.pt when present")
     g.add_argument("--checkpoint_every", type=int, default=50, help="iterations between checkpoints inside a stage")
     g.add_argument("--progress", type=str2bool, default=True, help="show tqdm progress bars")
-    g.add_argument("--write_images", type=str2bool, default=True, help="write overlays, contact sheet and losses.png")
+    g.add_argument("--write_images", type=str2bool, default=True,
+                   help="write overlays, heatmaps, contact sheet, losses.png, index.html and the turntable")
+
+    g = p.add_argument_group("exports (docs/EXPORTS.md; also python -m fitting.export OUTPUT_DIR --format ...)")
+    g.add_argument("--export", type=str, default="nerfstudio",
+                   help="training exports written to <out>/exports/<format>/, comma-separated: nerfstudio, "
+                        "instant-ngp, gaussian-avatars (= vhap), deca, colmap; 'all' or 'none'")
+    g.add_argument("--val_cameras", type=str, default="",
+                   help="gaussian-avatars export: views held out for validation (names, stems or indices, comma-separated)")
+    g.add_argument("--test_cameras", type=str, default="", help="gaussian-avatars export: views held out for testing")
+    g.add_argument("--export_background", type=str, default="white", choices=["white", "black"],
+                   help="gaussian-avatars export: the colour each photo is composited over outside the head mask")
     return p
 
 
@@ -265,6 +276,9 @@ def validate_fit_options(cfg: argparse.Namespace) -> None:
         if getattr(cfg, k) < 0:
             raise ValueError(f"--{k} must be >= 0, got {getattr(cfg, k)}")
     _check_device_name(cfg.device)
+    if hasattr(cfg, "export"):
+        from fitting.export.run import parse_formats
+        parse_formats(cfg.export)  # ValueError before any work on an unknown format
 
 
 def _check_device_name(name: str) -> None:
