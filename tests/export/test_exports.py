@@ -1,7 +1,7 @@
 """The training exports (docs/EXPORTS.md), each read back the way its consumer reads it.
 
-One small fit (4 views, 80 px, stand-in model) runs with ``--export all``; every test reads
-its exports. The consumers' readers cannot run here (CUDA, their own FLAME), so each check
+One small fit (tests/export/conftest.py: 4 views, 80 px, stand-in model) runs with
+``--export all``; every test reads its exports. The consumers' readers cannot run here (CUDA, their own FLAME), so each check
 is written from the reader's source, named in the test. Every format gets a round trip: the
 cameras as that consumer builds them reproject the fitted mesh to within 1e-4 px of
 report.json's K, R, t.
@@ -20,27 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fitting.config import parse_config
-from fitting.meshio import load_obj
-from fitting.pipeline import fit_scene
 
 REPO = Path(__file__).resolve().parents[2]
 TOL_PX = 1e-4
-
-
-@pytest.fixture(scope="module")
-def fit(tmp_path_factory):
-    root = tmp_path_factory.mktemp("exports")
-    cfg = parse_config([
-        "--demo", "true", "--scene_dir", str(root / "scene"), "--savefolder", str(root / "out"),
-        "--scene_name", "demo", "--standin_dir", str(root / "standin"), "--demo_views", "4",
-        "--demo_width", "160", "--demo_height", "128", "--demo_sfm", "false", "--image_size", "80",
-        "--geom_lm_iters", "3", "--geom_rounds", "1", "--photo_iters", "2", "--progress", "false",
-        "--n_shape", "20", "--n_exp", "10", "--tex_res", "32", "--export", "all", "--val_cameras", "view_01"])
-    report = fit_scene(cfg)
-    out = root / "out" / "demo"
-    verts = load_obj(out / "mesh.obj")[0].astype(np.float64)
-    return report, out, verts, cfg
 
 
 def _report_cameras(report):
