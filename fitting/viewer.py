@@ -187,7 +187,7 @@ def orbit_frames(fit: FitResult, steps: int = 6, side: int = 320) -> list:
 
 def _gif(path: Path, frames: list, ms: int = 80) -> Path:
     from PIL import Image
-    ims = [Image.fromarray(f).convert("P", palette=Image.Palette.ADAPTIVE, colors=255) for f in frames]
+    ims = [Image.fromarray(f).quantize(colors=192, method=Image.Quantize.FASTOCTREE) for f in frames]
     buf = io.BytesIO()
     ims[0].save(buf, format="GIF", save_all=True, append_images=ims[1:], duration=ms, loop=0)
     return atomic_write_bytes(path, buf.getvalue())
