@@ -98,3 +98,9 @@ def test_summary_names_worst_view_and_outputs(fit):
     assert f"Result: {out}" in text and "index.html" in text and "exports: colmap deca" in text
     assert f"({worst['name']})" in text.split("landmark RMSE")[1].splitlines()[0]
     assert "mask IoU" in text and "flagged views: none" in text
+
+
+def test_boolean_options_accept_the_bare_flag():
+    from fitting.config import build_parser
+    a = build_parser().parse_args(["--scene_dir", "x", "--resume", "--progress", "false", "--demo"])
+    assert a.resume is True and a.progress is False and a.demo is True and a.write_images is True
