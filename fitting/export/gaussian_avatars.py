@@ -31,6 +31,7 @@ K' K^-1).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -138,7 +139,6 @@ def write_gaussian_avatars(fit: FitResult, out_dir, val_cameras=None, test_camer
         atomic_write_bytes(out / "WARNING.txt", (note + "\n").encode())
     Ks = np.asarray(Ks)
     write_transforms(out / "transforms.json", Ks, fit.R, fit.t, fit.sizes, paths, extra=top, frame_extra=frames)
-    import json
     full = json.loads((out / "transforms.json").read_text())
     for div in ("train", "val", "test"):
         d = dict(full)

@@ -56,7 +56,7 @@ def test_heatmaps_turntable_orbit(fit):
     with Image.open(out / "orbit.gif") as g:
         assert g.n_frames > len(used)
     # the overlays: photo | render | blend, side by side
-    with Image.open(out / "overlays" / "view_00.png") as ov, Image.open(out / "heatmaps" / "view_00.png") as hm:
+    with Image.open(out / "overlays" / "view_00.png") as ov:
         assert ov.size[0] == 3 * (ov.size[0] // 3) and ov.size[0] > 2 * ov.size[1]
 
 
