@@ -104,3 +104,14 @@ def test_boolean_options_accept_the_bare_flag():
     from fitting.config import build_parser
     a = build_parser().parse_args(["--scene_dir", "x", "--resume", "--progress", "false", "--demo"])
     assert a.resume is True and a.progress is False and a.demo is True and a.write_images is True
+
+
+def test_process_data_flags_use_underscores_and_keep_the_old_spelling():
+    from process_data.__main__ import build_parser
+    p = build_parser()
+    a = p.parse_args(["scene", "--pad_mode", "crop", "--no_progress", "--sfm-max-size", "800"])
+    assert (a.pad_mode, a.no_progress, a.sfm_max_size) == ("crop", True, 800)
+    for act in p._actions:
+        assert act.help, f"{act.option_strings} has no help line"
+        longs = [s for s in act.option_strings if s.startswith("--")]
+        assert not longs or "-" not in longs[0][2:], f"{longs[0]}: underscores, as run_fitting.py"
