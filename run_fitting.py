@@ -31,11 +31,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(interrupted_message(cfg), file=sys.stderr)
         return 130
-    summary = {"scene": report["scene"], "num_views": report["num_views"], "timing_s": report["timing_s"],
-               "left_out": [v["name"] for v in report["views"] if not v["used"]]}
+    from fitting.pipeline import output_folder
+    from fitting.viewer import summary_lines
+    print("\n".join(summary_lines(report, output_folder(cfg))))
+    print(f"  time: {report['timing_s']['total']:.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in report['timing_s'].items() if k != 'total')})")
     if "ground_truth" in report:
-        summary["ground_truth"] = report["ground_truth"]
-    print(json.dumps(summary, indent=1))
+        print("  ground truth: " + json.dumps({k: round(v, 4) for k, v in report["ground_truth"].items()}))
     return 0
 
 

@@ -1,7 +1,8 @@
 """Configuration shared by ``run_fitting.py`` and ``single_view/fit.py`` (configargparse).
 
 Every option has a default and a ``--help`` line, and can be given on the command line or
-in a config file (``--config FILE``, ``key = value`` lines, ``#`` comments). Command-line
+in a config file (``--config FILE``, ``key = value`` lines, ``#`` comments). A boolean option
+given bare (``--resume``) means true; ``--resume false`` still works. Command-line
 values override the file. An unknown key in a config file or an unknown option on the command
 line stops the run with a one-line message (file and line, the closest known option).
 :func:`build_parser` returns the parser so the single-image CLI (single_view/options.py) can add
@@ -84,12 +85,12 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
                         "when the scene folder is read-only")
     g.add_argument("--savefolder", type=str, default="output", help="outputs go to <savefolder>/<scene>/")
     g.add_argument("--scene_name", type=str, default="", help="name of the output subfolder (default: scene folder name)")
-    g.add_argument("--force_preprocess", type=str2bool, default=False, help="redo every preprocessing stage, also into a folder that holds another scene's")
+    g.add_argument("--force_preprocess", type=str2bool, nargs="?", const=True, default=False, help="redo every preprocessing stage, also into a folder that holds another scene's")
     g.add_argument("--landmark_backend", type=str, default="dlib", help="process_data landmark backend (dlib | fan)")
     g.add_argument("--min_views", type=int, default=1, help="fewest usable views to start a fit")
 
     g = p.add_argument_group("demo scene (synthetic, with ground truth)")
-    g.add_argument("--demo", type=str2bool, default=False,
+    g.add_argument("--demo", type=str2bool, nargs="?", const=True, default=False,
                    help="build a synthetic scene from the stand-in model into --scene_dir first (with ground_truth.npz)")
     g.add_argument("--demo_views", type=int, default=12, help="number of demo views on the yaw arc")
     g.add_argument("--demo_yaw_deg", type=float, default=60.0, help="demo views span +-this yaw")
@@ -103,7 +104,7 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
     g.add_argument("--demo_exp_std", type=float, default=0.5, help="demo expression coefficients ~ N(0, std)")
     g.add_argument("--demo_faceless_views", type=int, default=0,
                    help="replace this many demo views with faceless images (robustness check)")
-    g.add_argument("--demo_sfm", type=str2bool, default=True,
+    g.add_argument("--demo_sfm", type=str2bool, nargs="?", const=True, default=True,
                    help="run process_data's pycolmap SfM on the demo scene (sfm/, cameras.json's sfm_poses); "
                         "K stays the known one")
     g.add_argument("--demo_sfm_max_size", type=int, default=1024,
@@ -212,10 +213,21 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
                    help="prior pulling log focal towards its initial value (on log f / 0.1)")
 
     g = p.add_argument_group("progress and checkpoints")
-    g.add_argument("--resume", type=str2bool, default=False, help="resume from <out>/checkpoint.pt when present")
+    g.add_argument("--resume", type=str2bool, nargs="?", const=True, default=False, help="resume from <out>/checkpoint.pt when present")
     g.add_argument("--checkpoint_every", type=int, default=50, help="iterations between checkpoints inside a stage")
-    g.add_argument("--progress", type=str2bool, default=True, help="show tqdm progress bars")
-    g.add_argument("--write_images", type=str2bool, default=True, help="write overlays, contact sheet and losses.png")
+    g.add_argument("--progress", type=str2bool, nargs="?", const=True, default=True, help="show tqdm progress bars")
+    g.add_argument("--write_images", type=str2bool, nargs="?", const=True, default=True,
+                   help="write overlays, heatmaps, contact sheet, losses.png, index.html and the turntable")
+
+    g = p.add_argument_group("exports (docs/EXPORTS.md; also python -m fitting.export OUTPUT_DIR --format ...)")
+    g.add_argument("--export", type=str, default="nerfstudio",
+                   help="training exports written to <out>/exports/<format>/, comma-separated: nerfstudio, "
+                        "instant-ngp, gaussian-avatars (= vhap), deca, colmap; 'all' or 'none'")
+    g.add_argument("--val_cameras", type=str, default="",
+                   help="gaussian-avatars export: views held out for validation (names, stems or indices, comma-separated)")
+    g.add_argument("--test_cameras", type=str, default="", help="gaussian-avatars export: views held out for testing")
+    g.add_argument("--export_background", type=str, default="white", choices=["white", "black"],
+                   help="gaussian-avatars export: the colour each photo is composited over outside the head mask")
     return p
 
 
@@ -266,6 +278,9 @@ def validate_fit_options(cfg: argparse.Namespace) -> None:
         if getattr(cfg, k) < 0:
             raise ValueError(f"--{k} must be >= 0, got {getattr(cfg, k)}")
     _check_device_name(cfg.device)
+    if hasattr(cfg, "export"):
+        from fitting.export.run import parse_formats
+        parse_formats(cfg.export)  # ValueError before any work on an unknown format
 
 
 def _check_device_name(name: str) -> None:

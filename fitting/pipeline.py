@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 # in the output folder (checkpoint.pt, preprocess/, files of the user) stays.
 RESULT_FILES = frozenset({"params.npz", "mesh.obj", "mesh.mtl", "texture.png", "transforms.json", "colmap",
                           "points3D.ply", "images", "overlays", "contact_sheet.png", "losses.png", "fit_details.json",
-                          "report.json"})
+                          "report.json", "exports", "heatmaps", "index.html", "turntable.gif", "orbit.gif"})
 
 
 def output_folder(cfg) -> Path:
@@ -255,6 +255,16 @@ def write_outputs(out: Path, scene: Scene, ctx: FitContext, state: FitState, use
         if ovs:
             write_png(out / "contact_sheet.png", contact_sheet(ovs, names))
         plot_losses(ctx.history, out / "losses.png")
+    # training exports (--export), read back from the files above: the same code as
+    # ``python -m fitting.export`` on a finished fit (fitting/export/run.py)
+    if getattr(ctx.cfg, "export", "none") not in ("", "none"):
+        from fitting.export.run import export_formats
+        split = lambda s: [x for x in str(s or "").split(",") if x] or None  # noqa: E731
+        export_formats(out, ctx.cfg.export, prep_dir=scene.prep_dir, model_path=str(ctx.flame.model_path),
+                       tracks=ctx.tracks is not None and ctx.tracks.points is not None,
+                       val_cameras=split(getattr(ctx.cfg, "val_cameras", "")),
+                       test_cameras=split(getattr(ctx.cfg, "test_cameras", "")),
+                       background=getattr(ctx.cfg, "export_background", "white"))
     return {"K": K, "R": R, "t": t}
 
 
@@ -499,5 +509,12 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
         "ground_truth_after_similarity": gt_aligned if scene.ground_truth is not None else None,
         "flagged_views": [scene.names[i] for i, d in enumerate(init_info.get("sfm_disagree", [])) if d]})
     write_json(stage / "report.json", report)  # last: its presence marks the result complete
+    if cfg.write_images:  # index.html and the turntable read the finished result (fitting/viewer.py)
+        from fitting.viewer import write_viewer
+        try:
+            write_viewer(stage, history=ctx.history, prep_dir=scene.prep_dir, model_path=str(ctx.flame.model_path))
+        except Exception as e:  # a picture is not worth the fit: say so, keep the result
+            print(f"[fit] warning: index.html / turntable not written ({type(e).__name__}: {e}); "
+                  f"python -m fitting.viewer {output_folder(cfg)} retries")
     folder.publish()
     return report

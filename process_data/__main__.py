@@ -1,4 +1,7 @@
-"""python -m process_data SCENE_DIR [--out DIR] [--force] [--backend dlib|fan] [--masks default|bisenet] ..."""
+"""python -m process_data SCENE_DIR [--out DIR] [--force] [--backend dlib|fan] [--masks default|bisenet] ...
+
+Options use underscores like run_fitting.py (``--pad_mode``); the older hyphenated spellings
+(``--pad-mode``) still work."""
 from __future__ import annotations
 
 import argparse
@@ -19,18 +22,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo every stage even when its outputs are up to date")
     p.add_argument("--stages", nargs="+", choices=ALL_STAGES[1:], default=None, help="run only these stages")
     p.add_argument("--backend", choices=["dlib", "fan"], default=DEFAULTS["backend"], help="landmark detector")
-    p.add_argument("--masks", choices=["default", "bisenet"], default=DEFAULTS["masks"])
-    p.add_argument("--bisenet-weights", default=None, help="face-parsing BiSeNet weights (79999_iter.pth)")
-    p.add_argument("--pad-mode", choices=["pad", "crop"], default=DEFAULTS["pad_mode"])
-    p.add_argument("--pad-size", type=int, default=DEFAULTS["pad_size"], help="side of the derived square images")
-    p.add_argument("--crop-margin", type=float, default=DEFAULTS["crop_margin"])
+    p.add_argument("--masks", choices=["default", "bisenet"], default=DEFAULTS["masks"],
+                   help="head / skin masks: skin-colour model + GrabCut (default), or the face-parsing BiSeNet")
+    p.add_argument("--bisenet_weights", "--bisenet-weights", default=None, help="face-parsing BiSeNet weights (79999_iter.pth)")
+    p.add_argument("--pad_mode", "--pad-mode", choices=["pad", "crop"], default=DEFAULTS["pad_mode"],
+                   help="make the derived squares by padding the photo, or by cropping around the face")
+    p.add_argument("--pad_size", "--pad-size", type=int, default=DEFAULTS["pad_size"], help="side of the derived square images")
+    p.add_argument("--crop_margin", "--crop-margin", type=float, default=DEFAULTS["crop_margin"],
+                   help="crop mode: side of the square crop, as a multiple of the face box's mean side")
     p.add_argument("--fov", type=float, default=DEFAULTS["fov"], help="fallback horizontal field of view, degrees")
-    p.add_argument("--sfm-max-size", type=int, default=DEFAULTS["sfm_max_size"],
+    p.add_argument("--sfm_max_size", "--sfm-max-size", type=int, default=DEFAULTS["sfm_max_size"],
                    help="longest image side used for SIFT (keypoints are rescaled to full resolution)")
     p.add_argument("--sequential", action="store_true", help="sequential matching (frames of a video)")
-    p.add_argument("--sfm-landmarks", choices=["never", "fallback", "always"], default=DEFAULTS["sfm_landmarks"],
+    p.add_argument("--sfm_landmarks", "--sfm-landmarks", choices=["never", "fallback", "always"], default=DEFAULTS["sfm_landmarks"],
                    help="add the 68 landmarks as SfM correspondences: never, only when SIFT alone fails, always")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bars")
     return p
 
 

@@ -336,7 +336,7 @@ def main(argv=None) -> int:
     p.add_argument("scene")
     p.add_argument("--out", default=None)
     p.add_argument("--fov", type=float, default=30.0, help="fallback horizontal field of view, degrees")
-    p.add_argument("--sfm-max-size", type=int, default=1024)
+    p.add_argument("--sfm_max_size", "--sfm-max-size", type=int, default=1024)
     p.add_argument("--sequential", action="store_true", help="sequential matching (frames of a video)")
     p.add_argument("--force", action="store_true")
     a = p.parse_args(argv)

@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     p.add_argument("scene")
     p.add_argument("--out", default=None)
     p.add_argument("--masks", choices=["default", "bisenet"], default="default")
-    p.add_argument("--bisenet-weights", default=None)
+    p.add_argument("--bisenet_weights", "--bisenet-weights", default=None)
     p.add_argument("--force", action="store_true")
     a = p.parse_args(argv)
     from .pipeline import cli_run

@@ -172,13 +172,15 @@ def _c2w_opengl(R: np.ndarray, t: np.ndarray) -> np.ndarray:
     return opencv_to_opengl_c2w(torch.as_tensor(R, dtype=torch.float64), torch.as_tensor(t, dtype=torch.float64)).numpy()
 
 
-def write_transforms(path, K, R, t, sizes, file_paths, mesh_path: str | None = None, extra: dict | None = None) -> Path:
+def write_transforms(path, K, R, t, sizes, file_paths, mesh_path: str | None = None, extra: dict | None = None,
+                     frame_extra: list | None = None) -> Path:
     """transforms.json for nerfstudio, instant-ngp and the GaussianAvatars / VHAP readers.
 
     K: (N, 3, 3) original pixels; R, t: OpenCV world-to-camera; sizes: (N, 2) as (W, H);
     file_paths: N paths (relative to the JSON's folder, or absolute); mesh_path likewise.
     Intrinsics are written per frame and, from the first view, at the top level (instant-ngp
-    reads the top level; nerfstudio prefers per-frame values).
+    reads the top level; nerfstudio prefers per-frame values). ``extra``: top-level keys;
+    ``frame_extra``: N dicts of per-frame keys.
     """
     K, R, t, sizes = (np.asarray(_np(x), np.float64) for x in (K, R, t, sizes))
     c2w = _c2w_opengl(R, t)
@@ -186,7 +188,10 @@ def write_transforms(path, K, R, t, sizes, file_paths, mesh_path: str | None = N
     for i in range(len(K)):
         frames.append({"file_path": str(file_paths[i]), "transform_matrix": c2w[i].tolist(),
                        "fl_x": K[i, 0, 0], "fl_y": K[i, 1, 1], "cx": K[i, 0, 2], "cy": K[i, 1, 2],
-                       "w": int(sizes[i, 0]), "h": int(sizes[i, 1])})
+                       "w": int(sizes[i, 0]), "h": int(sizes[i, 1]),
+                       "camera_angle_x": float(2 * np.arctan(sizes[i, 0] / (2 * K[i, 0, 0]))),
+                       "camera_angle_y": float(2 * np.arctan(sizes[i, 1] / (2 * K[i, 1, 1]))),
+                       **(frame_extra[i] if frame_extra else {})})
     d = {"camera_model": "OPENCV",
          "fl_x": K[0, 0, 0], "fl_y": K[0, 1, 1], "cx": K[0, 0, 2], "cy": K[0, 1, 2],
          "w": int(sizes[0, 0]), "h": int(sizes[0, 1]),

@@ -1,0 +1,117 @@
+"""index.html (opened in headless Chromium), heat maps, turntable, losses.png, overlays and
+the end-of-run summary, on the shared small fit (conftest.py)."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_index_is_self_contained(fit):
+    _, out, _, _ = fit
+    page = (out / "index.html").read_text()
+    assert "<script src=" not in page and "<link " not in page       # nothing fetched
+    # no element loads anything from the network (plotly.js itself holds link strings)
+    assert not re.search(r"""<(img|script|link|iframe|source)\b[^>]*\b(src|href)\s*=\s*['"]?(https?:)?//""", page)
+    assert page.count("data:image/jpeg;base64,") >= 5 * 4               # 5 panels per view, 4 views
+    for name in ("view_00.png", "view_01.png", "view_02.png", "view_03.png"):
+        assert name in page
+    assert "Plotly.newPlot" in page and "Mesh3d" in page.replace("mesh3d", "Mesh3d")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium (Debian package 'chromium') is not installed")
+def test_index_renders_in_chromium(fit, tmp_path):
+    """The page renders in headless Chromium without console errors, plotly builds its WebGL
+    scene, and a screenshot is written (the README links one of the demo)."""
+    _, out, _, _ = fit
+    args = [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
+            "--hide-scrollbars", "--window-size=1280,1600", "--virtual-time-budget=8000",
+            "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp_path / 'profile'}"]
+    url = (out / "index.html").as_uri()
+    dom = subprocess.run(args + ["--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "gl-container" in dom.stdout and "main-svg" in dom.stdout, "plotly did not build the 3D view"
+    console = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln]
+    errors = [ln for ln in console if re.search(r"Uncaught|TypeError|ReferenceError|SyntaxError|Failed to load", ln)]
+    assert not errors, "\n".join(errors)
+    shot = tmp_path / "index.png"
+    r = subprocess.run(args + [f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert img.shape[:2] == (1600, 1280) and img.std() > 20          # not a blank page
+
+
+def test_heatmaps_turntable_orbit(fit):
+    report, out, _, _ = fit
+    used = [v["name"] for v in report["views"] if v["used"]]
+    assert sorted(p.stem for p in (out / "heatmaps").glob("*.png")) == sorted(n.rsplit(".", 1)[0] for n in used)
+    with Image.open(out / "turntable.gif") as g:
+        assert g.n_frames == 36 and g.size == (320, 320)
+    with Image.open(out / "orbit.gif") as g:
+        assert g.n_frames > len(used)
+    # the overlays: photo | render | blend, side by side
+    with Image.open(out / "overlays" / "view_00.png") as ov:
+        assert ov.size[0] == 3 * (ov.size[0] // 3) and ov.size[0] > 2 * ov.size[1]
+
+
+def test_losses_damping_gets_its_own_panel(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from fitting.visualize import plot_losses
+    hist = {"geometry": [{"round": 0, "iter": i, "landmark": 10.0 ** -i, "rim": 0.0, "lambda": 1e-3 / (i + 1)}
+                         for i in range(5)],
+            "photometric": [{"iter": i, "photometric": 0.02, "total": 0.03} for i in range(5)]}
+    seen = []
+    real = plt.subplots
+
+    def spy(*a, **k):
+        fig, axes = real(*a, **k)
+        seen.append(axes)
+        return fig, axes
+    plt.subplots = spy
+    try:
+        plot_losses(hist, tmp_path / "losses.png")
+    finally:
+        plt.subplots = real
+    axes = list(seen[0][0])
+    titles = [ax.get_title() for ax in axes]
+    assert titles == ["geometry", "photometric", "geometry: LM damping"]
+    geo, photo, damp = axes
+    assert [ln.get_label() for ln in geo.get_lines()] == ["landmark"]      # lambda and an all-zero term left out
+    assert geo.get_yscale() == "log" and photo.get_yscale() == "linear"    # log only where it spans decades
+    assert "px^2" in geo.get_ylabel() and damp.get_yscale() == "log"
+
+
+def test_summary_names_worst_view_and_outputs(fit):
+    from fitting.viewer import summary_lines
+    report, out, _, _ = fit
+    text = "\n".join(summary_lines(report, out))
+    worst = max((v for v in report["views"] if v["used"]), key=lambda v: v["landmark_rmse_px"])
+    assert f"Result: {out}" in text and "index.html" in text and "exports: colmap deca" in text
+    assert f"({worst['name']})" in text.split("landmark RMSE")[1].splitlines()[0]
+    assert "mask IoU" in text and "flagged views: none" in text
+
+
+def test_boolean_options_accept_the_bare_flag():
+    from fitting.config import build_parser
+    a = build_parser().parse_args(["--scene_dir", "x", "--resume", "--progress", "false", "--demo"])
+    assert a.resume is True and a.progress is False and a.demo is True and a.write_images is True
+
+
+def test_process_data_flags_use_underscores_and_keep_the_old_spelling():
+    from process_data.__main__ import build_parser
+    p = build_parser()
+    a = p.parse_args(["scene", "--pad_mode", "crop", "--no_progress", "--sfm-max-size", "800"])
+    assert (a.pad_mode, a.no_progress, a.sfm_max_size) == ("crop", True, 800)
+    for act in p._actions:
+        assert act.help, f"{act.option_strings} has no help line"
+        longs = [s for s in act.option_strings if s.startswith("--")]
+        assert not longs or "-" not in longs[0][2:], f"{longs[0]}: underscores, as run_fitting.py"
