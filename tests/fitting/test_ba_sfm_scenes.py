@@ -27,6 +27,8 @@ from fitting.export import write_json
 from fitting.pipeline import fit_scene
 from fitting.synthetic_scene import make_scene
 
+pytestmark = pytest.mark.slow   # ~70 s of CPU for the module: one SfM and five fits
+
 YAW = 48.8889            # 12 views 8.89 deg apart: views 1, 4, 7, 10 at -40, -13.3, 13.3, 40 deg
 FOUR = [1, 4, 7, 10]
 
