@@ -31,8 +31,9 @@ from fitting.stages import FitContext, cameras64, evaluate, init_appearance, ini
     stage_photometric, texture_maps
 from fitting.state import FitState, check_resume_options, load_checkpoint, save_checkpoint
 
-__all__ = ["fit_scene", "load_model", "standin_path", "decide_refine_focal", "judge_scene_sfm", "focal_prior_px", "ground_truth_errors", "write_outputs",
-           "output_folder", "checkpoint_path", "RESULT_FILES"]
+__all__ = ["fit_scene", "load_model", "standin_path", "decide_refine_focal", "judge_scene_sfm", "focal_prior_px",
+           "scene_tracks", "attach_tracks", "ground_truth_errors", "write_outputs", "output_folder", "checkpoint_path",
+           "RESULT_FILES"]
 
 REPO = Path(__file__).resolve().parents[1]
 
