@@ -33,9 +33,9 @@ from fitting.context import FitContext, texture_maps
 from fitting.stages import cameras64, evaluate, init_appearance, initialize, stage_geometry, stage_photometric
 from fitting.state import FitState, check_resume_options, load_checkpoint, save_checkpoint
 
-__all__ = ["fit_scene", "load_model", "standin_path", "decide_refine_focal", "ground_truth_errors", "write_outputs",
-           "head_mask_test",
-           "output_folder", "checkpoint_path", "RESULT_FILES"]
+__all__ = ["fit_scene", "load_model", "standin_path", "decide_refine_focal", "judge_scene_sfm", "focal_prior_px",
+           "head_mask_test", "scene_tracks", "attach_tracks", "ground_truth_errors", "write_outputs", "output_folder",
+           "checkpoint_path", "RESULT_FILES"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,8 +91,9 @@ def load_model(cfg, device):
     return flame, tex, {"model": str(path), "texture_space": None if tex is None else str(tex.source or "")}
 
 
-def decide_refine_focal(cfg, cameras: dict) -> tuple[bool, str]:
-    """Whether to estimate the focal length here, and why."""
+def decide_refine_focal(cfg, cameras: dict, sfm_quality: dict | None = None) -> tuple[bool, str]:
+    """Whether to estimate the focal length here, and why. ``sfm_quality``: the verdict of
+    :func:`fitting.sfm_quality.judge_sfm` on SfM's model; a degenerate model's focal is refined."""
     if cfg.refine_focal != "auto":
         return cfg.refine_focal == "always", f"--refine_focal {cfg.refine_focal}"
     src = cameras.get("source", "")
@@ -100,6 +101,8 @@ def decide_refine_focal(cfg, cameras: dict) -> tuple[bool, str]:
         return False, "intrinsics known"
     if src != "sfm":
         return True, f"intrinsics from {src or 'unknown source'}, not SfM"
+    if sfm_quality is not None and not sfm_quality["ok"]:
+        return True, "SfM's model is degenerate: " + "; ".join(sfm_quality["reasons"])
     n_reg = len(cameras.get("registered") or [])
     K = np.asarray(cameras["K"], np.float64)
     w = float(cameras.get("width") or 2 * K[0, 2])
@@ -126,19 +129,72 @@ def head_mask_test(scene: Scene):
     return inside
 
 
-def scene_tracks(cfg, scene: Scene):
+def scene_tracks(cfg, scene: Scene) -> tuple:
     """The scene's SfM tracks over its used views (SfM's frame), or None (``--tracks off``,
-    no SfM model, or no point seen twice). Only observations inside their view's head mask are
-    kept: the fit's rigid object is the head, and the torso can turn against it (on the real
-    8-view sample, the torso's tracks, up to 70 % of a side view's, pulled the cameras into an
-    arc of +-8 deg of yaw where the head's tracks and landmarks put them at +-30)."""
+    no SfM model, or no point seen twice); and {name: registration row} of the used views
+    that SfM left out (:func:`fitting.register_views.register_left_out`: each registered one
+    joins the tracks with its inlier observations, and its SfM-frame pose is added to
+    ``scene.sfm_poses``, so it is initialised like SfM's own views).
+
+    Only observations inside their view's head mask are kept: the fit's rigid object is the
+    head, and the torso can turn against it (on the real 8-view sample, the torso's tracks, up
+    to 70 % of a side view's, pulled the cameras into an arc of +-8 deg of yaw where the head's
+    tracks and landmarks put them at +-30)."""
+    import tempfile
+
+    from fitting.register_views import register_left_out
     from fitting.tracks import load_tracks
     model = scene.cameras.get("colmap_model")
     if cfg.tracks == "off" or not model or not (scene.prep_dir / model).is_dir():
-        return None
+        return None, {}
     lmk_orig = scene.landmarks.cpu().numpy() / scene.scale.cpu().numpy()[:, None, :]
-    return load_tracks(scene.prep_dir / model, scene.names, scene.scale.cpu().numpy(), landmarks_px=lmk_orig,
-                       inside=head_mask_test(scene))
+    inside = head_mask_test(scene)
+    rec, registered = register_left_out(scene.prep_dir / model, scene.prep_dir / "sfm" / "database.db", scene.names)
+    if rec is None:
+        return load_tracks(scene.prep_dir / model, scene.names, scene.scale.cpu().numpy(),
+                           landmarks_px=lmk_orig, inside=inside), registered
+    for n, row in registered.items():
+        if row["R"] is not None:
+            scene.sfm_poses[n] = (np.asarray(row["R"], np.float64), np.asarray(row["t"], np.float64))
+    with tempfile.TemporaryDirectory() as tmp:  # load_tracks reads a model folder
+        rec.write_binary(tmp)
+        return load_tracks(tmp, scene.names, scene.scale.cpu().numpy(), landmarks_px=lmk_orig,
+                           inside=inside), registered
+
+
+def focal_prior_px(scene: Scene) -> float | None:
+    """A focal length SfM's own can be checked against, original pixels: the known K
+    (cameras.json source "known"), else the median EXIF focal length of the views, else None."""
+    if scene.cameras.get("source") == "known":
+        return float(np.asarray(scene.cameras["K"])[0, 0])
+    from process_data.intrinsics import exif_focal_px
+    f = [x for x in (exif_focal_px(p) for p in scene.image_paths) if x]
+    return float(np.median(f)) if f else None
+
+
+@torch.no_grad()
+def judge_scene_sfm(ctx: FitContext, state: FitState, scene: Scene) -> dict | None:
+    """The verdict of :func:`fitting.sfm_quality.judge_sfm` on the scene's SfM model (None
+    without a model), with the landmark PnP poses of the mean head as the bas-relief check's
+    reference (the poses :func:`initialize` starts from)."""
+    from fitting.init import pnp_views
+    from fitting.sfm_quality import judge_sfm, read_sfm_model
+    from fitting.context import subject_vertices, view_geometry
+    from fitting.stages import view_yaw_deg
+    model = scene.cameras.get("colmap_model")
+    if not model or not (scene.prep_dir / model).is_dir():
+        return None
+    mean = state.detach()
+    mean.shape.zero_()
+    mean.expression.zero_()
+    mean.pose.zero_()
+    _, lmk3d = view_geometry(ctx, mean, subject_vertices(ctx, mean))
+    R, _, ok, _, _ = pnp_views(ctx.landmarks.cpu().double().numpy(), lmk3d.cpu().double().numpy(),
+                               state.K().cpu().double().numpy(), reproj_px=max(4.0, 0.03 * max(ctx.size)))
+    yaw = view_yaw_deg(torch.as_tensor(R)).numpy()
+    pnp = {n: (R[i], float(yaw[i])) for i, n in enumerate(scene.names) if ok[i]}
+    return judge_sfm(read_sfm_model(scene.prep_dir / model, scene.names), scene.num_views, pnp=pnp,
+                     focal_prior_px=focal_prior_px(scene))
 
 
 def attach_tracks(ctx: FitContext, cfg, scene: Scene, tracks, init_info: dict, points=None) -> None:
@@ -373,7 +429,11 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
                      head_mask=scene.head_mask, view_weights=torch.ones(N, device=device), cfg=cfg,
                      texspace=texspace, refine_focal=refine, progress=cfg.progress)
 
-    tracks = scene_tracks(cfg, scene)
+    tracks, sfm_registered = scene_tracks(cfg, scene)
+    sfm_quality = judge_scene_sfm(ctx, state, scene)
+    if sfm_quality is not None and not sfm_quality["ok"]:
+        ctx.refine_focal, refine_why = decide_refine_focal(cfg, scene.cameras, sfm_quality)
+        refine = ctx.refine_focal
     ckpt_path = checkpoint_path(cfg)
     done, pos, init_info = [], 0, {}
     if cfg.resume and ckpt_path.is_file():
@@ -407,7 +467,17 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
     if "init" not in done:
         t0 = time.perf_counter()
         sfm = [scene.sfm_poses.get(n) for n in scene.names]
-        state, init_info = initialize(ctx, state, sfm, prefer_sfm=tracks is not None)
+        if sfm_quality is not None and not sfm_quality["ok"]:
+            # a degenerate model's poses are not taken at face value: initialisation keeps the
+            # PnP poses (SfM's only where PnP failed or fits worse, and on profiles), and the
+            # track points are triangulated once the landmarks have placed the cameras
+            ctx.cfg = argparse.Namespace(**{**vars(cfg), "sfm_trust_deg": -1.0})
+        try:
+            state, init_info = initialize(ctx, state, sfm, prefer_sfm=tracks is not None)
+        finally:
+            ctx.cfg = cfg
+        if sfm_quality is not None and not sfm_quality["ok"] and init_info.get("sfm_similarity") is not None:
+            init_info["sfm_trust_why"] = "SfM's model is degenerate: " + "; ".join(sfm_quality["reasons"])
         failed = np.array([s == "failed" for s in init_info["source"]])
         ctx.view_weights = torch.as_tensor(~failed, dtype=torch.float32, device=device)
         ctx.landmark_weights = torch.ones_like(ctx.view_weights)
@@ -491,6 +561,10 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
                                            f"{100 * init_info['sfm_center_rel'][i]:.0f}% of the distance"}
         for i, d in enumerate(init_info.get("sfm_disagree", [])) if d]
     report["landmarks_not_used"] = [{"name": scene.names[i], "reason": why} for i, why in ctx.landmark_flags.items()]
+    report["sfm_quality"] = sfm_quality
+    # views SfM left out that the fit registered from their matches (or tried to)
+    report["sfm_registered_by_fit"] = {n: {k: r[k] for k in ("correspondences", "inliers", "why")}
+                                       for n, r in sfm_registered.items()}
     report["tracks"] = None if ctx.tracks is None else {
         "num_points": ctx.tracks.num_points, "num_observations": len(ctx.tracks.view),
         "landmark_sigma_px": ctx.landmark_sigma_px}
@@ -505,7 +579,8 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
         "focal": {"initial_px": float(np.asarray(scene.cameras["K"])[0][0]), "source": scene.cameras.get("source"),
                   "refined": refine, "why": refine_why, "fitted_px": float(K_fit[0, 0]),
                   "width": int(scene.orig_size[0, 0])},
-        "init": init_info, "model": model_info, "left_out": scene.unused,
+        "init": init_info, "model": model_info, "left_out": scene.unused, "sfm_quality": sfm_quality,
+        "sfm_registered_by_fit": sfm_registered,
         "ground_truth_after_similarity": gt_aligned if scene.ground_truth is not None else None,
         "flagged_views": [scene.names[i] for i, d in enumerate(init_info.get("sfm_disagree", [])) if d]})
     write_json(stage / "report.json", report)  # last: its presence marks the result complete
