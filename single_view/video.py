@@ -193,13 +193,16 @@ def fit_video(path: Path, cfg, flame, texspace, model_info: dict, save: Path, lo
     idx = list(d["frame_index"]) if resumed else []
     obs = list(d["landmarks"]) if resumed else []
     if not (resumed and bool(d.get("landmarks_done", False))):
-        for k, chunk in enumerate(reader(path, C, cfg.sample_step, cfg.max_frames, len(idx))):
+        k = 0
+        # (not enumerate(): its cached result tuple would keep the last chunk alive while the next is read)
+        for chunk in reader(path, C, cfg.sample_step, cfg.max_frames, len(idx)):
+            k += 1
             for i, frame in zip(chunk.indices, chunk.frames):
                 pts = detect(i, frame)
                 idx.append(i)
                 obs.append(np.full((68, 2), np.nan) if pts is None else np.asarray(pts, np.float64)[:, :2])
             n_face = sum(np.isfinite(o).all() for o in obs[-len(chunk):])
-            log(f"[video] {name}: landmarks, chunk {k + 1}: frames {chunk.indices[0]}-{chunk.indices[-1]}, "
+            log(f"[video] {name}: landmarks, chunk {k}: frames {chunk.indices[0]}-{chunk.indices[-1]}, "
                 f"{n_face}/{len(chunk)} with a face")
             del chunk, frame
             progress.save(frame_index=np.asarray(idx), landmarks=np.asarray(obs).reshape(-1, 68, 2),
@@ -429,7 +432,7 @@ def _write_overlay_video(path, video, cfg, flame, texspace, shape, p: FrameParam
                     writer = VideoWriter(path, fps, (ov.shape[1], ov.shape[0])).__enter__()
                 writer.write(ov)
             k += n
-            del chunk
+            del chunk, frame   # no frame outlives its chunk
     except BaseException as e:
         if writer is not None:
             writer.__exit__(type(e), e, None)
