@@ -37,7 +37,7 @@ from fitting.losses import landmark_point_weights
 from fitting.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from fitting.stages import vertex_jacobian
 
-__all__ = ["Weights", "FrameParams", "lm_frames", "pnp_init", "select_keyframes", "interpolate_missing",
+__all__ = ["Weights", "FrameParams", "fold_identity", "lm_frames", "pnp_init", "select_keyframes", "interpolate_missing",
            "model_landmarks"]
 
 JAW = slice(6, 9)
@@ -93,6 +93,21 @@ class FrameParams:
         trans = torch.zeros(T, 3, **z)
         trans[:, 2] = 1.0
         return FrameParams(torch.zeros(T, 3, **z), trans, torch.zeros(T, n_exp, **z), torch.zeros(T, 3, **z))
+
+
+@torch.no_grad()
+def fold_identity(model, shape: torch.Tensor):
+    """A copy of the FLAME ``model`` with the identity ``shape`` (S,) folded into its template and
+    no shape components (n_shape = 0): the same vertices for every expression and pose, and
+    the tracking Jacobians skip the S shape columns that a fixed identity does not need (the
+    blend shapes and the joints are linear in the coefficients)."""
+    import copy
+    m = copy.deepcopy(model)
+    S = model.n_shape
+    m.v_template = model.v_template + torch.einsum("vck,k->vc", model.shapedirs[..., :S], shape.to(model.v_template))
+    m.shapedirs = model.shapedirs[..., S:].contiguous()
+    m.n_shape = 0
+    return m
 
 
 def _pose(jaw: torch.Tensor) -> torch.Tensor:

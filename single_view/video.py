@@ -46,8 +46,8 @@ from fitting.output_folder import FolderLock, ResultFolder, check_writable
 from fitting.pipeline import load_model, seed_everything
 from single_view.camera import deca_camera, deca_global_pose, fitting_intrinsics
 from single_view.inputs import LANDMARK_NAMES, resolve_override
-from single_view.tracking import (FrameParams, Weights, interpolate_missing, lm_frames, model_landmarks, pnp_init,
-                                  select_keyframes)
+from single_view.tracking import (FrameParams, Weights, fold_identity, interpolate_missing, lm_frames,
+                                  model_landmarks, pnp_init, select_keyframes)
 from single_view.video_io import VideoWriter, iter_frame_chunks, list_videos, video_info
 
 __all__ = ["fit_videos", "fit_video", "VIDEO_RESULTS", "DECA_N_SHAPE", "DECA_N_EXP"]
@@ -247,9 +247,10 @@ def fit_video(path: Path, cfg, flame, texspace, model_info: dict, save: Path, lo
             f"landmark RMSE {float(info_id['landmark_rmse_px'].mean()) / scale:.2f} px")
     timing["identity"] = time.perf_counter() - t0
 
-    # 3. tracking, chunk by chunk
+    # 3. tracking, chunk by chunk, on the model with the identity folded in
     t0 = time.perf_counter()
     rot0, trans0, ok = pnp_init(sub, K, obs_f, valid, shape)
+    tracker, no_shape = fold_identity(sub, shape), shape[:0]
     params = FrameParams.zeros(T, E, device=dev)
     done = 0
     if resumed and "tracked" in d:
@@ -269,7 +270,7 @@ def fit_video(path: Path, cfg, flame, texspace, model_info: dict, save: Path, lo
                 params.rot[f], params.trans[f] = src.rot, src.trans
             if src is not None:
                 params.exp[f], params.jaw[f] = src.exp, src.jaw
-        _, win, info_w = lm_frames(sub, K, obs_t[lo:ext], valid_t[lo:ext], shape, params[lo:ext].clone(), w,
+        _, win, info_w = lm_frames(tracker, K, obs_t[lo:ext], valid_t[lo:ext], no_shape, params[lo:ext].clone(), w,
                                    cfg.track_iters, smooth=True, prev=prev)
         for k in ("rot", "trans", "exp", "jaw"):
             getattr(params, k)[lo:ext] = getattr(win, k)
