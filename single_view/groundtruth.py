@@ -35,7 +35,8 @@ import torch
 from fitting.init import umeyama
 from fitting.render.cameras import FLIP
 
-__all__ = ["now_face_region", "visible_vertices", "aligned_vertex_errors", "region_errors", "make_synthetic_photo"]
+__all__ = ["now_face_region", "visible_vertices", "aligned_vertex_errors", "region_errors", "make_synthetic_photo",
+           "make_synthetic_clip"]
 
 # iBUG-68 indices of NoW's seven landmarks
 OUTER_EYE = (36, 45)
@@ -157,3 +158,86 @@ def make_synthetic_photo(model_path, out: Path, size: int = 192, fov: float = 12
                "visible": visible_vertices(verts, flame.faces, K, R, t, (size, size))}
     return {"verts": v, "landmarks": lmk2d[0].numpy().astype(np.float64), "regions": regions,
             "faces": flame.faces.cpu().numpy()}
+
+
+@torch.no_grad()
+def make_synthetic_clip(model_path, out: Path, frames: int = 16, size: int = 256, fov: float = 12.0,
+                        noise_px: float = 1.0, seed: int = 5, blank: tuple = (), fps: float = 25.0) -> dict:
+    """A synthetic talking-head clip: the stand-in with one known identity (shape ~ N(0, 1),
+    texture code ~ N(0, 1)) under a fixed camera (``fov`` horizontal FOV, 0.32 m of the head
+    plane across ``size`` px), its expression (N(0, 0.35) per sine component), jaw (0.03-0.27
+    rad, one open-close cycle), head rotation (yaw -20 to +20 deg, pitch +-8 deg, roll +-3 deg)
+    and position (+-5 mm) varying smoothly over ``frames`` frames (about a second of head motion
+    at 25 fps squeezed into 16 frames, as with ``--sample_step``), over a fixed textured
+    background. Frames listed
+    in ``blank`` show the background only (no face).
+
+    Writes into ``out``: ``clip.mp4`` (OpenCV mp4v) and ``clip_landmarks68.npy`` (frames, 68,
+    2): the true landmarks + N(0, noise_px) px in the detectors' pixel-index convention, NaN
+    rows for blank frames. Returns the ground truth: "shape" (n_shape,), "exp" (T, n_exp), "jaw"
+    (T, 3), "R" (T, 3, 3) / "t" (T, 3) world-to-camera (head frame), "K" (3, 3), "verts" (T, V,
+    3) head frame, "landmarks" (T, 68, 2) noise-free (+0.5 convention), "face" (T, V) NoW face
+    region of each frame, "faces" (F, 3), "blank" (T,) bool, "path", "landmarks_path".
+    """
+    from fitting.flame import FLAME, find_texture_space, load_texture_space
+    from fitting.render.cameras import rot_to_matrix
+    from fitting.render import MeshRenderer, RasterSettings, intrinsics_from_fov, project_points
+    from fitting.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+    from fitting.synthetic_scene import textured_background
+    from single_view.video_io import VideoWriter
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    flame = FLAME(model_path)
+    tex = load_texture_space(find_texture_space(model_path))
+    T = int(frames)
+    s = torch.linspace(0, 1, T, dtype=torch.float64)[:, None]
+    two_pi = 2 * math.pi
+    shape = torch.tensor(rng.normal(0, 1.0, flame.n_shape))
+    a, b = (torch.tensor(rng.normal(0, 0.35, (1, flame.n_exp))) for _ in range(2))
+    expr = a * torch.sin(math.pi * s) + b * torch.cos(two_pi * 0.6 * s + 0.4)
+    jaw = torch.zeros(T, 3, dtype=torch.float64)
+    jaw[:, 0] = 0.15 + 0.12 * torch.sin(two_pi * s[:, 0])
+    yaw = math.radians(20) * torch.sin(math.pi * (s[:, 0] - 0.5))
+    pitch = math.radians(8) * torch.sin(math.pi * s[:, 0] + 1.0)
+    roll = math.radians(3) * torch.cos(math.pi * s[:, 0])
+    z = torch.zeros_like(yaw)
+    # head rotation in the camera frame (y down, z forward): yaw about y, pitch about x, roll about z
+    Rh = (axis_angle_to_matrix(torch.stack([z, yaw, z], 1)) @ axis_angle_to_matrix(torch.stack([pitch, z, z], 1))
+          @ axis_angle_to_matrix(torch.stack([z, z, roll], 1)))
+    R = Rh @ rot_to_matrix(torch.zeros(T, 3, dtype=torch.float64))
+    d = 0.16 / math.tan(math.radians(fov / 2))
+    centre = torch.tensor([0.0, 0.01, 0.0], dtype=torch.float64)
+    t = -(R @ centre) + torch.stack([0.005 * torch.sin(math.pi * s[:, 0]),
+                                     0.004 * torch.cos(math.pi * s[:, 0]), z + d], 1)
+    pose = torch.zeros(T, 15, dtype=torch.float64)
+    pose[:, 6:9] = jaw
+    f32 = torch.float32
+    verts, _ = flame(shape[None].expand(T, -1).to(f32), expr.to(f32), pose.to(f32))
+    K = intrinsics_from_fov(fov, size, size)
+    lmk3d = flame.landmarks(verts, FLIP @ R.to(f32))
+    lmk2d, _ = project_points(lmk3d, K.expand(T, 3, 3), R.to(f32), t.to(f32))
+    sh = torch.zeros(T, 9, 3)
+    sh[:, 0] = 1.0 / 0.8862269
+    sh[:, 1:4] = torch.tensor([0.2, 0.25, 0.3])[:, None]
+    code = torch.tensor(rng.normal(0, 1, (1, tex.n_tex)), dtype=f32)
+    r = MeshRenderer(flame.faces, tex.verts_uvs, tex.faces_uvs, RasterSettings((size, size)))(
+        verts, K.expand(T, 3, 3), R.to(f32), t.to(f32), texture=tex(code).expand(T, -1, -1, -1), sh=sh)
+    bg = textured_background(size, size, rng)
+    blank_mask = np.zeros(T, bool)
+    blank_mask[list(blank)] = True
+    noisy = lmk2d.numpy().astype(np.float64) + rng.normal(0, noise_px, (T, 68, 2))
+    noisy[blank_mask] = np.nan
+    np.save(out / "clip_landmarks68.npy", (noisy - 0.5).astype(np.float32))
+    with VideoWriter(out / "clip.mp4", fps, (size, size)) as w:
+        for i in range(T):
+            a_ = 0.0 if blank_mask[i] else r.silhouette[i, 0].numpy()[..., None]
+            img = a_ * r.image[i].permute(1, 2, 0).numpy().clip(0, 1) + (1 - a_) * bg
+            w.write((img * 255 + 0.5).astype(np.uint8))
+    v = verts.numpy().astype(np.float64)
+    face = np.stack([now_face_region(v[i], lmk3d[i].numpy()) for i in range(T)])
+    return {"shape": shape.numpy(), "exp": expr.numpy(), "jaw": jaw.numpy(), "R": R.numpy(), "t": t.numpy(),
+            "K": K[0].numpy().astype(np.float64), "verts": v, "landmarks": lmk2d.numpy().astype(np.float64),
+            "face": face, "faces": flame.faces.numpy(), "blank": blank_mask, "path": out / "clip.mp4",
+            "landmarks_path": out / "clip_landmarks68.npy", "rot_axis_angle": matrix_to_axis_angle(Rh).numpy()}

@@ -70,7 +70,8 @@ SINGLE_VIEW_DEFAULTS = dict(
 def build_single_view_parser() -> configargparse.ArgumentParser:
     """fitting.config.build_parser() + the single-image options and defaults."""
     p = build_parser("Single-image FLAME fitting (a folder is fitted as one batch, one subject per image).")
-    p.add_argument("input", help="an image (jpg/png) or a folder of images")
+    p.add_argument("input", help="an image (jpg/png), a folder of images, a video (mp4, avi, mov, mkv, webm) or a "
+                                 "folder of videos")
     g = p.add_argument_group("single image")
     g.add_argument("--landmarks", type=str, default="",
                    help="68x2 landmarks .npy overriding detection (pixel-index convention, e.g. face-alignment / "
@@ -89,12 +90,42 @@ def build_single_view_parser() -> configargparse.ArgumentParser:
     g.add_argument("--exclude", type=str, default="*_skinmask.*,*_mask.*,*_headmask.*,*_landmarks*",
                    help="comma-separated glob patterns of files in the folder that are not photos")
     g.add_argument("--write_mesh", type=str2bool, default=True, help="write mesh.obj + texture per image")
+    v = p.add_argument_group("video (VIDEO.mp4 or a folder of videos; docs/VIDEO.md)")
+    v.add_argument("--sample_step", type=int, default=1, help="fit every n-th frame of a video (as DECA's demo)")
+    v.add_argument("--max_frames", type=int, default=0, help="fit at most this many (sampled) frames; 0 = all")
+    v.add_argument("--chunk_size", type=int, default=16,
+                   help="frames read, and tracked, at a time: memory holds one chunk of frames whatever the length")
+    v.add_argument("--lookahead", type=int, default=4,
+                   help="frames after a chunk tracked with it (and again with the next): both sides of a chunk's "
+                        "last frames are seen")
+    v.add_argument("--keyframes", type=int, default=8,
+                   help="frames the identity (shape) is fitted on, spread over head pose and mouth opening")
+    v.add_argument("--identity_iters", type=int, default=10, help="LM iterations of the identity fit")
+    v.add_argument("--track_iters", type=int, default=6, help="LM iterations per tracked chunk")
+    v.add_argument("--w_smooth", type=float, default=1.0,
+                   help="temporal smoothness of the per-frame parameters: 1 = the random-walk prior's MAP weight "
+                        "for 1 px landmark noise and the --smooth_* steps; 0 = off")
+    v.add_argument("--smooth_rot", type=float, default=0.03, help="expected head rotation per frame (rad)")
+    v.add_argument("--smooth_trans", type=float, default=0.003, help="expected head translation per frame (m)")
+    v.add_argument("--smooth_exp", type=float, default=0.15, help="expected expression change per frame")
+    v.add_argument("--smooth_jaw", type=float, default=0.03, help="expected jaw rotation per frame (rad)")
+    v.add_argument("--jaw_side", type=float, default=400.0,
+                   help="factor of the jaw prior (--w_pose) about the y and z axes: a jaw opens about x")
     p.set_defaults(**SINGLE_VIEW_DEFAULTS)
     return p
 
 
 def validate_single_view(cfg: argparse.Namespace) -> None:
     validate_fit_options(cfg)
+    for k in ("sample_step", "chunk_size", "keyframes"):
+        if getattr(cfg, k) < 1:
+            raise ValueError(f"--{k} must be >= 1, got {getattr(cfg, k)}")
+    for k in ("max_frames", "lookahead", "identity_iters", "track_iters", "w_smooth"):
+        if getattr(cfg, k) < 0:
+            raise ValueError(f"--{k} must be >= 0, got {getattr(cfg, k)}")
+    for k in ("smooth_rot", "smooth_trans", "smooth_exp", "smooth_jaw"):
+        if getattr(cfg, k) <= 0:
+            raise ValueError(f"--{k} must be > 0, got {getattr(cfg, k)}")
     if cfg.refine_focal == "always":
         raise ValueError("--refine_focal always is not available for single images: one photo cannot separate "
                          "focal length from distance; set --fov instead")
