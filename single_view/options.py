@@ -48,7 +48,7 @@ import configargparse
 from fitting.config import build_parser, parse_checked, str2bool, validate_fit_options
 from single_view.camera import CAMERA_MODELS, DEFAULT_FOV_DEG
 
-__all__ = ["build_single_view_parser", "parse_single_view", "SINGLE_VIEW_DEFAULTS"]
+__all__ = ["build_single_view_parser", "parse_single_view", "SINGLE_VIEW_DEFAULTS", "MULTI_VIEW_ONLY"]
 
 SINGLE_VIEW_DEFAULTS = dict(
     savefolder="output/single_view",
@@ -65,6 +65,27 @@ SINGLE_VIEW_DEFAULTS = dict(
     w_pose=0.018,
     checkpoint_every=10,
 )
+
+
+# Shared options that only a multi-view scene uses (demo scene, SfM and tracks, views that
+# disagree, exports): still accepted, so one config file serves both commands, but left out of
+# --help, whose first sections are the single-image and video options.
+MULTI_VIEW_ONLY = frozenset({
+    "scene_dir", "preprocess_dir", "scene_name", "force_preprocess", "min_views", "sfm_min_views", "tracks",
+    "sfm_trust_deg", "track_sigma_px", "track_robust_px", "lmk_max_yaw_deg", "lmk_outlier_factor",
+    "pose_disagree_deg", "pose_disagree_rel", "export", "val_cameras", "test_cameras", "export_background"})
+_MULTI_VIEW_GROUPS = ("demo scene", "exports")
+
+
+def _single_view_help(p: configargparse.ArgumentParser, own: list) -> None:
+    """Hide the multi-view options from ``--help`` and list the groups ``own`` first (argparse
+    prints groups in the order of ``_action_groups``; it has no public API for either)."""
+    for group in p._action_groups:
+        for a in group._group_actions:
+            if a.dest in MULTI_VIEW_ONLY or group.title.startswith(_MULTI_VIEW_GROUPS):
+                a.help = argparse.SUPPRESS
+    rest = [g for g in p._action_groups if g not in own]
+    p._action_groups[:] = rest[:2] + own + rest[2:]    # after the positional and general options
 
 
 def build_single_view_parser() -> configargparse.ArgumentParser:
@@ -91,6 +112,7 @@ def build_single_view_parser() -> configargparse.ArgumentParser:
                    help="comma-separated glob patterns of files in the folder that are not photos")
     g.add_argument("--write_mesh", type=str2bool, default=True, help="write mesh.obj + texture per image")
     v = p.add_argument_group("video (VIDEO.mp4 or a folder of videos; docs/VIDEO.md)")
+    _own = [g, v]
     v.add_argument("--sample_step", type=int, default=1, help="fit every n-th frame of a video (as DECA's demo)")
     v.add_argument("--max_frames", type=int, default=0, help="fit at most this many (sampled) frames; 0 = all")
     v.add_argument("--chunk_size", type=int, default=16,
@@ -112,6 +134,8 @@ def build_single_view_parser() -> configargparse.ArgumentParser:
     v.add_argument("--jaw_side", type=float, default=400.0,
                    help="factor of the jaw prior (--w_pose) about the y and z axes: a jaw opens about x")
     p.set_defaults(**SINGLE_VIEW_DEFAULTS)
+    _single_view_help(p, _own)
+    p.usage = "%(prog)s [-h] [--config FILE] INPUT [options]"
     return p
 
 

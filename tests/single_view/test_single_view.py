@@ -110,6 +110,18 @@ def test_camera_validation():
 
 
 # -- synthetic ground truth -------------------------------------------------------------------------
+def test_help_lists_the_single_image_options_first_and_hides_multi_view_ones():
+    from single_view.options import MULTI_VIEW_ONLY, build_single_view_parser, parse_single_view
+    text = build_single_view_parser().format_help()
+    sections = [line for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert sections[2:4] == ["single image:", "video (VIDEO.mp4 or a folder of videos; docs/VIDEO.md):"], sections
+    for hidden in ("--demo_views", "--export", *(f"--{k} " for k in sorted(MULTI_VIEW_ONLY))):
+        assert hidden not in text, hidden
+    # hidden, not removed: a config file written for run_fitting.py still parses
+    cfg = parse_single_view(["photo.jpg", "--demo_views", "3", "--tracks", "off"])
+    assert (cfg.demo_views, cfg.tracks) == (3, "off")
+
+
 def test_region_errors_are_similarity_invariant():
     """A similarity of the prediction changes no region's error; a bump outside a region leaves
     that region's own (region-aligned) error at zero but not the all-vertex one."""
