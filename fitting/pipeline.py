@@ -30,7 +30,8 @@ from fitting.output_folder import FolderLock, ResultFolder, check_writable
 from fitting.render.cameras import unscale_intrinsics
 from fitting.scene import Scene, load_scene
 from fitting.context import FitContext, texture_maps
-from fitting.stages import cameras64, evaluate, init_appearance, initialize, stage_geometry, stage_photometric
+from fitting.run import Progress, StageHooks, run_stages
+from fitting.stages import cameras64, initialize
 from fitting.state import FitState, check_resume_options, load_checkpoint, save_checkpoint
 
 __all__ = ["fit_scene", "load_model", "standin_path", "decide_refine_focal", "judge_scene_sfm", "focal_prior_px",
@@ -435,12 +436,13 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
         ctx.refine_focal, refine_why = decide_refine_focal(cfg, scene.cameras, sfm_quality)
         refine = ctx.refine_focal
     ckpt_path = checkpoint_path(cfg)
-    done, pos, init_info = [], 0, {}
+    progress, init_info = Progress(), {}
     if cfg.resume and ckpt_path.is_file():
         ck = load_checkpoint(ckpt_path, device)
         if ck["extra"].get("names") == scene.names:
             check_resume_options(ck["config"], config_to_dict(cfg), ckpt_path)
-            state, done, pos = ck["state"], ck["progress"]["done"], ck["progress"].get("pos", 0)
+            state = ck["state"]
+            progress = Progress(ck["progress"]["done"], ck["progress"].get("pos", 0))
             ctx.history = ck["history"]
             init_info = ck["extra"].get("init_info", {})
             timing.update(ck["extra"].get("timing", {}))
@@ -464,8 +466,7 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
                          else ctx.tracks.points.cpu(),
                          "photo_opt": ctx.photo_opt_state if stage == "photometric" and p > 0 else None})
 
-    if "init" not in done:
-        t0 = time.perf_counter()
+    def init_poses(st: FitState) -> tuple:
         sfm = [scene.sfm_poses.get(n) for n in scene.names]
         if sfm_quality is not None and not sfm_quality["ok"]:
             # a degenerate model's poses are not taken at face value: initialisation keeps the
@@ -473,40 +474,24 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
             # track points are triangulated once the landmarks have placed the cameras
             ctx.cfg = argparse.Namespace(**{**vars(cfg), "sfm_trust_deg": -1.0})
         try:
-            state, init_info = initialize(ctx, state, sfm, prefer_sfm=tracks is not None)
+            return initialize(ctx, st, sfm, prefer_sfm=tracks is not None)
         finally:
             ctx.cfg = cfg
-        if sfm_quality is not None and not sfm_quality["ok"] and init_info.get("sfm_similarity") is not None:
-            init_info["sfm_trust_why"] = "SfM's model is degenerate: " + "; ".join(sfm_quality["reasons"])
-        failed = np.array([s == "failed" for s in init_info["source"]])
+
+    def after_init(st: FitState, info: dict) -> None:
+        nonlocal init_info
+        init_info = info
+        if sfm_quality is not None and not sfm_quality["ok"] and info.get("sfm_similarity") is not None:
+            info["sfm_trust_why"] = "SfM's model is degenerate: " + "; ".join(sfm_quality["reasons"])
+        failed = np.array([s == "failed" for s in info["source"]])
         ctx.view_weights = torch.as_tensor(~failed, dtype=torch.float32, device=device)
         ctx.landmark_weights = torch.ones_like(ctx.view_weights)
-        attach_tracks(ctx, cfg, scene, tracks, init_info)
+        attach_tracks(ctx, cfg, scene, tracks, info)
         if failed.all():
             raise ValueError("pose initialisation failed in every view (PnP found no consistent pose): "
                              "check landmarks.json and cameras.json")
-        timing["init"] = time.perf_counter() - t0
-        done = ["init"]
-        pos = 0
-        checkpoint(done, "geometry", 0, state)
-    ctx.on_iter = lambda stage, p, st: checkpoint(list(done), stage, p, st)
 
-    if "geometry" not in done:
-        t0 = time.perf_counter()
-        state = stage_geometry(ctx, state, start_round=pos)
-        timing["geometry"] += time.perf_counter() - t0
-        done.append("geometry")
-        pos = 0
-        state = init_appearance(ctx, state)
-        checkpoint(done, "photometric", 0, state)
-    if "photometric" not in done:
-        t0 = time.perf_counter()
-        state = stage_photometric(ctx, state, start_iter=pos)
-        timing["photometric"] += time.perf_counter() - t0
-        done.append("photometric")
-        checkpoint(done, "export", 0, state)
-
-    ev = evaluate(ctx, state, render=True)
+    state, ev = run_stages(ctx, state, StageHooks(init_poses, after_init, checkpoint), progress, timing)
     used = ctx.view_weights.cpu().numpy() > 0
     stage = folder.begin()
     arr = write_outputs(stage, scene, ctx, state, used, ev, cfg.write_images, final=out)
