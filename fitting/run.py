@@ -14,15 +14,19 @@ its saved position.
 """
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+
+import numpy as np
+import torch
 
 from fitting.context import FitContext
 from fitting.stages import evaluate, init_appearance, stage_geometry, stage_photometric
 from fitting.state import FitState
 
-__all__ = ["Progress", "StageHooks", "run_stages"]
+__all__ = ["Progress", "StageHooks", "run_stages", "seed_everything"]
 
 
 @dataclass
@@ -105,3 +109,10 @@ def run_stages(ctx: FitContext, state: FitState, hooks: StageHooks, progress: Pr
         progress.done.append("photometric")
         boundary("export", 0, state)
     return state, evaluate(ctx, state, render=True)
+
+
+def seed_everything(s: int) -> None:
+    """Seed Python, numpy and torch (the fit is then repeatable up to thread scheduling)."""
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)

@@ -25,7 +25,8 @@ import torch
 
 from fitting.config import resolve_device
 from fitting.output_folder import FolderLock, check_writable
-from fitting.pipeline import load_model, seed_everything
+from fitting.model import load_model
+from fitting.run import seed_everything
 from fitting.context import FitContext
 from fitting.run import StageHooks, run_stages
 from fitting.stages import evaluate, initialize

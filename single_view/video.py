@@ -43,7 +43,8 @@ from fitting.export import write_json, write_params
 from fitting.flame import landmark_submodel
 from fitting.render.cameras import rot_to_matrix
 from fitting.output_folder import FolderLock, ResultFolder, check_writable
-from fitting.pipeline import load_model, seed_everything
+from fitting.model import load_model
+from fitting.run import seed_everything
 from single_view.camera import deca_camera, deca_global_pose, fitting_intrinsics
 from single_view.inputs import LANDMARK_NAMES, resolve_override
 from single_view.tracking import (FrameParams, Weights, fold_identity, interpolate_missing, lm_frames,
