@@ -296,9 +296,7 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
         raise ValueError("the model has no UVs and no texture space: give --tex_space or a model with UVs")
     state = FitState.create(N, torch.zeros(N, dtype=torch.long), scene.K, cfg.n_shape, cfg.n_exp, tex_shape,
                             device=device)
-    ctx = FitContext(flame=flame, images=scene.images, landmarks=scene.landmarks, skin_mask=scene.skin_mask,
-                     head_mask=scene.head_mask, view_weights=torch.ones(N, device=device), cfg=cfg,
-                     texspace=texspace, refine_focal=refine, progress=cfg.progress)
+    ctx = FitContext.from_observations(scene, flame, cfg, texspace, refine)
 
     tracks, sfm_registered = scene_tracks(cfg, scene)
     sfm_quality = judge_scene_sfm(ctx, state, scene)

@@ -100,7 +100,7 @@ def _fit_batch(cfg: argparse.Namespace, device: torch.device, save: Path, t_star
     timing = {"preprocess": time.perf_counter() - t0}
     for name, reason in failed.items():
         _write_failed(save, name, reason)
-    if batch.num_images == 0:
+    if batch.num_views == 0:
         raise ValueError("no usable photo: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     batch.to(device)
 
@@ -108,14 +108,12 @@ def _fit_batch(cfg: argparse.Namespace, device: torch.device, save: Path, t_star
     flame, texspace, model_info = load_model(cfg, device)
     if texspace is None and flame.verts_uvs is None:
         raise ValueError("the model has no UVs and no texture space: give --tex_space FILE or a model with UVs")
-    N = batch.num_images
+    N = batch.num_views
     H, W = batch.size
     K0 = fitting_intrinsics(cfg.camera, cfg.fov, W, H, N, device=device)
     tex_shape = (texspace.n_tex,) if texspace is not None else (3, cfg.tex_res, cfg.tex_res)
     state = FitState.create(N, torch.arange(N), K0, cfg.n_shape, cfg.n_exp, tex_shape, device=device)
-    ctx = FitContext(flame=flame, images=batch.images, landmarks=batch.landmarks, skin_mask=batch.skin_mask,
-                     head_mask=batch.head_mask, view_weights=torch.ones(N, device=device), cfg=cfg,
-                     texspace=texspace, refine_focal=False, progress=cfg.progress)
+    ctx = FitContext.from_observations(batch, flame, cfg, texspace, refine_focal=False)
     # the landmark stages only need the landmarks' vertices (~360 of 5023): same results, and the
     # geometry stage ran 2.4x faster on FFHQ
     # (the outline term, --w_rim > 0, needs every vertex)
