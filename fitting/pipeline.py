@@ -1,4 +1,4 @@
-"""config -> scene -> stages -> exports, with progress bars and checkpoints.
+"""config -> scene -> stages (:func:`fitting.run.run_stages`) -> exports, with progress bars and checkpoints.
 
 :func:`fit_scene` is what ``run_fitting.py`` calls. Outputs go to ``<savefolder>/<scene>/``
 (see :mod:`fitting.export` and docs/FITTING.md), which holds the last complete result or none
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fitting.config import config_to_dict, resolve_device
+from fitting.config import Config, config_to_dict, resolve_device
 from fitting.evaluate_cameras import report_epipolar
 from fitting.export import write_json
 from fitting.output_folder import FolderLock, ResultFolder, check_writable
@@ -236,14 +236,13 @@ def write_outputs(out: Path, scene: Scene, ctx: FitContext, state: FitState, use
         plot_losses(ctx.history, out / "losses.png")
     # training exports (--export), read back from the files above: the same code as
     # ``python -m fitting.export`` on a finished fit (fitting/export/run.py)
-    if getattr(ctx.cfg, "export", "none") not in ("", "none"):
+    if ctx.cfg.export not in ("", "none"):
         from fitting.export.run import export_formats
         split = lambda s: [x for x in str(s or "").split(",") if x] or None  # noqa: E731
         export_formats(out, ctx.cfg.export, prep_dir=scene.prep_dir, model_path=str(ctx.flame.model_path),
                        tracks=ctx.tracks is not None and ctx.tracks.points is not None,
-                       val_cameras=split(getattr(ctx.cfg, "val_cameras", "")),
-                       test_cameras=split(getattr(ctx.cfg, "test_cameras", "")),
-                       background=getattr(ctx.cfg, "export_background", "white"))
+                       val_cameras=split(ctx.cfg.val_cameras), test_cameras=split(ctx.cfg.test_cameras),
+                       background=ctx.cfg.export_background)
     return {"K": K, "R": R, "t": t}
 
 
@@ -340,7 +339,7 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
             # a degenerate model's poses are not taken at face value: initialisation keeps the
             # PnP poses (SfM's only where PnP failed or fits worse, and on profiles), and the
             # track points are triangulated once the landmarks have placed the cameras
-            ctx.cfg = argparse.Namespace(**{**vars(cfg), "sfm_trust_deg": -1.0})
+            ctx.cfg = Config(**{**vars(cfg), "sfm_trust_deg": -1.0})
         try:
             return initialize(ctx, st, sfm, prefer_sfm=tracks is not None)
         finally:

@@ -129,7 +129,7 @@ def _signature(cfg, path: Path) -> str:
             "sample_step", "max_frames", "chunk_size", "lookahead", "keyframes", "identity_iters", "track_iters",
             "w_smooth", "smooth_rot", "smooth_trans", "smooth_exp", "smooth_jaw", "jaw_side", "w_shape", "w_exp",
             "w_pose", "w_contour", "lmk_robust_px", "landmarks", "landmark_backend")
-    d = {k: str(getattr(cfg, k, "")) for k in keys}
+    d = {k: str(getattr(cfg, k)) for k in keys}
     d["video"] = [str(path.resolve()), st.st_size, st.st_mtime_ns]
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
