@@ -4,7 +4,8 @@ single photos (:mod:`single_view.batch`):
 1. init: the caller's pose initialisation, then its ``after_init`` (view and landmark weights,
    tracks; it raises when no view is usable);
 2. geometry: :func:`fitting.stages.stage_geometry` (LM rounds over the residual terms);
-3. appearance: :func:`fitting.stages.init_appearance` (texture and SH in closed form);
+3. appearance: :func:`fitting.stages.init_appearance` (a free texture map starts at the mean
+   skin colour of its subject's photos);
 4. photometric: :func:`fitting.stages.stage_photometric`;
 5. evaluate: :func:`fitting.stages.evaluate` with a render.
 
