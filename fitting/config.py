@@ -4,7 +4,9 @@ Every option has a default and a ``--help`` line, and can be given on the comman
 in a config file (``--config FILE``, ``key = value`` lines, ``#`` comments). A boolean option
 given bare (``--resume``) means true; ``--resume false`` still works. Command-line
 values override the file. An unknown key in a config file or an unknown option on the command
-line stops the run with a one-line message (file and line, the closest known option).
+line stops the run with a one-line message (file and line, the closest known option). The
+parsed options are a :class:`Config`: code that reads an option that does not exist gets an
+AttributeError naming the closest one, not a default.
 :func:`build_parser` returns the parser so the single-image CLI (single_view/options.py) can add
 its own options and override defaults.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 import configargparse
 import torch
 
-__all__ = ["build_parser", "parse_config", "parse_checked", "resolve_device", "config_to_dict"]
+__all__ = ["Config", "build_parser", "parse_config", "parse_checked", "resolve_device", "config_to_dict"]
 
 DEVICES = "auto, cpu, cuda or cuda:N (N = the GPU's index)"
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -65,6 +67,19 @@ class _Parser(configargparse.ArgumentParser):
         if options:
             return f"unknown option {options[0]}{self.suggest(options[0])}"
         return f"unexpected argument {extra[0]!r}"
+
+
+class Config(argparse.Namespace):
+    """The parsed options, read as attributes (``cfg.w_rim``). Reading a name that is no
+    option raises AttributeError naming the closest option: a typo is an error, never a
+    silent default."""
+
+    def __getattr__(self, name: str):
+        # only reached when ``name`` is not an attribute; dunder probes (copy, pickle) stay plain
+        if name.startswith("__"):
+            raise AttributeError(name)
+        close = difflib.get_close_matches(name, list(vars(self)), n=1)
+        raise AttributeError(f"no option {name!r} in the config" + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
 def build_parser(description: str | None = None) -> configargparse.ArgumentParser:
@@ -231,14 +246,14 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
     return p
 
 
-def parse_config(argv=None, parser: configargparse.ArgumentParser | None = None) -> argparse.Namespace:
-    """Parse ``argv`` (default sys.argv[1:]) into a Namespace, validated."""
+def parse_config(argv=None, parser: configargparse.ArgumentParser | None = None) -> Config:
+    """Parse ``argv`` (default sys.argv[1:]) into a :class:`Config`, validated."""
     cfg = parse_checked(parser or build_parser(), argv)
     validate(cfg)
     return cfg
 
 
-def parse_checked(parser: _Parser, argv=None) -> argparse.Namespace:
+def parse_checked(parser: _Parser, argv=None) -> Config:
     """``parser.parse_args(argv)`` after checking the keys of the config files it names:
     configargparse would report an unknown key as an unknown command-line argument, without
     the file."""
@@ -247,7 +262,7 @@ def parse_checked(parser: _Parser, argv=None) -> argparse.Namespace:
     pre.add_argument("--config", action="append", default=[])
     for path in pre.parse_known_args(argv)[0].config:
         _check_config_keys(parser, Path(path))
-    return parser.parse_args(argv)
+    return parser.parse_args(argv, namespace=Config())
 
 
 def _check_config_keys(parser: _Parser, path: Path) -> None:
@@ -278,9 +293,8 @@ def validate_fit_options(cfg: argparse.Namespace) -> None:
         if getattr(cfg, k) < 0:
             raise ValueError(f"--{k} must be >= 0, got {getattr(cfg, k)}")
     _check_device_name(cfg.device)
-    if hasattr(cfg, "export"):
-        from fitting.export.run import parse_formats
-        parse_formats(cfg.export)  # ValueError before any work on an unknown format
+    from fitting.export.run import parse_formats
+    parse_formats(cfg.export)  # ValueError before any work on an unknown format
 
 
 def _check_device_name(name: str) -> None:

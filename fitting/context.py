@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from fitting.observations import Observations
 from fitting.render.cameras import project_points, view_rotation
 from fitting.rotations import axis_angle_to_matrix
 from fitting.state import FitState
@@ -68,6 +69,14 @@ class FitContext:
     def __post_init__(self):
         if self.landmark_weights is None:
             self.landmark_weights = torch.ones_like(self.view_weights)
+
+    @classmethod
+    def from_observations(cls, obs: Observations, flame: torch.nn.Module, cfg: argparse.Namespace,
+                          texspace: torch.nn.Module | None, refine_focal: bool) -> "FitContext":
+        """The context of a fit of ``obs`` (on its device), every view weighted 1."""
+        return cls(flame=flame, images=obs.images, landmarks=obs.landmarks, skin_mask=obs.skin_mask,
+                   head_mask=obs.head_mask, view_weights=torch.ones(obs.num_views, device=obs.images.device),
+                   cfg=cfg, texspace=texspace, refine_focal=refine_focal, progress=cfg.progress)
 
     @property
     def size(self) -> tuple:

@@ -1,4 +1,4 @@
-"""config -> scene -> stages -> exports, with progress bars and checkpoints.
+"""config -> scene -> stages (:func:`fitting.run.run_stages`) -> exports, with progress bars and checkpoints.
 
 :func:`fit_scene` is what ``run_fitting.py`` calls. Outputs go to ``<savefolder>/<scene>/``
 (see :mod:`fitting.export` and docs/FITTING.md), which holds the last complete result or none
@@ -11,30 +11,29 @@ init, after each geometry round and every ``checkpoint_every`` photometric itera
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
-import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fitting.config import config_to_dict, resolve_device
+from fitting.config import Config, config_to_dict, resolve_device
 from fitting.evaluate_cameras import report_epipolar
 from fitting.export import write_json
-from fitting.init import align_sfm_poses
-from fitting.render.cameras import rotation_angle_deg
 from fitting.output_folder import FolderLock, ResultFolder, check_writable
 from fitting.render.cameras import unscale_intrinsics
 from fitting.scene import Scene, load_scene
 from fitting.context import FitContext, texture_maps
-from fitting.stages import cameras64, evaluate, init_appearance, initialize, stage_geometry, stage_photometric
+from fitting.demo import ensure_demo_scene
+from fitting.ground_truth import ground_truth_errors
+from fitting.model import load_model
+from fitting.run import Progress, StageHooks, run_stages, seed_everything
+from fitting.stages import cameras64, initialize
 from fitting.state import FitState, check_resume_options, load_checkpoint, save_checkpoint
 
-__all__ = ["fit_scene", "load_model", "standin_path", "decide_refine_focal", "judge_scene_sfm", "focal_prior_px",
-           "head_mask_test", "scene_tracks", "attach_tracks", "ground_truth_errors", "write_outputs", "output_folder",
+__all__ = ["fit_scene", "decide_refine_focal", "judge_scene_sfm", "focal_prior_px",
+           "head_mask_test", "scene_tracks", "attach_tracks", "write_outputs", "output_folder",
            "checkpoint_path", "RESULT_FILES"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,41 +53,6 @@ def output_folder(cfg) -> Path:
 
 def checkpoint_path(cfg) -> Path:
     return output_folder(cfg) / "checkpoint.pt"
-
-
-def standin_path(cfg) -> Path:
-    """Where the stand-in model for this config lives (built on first use, then cached)."""
-    base = Path(cfg.standin_dir) if cfg.standin_dir else Path(cfg.savefolder) / "_standin"
-    from fitting.synthetic import VERSION
-    key = f"{cfg.standin_template}|{cfg.standin_embedding}|{cfg.standin_seed}|v{VERSION}"
-    tag = hashlib.sha1(key.encode()).hexdigest()[:8]
-    return base / f"standin_{tag}.pkl"
-
-
-def load_model(cfg, device):
-    """-> (FLAME, TextureSpace | None, info dict). ``--flame_model synthetic`` builds the stand-in."""
-    from fitting.flame import FLAME, find_texture_space, load_texture_space
-
-    emb = cfg.landmark_embedding or None
-    if cfg.flame_model == "synthetic":
-        path = standin_path(cfg)
-        if not path.is_file():
-            from fitting.synthetic import build_standin
-            path.parent.mkdir(parents=True, exist_ok=True)
-            build_standin(path, template=cfg.standin_template or None,
-                          landmark_embedding=cfg.standin_embedding or None, seed=cfg.standin_seed)
-        emb = emb or str(path.with_name(f"{path.stem}_landmark_embedding.npy"))
-    else:
-        path = Path(cfg.flame_model)
-        if not path.is_file():
-            raise ValueError(f"--flame_model {path} not found: give FLAME's generic_model.pkl, or 'synthetic'")
-    flame = FLAME(path, emb, n_shape=cfg.n_shape, n_exp=cfg.n_exp).to(device)
-    tex = None
-    if cfg.tex_space != "none":
-        tp = find_texture_space(path) if cfg.tex_space == "auto" else Path(cfg.tex_space)
-        if tp is not None:
-            tex = load_texture_space(tp, n_tex=cfg.n_tex).to(device)
-    return flame, tex, {"model": str(path), "texture_space": None if tex is None else str(tex.source or "")}
 
 
 def decide_refine_focal(cfg, cameras: dict, sfm_quality: dict | None = None) -> tuple[bool, str]:
@@ -216,47 +180,6 @@ def attach_tracks(ctx: FitContext, cfg, scene: Scene, tracks, init_info: dict, p
         ctx.tracks.points = torch.as_tensor(points, dtype=torch.float64, device=ctx.images.device)
 
 
-def seed_everything(s: int) -> None:
-    """Seed Python, numpy and torch (the fit is then repeatable up to thread scheduling)."""
-    random.seed(s)
-    np.random.seed(s)
-    torch.manual_seed(s)
-
-
-def ground_truth_errors(gt: dict, names: list, R: np.ndarray, t: np.ndarray, verts: np.ndarray,
-                        lmk_orig: np.ndarray, aligned: bool = False) -> dict:
-    """Errors against ground_truth.npz (synthetic scenes), for the used views ``names``.
-
-    R, t: (N, 3, 3), (N, 3) fitted world-to-camera; verts (V, 3) fitted; lmk_orig (N, 68, 2)
-    fitted landmarks in original pixels, compared with the noise-free projections."""
-    idx = [list(map(str, gt["names"])).index(n) for n in names]
-    Rg, tg = torch.as_tensor(gt["R"][idx], dtype=torch.float64), torch.as_tensor(gt["t"][idx], dtype=torch.float64)
-    Rf, tf = torch.as_tensor(R, dtype=torch.float64), torch.as_tensor(t, dtype=torch.float64)
-    rot = rotation_angle_deg(Rf, Rg).numpy()
-    Cg = -(Rg.transpose(1, 2) @ tg[..., None])[..., 0]
-    Cf = -(Rf.transpose(1, 2) @ tf[..., None])[..., 0]
-    cc = (Cf - Cg).norm(dim=-1).numpy() * 1000
-    ve = np.linalg.norm(verts - gt["vertices"], axis=-1).mean() * 1000
-    lr = np.sqrt(((lmk_orig - gt["landmarks"][idx]) ** 2).sum(-1).mean())
-    out = {"rotation_error_deg_mean": float(rot.mean()), "rotation_error_deg_max": float(rot.max()),
-           "camera_center_error_mm_mean": float(cc.mean()), "vertex_error_mm_mean": float(ve),
-           "landmark_rmse_px": float(lr)}
-    if aligned and len(idx) >= 2:
-        # The same errors after the similarity (Sim(3)) that best maps the fitted cameras onto the
-        # true ones: the model's shape space can rotate and scale the head a little, which the
-        # images cannot see, so the head frame itself is only fixed by the prior.
-        al = align_sfm_poses(R, t, gt["R"][idx], gt["t"][idx], max_deg=180, max_rel=1e9)
-        Ca = -np.einsum("nji,nj->ni", al["R"], al["t"])
-        va = al["s"] * verts @ al["Q"].T + al["T"]
-        out["aligned"] = {"rotation_error_deg_mean": float(al["angle_deg"].mean()),
-                          "rotation_error_deg_max": float(al["angle_deg"].max()),
-                          "camera_center_error_mm_mean": float(np.linalg.norm(Ca - Cg.numpy(), axis=1).mean() * 1000),
-                          "vertex_error_mm_mean": float(np.linalg.norm(va - gt["vertices"], axis=-1).mean() * 1000),
-                          "similarity_scale": float(al["s"]),
-                          "similarity_rotation_deg": float(np.degrees(np.arccos(np.clip((np.trace(al["Q"]) - 1) / 2, -1, 1))))}
-    return out
-
-
 def write_outputs(out: Path, scene: Scene, ctx: FitContext, state: FitState, used: np.ndarray, ev: dict,
                   write_images: bool = True, final: Path | None = None) -> dict:
     """params.npz, mesh.obj + texture, transforms.json, COLMAP text model, points3D.ply, previews.
@@ -313,67 +236,14 @@ def write_outputs(out: Path, scene: Scene, ctx: FitContext, state: FitState, use
         plot_losses(ctx.history, out / "losses.png")
     # training exports (--export), read back from the files above: the same code as
     # ``python -m fitting.export`` on a finished fit (fitting/export/run.py)
-    if getattr(ctx.cfg, "export", "none") not in ("", "none"):
+    if ctx.cfg.export not in ("", "none"):
         from fitting.export.run import export_formats
         split = lambda s: [x for x in str(s or "").split(",") if x] or None  # noqa: E731
         export_formats(out, ctx.cfg.export, prep_dir=scene.prep_dir, model_path=str(ctx.flame.model_path),
                        tracks=ctx.tracks is not None and ctx.tracks.points is not None,
-                       val_cameras=split(getattr(ctx.cfg, "val_cameras", "")),
-                       test_cameras=split(getattr(ctx.cfg, "test_cameras", "")),
-                       background=getattr(ctx.cfg, "export_background", "white"))
+                       val_cameras=split(ctx.cfg.val_cameras), test_cameras=split(ctx.cfg.test_cameras),
+                       background=ctx.cfg.export_background)
     return {"K": K, "R": R, "t": t}
-
-
-_DEMO_RECIPE = "demo_recipe.json"
-
-
-def _demo_recipe(cfg) -> dict:
-    """Everything the demo scene depends on: rebuilt when any of it changes."""
-    keys = ["demo_views", "demo_width", "demo_height", "demo_fov_deg", "demo_distance", "demo_yaw_deg",
-            "demo_pitch_deg", "demo_noise_px", "demo_shape_std", "demo_exp_std", "demo_faceless_views",
-            "demo_sfm", "demo_sfm_max_size", "seed", "n_shape", "n_exp"]
-    from fitting.synthetic_scene import SCENE_VERSION
-    return {"model": standin_path(cfg).name, "scene_version": SCENE_VERSION, **{k: getattr(cfg, k) for k in keys}}
-
-
-def _ensure_demo_scene(cfg, scene_dir: Path) -> bool:
-    """Build the demo's synthetic scene unless an up-to-date one is there. A scene that this
-    tool generated from another recipe (older stand-in, other demo_* options or seed) is
-    replaced: its ground truth would no longer match the model. Returns True when built."""
-    import shutil
-
-    from fitting.synthetic_scene import make_scene
-    recipe = _demo_recipe(cfg)
-    marker = scene_dir / _DEMO_RECIPE
-    if (scene_dir / "ground_truth.npz").is_file():
-        old = json.loads(marker.read_text()) if marker.is_file() else None
-        if old == recipe:
-            return False
-        manifest = scene_dir / "manifest.json"
-        ours = manifest.is_file() and "synthetic" in json.loads(manifest.read_text()).get("stages", {})
-        if not ours:
-            raise ValueError(f"{scene_dir} holds a ground-truth scene that the demo did not generate; "
-                             "give another --scene_dir for the demo")
-        print(f"[demo] {scene_dir} was built from another recipe (model, options or seed); rebuilding it")
-        shutil.rmtree(scene_dir)
-    load_model(cfg, "cpu")  # builds the stand-in when missing
-    make_scene(scene_dir, standin_path(cfg), n_views=cfg.demo_views, width=cfg.demo_width,
-               height=cfg.demo_height, fov_deg=cfg.demo_fov_deg, distance=cfg.demo_distance,
-               yaw_deg=cfg.demo_yaw_deg, pitch_deg=cfg.demo_pitch_deg, noise_px=cfg.demo_noise_px,
-               shape_std=cfg.demo_shape_std, exp_std=cfg.demo_exp_std,
-               faceless_views=cfg.demo_faceless_views, seed=cfg.seed, n_shape=cfg.n_shape, n_exp=cfg.n_exp)
-    if cfg.demo_sfm:
-        # the SfM that process_data runs on a real scene, keeping the scene's known K (cameras.json
-        # source "known"); the scene stays the generator's (its manifest too), so its exact
-        # landmarks and masks are used as they are and never re-detected
-        from process_data.files import list_images
-        from process_data.pipeline import known_cameras, sfm_cameras
-        cams_path = scene_dir / "cameras.json"
-        cams, _ = sfm_cameras(scene_dir, scene_dir / "images", list_images(scene_dir / "images")[0],
-                              max_image_size=cfg.demo_sfm_max_size, known=known_cameras(cams_path))
-        write_json(cams_path, cams)
-    write_json(marker, recipe)
-    return True
 
 
 def fit_scene(cfg: argparse.Namespace) -> dict:
@@ -404,7 +274,7 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
 
     if cfg.demo:
         t0 = time.perf_counter()
-        if _ensure_demo_scene(cfg, scene_dir):
+        if ensure_demo_scene(cfg, scene_dir):
             timing["demo_scene"] = time.perf_counter() - t0
 
     out, name = folder.path, folder.path.name
@@ -425,9 +295,7 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
         raise ValueError("the model has no UVs and no texture space: give --tex_space or a model with UVs")
     state = FitState.create(N, torch.zeros(N, dtype=torch.long), scene.K, cfg.n_shape, cfg.n_exp, tex_shape,
                             device=device)
-    ctx = FitContext(flame=flame, images=scene.images, landmarks=scene.landmarks, skin_mask=scene.skin_mask,
-                     head_mask=scene.head_mask, view_weights=torch.ones(N, device=device), cfg=cfg,
-                     texspace=texspace, refine_focal=refine, progress=cfg.progress)
+    ctx = FitContext.from_observations(scene, flame, cfg, texspace, refine)
 
     tracks, sfm_registered = scene_tracks(cfg, scene)
     sfm_quality = judge_scene_sfm(ctx, state, scene)
@@ -435,12 +303,13 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
         ctx.refine_focal, refine_why = decide_refine_focal(cfg, scene.cameras, sfm_quality)
         refine = ctx.refine_focal
     ckpt_path = checkpoint_path(cfg)
-    done, pos, init_info = [], 0, {}
+    progress, init_info = Progress(), {}
     if cfg.resume and ckpt_path.is_file():
         ck = load_checkpoint(ckpt_path, device)
         if ck["extra"].get("names") == scene.names:
             check_resume_options(ck["config"], config_to_dict(cfg), ckpt_path)
-            state, done, pos = ck["state"], ck["progress"]["done"], ck["progress"].get("pos", 0)
+            state = ck["state"]
+            progress = Progress(ck["progress"]["done"], ck["progress"].get("pos", 0))
             ctx.history = ck["history"]
             init_info = ck["extra"].get("init_info", {})
             timing.update(ck["extra"].get("timing", {}))
@@ -464,49 +333,32 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
                          else ctx.tracks.points.cpu(),
                          "photo_opt": ctx.photo_opt_state if stage == "photometric" and p > 0 else None})
 
-    if "init" not in done:
-        t0 = time.perf_counter()
+    def init_poses(st: FitState) -> tuple:
         sfm = [scene.sfm_poses.get(n) for n in scene.names]
         if sfm_quality is not None and not sfm_quality["ok"]:
             # a degenerate model's poses are not taken at face value: initialisation keeps the
             # PnP poses (SfM's only where PnP failed or fits worse, and on profiles), and the
             # track points are triangulated once the landmarks have placed the cameras
-            ctx.cfg = argparse.Namespace(**{**vars(cfg), "sfm_trust_deg": -1.0})
+            ctx.cfg = Config(**{**vars(cfg), "sfm_trust_deg": -1.0})
         try:
-            state, init_info = initialize(ctx, state, sfm, prefer_sfm=tracks is not None)
+            return initialize(ctx, st, sfm, prefer_sfm=tracks is not None)
         finally:
             ctx.cfg = cfg
-        if sfm_quality is not None and not sfm_quality["ok"] and init_info.get("sfm_similarity") is not None:
-            init_info["sfm_trust_why"] = "SfM's model is degenerate: " + "; ".join(sfm_quality["reasons"])
-        failed = np.array([s == "failed" for s in init_info["source"]])
+
+    def after_init(st: FitState, info: dict) -> None:
+        nonlocal init_info
+        init_info = info
+        if sfm_quality is not None and not sfm_quality["ok"] and info.get("sfm_similarity") is not None:
+            info["sfm_trust_why"] = "SfM's model is degenerate: " + "; ".join(sfm_quality["reasons"])
+        failed = np.array([s == "failed" for s in info["source"]])
         ctx.view_weights = torch.as_tensor(~failed, dtype=torch.float32, device=device)
         ctx.landmark_weights = torch.ones_like(ctx.view_weights)
-        attach_tracks(ctx, cfg, scene, tracks, init_info)
+        attach_tracks(ctx, cfg, scene, tracks, info)
         if failed.all():
             raise ValueError("pose initialisation failed in every view (PnP found no consistent pose): "
                              "check landmarks.json and cameras.json")
-        timing["init"] = time.perf_counter() - t0
-        done = ["init"]
-        pos = 0
-        checkpoint(done, "geometry", 0, state)
-    ctx.on_iter = lambda stage, p, st: checkpoint(list(done), stage, p, st)
 
-    if "geometry" not in done:
-        t0 = time.perf_counter()
-        state = stage_geometry(ctx, state, start_round=pos)
-        timing["geometry"] += time.perf_counter() - t0
-        done.append("geometry")
-        pos = 0
-        state = init_appearance(ctx, state)
-        checkpoint(done, "photometric", 0, state)
-    if "photometric" not in done:
-        t0 = time.perf_counter()
-        state = stage_photometric(ctx, state, start_iter=pos)
-        timing["photometric"] += time.perf_counter() - t0
-        done.append("photometric")
-        checkpoint(done, "export", 0, state)
-
-    ev = evaluate(ctx, state, render=True)
+    state, ev = run_stages(ctx, state, StageHooks(init_poses, after_init, checkpoint), progress, timing)
     used = ctx.view_weights.cpu().numpy() > 0
     stage = folder.begin()
     arr = write_outputs(stage, scene, ctx, state, used, ev, cfg.write_images, final=out)

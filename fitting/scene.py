@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from fitting.images import IMAGE_SUFFIXES, check_unique_stems, read_image, same_camera_shape
+from fitting.observations import Observations
 from fitting.output_folder import writable_dir
 
 __all__ = ["Scene", "load_scene", "find_preprocess_dir", "PREPROCESS_FILES"]
@@ -37,32 +38,25 @@ __all__ = ["Scene", "load_scene", "find_preprocess_dir", "PREPROCESS_FILES"]
 PREPROCESS_FILES = ("landmarks.json", "cameras.json")
 
 
-@dataclass
-class Scene:
-    """A scene at fitting resolution; arrays cover the N *used* views in ``names`` order.
+@dataclass(kw_only=True)
+class Scene(Observations):
+    """A multi-view scene at fitting resolution: :class:`Observations` of the N *used* views,
+    plus what the capture knows about them.
 
-    images: (N, 3, H, W) float32 RGB in [0, 1]; landmarks: (N, 68, 2) fitting pixels;
-    head_mask, skin_mask: (N, 1, H, W) in [0, 1]; K: (N, 3, 3) at fitting resolution;
-    K_orig: (N, 3, 3) original pixels; scale: (N, 2) (sx, sy) original -> fitting pixels;
-    orig_size: (N, 2) (W, H) original pixels; size: (H, W) fitting size.
-    unused: {name: reason} for every view left out; all_names: every image, in order.
-    cameras: cameras.json as read; sfm_poses: {name: (R (3,3), t (3,))} up-to-scale SfM poses.
+    name: the scene's name; scene_dir: its folder; prep_dir: where its preprocessing is;
+    K: (N, 3, 3) at fitting resolution; K_orig: (N, 3, 3) original pixels; scale: (N, 2)
+    (sx, sy) original -> fitting pixels. unused: {name: reason} for every view left out;
+    all_names: every image, in order. cameras: cameras.json as read; sfm_poses: {name: (R (3,3),
+    t (3,))} up-to-scale SfM poses; ground_truth: ground_truth.npz's arrays (synthetic scenes)
+    or None; timing_s: seconds of preprocessing.
     """
 
     name: str
     scene_dir: Path
     prep_dir: Path
-    names: list
-    image_paths: list
-    images: torch.Tensor
-    landmarks: torch.Tensor
-    head_mask: torch.Tensor
-    skin_mask: torch.Tensor
     K: torch.Tensor
     K_orig: torch.Tensor
     scale: torch.Tensor
-    orig_size: torch.Tensor
-    size: tuple
     all_names: list
     unused: dict
     cameras: dict
@@ -70,14 +64,7 @@ class Scene:
     ground_truth: dict | None = None
     timing_s: float = 0.0
 
-    @property
-    def num_views(self) -> int:
-        return len(self.names)
-
-    def to(self, device) -> "Scene":
-        for k in ("images", "landmarks", "head_mask", "skin_mask", "K"):
-            setattr(self, k, getattr(self, k).to(device))
-        return self
+    _ON_DEVICE = Observations._ON_DEVICE + ("K",)
 
 
 def find_preprocess_dir(scene_dir: Path, prep_dir=None, fallback: Path | None = None) -> Path:

@@ -14,7 +14,6 @@ images, like the landmarks and masks.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import sys
@@ -330,20 +329,6 @@ def estimate_intrinsics(image_dir, names: list[str], *, work_dir=None, fov_deg: 
              "distortion": [], "source": source, "registered": [], "sfm_poses": {}}, None, warns)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m process_data.intrinsics",
-                                description="Shared camera intrinsics of a scene with pycolmap (writes cameras.json, sfm/).")
-    p.add_argument("scene")
-    p.add_argument("--out", default=None)
-    p.add_argument("--fov", type=float, default=30.0, help="fallback horizontal field of view, degrees")
-    p.add_argument("--sfm_max_size", "--sfm-max-size", type=int, default=1024)
-    p.add_argument("--sequential", action="store_true", help="sequential matching (frames of a video)")
-    p.add_argument("--force", action="store_true")
-    a = p.parse_args(argv)
-    from .pipeline import cli_run
-    return cli_run(scene_dir=a.scene, out_dir=a.out, force=a.force, stages=["scan", "intrinsics"], fov=a.fov,
-            sfm_max_size=a.sfm_max_size, sequential=a.sequential)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m process_data.intrinsics: the command is process_data/cli.py's
+    from process_data.cli import intrinsics_main
+    sys.exit(intrinsics_main())

@@ -8,7 +8,6 @@ docs/CONVENTIONS.md (dlib reports pixel-index coordinates).
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib.util
 import sys
@@ -174,17 +173,6 @@ def nme(points: np.ndarray, reference: np.ndarray) -> float:
     return float(np.linalg.norm(points - reference, axis=1).mean() / io)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m process_data.landmarks",
-                                description="Detect 68 landmarks in every view of a scene (writes landmarks.json).")
-    p.add_argument("scene")
-    p.add_argument("--out", default=None)
-    p.add_argument("--backend", choices=["dlib", "fan"], default="dlib")
-    p.add_argument("--force", action="store_true")
-    a = p.parse_args(argv)
-    from .pipeline import cli_run
-    return cli_run(scene_dir=a.scene, out_dir=a.out, force=a.force, stages=["scan", "landmarks"], backend=a.backend)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m process_data.landmarks: the command is process_data/cli.py's
+    from process_data.cli import landmarks_main
+    sys.exit(landmarks_main())

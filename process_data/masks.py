@@ -12,7 +12,6 @@ Optional backend ``bisenet`` (see bisenet.py): a face parser with user-supplied 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import cv2
@@ -177,19 +176,6 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / u) if u else 1.0
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m process_data.masks",
-                                description="Head and face-skin masks for every view of a scene (needs landmarks).")
-    p.add_argument("scene")
-    p.add_argument("--out", default=None)
-    p.add_argument("--masks", choices=["default", "bisenet"], default="default")
-    p.add_argument("--bisenet_weights", "--bisenet-weights", default=None)
-    p.add_argument("--force", action="store_true")
-    a = p.parse_args(argv)
-    from .pipeline import cli_run
-    return cli_run(scene_dir=a.scene, out_dir=a.out, force=a.force, stages=["scan", "landmarks", "masks"],
-            masks=a.masks, bisenet_weights=a.bisenet_weights)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m process_data.masks: the command is process_data/cli.py's
+    from process_data.cli import masks_main
+    sys.exit(masks_main())

@@ -3,7 +3,6 @@
 Pure functions ``square_transform`` / ``apply_transform`` plus ``main`` (the command)."""
 from __future__ import annotations
 
-import argparse
 import sys
 
 import cv2
@@ -53,19 +52,6 @@ def apply_transform(image: np.ndarray, t: ImageTransform, interpolation: int | N
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m process_data.pad",
-                                description="Pad (or crop around the face) every view of a scene to a square.")
-    p.add_argument("scene")
-    p.add_argument("--out", default=None)
-    p.add_argument("--mode", choices=["pad", "crop"], default="pad")
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--force", action="store_true")
-    a = p.parse_args(argv)
-    from .pipeline import cli_run
-    stages = ["scan", "landmarks", "pad"] if a.mode == "crop" else ["scan", "pad"]
-    return cli_run(scene_dir=a.scene, out_dir=a.out, force=a.force, stages=stages, pad_mode=a.mode, pad_size=a.size)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m process_data.pad: the command is process_data/cli.py's
+    from process_data.cli import pad_main
+    sys.exit(pad_main())

@@ -401,15 +401,3 @@ def run_all(scene_dir, out_dir=None, force: bool = False, stages=None, **options
         "".join(f"\n  {n}: [{f['stage']}] {f['reason']}" for n, f in sc.manifest["failed"].items())) +
         f"\n  outputs in {sc.out}")
     return sc.out
-
-
-def cli_run(**kwargs) -> int:
-    """run_all for the stage commands: a clear one-line error and exit code 2 instead of a traceback."""
-    import sys
-
-    try:
-        run_all(**kwargs)
-    except (ValueError, RuntimeError) as e:
-        print(f"process_data: error: {e}", file=sys.stderr)
-        return 2
-    return 0

@@ -3,14 +3,13 @@
 :func:`fit_images` is what ``single_view/fit.py`` calls:
 
 1. inputs (:mod:`single_view.inputs`): photos, landmarks, skin masks at fitting size;
-2. ``fitting.stages.initialize``: rigid fit on the 51 static landmarks (robust PnP + LM
-   refinement on the mean shape), per photo;
-3. ``fitting.stages.stage_geometry``: Levenberg-Marquardt, one round on the 51 static points,
-   then all 68 (yaw-dependent contour) with per-photo shape, expression and jaw;
-4. ``fitting.stages.stage_photometric``: masked photometric L1 (skin mask of the photo AND
-   coverage of the render), landmarks and priors, with the FLAME texture space (or a free UV
-   map, ``--tex_space none``) and SH lighting per photo;
-5. per-photo outputs (:mod:`single_view.outputs`).
+2. :func:`fitting.run.run_stages`, the stages of a multi-view fit: rigid fit on the 51 static
+   landmarks (robust PnP + LM refinement on the mean shape) per photo; Levenberg-Marquardt,
+   one round on the 51 static points, then all 68 (yaw-dependent contour) with per-photo
+   shape, expression and jaw; masked photometric L1 (skin mask of the photo AND coverage of
+   the render), landmarks and priors, with the FLAME texture space (or a free UV map,
+   ``--tex_space none``) and SH lighting per photo;
+3. per-photo outputs (:mod:`single_view.outputs`).
 
 The state has N views and G = N subjects with ``view_subject = arange(N)``: nothing is
 shared between photos, yet every stage runs once on the whole batch.
@@ -26,9 +25,11 @@ import torch
 
 from fitting.config import resolve_device
 from fitting.output_folder import FolderLock, check_writable
-from fitting.pipeline import load_model, seed_everything
+from fitting.model import load_model
+from fitting.run import seed_everything
 from fitting.context import FitContext
-from fitting.stages import evaluate, init_appearance, initialize, stage_geometry, stage_photometric
+from fitting.run import StageHooks, run_stages
+from fitting.stages import evaluate, initialize
 from fitting.state import FitState
 from single_view.camera import fitting_intrinsics
 from single_view.inputs import list_inputs, prepare_batch
@@ -38,17 +39,22 @@ __all__ = ["fit_images", "PerImageRecorder"]
 
 
 class PerImageRecorder:
-    """``FitContext.on_iter`` hook: per-photo landmark RMSE (fitting px) after every geometry
-    round and per-photo masked photometric L1 every ``checkpoint_every`` photometric
-    iterations (the library's own history is per batch)."""
+    """:class:`fitting.run.StageHooks` boundary hook: per-photo landmark RMSE (fitting px) after
+    every geometry round and per-photo masked photometric L1 every ``checkpoint_every``
+    photometric iterations (the library's own history is per batch).
 
-    def __init__(self, n: int):
+    contexts: {stage: FitContext} the stage is evaluated with; other stages (the "export"
+    boundary) record nothing."""
+
+    def __init__(self, n: int, contexts: dict):
         self.history = [{"geometry": [], "photometric": []} for _ in range(n)]
-        self.ctx = None
+        self.contexts = contexts
 
     @torch.no_grad()
-    def __call__(self, stage: str, position: int, state: FitState) -> None:
-        ev = evaluate(self.ctx, state, render=stage == "photometric")
+    def __call__(self, done: list, stage: str, position: int, state: FitState) -> None:
+        if stage not in self.contexts:
+            return
+        ev = evaluate(self.contexts[stage], state, render=stage == "photometric")
         rmse = ev["landmark_rmse"].cpu().tolist()
         photo = ev["photometric_l1"].cpu().tolist() if "photometric_l1" in ev else None
         for i, h in enumerate(self.history):
@@ -94,7 +100,7 @@ def _fit_batch(cfg: argparse.Namespace, device: torch.device, save: Path, t_star
     timing = {"preprocess": time.perf_counter() - t0}
     for name, reason in failed.items():
         _write_failed(save, name, reason)
-    if batch.num_images == 0:
+    if batch.num_views == 0:
         raise ValueError("no usable photo: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     batch.to(device)
 
@@ -102,52 +108,35 @@ def _fit_batch(cfg: argparse.Namespace, device: torch.device, save: Path, t_star
     flame, texspace, model_info = load_model(cfg, device)
     if texspace is None and flame.verts_uvs is None:
         raise ValueError("the model has no UVs and no texture space: give --tex_space FILE or a model with UVs")
-    N = batch.num_images
+    N = batch.num_views
     H, W = batch.size
     K0 = fitting_intrinsics(cfg.camera, cfg.fov, W, H, N, device=device)
     tex_shape = (texspace.n_tex,) if texspace is not None else (3, cfg.tex_res, cfg.tex_res)
     state = FitState.create(N, torch.arange(N), K0, cfg.n_shape, cfg.n_exp, tex_shape, device=device)
-    recorder = PerImageRecorder(N)
-    ctx = FitContext(flame=flame, images=batch.images, landmarks=batch.landmarks, skin_mask=batch.skin_mask,
-                     head_mask=batch.head_mask, view_weights=torch.ones(N, device=device), cfg=cfg,
-                     texspace=texspace, refine_focal=False, progress=cfg.progress, on_iter=recorder)
+    ctx = FitContext.from_observations(batch, flame, cfg, texspace, refine_focal=False)
     # the landmark stages only need the landmarks' vertices (~360 of 5023): same results, and the
     # geometry stage ran 2.4x faster on FFHQ
     # (the outline term, --w_rim > 0, needs every vertex)
     ctx_lmk = dataclasses.replace(ctx, flame=landmark_submodel(flame)) if cfg.w_rim <= 0 else ctx
-    recorder.ctx = ctx_lmk
+    recorder = PerImageRecorder(N, {"geometry": ctx_lmk, "photometric": ctx})
     timing["model"] = time.perf_counter() - t0
 
-    # 1. rigid fit on the 51 static landmarks
-    t0 = time.perf_counter()
-    state, init_info = initialize(ctx_lmk, state)
-    pnp_failed = [i for i, s in enumerate(init_info["source"]) if s == "failed"]
-    ctx.view_weights = ctx_lmk.view_weights = torch.as_tensor([0.0 if i in pnp_failed else 1.0 for i in range(N)],
-                                                              device=device)
-    for i in pnp_failed:
-        failed[batch.names[i]] = "pose initialisation failed: PnP found no consistent head pose for the landmarks"
-        log(f"[single_view] {batch.names[i]}: left out: {failed[batch.names[i]]}")
-    if len(pnp_failed) == N:
-        raise ValueError("pose initialisation failed for every photo: " + "; ".join(failed.values()))
-    timing["init"] = time.perf_counter() - t0
-    recorder("geometry", 0, state)
+    pnp_failed = []
 
-    # 2. all 68 landmarks + shape and expression (the first round uses the static points only)
-    t0 = time.perf_counter()
-    state = stage_geometry(ctx_lmk, state)
-    timing["geometry"] = time.perf_counter() - t0
+    def after_init(st: FitState, init_info: dict) -> None:
+        pnp_failed.extend(i for i, s in enumerate(init_info["source"]) if s == "failed")
+        ctx.view_weights = ctx_lmk.view_weights = torch.as_tensor(
+            [0.0 if i in pnp_failed else 1.0 for i in range(N)], device=device)
+        for i in pnp_failed:
+            failed[batch.names[i]] = "pose initialisation failed: PnP found no consistent head pose for the landmarks"
+            log(f"[single_view] {batch.names[i]}: left out: {failed[batch.names[i]]}")
+        if len(pnp_failed) == N:
+            raise ValueError("pose initialisation failed for every photo: " + "; ".join(failed.values()))
 
-    # 3. photometric
-    t0 = time.perf_counter()
-    recorder.ctx = ctx
-    state = init_appearance(ctx, state)
-    recorder("photometric", 0, state)  # the state the first photometric iteration sees
-    first = torch.tensor([h["photometric"][-1]["photometric_l1"] for h in recorder.history])
-    state = stage_photometric(ctx, state)
-    timing["photometric"] = time.perf_counter() - t0
-
-    ev = evaluate(ctx, state, render=True)
-    ev["photometric_l1_first"] = first
+    hooks = StageHooks(lambda st: initialize(ctx_lmk, st), after_init, recorder)
+    state, ev = run_stages(ctx, state, hooks, timing=timing, geometry_ctx=ctx_lmk)
+    # the state the first photometric iteration saw
+    ev["photometric_l1_first"] = torch.tensor([h["photometric"][0]["photometric_l1"] for h in recorder.history])
     t0 = time.perf_counter()
     used = [i for i in range(N) if i not in pnp_failed]
     fit_s = sum(timing[k] for k in ("model", "init", "geometry", "photometric"))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from fitting.images import IMAGE_SUFFIXES, check_unique_stems, read_image
+from fitting.observations import Observations
 
 __all__ = ["IMAGE_SUFFIXES", "ImageBatch", "list_inputs", "resolve_override", "load_landmarks_npy", "load_mask",
            "prepare_batch"]
@@ -31,40 +32,21 @@ HEAD_MASK_NAMES = ("{stem}_headmask.png", "{stem}_head.png")
 MASK_NAMES = ("{stem}_skinmask.png", "{stem}_mask.png", "{stem}.png", "{stem}.jpg")
 
 
-@dataclass
-class ImageBatch:
-    """The usable photos at fitting resolution, in ``names`` order (N of them).
+@dataclass(kw_only=True)
+class ImageBatch(Observations):
+    """The usable photos: :class:`Observations` of N photos, each letterboxed into the square
+    fitting size (``size``, H = W).
 
-    images: (N, 3, H, W) float32 RGB in [0, 1]; landmarks: (N, 68, 2) fitting pixels (+0.5
-    convention); skin_mask, head_mask: (N, 1, H, W) in [0, 1]; scale: (N,) original -> fitting
-    pixels (isotropic); orig_size: (N, 2) (W, H); size: (H, W) fitting size (every photo is
-    letterboxed to it: ``offset`` (N, 2) fitting pixels of the photo's top-left corner).
-    failed: {name: reason} for the photos left out; sources: {name: {"landmarks", "mask"}};
-    preprocess_s: {name: seconds}.
+    scale: (N,) original -> fitting pixels (isotropic); offset: (N, 2) fitting pixels of the
+    photo's top-left corner. failed: {name: reason} for the photos left out; sources:
+    {name: {"landmarks", "mask"}}; preprocess_s: {name: seconds}.
     """
 
-    names: list
-    paths: list
-    images: torch.Tensor
-    landmarks: torch.Tensor
-    skin_mask: torch.Tensor
-    head_mask: torch.Tensor
     scale: torch.Tensor
     offset: torch.Tensor
-    orig_size: torch.Tensor
-    size: tuple
     failed: dict = field(default_factory=dict)
     sources: dict = field(default_factory=dict)
     preprocess_s: dict = field(default_factory=dict)
-
-    @property
-    def num_images(self) -> int:
-        return len(self.names)
-
-    def to(self, device) -> "ImageBatch":
-        for k in ("images", "landmarks", "skin_mask", "head_mask"):
-            setattr(self, k, getattr(self, k).to(device))
-        return self
 
 
 def list_inputs(path, exclude: str = "") -> tuple[list[Path], bool, dict]:
@@ -208,8 +190,10 @@ def prepare_batch(paths: list, image_size: int, landmarks: str = "", mask: str =
     S = int(image_size)
     if not rows:  # the caller reports every failure
         z = torch.zeros
-        return ImageBatch([], [], z(0, 3, S, S), z(0, 68, 2), z(0, 1, S, S), z(0, 1, S, S), z(0), z(0, 2),
-                          torch.zeros(0, 2, dtype=torch.int64), (S, S), failed, sources, pre_s)
+        return ImageBatch(names=[], image_paths=[], images=z(0, 3, S, S), landmarks=z(0, 68, 2),
+                          skin_mask=z(0, 1, S, S), head_mask=z(0, 1, S, S), scale=z(0), offset=z(0, 2),
+                          orig_size=torch.zeros(0, 2, dtype=torch.int64), size=(S, S), failed=failed,
+                          sources=sources, preprocess_s=pre_s)
     ims, lms, skins, heads, scales, offs, sizes = ([] for _ in range(7))
     for name, p, img, pts, skin, head, wh in rows:
         s, off = _letterbox(wh, S)
@@ -222,7 +206,7 @@ def prepare_batch(paths: list, image_size: int, landmarks: str = "", mask: str =
         sizes.append(wh)
     f32 = torch.float32
     return ImageBatch(
-        names=[r[0] for r in rows], paths=[r[1] for r in rows],
+        names=[r[0] for r in rows], image_paths=[r[1] for r in rows],
         images=torch.from_numpy(np.stack(ims)).permute(0, 3, 1, 2).to(f32) / 255.0,
         landmarks=torch.tensor(np.stack(lms), dtype=f32),
         skin_mask=torch.from_numpy(np.stack(skins))[:, None].to(f32) / 255.0,

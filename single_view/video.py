@@ -43,7 +43,8 @@ from fitting.export import write_json, write_params
 from fitting.flame import landmark_submodel
 from fitting.render.cameras import rot_to_matrix
 from fitting.output_folder import FolderLock, ResultFolder, check_writable
-from fitting.pipeline import load_model, seed_everything
+from fitting.model import load_model
+from fitting.run import seed_everything
 from single_view.camera import deca_camera, deca_global_pose, fitting_intrinsics
 from single_view.inputs import LANDMARK_NAMES, resolve_override
 from single_view.tracking import (FrameParams, Weights, fold_identity, interpolate_missing, lm_frames,
@@ -128,7 +129,7 @@ def _signature(cfg, path: Path) -> str:
             "sample_step", "max_frames", "chunk_size", "lookahead", "keyframes", "identity_iters", "track_iters",
             "w_smooth", "smooth_rot", "smooth_trans", "smooth_exp", "smooth_jaw", "jaw_side", "w_shape", "w_exp",
             "w_pose", "w_contour", "lmk_robust_px", "landmarks", "landmark_backend")
-    d = {k: str(getattr(cfg, k, "")) for k in keys}
+    d = {k: str(getattr(cfg, k)) for k in keys}
     d["video"] = [str(path.resolve()), st.st_size, st.st_mtime_ns]
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 

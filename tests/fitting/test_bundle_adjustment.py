@@ -68,7 +68,7 @@ def _surface_tracks(verts: np.ndarray, normals: np.ndarray, K, R, t, rng) -> Tra
 
 
 def _fit(cfg, sc, landmarks, tracks=None, sfm_poses=None):
-    from fitting.pipeline import load_model
+    from fitting.model import load_model
     flame, tex, _ = load_model(cfg, "cpu")
     N = sc.num_views
     st = FitState.create(N, torch.zeros(N, dtype=torch.long), sc.K, cfg.n_shape, cfg.n_exp, (tex.n_tex,))
@@ -92,7 +92,7 @@ def test_bad_profile_landmarks_do_not_win(scene):
     K = sc.K.double().numpy()
 
     from fitting.render.shading import vertex_normals
-    from fitting.pipeline import load_model
+    from fitting.model import load_model
     faces = load_model(cfg, "cpu")[0].faces.long()
     normals = vertex_normals(torch.as_tensor(gt["vertices"])[None].float(), faces)[0].double().numpy()
     rng = np.random.default_rng(0)

@@ -15,7 +15,7 @@ def _interrupt(*args, **kwargs):
 
 
 def test_ctrl_c_during_a_fit_says_where_the_checkpoint_is(scene, tmp_path, fit_args, monkeypatch, capsys):
-    monkeypatch.setattr("fitting.pipeline.stage_geometry", _interrupt)  # after init's checkpoint
+    monkeypatch.setattr("fitting.run.stage_geometry", _interrupt)  # after init's checkpoint
     assert run_fitting.main(fit_args(scene, tmp_path / "out")) == 130
     err = capsys.readouterr().err.strip()
     ckpt = tmp_path / "out" / "tiny" / "checkpoint.pt"

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fitting.config import parse_config
-from fitting.pipeline import fit_scene, standin_path as pipeline_standin_path
+from fitting.model import standin_path as model_standin_path
+from fitting.pipeline import fit_scene
 from fitting.state import check_resume_options, load_checkpoint
 
 
@@ -27,7 +28,7 @@ def tiny_fit(tmp_path_factory, standin_path):
     root = tmp_path_factory.mktemp("resume")
     cfg = parse_config(_tiny_args(root))
     # the session's stand-in is the one this config would build (procedural, seed 0): copy, not rebuild
-    target = pipeline_standin_path(cfg)
+    target = model_standin_path(cfg)
     target.parent.mkdir()
     for src in standin_path.parent.glob(f"{standin_path.stem}*"):
         shutil.copy(src, target.with_name(src.name.replace(standin_path.stem, target.stem, 1)))
