@@ -49,6 +49,7 @@ NOT_COMPARED = frozenset({"config", "progress", "resume", "num_threads"})
 # 2 GiB leaves room for about twice the demo's views; raise --memory_gb for more views or a
 # larger --image_size.
 DEFAULT_MEMORY_GB = 2.0
+REPO = Path(__file__).resolve().parents[1]
 # Options the batch sets itself for every scene.
 OWN_FIT_OPTIONS = ("--scene_dir", "--savefolder", "--scene_name")
 
@@ -190,6 +191,14 @@ def progress_line(done: int, total: int, row: dict) -> str:
     return f"[{done}/{total}] {row['scene']} {row['status']}: {row['views']} views, {row['time_s']} s"
 
 
+def worker_env() -> dict:
+    """The tasks' Ray runtime_env: workers import this checkout wherever the batch was started
+    from (Ray itself adds only the driver's working directory to their path); on a cluster
+    every node has the checkout at the same path (docs/BATCH.md)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {"env_vars": {"PYTHONPATH": path}}
+
+
 def connect(ray, address: str, workers: int) -> bool:
     """Join the cluster at ``address``, or start a local Ray of ``workers`` CPUs when it is
     empty. Returns True when this run started Ray (and so shuts it down)."""
@@ -225,8 +234,9 @@ def _run_tasks(cfgs: list, address: str, workers: int, cpus_per_task: int, memor
     ray = import_ray()
     started = connect(ray, address, workers)
     try:
-        task = ray.remote(fit_task).options(num_cpus=cpus_per_task, memory=int(memory_gb * 2**30),
-                                            max_retries=0)  # a fit that crashed its worker would crash it again
+        # max_retries=0: a fit that crashed its worker (out of memory) would crash the next one too
+        task = ray.remote(fit_task).options(num_cpus=cpus_per_task, memory=int(memory_gb * 2**30), max_retries=0,
+                                            runtime_env=worker_env())
         pending = {task.remote(cfg, cpus_per_task, force): cfg for cfg in cfgs}
         rows = {}
         while pending:
