@@ -1,5 +1,6 @@
 # Two commands for a new user: `make demo` and `make test`. Both create .venv and install
-# requirements.txt on first use (and again when requirements.txt changes).
+# requirements.txt and requirements-ray.txt (Ray, for python -m fitting.batch and its tests)
+# on first use, and again when either changes.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,10 +8,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test install bench clean-venv
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-ray.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is needed (found %s); set PYTHON=python3.11" % sys.version.split()[0]'
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-ray.txt
 	-$(PY) -m fitting.render.native   # C++ CPU kernels (~50 s once); on failure rendering uses PyTorch
 	@touch $(STAMP)
 
