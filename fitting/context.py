@@ -41,6 +41,7 @@ class FitContext:
     tracks: the SfM track term of the geometry LM (:class:`fitting.tracks.TrackTerm`) or None;
     track_sigma_px: its observation noise in fitting pixels; landmark_sigma_px: the landmark
     noise the last LM iteration measured (see :func:`_track_weight`).
+    rig: the calibrated rig of ``--cameras`` (:class:`fitting.known_cameras.Rig`), or None.
     """
 
     flame: torch.nn.Module
@@ -61,6 +62,7 @@ class FitContext:
     tracks: TrackTerm | None = None
     track_sigma_px: float = 0.5
     landmark_sigma_px: float | None = None
+    rig: object | None = None
     _renderer: torch.nn.Module | None = None
     _boundary: tuple | None = None
     _edges: tuple | None = None

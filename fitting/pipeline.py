@@ -25,6 +25,7 @@ from fitting.config import config_to_dict, resolve_device
 from fitting.evaluate_cameras import report_epipolar
 from fitting.export import write_json
 from fitting.init import align_sfm_poses
+from fitting.known_cameras import apply_rig, initialize_from_rig, read_rig, rig_report, scene_cameras_json
 from fitting.render.cameras import rotation_angle_deg
 from fitting.output_folder import FolderLock, ResultFolder, check_writable
 from fitting.render.cameras import unscale_intrinsics
@@ -409,9 +410,13 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
 
     out, name = folder.path, folder.path.name
     t0 = time.perf_counter()
+    rig = read_rig(cfg, scene_dir)  # --cameras: checked against the images before any work
     scene = load_scene(scene_dir, cfg.image_size, prep_dir=cfg.preprocess_dir or None,
                        fallback_prep_dir=out / "preprocess", force=cfg.force_preprocess, name=name,
-                       preprocess_options={"backend": cfg.landmark_backend, "progress": cfg.progress})
+                       preprocess_options={"backend": cfg.landmark_backend, "progress": cfg.progress},
+                       cameras=None if rig is None else scene_cameras_json(rig))
+    if rig is not None:
+        apply_rig(rig, scene)
     timing["preprocess"] = time.perf_counter() - t0
     if scene.num_views < cfg.min_views:
         raise ValueError(f"only {scene.num_views} usable views (< --min_views {cfg.min_views}); "
@@ -427,7 +432,7 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
                             device=device)
     ctx = FitContext(flame=flame, images=scene.images, landmarks=scene.landmarks, skin_mask=scene.skin_mask,
                      head_mask=scene.head_mask, view_weights=torch.ones(N, device=device), cfg=cfg,
-                     texspace=texspace, refine_focal=refine, progress=cfg.progress)
+                     texspace=texspace, refine_focal=refine, progress=cfg.progress, rig=rig)
 
     tracks, sfm_registered = scene_tracks(cfg, scene)
     sfm_quality = judge_scene_sfm(ctx, state, scene)
@@ -473,7 +478,8 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
             # track points are triangulated once the landmarks have placed the cameras
             ctx.cfg = argparse.Namespace(**{**vars(cfg), "sfm_trust_deg": -1.0})
         try:
-            state, init_info = initialize(ctx, state, sfm, prefer_sfm=tracks is not None)
+            state, init_info = initialize(ctx, state, sfm, prefer_sfm=tracks is not None) if rig is None \
+                else initialize_from_rig(ctx, state, rig)
         finally:
             ctx.cfg = cfg
         if sfm_quality is not None and not sfm_quality["ok"] and init_info.get("sfm_similarity") is not None:
@@ -562,6 +568,8 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
         for i, d in enumerate(init_info.get("sfm_disagree", [])) if d]
     report["landmarks_not_used"] = [{"name": scene.names[i], "reason": why} for i, why in ctx.landmark_flags.items()]
     report["sfm_quality"] = sfm_quality
+    if rig is not None:  # the frame of the outputs and the head's pose in the rig
+        report["known_cameras"] = rig_report(state, rig)
     # views SfM left out that the fit registered from their matches (or tried to)
     report["sfm_registered_by_fit"] = {n: {k: r[k] for k in ("correspondences", "inliers", "why")}
                                        for n, r in sfm_registered.items()}
