@@ -139,8 +139,7 @@ def initialize_from_rig(ctx: FitContext, state: FitState, rig: Rig) -> tuple[Fit
     head_pts = lmk3d[0, 17:].cpu().double().numpy()                                # static: the same in every view
     K = st.K().cpu().double().numpy()
     P = K @ np.concatenate([rig.R.numpy(), rig.t.numpy()[..., None]], -1)            # (N, 3, 4)
-    w = (ctx.view_weights * ctx.landmark_weights).cpu().double().numpy() if ctx.landmark_weights is not None \
-        else ctx.view_weights.cpu().double().numpy()
+    w = (ctx.view_weights * ctx.landmark_weights).cpu().double().numpy()
     if (w > 0).sum() < 2:
         raise ValueError(f"--cameras {rig.path}: the head's pose needs landmarks in two calibrated views or more, "
                          f"found {int((w > 0).sum())}")
