@@ -82,9 +82,9 @@ def apply_rig(rig: Rig, scene) -> None:
     cameras. Sets ``rig.R``, ``rig.t`` for the used views."""
     scale = scene.scale.cpu().numpy().astype(np.float64)                          # (N, 2)
     K_orig = np.stack([rig.cameras[n].K for n in scene.names])                    # (N, 3, 3)
-    K_fit = np.diag([1.0, 1.0, 1.0])[None] * np.ones((len(K_orig), 1, 1))
-    K_fit[:, 0, 0], K_fit[:, 1, 1] = scale[:, 0], scale[:, 1]
-    K_fit = K_fit @ K_orig
+    S = np.tile(np.eye(3), (len(K_orig), 1, 1))                                   # original -> fitting pixels
+    S[:, 0, 0], S[:, 1, 1] = scale[:, 0], scale[:, 1]
+    K_fit = S @ K_orig
     lmk = scene.landmarks.cpu().numpy().astype(np.float64)
     for i, n in enumerate(scene.names):  # OpenCV works per image
         dist = rig.cameras[n].distortion

@@ -3,7 +3,6 @@ rig parameterisation's Jacobians, and ``--camera_mode fixed`` / ``refine`` on a 
 scene whose calibration is given in a rig frame apart from the head frame."""
 from __future__ import annotations
 
-import argparse
 import json
 
 import cv2
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fitting.calibration import Calibrated, load_calibration, undistort_points, write_calibration_json
+from fitting.calibration import Calibrated, load_calibration, undistort_points, undistort_view, write_calibration_json
 from fitting.config import parse_config
 from fitting.export.core import write_colmap_text, write_transforms
 from fitting.pipeline import fit_scene
@@ -113,6 +112,23 @@ def test_distortion_read_and_undistorted(tmp_path):
     Kc[:2, 2] -= 0.5                                                      # OpenCV: centres at integers
     distorted = cv2.projectPoints(X, np.zeros(3), cam.t, Kc, dist)[0][:, 0] + 0.5
     assert np.abs(undistort_points(distorted, K, dist) - _project(cam, X)).max() < 1e-4
+
+
+def test_undistort_view_moves_a_dot_to_its_pinhole_place():
+    """A blob drawn where the distorted camera sees a point lands, after undistort_view, where the
+    pinhole camera of the same K projects it (centroid within 0.05 px)."""
+    K = np.array([[200.0, 0, 96], [0, 200.0, 80], [0, 0, 1]])
+    dist = np.array([-0.2, 0.05, 0.0, 0.0])
+    X = np.array([[0.25, -0.2, 1.0]])
+    Kc = K.copy()
+    Kc[:2, 2] -= 0.5
+    u_d = cv2.projectPoints(X, np.zeros(3), np.zeros(3), Kc, dist)[0][0, 0] + 0.5
+    yy, xx = np.mgrid[0:160, 0:192] + 0.5                                 # pixel centres
+    img = np.exp(-((xx - u_d[0]) ** 2 + (yy - u_d[1]) ** 2) / (2 * 2.0 ** 2)).astype(np.float32)
+    out = undistort_view(img, K, dist)
+    c = np.array([(out * xx).sum(), (out * yy).sum()]) / out.sum()
+    u_p = X[0, :2] / X[0, 2] * [200.0, 200.0] + K[:2, 2]
+    assert np.abs(c - u_p).max() < 0.05, (c, u_p, u_d)
 
 
 def _expect_error(path, names, sizes, *words):
