@@ -155,6 +155,18 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
     g.add_argument("--refine_focal", type=str, default="auto", choices=["auto", "always", "never"],
                    help="estimate the focal length jointly from the face prior; auto: when SfM registered "
                         "few views, its focal is implausible, or no SfM")
+    g.add_argument("--cameras", type=str, default="",
+                   help="known cameras of a calibrated rig: a COLMAP model folder, a transforms.json (nerfstudio / "
+                        "instant-ngp) or a calibration JSON (docs/CONVENTIONS.md); one camera per image, by file "
+                        "name or stem. SfM is skipped; lens distortion is removed at load time")
+    g.add_argument("--camera_mode", type=str, default="estimate", choices=["estimate", "fixed", "refine"],
+                   help="estimate: cameras from the images (SfM, landmarks); fixed: the --cameras as given, the "
+                        "head's pose in the rig fitted; refine: per-view corrections held to --cameras by a prior")
+    g.add_argument("--camera_prior_deg", type=float, default=1.0,
+                   help="--camera_mode refine: a camera rotated this far from its calibration costs as much as "
+                        "every landmark 1 px off (fitting pixels)")
+    g.add_argument("--camera_prior_mm", type=float, default=10.0,
+                   help="--camera_mode refine: likewise for a camera translated this far (millimetres)")
     g.add_argument("--sfm_min_views", type=int, default=10,
                    help="auto focal refinement: trust SfM's focal only when it registered at least this many views")
     g.add_argument("--tracks", type=str, default="auto", choices=["auto", "off"],
@@ -293,8 +305,25 @@ def validate_fit_options(cfg: argparse.Namespace) -> None:
         if getattr(cfg, k) < 0:
             raise ValueError(f"--{k} must be >= 0, got {getattr(cfg, k)}")
     _check_device_name(cfg.device)
+    _check_camera_options(cfg)
     from fitting.export.run import parse_formats
     parse_formats(cfg.export)  # ValueError before any work on an unknown format
+
+
+def _check_camera_options(cfg: argparse.Namespace) -> None:
+    """--cameras and --camera_mode agree (a calibration is used by fixed / refine only)."""
+    if cfg.camera_mode != "estimate" and not cfg.cameras:
+        raise ValueError(f"--camera_mode {cfg.camera_mode} needs --cameras PATH (a COLMAP model folder, a "
+                         "transforms.json or a calibration JSON, docs/CONVENTIONS.md)")
+    if cfg.cameras and cfg.camera_mode == "estimate":
+        raise ValueError(f"--cameras {cfg.cameras} is used with --camera_mode fixed or refine; with estimate the "
+                         "cameras come from the images: add --camera_mode fixed|refine, or drop --cameras")
+    if cfg.camera_mode == "fixed" and cfg.refine_focal == "always":
+        raise ValueError("--camera_mode fixed keeps the calibration's focal length: drop --refine_focal always, "
+                         "or use --camera_mode refine")
+    for k in ("camera_prior_deg", "camera_prior_mm"):
+        if getattr(cfg, k) <= 0:
+            raise ValueError(f"--{k} must be positive, got {getattr(cfg, k)}")
 
 
 def _check_device_name(name: str) -> None:

@@ -42,6 +42,7 @@ class FitContext:
     tracks: the SfM track term of the geometry LM (:class:`fitting.tracks.TrackTerm`) or None;
     track_sigma_px: its observation noise in fitting pixels; landmark_sigma_px: the landmark
     noise the last LM iteration measured (see :func:`_track_weight`).
+    rig: the calibrated rig of ``--cameras`` (:class:`fitting.known_cameras.Rig`), or None.
     """
 
     flame: torch.nn.Module
@@ -62,6 +63,7 @@ class FitContext:
     tracks: TrackTerm | None = None
     track_sigma_px: float = 0.5
     landmark_sigma_px: float | None = None
+    rig: object | None = None
     _renderer: torch.nn.Module | None = None
     _boundary: tuple | None = None
     _edges: tuple | None = None
@@ -72,11 +74,12 @@ class FitContext:
 
     @classmethod
     def from_observations(cls, obs: Observations, flame: torch.nn.Module, cfg: argparse.Namespace,
-                          texspace: torch.nn.Module | None, refine_focal: bool) -> "FitContext":
-        """The context of a fit of ``obs`` (on its device), every view weighted 1."""
+                          texspace: torch.nn.Module | None, refine_focal: bool, rig=None) -> "FitContext":
+        """The context of a fit of ``obs`` (on its device), every view weighted 1; ``rig``: the
+        calibrated rig of ``--cameras`` or None."""
         return cls(flame=flame, images=obs.images, landmarks=obs.landmarks, skin_mask=obs.skin_mask,
                    head_mask=obs.head_mask, view_weights=torch.ones(obs.num_views, device=obs.images.device),
-                   cfg=cfg, texspace=texspace, refine_focal=refine_focal, progress=cfg.progress)
+                   cfg=cfg, texspace=texspace, refine_focal=refine_focal, progress=cfg.progress, rig=rig)
 
     @property
     def size(self) -> tuple:

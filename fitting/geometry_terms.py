@@ -2,7 +2,10 @@
 
 Unknowns (:class:`Unknowns`): per view a rotation increment w (R <- exp([w]) R) and a
 translation increment, the shared log focal factor (when refined), per subject the
-coefficients [shape, expression, jaw] (P of them).
+coefficients [shape, expression, jaw] (P of them). With a calibrated rig held fixed
+(``rig``, see :mod:`fitting.known_cameras`) the cameras' unknowns are instead one rigid motion
+of the head in its own frame, shared by every view: (R_i, t_i) <- (R_i exp([w]), t_i + R_i d),
+which keeps every camera's pose relative to the others as the calibration gives it.
 
 A residual of view i depends only on camera i and subject s(i), so each row term works with
 *compressed* tangents: 7 + P columns [w (3), t (3), log focal, coefficients (P)] shared by all
@@ -43,18 +46,19 @@ __all__ = ["Unknowns", "Model", "model_at", "Linearization", "linearize", "Landm
 
 @dataclass(frozen=True)
 class Unknowns:
-    """Column layout of the LM's unknowns: 6 per view, then the log focal (when refined), then
-    P per subject."""
+    """Column layout of the LM's unknowns: 6 per view (6 in all with ``rig``: the head's rigid
+    motion), then the log focal (when refined), then P per subject."""
 
     view_subject: torch.Tensor      # (N,) long
     num_subjects: int
     n_shape: int
     n_exp: int
     refine_focal: bool
+    rig: bool = False
 
     @classmethod
-    def of(cls, st: FitState, refine_focal: bool) -> "Unknowns":
-        return cls(st.view_subject, st.num_subjects, st.shape.shape[1], st.expression.shape[1], refine_focal)
+    def of(cls, st: FitState, refine_focal: bool, rig: bool = False) -> "Unknowns":
+        return cls(st.view_subject, st.num_subjects, st.shape.shape[1], st.expression.shape[1], refine_focal, rig)
 
     @property
     def num_views(self) -> int:
@@ -65,8 +69,13 @@ class Unknowns:
         return self.n_shape + self.n_exp + 3
 
     @property
+    def focal_column(self) -> int:
+        """The log focal's column (when refined): after the pose columns."""
+        return 6 if self.rig else 6 * self.num_views
+
+    @property
     def n_cam(self) -> int:
-        return 6 * self.num_views + int(self.refine_focal)
+        return self.focal_column + int(self.refine_focal)
 
     @property
     def size(self) -> int:
@@ -76,9 +85,10 @@ class Unknowns:
         """(N, 6) or (N, 7) with the focal: each view's compressed camera tangents' columns."""
         dev = self.view_subject.device
         N = self.num_views
-        cols = 6 * torch.arange(N, device=dev)[:, None] + torch.arange(6, device=dev)[None]
+        first = torch.zeros(N, dtype=torch.long, device=dev) if self.rig else 6 * torch.arange(N, device=dev)
+        cols = first[:, None] + torch.arange(6, device=dev)[None]
         if self.refine_focal:
-            cols = torch.cat([cols, torch.full((N, 1), 6 * N, device=dev)], 1)
+            cols = torch.cat([cols, torch.full((N, 1), self.focal_column, device=dev)], 1)
         return cols
 
     def scatter(self, Jc: torch.Tensor, row_view: torch.Tensor) -> torch.Tensor:
@@ -87,7 +97,7 @@ class Unknowns:
         J = torch.zeros(len(Jc), self.size, device=dev, dtype=Jc.dtype)
         J.scatter_(1, self.camera_columns()[:, :6][row_view], Jc[:, :6])
         if self.refine_focal:
-            J[:, 6 * self.num_views] = Jc[:, 6]
+            J[:, self.focal_column] = Jc[:, 6]
         co_cols = self.n_cam + self.view_subject[:, None] * self.P + torch.arange(self.P, device=dev)[None]
         J.scatter_(1, co_cols[row_view], Jc[:, 7:])
         return J
@@ -101,7 +111,7 @@ class Unknowns:
         """(size,) the current values of the unknowns that have one (0 for camera increments)."""
         v = torch.zeros(self.size, device=st.shape.device, dtype=st.shape.dtype)
         if self.refine_focal:
-            v[6 * self.num_views] = st.log_focal.reshape(())
+            v[self.focal_column] = st.log_focal.reshape(())
         v[self.n_cam:] = self.coefficients(st).reshape(-1)
         return v
 
@@ -109,11 +119,16 @@ class Unknowns:
         """The state moved by a step dx (size,)."""
         N, S, E = self.num_views, self.n_shape, self.n_exp
         out = st.detach()
-        d = dx[: 6 * N].reshape(N, 6)
-        out.cam_rot = matrix_to_rot(axis_angle_to_matrix(d[:, :3]) @ st.R())
-        out.cam_t = st.cam_t + d[:, 3:]
+        if self.rig:
+            R = st.R()
+            out.cam_rot = matrix_to_rot(R @ axis_angle_to_matrix(dx[:3]))
+            out.cam_t = st.cam_t + (R @ dx[3:6, None])[..., 0]
+        else:
+            d = dx[: 6 * N].reshape(N, 6)
+            out.cam_rot = matrix_to_rot(axis_angle_to_matrix(d[:, :3]) @ st.R())
+            out.cam_t = st.cam_t + d[:, 3:]
         if self.refine_focal:
-            out.log_focal = st.log_focal + dx[6 * N]
+            out.log_focal = st.log_focal + dx[self.focal_column]
         co = dx[self.n_cam:].reshape(self.num_subjects, self.P)
         out.shape = st.shape + co[:, :S]
         out.expression = st.expression + co[:, S:S + E]
@@ -139,11 +154,16 @@ class Model:
 
 def model_at(ctx: FitContext, st: FitState, unk: Unknowns, x: torch.Tensor | None = None) -> Model:
     """The model at the state moved by compressed tangents x (7 + P,), the same increment in
-    every view and subject (what ``jacobian`` differentiates); x = None is the state itself."""
+    every view and subject (what ``jacobian`` differentiates); x = None is the state itself.
+    With ``unk.rig`` the camera tangents are the head's rigid motion (see :class:`Unknowns`)."""
     if x is None:
         x = torch.zeros(7 + unk.P, device=st.shape.device, dtype=st.shape.dtype)
     N, S, E = unk.num_views, unk.n_shape, unk.n_exp
-    R = axis_angle_to_matrix(x[:3].expand(N, 3)) @ st.R()
+    if unk.rig:
+        R0 = st.R()
+        R, t = R0 @ axis_angle_to_matrix(x[:3]), st.cam_t + (R0 @ x[3:6, None])[..., 0]
+    else:
+        R, t = axis_angle_to_matrix(x[:3].expand(N, 3)) @ st.R(), st.cam_t + x[3:6]
     co = unk.coefficients(st) + x[7:]
     pose = torch.cat([st.pose[:, :6], co[:, S + E:], st.pose[:, 9:]], 1)
     verts, _ = ctx.flame(co[:, :S], co[:, S:S + E], pose)
@@ -152,14 +172,14 @@ def model_at(ctx: FitContext, st: FitState, unk: Unknowns, x: torch.Tensor | Non
         vv, hv = verts.expand(N, -1, -1), head.expand(N, 3, 3)
     else:
         vv, hv = verts[unk.view_subject], head[unk.view_subject]
-    return Model(R, st.cam_t + x[3:6], scale_focal(st.K0, st.log_focal + x[6]), vv, hv)
+    return Model(R, t, scale_focal(st.K0, st.log_focal + x[6]), vv, hv)
 
 
 @dataclass
 class Linearization:
     """What the terms' Jacobians need at the current state: the cameras, FLAME's vertices X
     (G, V, 3) and their Jacobian J (G, V, 3, P) w.r.t. the coefficients, the head's rotation
-    per view (N, 3, 3)."""
+    per view (N, 3, 3); ``rig``: the camera tangents are the head's rigid motion."""
 
     R: torch.Tensor
     t: torch.Tensor
@@ -168,16 +188,22 @@ class Linearization:
     J: torch.Tensor
     head: torch.Tensor
     view_subject: torch.Tensor
+    rig: bool = False
 
     def point_rows(self, view: torch.Tensor, corners: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
         """(M, 2, 7 + P) d(u, v) of the mesh points sum_k bary_mk X[corners_mk] in view[m]."""
-        return point_jacobian(self.X, self.J, self.view_subject[view], corners, bary, view, self.R, self.t, self.K)
+        d = point_jacobian(self.X, self.J, self.view_subject[view], corners, bary, view, self.R, self.t, self.K)
+        if self.rig:
+            # R_i exp([w]) = exp([R_i w]) R_i and t_i + R_i d: view i's own tangents times R_i
+            Rv = self.R[view]                                                         # (M, 3, 3)
+            d = torch.cat([d[..., :3] @ Rv, d[..., 3:6] @ Rv, d[..., 6:]], -1)
+        return d
 
 
 def linearize(ctx: FitContext, st: FitState, unk: Unknowns) -> Linearization:
     X, J = vertex_jacobian(ctx.flame, unk.coefficients(st), st.pose)
     head = axis_angle_to_matrix(st.pose[:, 0:3]) @ axis_angle_to_matrix(st.pose[:, 3:6])
-    return Linearization(st.R(), st.cam_t, st.K(), X, J, head[st.view_subject], st.view_subject)
+    return Linearization(st.R(), st.cam_t, st.K(), X, J, head[st.view_subject], st.view_subject, unk.rig)
 
 
 class _RowTerm:
@@ -364,7 +390,7 @@ class GaussianPrior:
         self.diag = torch.zeros(unk.size, dtype=dtype, device=device)
         self.diag[unk.n_cam:] = per_subject.to(device, dtype).repeat(G)
         if unk.refine_focal:
-            self.diag[6 * unk.num_views] = c.w_focal / c.w_lmk / 0.01
+            self.diag[unk.focal_column] = c.w_focal / c.w_lmk / 0.01
         self.unk = unk
 
     def cost(self, st: FitState) -> float:

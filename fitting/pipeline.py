@@ -21,6 +21,7 @@ import torch
 from fitting.config import Config, config_to_dict, resolve_device
 from fitting.evaluate_cameras import report_epipolar
 from fitting.export import write_json
+from fitting.known_cameras import apply_rig, initialize_from_rig, read_rig, rig_report, scene_cameras_json
 from fitting.output_folder import FolderLock, ResultFolder, check_writable
 from fitting.render.cameras import unscale_intrinsics
 from fitting.scene import Scene, load_scene
@@ -279,9 +280,13 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
 
     out, name = folder.path, folder.path.name
     t0 = time.perf_counter()
+    rig = read_rig(cfg, scene_dir)  # --cameras: checked against the images before any work
     scene = load_scene(scene_dir, cfg.image_size, prep_dir=cfg.preprocess_dir or None,
                        fallback_prep_dir=out / "preprocess", force=cfg.force_preprocess, name=name,
-                       preprocess_options={"backend": cfg.landmark_backend, "progress": cfg.progress})
+                       preprocess_options={"backend": cfg.landmark_backend, "progress": cfg.progress},
+                       cameras=None if rig is None else scene_cameras_json(rig))
+    if rig is not None:
+        apply_rig(rig, scene)
     timing["preprocess"] = time.perf_counter() - t0
     if scene.num_views < cfg.min_views:
         raise ValueError(f"only {scene.num_views} usable views (< --min_views {cfg.min_views}); "
@@ -295,7 +300,7 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
         raise ValueError("the model has no UVs and no texture space: give --tex_space or a model with UVs")
     state = FitState.create(N, torch.zeros(N, dtype=torch.long), scene.K, cfg.n_shape, cfg.n_exp, tex_shape,
                             device=device)
-    ctx = FitContext.from_observations(scene, flame, cfg, texspace, refine)
+    ctx = FitContext.from_observations(scene, flame, cfg, texspace, refine, rig)
 
     tracks, sfm_registered = scene_tracks(cfg, scene)
     sfm_quality = judge_scene_sfm(ctx, state, scene)
@@ -341,7 +346,8 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
             # track points are triangulated once the landmarks have placed the cameras
             ctx.cfg = Config(**{**vars(cfg), "sfm_trust_deg": -1.0})
         try:
-            return initialize(ctx, st, sfm, prefer_sfm=tracks is not None)
+            return initialize(ctx, st, sfm, prefer_sfm=tracks is not None) if rig is None \
+                else initialize_from_rig(ctx, st, rig)
         finally:
             ctx.cfg = cfg
 
@@ -414,6 +420,8 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
         for i, d in enumerate(init_info.get("sfm_disagree", [])) if d]
     report["landmarks_not_used"] = [{"name": scene.names[i], "reason": why} for i, why in ctx.landmark_flags.items()]
     report["sfm_quality"] = sfm_quality
+    if rig is not None:  # the frame of the outputs and the head's pose in the rig
+        report["known_cameras"] = rig_report(state, rig)
     # views SfM left out that the fit registered from their matches (or tried to)
     report["sfm_registered_by_fit"] = {n: {k: r[k] for k in ("correspondences", "inliers", "why")}
                                        for n, r in sfm_registered.items()}

@@ -80,8 +80,8 @@ def find_preprocess_dir(scene_dir: Path, prep_dir=None, fallback: Path | None = 
     return Path(fallback)
 
 
-def _missing(prep: Path) -> list:
-    miss = [f for f in PREPROCESS_FILES if not (prep / f).is_file()]
+def _missing(prep: Path, need_cameras: bool = True) -> list:
+    miss = [f for f in PREPROCESS_FILES if not (prep / f).is_file() and (need_cameras or f != "cameras.json")]
     for sub in ("head", "skin"):
         if not (prep / "masks" / sub).is_dir():
             miss.append(f"masks/{sub}/")
@@ -143,13 +143,16 @@ def _read_mask(path: Path, size_wh) -> np.ndarray | None:
 
 
 def load_scene(scene_dir, image_size: int = 256, prep_dir=None, fallback_prep_dir=None, run_missing: bool = True,
-               force: bool = False, preprocess_options: dict | None = None, name: str | None = None) -> Scene:
+               force: bool = False, preprocess_options: dict | None = None, name: str | None = None,
+               cameras: dict | None = None) -> Scene:
     """Read (and if needed first compute) a scene's preprocessing outputs at fitting size.
 
     scene_dir: folder with images/. image_size: longer side of the fitting images.
     prep_dir: folder with the preprocessing outputs (default: see :func:`find_preprocess_dir`).
     run_missing: bring the preprocessing up to date first (missing or stale stages are
     computed, another scene's outputs refused); False reads the outputs as they are.
+    cameras: cameras.json's content to use instead of the file (known cameras: the file is then
+    neither needed nor read, and preprocessing skips SfM).
     Raises ValueError when no view is usable, naming each view's reason.
     """
     t0 = time.perf_counter()
@@ -161,14 +164,18 @@ def load_scene(scene_dir, image_size: int = 256, prep_dir=None, fallback_prep_di
     check_unique_stems(all_names, str(scene_dir / "images"))
     prep = find_preprocess_dir(scene_dir, prep_dir, fallback_prep_dir)
     if run_missing:
-        _update_preprocessing(scene_dir, prep, force, preprocess_options or {})
-    missing = _missing(prep)
+        options = dict(preprocess_options or {})
+        if cameras is not None:
+            from process_data.pipeline import ALL_STAGES
+            options["stages"] = [s for s in ALL_STAGES if s != "intrinsics"]
+        _update_preprocessing(scene_dir, prep, force, options)
+    missing = _missing(prep, need_cameras=cameras is None)
     if missing:
         raise ValueError(f"{prep} lacks {', '.join(missing)}: run `python -m process_data {scene_dir}` first")
     preprocess_s = time.perf_counter() - t0
 
     lmk_all = json.loads((prep / "landmarks.json").read_text())
-    cams = json.loads((prep / "cameras.json").read_text())
+    cams = cameras if cameras is not None else json.loads((prep / "cameras.json").read_text())
     manifest = {}
     if (prep / "manifest.json").is_file():
         manifest = json.loads((prep / "manifest.json").read_text())

@@ -26,6 +26,7 @@ from fitting.correspondences import rasterize_state
 from fitting.geometry_terms import (GaussianPrior, OutlineTerm, PhotoTerm, Unknowns, landmark_term, linearize,
                                     model_at)
 from fitting.init import align_sfm_poses, pnp_views
+from fitting.known_cameras import CameraPrior, snap_to_rig
 from fitting.lm import NormalEquations, levenberg_marquardt
 from fitting.losses import (gaussian_prior, landmark_point_weights, landmark_rmse, mask_iou, masked_photometric_l1,
                             robust_landmark_loss, silhouette_loss, texture_smoothness)
@@ -195,7 +196,8 @@ def geometry_terms(ctx: FitContext, st: FitState, unk: Unknowns, static_only: bo
 
 
 def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int, hist: list | None = None,
-                rnd: int = 0, use_rim: bool = False, use_photo: bool = False, use_tracks: bool = False) -> FitState:
+                rnd: int = 0, use_rim: bool = False, use_photo: bool = False, use_tracks: bool = False,
+                camera_prior=None) -> FitState:
     """Levenberg-Marquardt on everything the landmarks, outlines, photometric samples and tracks
     see: per-view cameras, the shared focal factor (when refined), per-subject shape,
     expression and jaw, and the track points.
@@ -207,11 +209,16 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
     the landmarks by :func:`_track_weight`). The row terms' Jacobians come by the chain rule
     over compressed tangents (7 + P columns whatever N and G are); tests/fitting check them
     against jacfwd of the residuals, term by term. ``hist`` gets one record per iteration with
-    each term's cost and the damping."""
+    each term's cost and the damping.
+
+    With a calibrated rig (``ctx.rig``) the cameras' unknowns are the head's rigid motion
+    (:mod:`fitting.known_cameras`), unless a ``camera_prior``
+    (:class:`fitting.known_cameras.CameraPrior`) frees the views and holds them to the rig."""
     c = ctx.cfg
-    unk = Unknowns.of(state, ctx.refine_focal)
+    unk = Unknowns.of(state, ctx.refine_focal, rig=ctx.rig is not None and camera_prior is None)
     st0 = state.detach()
-    prior = GaussianPrior(ctx, unk, st0.shape.device, st0.shape.dtype)
+    priors = [GaussianPrior(ctx, unk, st0.shape.device, st0.shape.dtype)] + \
+        ([] if camera_prior is None else [camera_prior])
     use_rim = use_rim and c.w_rim > 0
     use_photo = use_photo and c.w_photo_gn > 0 and ctx.texspace is not None and unk.num_subjects == 1
     tracks = ctx.tracks if use_tracks else None
@@ -228,7 +235,8 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
             rows = slice(start, start + len(t.row_view))
             start = rows.stop
             ne.add_rows(t.name, J[rows], r[rows])
-        ne.add(prior.name, *prior.normal_equations(st))
+        for prior in priors:
+            ne.add(prior.name, *prior.normal_equations(st))
         blocks = None
         if tracks is not None:
             tracks.points = x.points
@@ -241,7 +249,7 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
         cand = unk.apply(x.state, dx.to(x.state.shape.dtype))
         with torch.no_grad():
             m = model_at(ctx, cand, unk)
-            cost = sum(t.step_cost(m) for t in x.terms) + prior.cost(cand)
+            cost = sum(t.step_cost(m) for t in x.terms) + sum(p.cost(cand) for p in priors)
             if tracks is None:
                 return _Estimate(cand, None), cost
             points = x.points + own[0]
@@ -334,9 +342,21 @@ def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> Fi
             rounds.set_postfix(lmk=f"{hist[-1]['landmark']:.3f}")
         if ctx.on_iter is not None:
             ctx.on_iter("geometry", rnd + 1, st)
+    if ctx.rig is not None:
+        st = _refine_rig_cameras(ctx, st, hist, last + 1) if ctx.rig.mode == "refine" else snap_to_rig(st, ctx.rig)
     if c.geom_iters > 0:
         st = _adam_geometry(ctx, st, hist)
     return st
+
+
+def _refine_rig_cameras(ctx: FitContext, st: FitState, hist: list, rnd: int) -> FitState:
+    """``--camera_mode refine``'s last geometry round: per-view cameras free, held to the
+    calibration by :class:`fitting.known_cameras.CameraPrior`; landmarks, outline and (texture
+    space, one subject) photometric rows."""
+    target = snap_to_rig(st, ctx.rig)
+    prior = CameraPrior(ctx, Unknowns.of(target, ctx.refine_focal), target)
+    iters = max(ctx.cfg.geom_lm_iters, ctx.cfg.photo_gn_iters)
+    return lm_geometry(ctx, target, False, iters, hist, rnd, use_rim=True, use_photo=True, camera_prior=prior)
 
 
 def _adam_geometry(ctx: FitContext, state: FitState, hist: list) -> FitState:
@@ -344,10 +364,11 @@ def _adam_geometry(ctx: FitContext, state: FitState, hist: list) -> FitState:
     st = state.detach()
     pw = landmark_point_weights(c.w_contour, False, st.shape.device)
     jaw = st.pose[:, JAW].clone()
-    for p in (st.shape, st.expression, st.cam_rot, st.cam_t, jaw):
+    cams = [] if ctx.rig is not None else [st.cam_rot, st.cam_t]   # a rig's cameras stay as the LM left them
+    for p in [st.shape, st.expression, jaw] + cams:
         p.requires_grad_(True)
-    opt = torch.optim.Adam([{"params": [st.shape, st.expression, jaw], "lr": c.geom_lr},
-                            {"params": [st.cam_rot, st.cam_t], "lr": c.geom_lr * 0.01}])
+    opt = torch.optim.Adam([{"params": [st.shape, st.expression, jaw], "lr": c.geom_lr}]
+                           + ([{"params": cams, "lr": c.geom_lr * 0.01}] if cams else []))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, c.geom_iters, eta_min=c.geom_lr * 0.05)
     for it in _bar(ctx, range(c.geom_iters), "geometry (adam)"):
         opt.zero_grad(set_to_none=True)
@@ -387,6 +408,7 @@ def stage_photometric(ctx: FitContext, state: FitState, start_iter: int = 0) -> 
     tracks, the cameras (small steps) and the focal factor when refined. With tracks the
     cameras stay: this stage has no track term, and its photometric and landmark gradients
     would move them off the tracks (real 8-view sample: epipolar median 0.42 -> 0.65 px).
+    A calibrated rig's cameras (``ctx.rig``) stay too: the geometry stage placed them.
     Losses go to ``ctx.history['photometric']``."""
     c = ctx.cfg
     st = state.detach()
@@ -394,7 +416,8 @@ def stage_photometric(ctx: FitContext, state: FitState, start_iter: int = 0) -> 
     if c.photo_iters <= start_iter:
         return st
     jaw = st.pose[:, JAW].clone()
-    cams = [] if ctx.tracks is not None and ctx.tracks.points is not None else [st.cam_rot, st.cam_t]
+    held = ctx.rig is not None or (ctx.tracks is not None and ctx.tracks.points is not None)
+    cams = [] if held else [st.cam_rot, st.cam_t]
     # the focal factor is a leaf only when refined: a gradient nobody uses costs a K backward
     focal = [st.log_focal] if ctx.refine_focal and cams else []
     leaves = [st.shape, st.expression, jaw, st.tex, st.sh] + cams + focal

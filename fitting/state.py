@@ -136,7 +136,7 @@ RESTART_HINT = "rerun without --resume (or delete the file) to start afresh"
 # Options that decide which model the saved variables belong to and their shapes; the others
 # (iterations, loss weights, learning rates, outputs) may change between a run and its resume.
 RESUME_OPTIONS = ("flame_model", "standin_template", "standin_seed", "landmark_embedding",
-                  "n_shape", "n_exp", "tex_space", "n_tex", "tex_res", "image_size")
+                  "n_shape", "n_exp", "tex_space", "n_tex", "tex_res", "image_size", "cameras", "camera_mode")
 
 
 def load_checkpoint(path, device=None) -> dict:

@@ -1,0 +1,256 @@
+"""Fitting with a calibrated rig (``--cameras PATH --camera_mode fixed | refine``).
+
+Frames. The solver keeps working in FLAME's head frame (:mod:`fitting.state`): view i's
+camera there is ``R_i = R_rig_i H_R``, ``t_i = R_rig_i H_t + t_rig_i``, where (R_rig_i,
+t_rig_i) is the calibration (rig frame) and H = (H_R, H_t) the head's pose in the rig,
+``X_rig = H_R X_head + H_t``. So the head's global rotation and translation are the unknowns
+H: 6 in all, shared by the views, instead of 6 per view.
+
+* ``fixed``: the geometry LM moves H only (:class:`fitting.geometry_terms.Unknowns` with
+  ``rig``), the photometric stage leaves the cameras alone, and :func:`snap_to_rig` puts every
+  camera back exactly on the calibration (float32 steps drift by ~1e-7).
+* ``refine``: the same rounds, then one LM round with per-view corrections held to the
+  calibration by :class:`CameraPrior` (and the shared focal factor when ``--refine_focal
+  always``).
+
+Initialisation (:func:`initialize_from_rig`): the 51 static landmarks are triangulated in the
+rig frame from the calibrated views and aligned (:func:`fitting.init.umeyama`) with the mean
+head's; the similarity's scale, which should be 1 for a metric calibration, is reported.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fitting.calibration import load_calibration, undistort_points, undistort_view
+from fitting.context import FitContext, subject_vertices, view_geometry
+from fitting.geometry_terms import Unknowns
+from fitting.images import IMAGE_SUFFIXES, image_size
+from fitting.init import rotation_mean, umeyama
+from fitting.render.cameras import camera_centers, matrix_to_rot
+from fitting.rotations import matrix_to_axis_angle
+from fitting.state import FitState
+
+__all__ = ["Rig", "read_rig", "scene_cameras_json", "apply_rig", "initialize_from_rig", "head_to_rig",
+           "snap_to_rig", "angle_deg", "CameraPrior", "rig_report", "CAMERA_MODES"]
+
+CAMERA_MODES = ("estimate", "fixed", "refine")
+LANDMARKS = 68     # points per view in the landmark term (CameraPrior's weight)
+SCALE_WARN = 0.2   # a calibration whose scale differs from the mean head's by more is probably not in metres
+
+
+@dataclass
+class Rig:
+    """A calibration read for a scene: ``path``, ``mode`` ('fixed' | 'refine') and
+    {image name: :class:`fitting.calibration.Calibrated`}; after :func:`apply_rig`, R (N, 3, 3)
+    and t (N, 3) float64 of the scene's used views, in their order."""
+
+    path: Path
+    mode: str
+    cameras: dict
+    R: torch.Tensor | None = None
+    t: torch.Tensor | None = None
+
+
+def read_rig(cfg, scene_dir) -> Rig | None:
+    """The calibration of ``--cameras`` for every image of ``scene_dir``/images (None without
+    it). Raises ValueError before any work when it does not fit the images."""
+    if not cfg.cameras:
+        return None
+    images = Path(scene_dir) / "images"
+    names = sorted(p.name for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                   and not p.name.startswith(".")) if images.is_dir() else []
+    sizes = {n: image_size(images / n) for n in names}
+    return Rig(Path(cfg.cameras), cfg.camera_mode, load_calibration(cfg.cameras, names, sizes))
+
+
+def scene_cameras_json(rig: Rig) -> dict:
+    """What :func:`fitting.scene.load_scene` takes instead of cameras.json: the first camera's
+    intrinsics and size (every view's own K is set by :func:`apply_rig`), no SfM."""
+    c = next(iter(rig.cameras.values()))
+    return {"K": c.K.tolist(), "width": c.width, "height": c.height, "model": "PINHOLE", "distortion": [],
+            "source": "known", "calibration": str(rig.path)}
+
+
+def apply_rig(rig: Rig, scene) -> None:
+    """Give the loaded scene the calibration's per-view K and remove lens distortion from its
+    views (images, masks and landmarks at fitting size, by OpenCV), so the fit sees pinhole
+    cameras. Sets ``rig.R``, ``rig.t`` for the used views."""
+    scale = scene.scale.cpu().numpy().astype(np.float64)                          # (N, 2)
+    K_orig = np.stack([rig.cameras[n].K for n in scene.names])                    # (N, 3, 3)
+    S = np.tile(np.eye(3), (len(K_orig), 1, 1))                                   # original -> fitting pixels
+    S[:, 0, 0], S[:, 1, 1] = scale[:, 0], scale[:, 1]
+    K_fit = S @ K_orig
+    lmk = scene.landmarks.cpu().numpy().astype(np.float64)
+    for i, n in enumerate(scene.names):  # OpenCV works per image
+        dist = rig.cameras[n].distortion
+        if not np.any(dist):
+            continue
+        img = scene.images[i].permute(1, 2, 0).cpu().numpy()
+        scene.images[i] = torch.from_numpy(undistort_view(img, K_fit[i], dist)).permute(2, 0, 1)
+        for m in (scene.head_mask, scene.skin_mask):
+            m[i, 0] = torch.from_numpy(undistort_view(m[i, 0].cpu().numpy(), K_fit[i], dist))
+        lmk[i] = undistort_points(lmk[i], K_fit[i], dist)
+    f32 = torch.float32
+    scene.landmarks = torch.as_tensor(lmk, dtype=f32, device=scene.landmarks.device)
+    scene.K_orig = torch.as_tensor(K_orig, dtype=f32)
+    scene.K = torch.as_tensor(K_fit, dtype=f32, device=scene.K.device)
+    rig.R = torch.as_tensor(np.stack([rig.cameras[n].R for n in scene.names]), dtype=torch.float64)
+    rig.t = torch.as_tensor(np.stack([rig.cameras[n].t for n in scene.names]), dtype=torch.float64)
+
+
+def _triangulate(uv: np.ndarray, P: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Linear (DLT) triangulation. uv: (N, M, 2) pixels; P: (N, 3, 4) projections; w: (N,)
+    view weights -> (M, 3)."""
+    rows = np.concatenate([uv[..., :1] * P[:, None, 2] - P[:, None, 0],
+                           uv[..., 1:] * P[:, None, 2] - P[:, None, 1]], 0)       # (2N, M, 4)
+    rows = rows * np.concatenate([w, w])[:, None, None]
+    _, _, Vt = np.linalg.svd(rows.transpose(1, 0, 2))                              # per point
+    X = Vt[:, -1]
+    return X[:, :3] / X[:, 3:]
+
+
+def _place_cameras(st: FitState, rig: Rig, H_R: np.ndarray, H_t: np.ndarray) -> FitState:
+    """st with the cameras of the calibration seen from the head placed at (H_R, H_t)."""
+    R = rig.R.numpy() @ H_R
+    t = rig.R.numpy() @ H_t + rig.t.numpy()
+    out = st.detach()
+    out.cam_rot = matrix_to_rot(torch.as_tensor(R, dtype=torch.float32)).to(st.cam_rot.device)
+    out.cam_t = torch.as_tensor(t, dtype=torch.float32).to(st.cam_t.device)
+    return out
+
+
+@torch.no_grad()
+def initialize_from_rig(ctx: FitContext, state: FitState, rig: Rig) -> tuple[FitState, dict]:
+    """The head's pose in the rig from the landmarks: the 51 static points triangulated from the
+    calibrated views (in the rig frame), aligned rigidly with the mean head's. Returns (state
+    with the calibration's cameras in the head frame, info with the alignment's RMS in mm and
+    the scale a similarity would take, ~1 for a metric calibration)."""
+    st = state.detach()
+    mean = st.detach()
+    mean.shape.zero_()
+    mean.expression.zero_()
+    mean.pose.zero_()
+    _, lmk3d = view_geometry(ctx, mean, subject_vertices(ctx, mean))
+    head_pts = lmk3d[0, 17:].cpu().double().numpy()                                # static: the same in every view
+    K = st.K().cpu().double().numpy()
+    P = K @ np.concatenate([rig.R.numpy(), rig.t.numpy()[..., None]], -1)            # (N, 3, 4)
+    w = (ctx.view_weights * ctx.landmark_weights).cpu().double().numpy()
+    if (w > 0).sum() < 2:
+        raise ValueError(f"--cameras {rig.path}: the head's pose needs landmarks in two calibrated views or more, "
+                         f"found {int((w > 0).sum())}")
+    rig_pts = _triangulate(ctx.landmarks[:, 17:].cpu().double().numpy(), P, w)
+    s, _, _ = umeyama(head_pts, rig_pts, with_scale=True)
+    _, Q, T = umeyama(head_pts, rig_pts, with_scale=False)
+    rms = float(np.sqrt(((head_pts @ Q.T + T - rig_pts) ** 2).sum(1).mean()))
+    if abs(s - 1) > SCALE_WARN:
+        print(f"[fit] warning: --cameras {rig.path}: the landmarks triangulated with this calibration are "
+              f"{s:.2f} x the mean head's size; is it in metres?")
+    return _place_cameras(st, rig, Q, T), {"source": ["calibration"] * st.num_views,
+                                           "calibration_scale": float(s), "landmark_alignment_rms_mm": rms * 1000}
+
+
+def head_to_rig(st: FitState, rig: Rig) -> tuple[np.ndarray, np.ndarray]:
+    """(H_R (3, 3), H_t (3,)): X_rig = H_R X_head + H_t, the head's pose in the rig that best
+    explains the state's cameras (the rotations' chordal mean, the translations' mean)."""
+    R = st.R().detach().cpu().double().numpy()
+    t = st.cam_t.detach().cpu().double().numpy()
+    Rr, tr = rig.R.numpy(), rig.t.numpy()
+    H_R = rotation_mean(np.transpose(Rr, (0, 2, 1)) @ R)
+    H_t = (np.transpose(Rr, (0, 2, 1)) @ (t - tr)[..., None])[..., 0].mean(0)
+    return H_R, H_t
+
+
+def snap_to_rig(st: FitState, rig: Rig) -> FitState:
+    """st with every camera put exactly on the calibration at the head pose the cameras share."""
+    return _place_cameras(st, rig, *head_to_rig(st, rig))
+
+
+class CameraPrior:
+    """``refine``: each view's deviation from its calibrated camera (placed by the head pose of
+    the rounds before), ``sum_i |w_i / sigma_r|^2 + |C_i - C*_i|^2 / sigma_c^2`` with ``w_i``
+    the rotation vector of ``R_i R*_i^T`` and C the camera centres; sigma_r =
+    ``--camera_prior_deg``, sigma_c = ``--camera_prior_mm``: the calibration's uncertainty, one
+    standard deviation. It is weighed against the landmarks as if each were a measurement with
+    1 px of noise (fitting size): the landmark term is the mean over the 68 N points, so this
+    sum is divided by 68 N. (As a mean over views instead, 1 deg, 10 mm held the cameras ~8x
+    too hard: a camera's turn and its sideways shift move the landmarks alike, only parallax
+    tells them apart, and the prior then split a 1 deg turn into 0.66 deg + 5 mm.)
+    On the centre, not on t: turning a camera about its own
+    centre (what a bumped camera does) then costs rotation only, while t = -R C would charge it
+    |C| x the angle of translation too. The interface of
+    :class:`fitting.geometry_terms.GaussianPrior`, Gauss-Newton in the per-view tangents
+    (R <- exp([w]) R, t <- t + d)."""
+
+    name = "camera_prior"
+
+    def __init__(self, ctx: FitContext, unk: Unknowns, target: FitState):
+        c, N = ctx.cfg, unk.num_views
+        self.sigma = torch.tensor([math.radians(c.camera_prior_deg)] * 3 + [c.camera_prior_mm / 1000] * 3,
+                                  dtype=target.cam_t.dtype, device=target.cam_t.device)
+        self.R, self.C = target.R().detach(), camera_centers(target.R(), target.cam_t).detach()
+        self.size, self.N = unk.size, N
+
+    def residuals(self, st: FitState) -> torch.Tensor:
+        """(N, 6) [w_i, C_i - C*_i] / sigma / sqrt(68 N)."""
+        w = matrix_to_axis_angle(st.R() @ self.R.transpose(1, 2))
+        dC = camera_centers(st.R(), st.cam_t) - self.C
+        return torch.cat([w, dC], 1) / self.sigma / math.sqrt(LANDMARKS * self.N)
+
+    def cost(self, st: FitState) -> float:
+        return float(self.residuals(st).pow(2).sum())
+
+    def normal_equations(self, st: FitState) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(A (size, size), g (size,), cost): 6 x 6 blocks on the views' pose columns."""
+        r = self.residuals(st)
+        R, t, N = st.R(), st.cam_t, self.N
+        RT = R.transpose(1, 2)
+        # dw/dw = I; C = -R^T t moves by -R^T [t]x dw - R^T dt (R <- exp([dw]) R, t <- t + dt)
+        J = torch.zeros(N, 6, 6, dtype=r.dtype, device=r.device)
+        J[:, :3, :3] = torch.eye(3, dtype=r.dtype, device=r.device)
+        J[:, 3:, :3] = -RT @ _skew(t)
+        J[:, 3:, 3:] = -RT
+        J = J / self.sigma[:, None] / math.sqrt(LANDMARKS * N)
+        A = torch.zeros(self.size, self.size, dtype=r.dtype, device=r.device)
+        g = torch.zeros(self.size, dtype=r.dtype, device=r.device)
+        blocks = J.transpose(1, 2) @ J                                              # (N, 6, 6)
+        for i in range(N):  # N small blocks on the diagonal
+            A[6 * i:6 * i + 6, 6 * i:6 * i + 6] = blocks[i]
+        g[:6 * N] = (J.transpose(1, 2) @ r[..., None])[..., 0].reshape(-1)
+        return A, g, float(r.pow(2).sum())
+
+
+def _skew(v: torch.Tensor) -> torch.Tensor:
+    """(N, 3) -> (N, 3, 3) cross-product matrices [v]x."""
+    x, y, z = v.unbind(-1)
+    o = torch.zeros_like(x)
+    return torch.stack([o, -z, y, z, o, -x, -y, x, o], -1).view(-1, 3, 3)
+
+
+def angle_deg(Ra: torch.Tensor, Rb: torch.Tensor) -> torch.Tensor:
+    """(N,) angle between rotations (N, 3, 3) in degrees, from the rotation vector: accurate down
+    to 1e-7 deg, where the arccos of the trace (:func:`rotation_angle_deg`) bottoms out at ~0.02
+    deg for float32 matrices."""
+    return torch.rad2deg(matrix_to_axis_angle(Ra @ Rb.transpose(-1, -2)).norm(dim=-1))
+
+
+def rig_report(st: FitState, rig: Rig) -> dict:
+    """report.json's ``known_cameras``: the mode, the frame of the outputs, the head's pose in the
+    rig and how far the fitted cameras are from the calibration (0 for ``fixed``)."""
+    H_R, H_t = head_to_rig(st, rig)
+    R = st.R().detach().cpu().double()
+    t = st.cam_t.detach().cpu().double()
+    R_rig = R @ torch.as_tensor(H_R).T                                          # fitted cameras, rig frame
+    t_rig = t - (R_rig @ torch.as_tensor(H_t)[:, None])[..., 0]
+    C = -(R_rig.transpose(1, 2) @ t_rig[..., None])[..., 0]
+    C0 = -(rig.R.transpose(1, 2) @ rig.t[..., None])[..., 0]
+    return {"path": str(rig.path), "mode": rig.mode,
+            "frame": "FLAME head frame: the cameras, mesh and parameters of this result are in it; "
+                     "X_rig = head_to_rig.R X_head + head_to_rig.t maps them into the calibration's frame",
+            "head_to_rig": {"R": H_R.tolist(), "t": H_t.tolist()},
+            "camera_rotation_change_deg": angle_deg(R_rig, rig.R).tolist(),
+            "camera_center_change_mm": ((C - C0).norm(dim=-1) * 1000).tolist()}

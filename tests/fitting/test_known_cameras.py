@@ -1,0 +1,325 @@
+"""Known cameras (issue 18): calibration files in three formats, their errors, undistortion, the
+rig parameterisation's Jacobians, and ``--camera_mode fixed`` / ``refine`` on a synthetic
+scene whose calibration is given in a rig frame apart from the head frame."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from fitting.calibration import Calibrated, load_calibration, undistort_points, undistort_view, write_calibration_json
+from fitting.config import parse_config
+from fitting.export.core import write_colmap_text, write_transforms
+from fitting.pipeline import fit_scene
+from fitting.rotations import axis_angle_to_matrix
+from fitting.synthetic_scene import make_scene
+
+SIZE = 256
+FIT_SIZE = 192   # fitting resolution: the geometry LM costs ~ its pixels (outline)
+# the rig's frame: X_rig = G_R X_head + G_t (the calibration is not in the head frame)
+G_R = axis_angle_to_matrix(torch.tensor([0.3, -1.0, 0.2], dtype=torch.float64)).numpy()
+G_t = np.array([0.1, 1.2, -0.4])
+
+
+def _rig_cameras(gt, perturb: np.random.Generator | None = None) -> dict:
+    """The scene's true cameras in the rig frame; ``perturb``: each camera turned by 1 deg about
+    its centre (random axis) and its centre moved by 5 mm (random direction)."""
+    cams = {}
+    for i, n in enumerate(map(str, gt["names"])):
+        U, _, Vt = np.linalg.svd(gt["R"][i].astype(np.float64))  # stored in float32: orthonormal to 1e-7 only
+        R = U @ Vt @ G_R.T
+        t = gt["t"][i] - R @ G_t
+        if perturb is not None:
+            a, d = perturb.normal(size=3), perturb.normal(size=3)
+            C = -R.T @ t + 0.005 * d / np.linalg.norm(d)
+            R = axis_angle_to_matrix(torch.as_tensor(a / np.linalg.norm(a) * np.radians(1.0))).numpy() @ R
+            t = -R @ C
+        cams[n] = Calibrated(gt["K"][i], R, t, SIZE, SIZE, np.zeros(0))
+    return cams
+
+
+@pytest.fixture(scope="module")
+def rig_scene(tmp_path_factory, standin_path):
+    """8 views at 256 px, landmark noise 0.5 px (the demo's 1 px at 512 px), with its true
+    cameras written in the rig frame as a calibration JSON."""
+    root = tmp_path_factory.mktemp("rig")
+    scene = make_scene(root / "scene", standin_path, n_views=8, width=SIZE, height=SIZE, yaw_deg=50, distance=0.8,
+                       n_shape=40, n_exp=20, seed=3, noise_px=0.5)
+    gt = dict(np.load(scene / "ground_truth.npz"))
+    write_calibration_json(root / "calib.json", _rig_cameras(gt))
+    return root, scene, gt
+
+
+def _fit(root, scene, standin_path, name: str, calib, mode: str, *args) -> dict:
+    cfg = parse_config(["--scene_dir", str(scene), "--savefolder", str(root / "out"), "--scene_name", name,
+                        "--flame_model", str(standin_path), "--n_shape", "40", "--n_exp", "20",
+                        "--image_size", str(FIT_SIZE), "--photo_iters", "0", "--progress", "false",
+                        "--write_images", "false", "--w_shape", "8e-5", "--w_exp", "3.2e-4", "--w_rim", "1.0",
+                        "--rim_robust_px", "0.6", "--cameras", str(calib), "--camera_mode", mode, *args])
+    return fit_scene(cfg)
+
+
+def _project(cam: Calibrated, X: np.ndarray) -> np.ndarray:
+    x = X @ cam.R.T + cam.t
+    return x[:, :2] / x[:, 2:] * np.diag(cam.K)[:2] + cam.K[:2, 2]
+
+
+# -- formats ----------------------------------------------------------------------------------------
+def test_three_formats_load_the_same_cameras(rig_scene, tmp_path):
+    """The calibration JSON, a transforms.json (as the exports write it) and a COLMAP text model,
+    all from the same cameras, reproject points alike (<= 1e-4 px)."""
+    _, _, gt = rig_scene
+    cams = _rig_cameras(gt)
+    names = [f"{n}" for n in cams]
+    K = np.stack([c.K for c in cams.values()])
+    R = np.stack([c.R for c in cams.values()])
+    t = np.stack([c.t for c in cams.values()])
+    sizes = np.full((len(K), 2), SIZE)
+    write_calibration_json(tmp_path / "calib.json", {n.replace(".png", ""): c for n, c in cams.items()})  # stems
+    write_transforms(tmp_path / "transforms.json", K, R, t, sizes, [f"images/{n}" for n in names])
+    write_colmap_text(tmp_path / "colmap", K, R, t, sizes, names)
+    X = np.random.default_rng(0).normal(size=(50, 3)) * 0.1 + G_t        # around the head, in the rig frame
+    image_sizes = {n: (SIZE, SIZE) for n in names}
+    for src in ("calib.json", "transforms.json", "colmap"):
+        got = load_calibration(tmp_path / src, names, image_sizes)
+        assert list(got) == names
+        for n in names:
+            err = np.abs(_project(got[n], X) - _project(cams[n], X)).max()
+            assert err <= 1e-4, (src, n, err)
+            assert not len(got[n].distortion)
+
+
+def test_distortion_read_and_undistorted(tmp_path):
+    """k1 k2 p1 p2 from a transforms.json and a calibration JSON; undistort_points puts OpenCV's
+    distorted projection (pixel centres at +0.5) back on the pinhole one."""
+    K = np.array([[300.0, 0, 128], [0, 310.0, 120], [0, 0, 1]])
+    dist = np.array([-0.12, 0.03, 0.001, -0.002])
+    cam = Calibrated(K, np.eye(3), np.array([0, 0, 1.0]), 256, 240, dist)
+    write_calibration_json(tmp_path / "c.json", {"a": cam})
+    tj = {"camera_model": "OPENCV", "fl_x": 300.0, "fl_y": 310.0, "cx": 128.0, "cy": 120.0, "w": 256, "h": 240,
+          "k1": -0.12, "k2": 0.03, "p1": 0.001, "p2": -0.002,
+          "frames": [{"file_path": "images/a.jpg", "transform_matrix": [[1, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, -1], [0, 0, 0, 1]]}]}  # C = (0, 0, -1)
+    (tmp_path / "transforms.json").write_text(json.dumps(tj))
+    for src in ("c.json", "transforms.json"):
+        got = load_calibration(tmp_path / src, ["a.jpg"], {"a.jpg": (256, 240)})["a.jpg"]
+        assert np.allclose(got.distortion, dist) and np.allclose(got.K, K)
+        assert np.abs(got.R - np.eye(3)).max() < 1e-12 and np.abs(got.t - [0, 0, 1]).max() < 1e-12
+    X = np.random.default_rng(1).uniform(-0.3, 0.3, (40, 3)) + [0, 0, 1.0]
+    Kc = K.copy()
+    Kc[:2, 2] -= 0.5                                                      # OpenCV: centres at integers
+    distorted = cv2.projectPoints(X, np.zeros(3), cam.t, Kc, dist)[0][:, 0] + 0.5
+    assert np.abs(undistort_points(distorted, K, dist) - _project(cam, X)).max() < 1e-4
+
+
+def test_undistort_view_moves_a_dot_to_its_pinhole_place():
+    """A blob drawn where the distorted camera sees a point lands, after undistort_view, where the
+    pinhole camera of the same K projects it (centroid within 0.05 px)."""
+    K = np.array([[200.0, 0, 96], [0, 200.0, 80], [0, 0, 1]])
+    dist = np.array([-0.2, 0.05, 0.0, 0.0])
+    X = np.array([[0.25, -0.2, 1.0]])
+    Kc = K.copy()
+    Kc[:2, 2] -= 0.5
+    u_d = cv2.projectPoints(X, np.zeros(3), np.zeros(3), Kc, dist)[0][0, 0] + 0.5
+    yy, xx = np.mgrid[0:160, 0:192] + 0.5                                 # pixel centres
+    img = np.exp(-((xx - u_d[0]) ** 2 + (yy - u_d[1]) ** 2) / (2 * 2.0 ** 2)).astype(np.float32)
+    out = undistort_view(img, K, dist)
+    c = np.array([(out * xx).sum(), (out * yy).sum()]) / out.sum()
+    u_p = X[0, :2] / X[0, 2] * [200.0, 200.0] + K[:2, 2]
+    assert np.abs(c - u_p).max() < 0.05, (c, u_p, u_d)
+
+
+def _expect_error(path, names, sizes, *words):
+    with pytest.raises(ValueError) as e:
+        load_calibration(path, names, sizes)
+    msg = str(e.value)
+    for w in (str(path), *words):
+        assert w in msg, msg
+    return msg
+
+
+def test_bad_calibration_errors_name_file_and_camera(tmp_path):
+    K = np.array([[300.0, 0, 128], [0, 300.0, 128], [0, 0, 1]])
+    good = {"cam_a": Calibrated(K, np.eye(3), np.zeros(3), 256, 256, np.zeros(0)),
+            "cam_b": Calibrated(K, np.eye(3), np.zeros(3), 256, 256, np.zeros(0))}
+    names, sizes = ["cam_a.png", "cam_b.png"], {"cam_a.png": (256, 256), "cam_b.png": (256, 256)}
+    p = write_calibration_json(tmp_path / "ok.json", good)
+    assert set(load_calibration(p, names, sizes)) == set(names)
+    # an image without a camera
+    _expect_error(p, names + ["cam_c.png"], {**sizes, "cam_c.png": (256, 256)}, "cam_c.png", "add a camera")
+    # an image of another size
+    _expect_error(p, names, {**sizes, "cam_b.png": (512, 512)}, "'cam_b'", "256x256", "512x512")
+    # not JSON
+    bad = tmp_path / "bad.json"
+    bad.write_text("{ not json")
+    _expect_error(bad, names, sizes, "not valid JSON")
+    # R not a rotation; a key missing
+    d = json.loads(p.read_text())
+    d["cam_b"]["R"] = [[1, 0, 0], [0, 1, 0], [0, 0, -1]]
+    p2 = tmp_path / "reflect.json"
+    p2.write_text(json.dumps(d))
+    _expect_error(p2, names, sizes, "'cam_b'", "not a rotation")
+    del d["cam_a"]["t"]
+    p3 = tmp_path / "no_t.json"
+    p3.write_text(json.dumps(d))
+    _expect_error(p3, names, sizes, "'cam_a'", "lacks t")
+    # a folder that is no COLMAP model, a missing file
+    _expect_error(tmp_path, names, sizes, "COLMAP model")
+    _expect_error(tmp_path / "nope.json", names, sizes, "no such file")
+
+
+def test_camera_options_validated():
+    with pytest.raises(ValueError, match="needs --cameras"):
+        parse_config(["--scene_dir", "x", "--camera_mode", "fixed"])
+    with pytest.raises(ValueError, match="--camera_mode fixed or refine"):
+        parse_config(["--scene_dir", "x", "--cameras", "c.json"])
+    with pytest.raises(ValueError, match="keeps the calibration's focal"):
+        parse_config(["--scene_dir", "x", "--cameras", "c.json", "--camera_mode", "fixed", "--refine_focal", "always"])
+
+
+# -- the solver -------------------------------------------------------------------------------------
+def test_rig_jacobians_equal_autodiff(rig_scene, standin_path):
+    """With the rig's shared unknowns, each row term's chain-rule Jacobian against jacfwd of its
+    residuals; the refine prior's normal equations against jacfwd of its residuals."""
+    from fitting.context import FitContext
+    from fitting.flame import FLAME
+    from fitting.geometry_terms import Unknowns, linearize, model_at
+    from fitting.known_cameras import CameraPrior, apply_rig, initialize_from_rig, read_rig, scene_cameras_json
+    from fitting.scene import load_scene
+    from fitting.stages import geometry_terms
+    from fitting.state import FitState
+
+    root, scene, _ = rig_scene
+    cfg = parse_config(["--scene_dir", str(scene), "--cameras", str(root / "calib.json"), "--camera_mode", "refine",
+                        "--w_rim", "1.0", "--n_shape", "40", "--n_exp", "20"])
+    rig = read_rig(cfg, scene)
+    sc = load_scene(scene, 96, cameras=scene_cameras_json(rig))
+    apply_rig(rig, sc)
+    flame = FLAME(standin_path, str(standin_path.with_name(f"{standin_path.stem}_landmark_embedding.npy")),
+                  n_shape=40, n_exp=20)
+    N = sc.num_views
+    st = FitState.create(N, torch.zeros(N, dtype=torch.long), sc.K, 40, 20, (3, 32, 32))
+    ctx = FitContext(flame, sc.images, sc.landmarks, sc.skin_mask, sc.head_mask, torch.ones(N), cfg, None,
+                     progress=False, rig=rig)
+    st, info = initialize_from_rig(ctx, st, rig)
+    assert abs(info["calibration_scale"] - 1) < 0.1
+    st.shape += 0.3                                                       # away from the mean: a generic point
+    unk = Unknowns.of(st, False, rig=True)
+    assert unk.n_cam == 6 and unk.camera_columns().tolist() == [list(range(6))] * N
+    st, terms = geometry_terms(ctx, st, unk, False, use_rim=True, use_photo=False)
+    lin = linearize(ctx, st, unk)
+    for term in terms:
+        ref = torch.func.jacfwd(lambda x: term.residuals(model_at(ctx, st, unk, x)))(torch.zeros(7 + unk.P))
+        J = term.jacobian(lin)
+        for cols in (slice(0, 3), slice(3, 6), slice(7, None)):
+            err = float((J[:, cols] - ref[:, cols]).norm() / ref[:, cols].norm())
+            assert err <= 1e-4, (term.name, cols, err)
+    # the prior, at a state moved off its target
+    views = Unknowns.of(st, False)
+    prior = CameraPrior(ctx, views, st)
+    moved = views.apply(st, torch.randn(views.size) * 1e-2)
+    A, g, cost = prior.normal_equations(moved)
+    Jp = torch.func.jacfwd(lambda dx: prior.residuals(views.apply(moved, dx)).reshape(-1))(torch.zeros(views.size))
+    r = prior.residuals(moved).reshape(-1)
+    assert torch.allclose(A, Jp.T @ Jp, rtol=1e-3, atol=1e-3 * float(A.abs().max()))
+    assert torch.allclose(g, Jp.T @ r, rtol=1e-3, atol=1e-3 * float(g.abs().max()))
+    assert cost == pytest.approx(float(r @ r))
+
+
+@pytest.mark.slow
+def test_fixed_keeps_the_calibration(rig_scene, standin_path):
+    """``fixed``: the cameras are the calibration's exactly (up to float32), the head's pose in the
+    rig is found, and the head's vertices are within 0.5 mm of the truth."""
+    root, scene, gt = rig_scene
+    rep = _fit(root, scene, standin_path, "fixed", root / "calib.json", "fixed")
+    kc = rep["known_cameras"]
+    print("fixed:", rep["ground_truth"], "timing", rep["timing_s"])
+    assert max(kc["camera_rotation_change_deg"]) < 1e-4 and max(kc["camera_center_change_mm"]) < 1e-3, kc
+    H_R, H_t = np.array(kc["head_to_rig"]["R"]), np.array(kc["head_to_rig"]["t"])
+    assert np.degrees(np.arccos(np.clip((np.trace(H_R.T @ G_R) - 1) / 2, -1, 1))) < 0.3
+    assert np.linalg.norm(H_t - G_t) < 2e-3
+    assert rep["ground_truth"]["vertex_error_mm_mean"] <= 0.5, rep["ground_truth"]
+    assert "sfm" not in {p.name for p in scene.iterdir()}                 # SfM skipped
+
+
+def _aligned_camera_errors(rep, gt) -> tuple[np.ndarray, np.ndarray]:
+    """Per-view rotation (deg) and centre (mm) errors of the fitted cameras after the similarity
+    that best maps them onto the true ones (a rig's frame is only defined up to one)."""
+    from fitting.init import align_sfm_poses
+    rows = [v for v in rep["views"] if v["used"]]
+    idx = [list(map(str, gt["names"])).index(v["name"]) for v in rows]
+    R, t = np.array([v["R"] for v in rows]), np.array([v["t"] for v in rows])
+    al = align_sfm_poses(R, t, gt["R"][idx], gt["t"][idx], max_deg=180, max_rel=1e9)
+    C = -np.einsum("nji,nj->ni", al["R"], al["t"])
+    Cg = -np.einsum("nji,nj->ni", gt["R"][idx], gt["t"][idx])
+    return al["angle_deg"], np.linalg.norm(C - Cg, axis=1) * 1000
+
+
+@pytest.fixture(scope="module")
+def refined(rig_scene, standin_path):
+    root, scene, gt = rig_scene
+    write_calibration_json(root / "perturbed.json", _rig_cameras(gt, np.random.default_rng(0)))
+    rep = _fit(root, scene, standin_path, "refine", root / "perturbed.json", "refine")
+    rot, cen = _aligned_camera_errors(rep, gt)
+    print(f"refine: rotation {rot.mean():.3f} deg (max {rot.max():.3f}), centre {cen.mean():.2f} mm "
+          f"(max {cen.max():.2f}); vertices {rep['ground_truth']['vertex_error_mm_mean']:.2f} mm")
+    return rep, rot, cen
+
+
+@pytest.mark.slow
+def test_refine_corrects_a_perturbed_calibration(refined):
+    """``refine`` from landmarks and outlines: a calibration perturbed by 1 deg and 5 mm per camera
+    comes back to 0.17 deg / 1.2 mm mean (measured, docs/FITTING.md); asserted <= 0.3 deg, 2 mm."""
+    rep, rot, cen = refined
+    assert rot.mean() <= 0.3 and cen.mean() <= 2.0, (rot, cen)
+    assert max(rep["known_cameras"]["camera_rotation_change_deg"]) > 0.3  # the cameras moved
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 18 asks 0.1 deg / 0.5 mm; landmarks and outlines give 0.17 deg / "
+                                        "1.2 mm: a camera's turn and its sideways shift differ only by parallax")
+def test_refine_reaches_the_issue_target(refined):
+    _, rot, cen = refined
+    assert rot.mean() <= 0.1 and cen.mean() <= 0.5, (rot, cen)
+
+
+# -- real data --------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_real_sample_fixed_reproduces_sfm_cameras(shared_data, tmp_path):
+    """The 8 real views: the cameras of the tool's own estimate (SfM, its tracks in the joint solve,
+    the focal refined: this sample's SfM model alone is a bas-relief, 0.24 x the landmark poses'
+    angles, that no head fits) written as a calibration JSON; ``fixed`` keeps them exactly, finds
+    the head where the estimate had it (head_to_rig ~ identity: the calibration is in that head
+    frame), and fits the landmarks about as well."""
+    from fitting.pipeline import REPO
+    scene = shared_data / "multiview_sample"
+    topo = shared_data / "flame_topology"
+
+    def fit(name, *args):
+        return fit_scene(parse_config([
+            "--config", str(REPO / "configs" / "scene.txt"), "--scene_dir", str(scene),
+            "--savefolder", str(tmp_path), "--scene_name", name, "--preprocess_dir", str(tmp_path / "prep"),
+            "--standin_template", str(topo / "head_template_mesh.obj"),
+            "--standin_embedding", str(topo / "landmark_embedding.npy"), "--standin_dir", str(tmp_path / "standin"),
+            "--image_size", "128", "--photo_iters", "0", "--progress", "false", "--write_images", "false", *args]))
+
+    est = fit("estimate")
+    calib = {v["name"]: Calibrated(np.array(v["K"]), np.array(v["R"]), np.array(v["t"]), 520, 696, np.zeros(0))
+             for v in est["views"] if v["used"]}
+    write_calibration_json(tmp_path / "calib.json", calib)
+    rep = fit("fixed", "--cameras", str(tmp_path / "calib.json"), "--camera_mode", "fixed")
+    kc = rep["known_cameras"]
+    assert rep["num_views"] == 8 and len(calib) == 8
+    assert max(kc["camera_rotation_change_deg"]) < 1e-4 and max(kc["camera_center_change_mm"]) < 1e-3, kc
+    H_R, H_t = np.array(kc["head_to_rig"]["R"]), np.array(kc["head_to_rig"]["t"])
+    ang = np.degrees(np.arccos(np.clip((np.trace(H_R) - 1) / 2, -1, 1)))
+    off = np.linalg.norm(H_t) * 1000
+    rmse_est = np.mean([v["landmark_rmse_px"] for v in est["views"]])
+    rmse_fix = np.mean([v["landmark_rmse_px"] for v in rep["views"]])
+    print(f"real sample: head_to_rig {ang:.2f} deg, {off:.1f} mm from identity; landmark RMSE estimate "
+          f"{rmse_est:.2f} px, fixed {rmse_fix:.2f} px (original px); timing estimate {est['timing_s']}, "
+          f"fixed {rep['timing_s']}")
+    assert ang < 2 and off < 5
+    assert rmse_fix <= 1.2 * rmse_est
