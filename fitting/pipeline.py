@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fitting.config import Config, config_to_dict, resolve_device
+from fitting.config import config_to_dict, resolve_device
 from fitting.evaluate_cameras import report_epipolar
 from fitting.export import write_json
 from fitting.known_cameras import apply_rig, initialize_from_rig, read_rig, rig_report, scene_cameras_json
@@ -105,8 +105,6 @@ def scene_tracks(cfg, scene: Scene) -> tuple:
     head, and the torso can turn against it (on the real 8-view sample, the torso's tracks, up
     to 70 % of a side view's, pulled the cameras into an arc of +-8 deg of yaw where the head's
     tracks and landmarks put them at +-30)."""
-    import tempfile
-
     from fitting.register_views import register_left_out
     from fitting.tracks import load_tracks
     model = scene.cameras.get("colmap_model")
@@ -115,16 +113,11 @@ def scene_tracks(cfg, scene: Scene) -> tuple:
     lmk_orig = scene.landmarks.cpu().numpy() / scene.scale.cpu().numpy()[:, None, :]
     inside = head_mask_test(scene)
     rec, registered = register_left_out(scene.prep_dir / model, scene.prep_dir / "sfm" / "database.db", scene.names)
-    if rec is None:
-        return load_tracks(scene.prep_dir / model, scene.names, scene.scale.cpu().numpy(),
-                           landmarks_px=lmk_orig, inside=inside), registered
     for n, row in registered.items():
         if row["R"] is not None:
             scene.sfm_poses[n] = (np.asarray(row["R"], np.float64), np.asarray(row["t"], np.float64))
-    with tempfile.TemporaryDirectory() as tmp:  # load_tracks reads a model folder
-        rec.write_binary(tmp)
-        return load_tracks(tmp, scene.names, scene.scale.cpu().numpy(), landmarks_px=lmk_orig,
-                           inside=inside), registered
+    return load_tracks(scene.prep_dir / model if rec is None else rec, scene.names, scene.scale.cpu().numpy(),
+                       landmarks_px=lmk_orig, inside=inside), registered
 
 
 def focal_prior_px(scene: Scene) -> float | None:
@@ -339,17 +332,14 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
                          "photo_opt": ctx.photo_opt_state if stage == "photometric" and p > 0 else None})
 
     def init_poses(st: FitState) -> tuple:
-        sfm = [scene.sfm_poses.get(n) for n in scene.names]
-        if sfm_quality is not None and not sfm_quality["ok"]:
-            # a degenerate model's poses are not taken at face value: initialisation keeps the
-            # PnP poses (SfM's only where PnP failed or fits worse, and on profiles), and the
-            # track points are triangulated once the landmarks have placed the cameras
-            ctx.cfg = Config(**{**vars(cfg), "sfm_trust_deg": -1.0})
-        try:
-            return initialize(ctx, st, sfm, prefer_sfm=tracks is not None) if rig is None \
-                else initialize_from_rig(ctx, st, rig)
-        finally:
-            ctx.cfg = cfg
+        if rig is not None:
+            return initialize_from_rig(ctx, st, rig)
+        # a degenerate model's poses are not taken at face value: initialisation keeps the PnP
+        # poses (SfM's only where PnP failed or fits worse, and on profiles), and the track
+        # points are triangulated once the landmarks have placed the cameras
+        degenerate = sfm_quality is not None and not sfm_quality["ok"]
+        return initialize(ctx, st, [scene.sfm_poses.get(n) for n in scene.names], prefer_sfm=tracks is not None,
+                          trust_deg=-1.0 if degenerate else None)
 
     def after_init(st: FitState, info: dict) -> None:
         nonlocal init_info

@@ -47,12 +47,13 @@ def _prior(ctx: FitContext, shape, expr, jaw, log_focal=None) -> torch.Tensor:
 # -- initialisation ------------------------------------------------------------------------------
 @torch.no_grad()
 def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
-               prefer_sfm: bool = False) -> tuple[FitState, dict]:
+               prefer_sfm: bool = False, trust_deg: float | None = None) -> tuple[FitState, dict]:
     """Per-view cameras from robust PnP of the 51 static landmarks on the mean shape, checked
     against (and, where PnP failed or fits worse, replaced by) SfM poses after a similarity.
 
     sfm_poses: N entries of (R (3,3), t (3,)) or None. prefer_sfm: when SfM is consistent
-    with PnP (the median view's poses agree within ``sfm_trust_deg``), take the SfM pose of
+    with PnP (the median view's poses agree within ``trust_deg``, default ``--sfm_trust_deg``;
+    negative: SfM never trusted), take the SfM pose of
     every view that has one: a profile's landmarks can fit a wrong PnP pose better than the
     right one. With few views SfM can land on a bas-relief solution (a wrong focal length
     traded against flattened depth and compressed angles), which no similarity aligns with
@@ -62,6 +63,7 @@ def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
     ``sfm_similarity`` {s, Q, T}: X_head = s Q X_sfm + T (None without an alignment),
     ``sfm_trusted`` and ``sfm_trust_why``.
     """
+    trust_deg = ctx.cfg.sfm_trust_deg if trust_deg is None else trust_deg
     st = state.detach()
     N = st.num_views
     mean = st.detach()
@@ -89,9 +91,9 @@ def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
             info["sfm_scale"] = al["s"]
             info["sfm_similarity"] = {"s": float(al["s"]), "Q": al["Q"].tolist(), "T": al["T"].tolist()}
             med = float(np.median(al["angle_deg"][ok[idx]]))
-            info["sfm_trusted"] = med <= ctx.cfg.sfm_trust_deg
+            info["sfm_trusted"] = med <= trust_deg
             info["sfm_trust_why"] = (f"aligned SfM and PnP rotations differ by {med:.1f} deg in the median view "
-                                     f"({'<=' if info['sfm_trusted'] else '>'} {ctx.cfg.sfm_trust_deg:g})")
+                                     f"({'<=' if info['sfm_trusted'] else '>'} {trust_deg:g})")
             # a view beyond the landmark detector's range takes its SfM pose even from an
             # untrusted SfM: its landmarks will not be used (distrust_profiles), and SfM's
             # angles are off by a fraction of the yaw where PnP's can be off by all of it

@@ -60,11 +60,11 @@ class Tracks:
         return Tracks(xyz, self.rgb, self.view, self.point, self.uv)
 
 
-def load_tracks(model_dir, names: list, scale: np.ndarray, landmarks_px: np.ndarray | None = None,
+def load_tracks(model, names: list, scale: np.ndarray, landmarks_px: np.ndarray | None = None,
                 inside=None, min_views: int = 2) -> Tracks | None:
     """Tracks of a COLMAP model restricted to the fit's views.
 
-    model_dir: COLMAP model folder (binary or text); names: (N,) the fit's view names, in
+    model: a COLMAP model folder (binary or text) or a ``pycolmap.Reconstruction``; names: (N,) the fit's view names, in
     order; scale: (N, 2) original -> fitting pixel factors (sx, sy); landmarks_px: (N, 68, 2)
     detected landmarks in original pixels, whose copies that SfM may have used as extra
     keypoints (process_data's ``--sfm-landmarks``) are dropped, since the landmark term already
@@ -75,7 +75,7 @@ def load_tracks(model_dir, names: list, scale: np.ndarray, landmarks_px: np.ndar
     """
     import pycolmap
 
-    rec = pycolmap.Reconstruction(str(model_dir))
+    rec = model if isinstance(model, pycolmap.Reconstruction) else pycolmap.Reconstruction(str(model))
     index = {n: i for i, n in enumerate(names)}
     image_view = {iid: index.get(im.name, -1) for iid, im in rec.images.items()}
     xy_of = {iid: np.array([p.xy for p in im.points2D], np.float64).reshape(-1, 2) for iid, im in rec.images.items()
