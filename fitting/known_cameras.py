@@ -29,7 +29,7 @@ import torch
 from fitting.calibration import load_calibration, undistort_points, undistort_view
 from fitting.context import FitContext, subject_vertices, view_geometry
 from fitting.geometry_terms import Unknowns
-from fitting.images import IMAGE_SUFFIXES, image_size
+from fitting.images import image_size
 from fitting.init import rotation_mean, umeyama
 from fitting.render.cameras import camera_centers, matrix_to_rot
 from fitting.rotations import matrix_to_axis_angle
@@ -61,9 +61,9 @@ def read_rig(cfg, scene_dir) -> Rig | None:
     it). Raises ValueError before any work when it does not fit the images."""
     if not cfg.cameras:
         return None
+    from process_data.files import list_images
     images = Path(scene_dir) / "images"
-    names = sorted(p.name for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-                   and not p.name.startswith(".")) if images.is_dir() else []
+    names, _ = list_images(images)   # the views load_scene reads
     sizes = {n: image_size(images / n) for n in names}
     return Rig(Path(cfg.cameras), cfg.camera_mode, load_calibration(cfg.cameras, names, sizes))
 
