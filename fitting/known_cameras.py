@@ -11,7 +11,9 @@ H: 6 in all, shared by the views, instead of 6 per view.
   camera back exactly on the calibration (float32 steps drift by ~1e-7).
 * ``refine``: the same rounds, then one LM round with per-view corrections held to the
   calibration by :class:`CameraPrior` (and the shared focal factor when ``--refine_focal
-  always``).
+  always``), and the scene's feature tracks (:func:`rig_tracks`): a view's landmarks tell a
+  turn of its camera from a sideways shift only by the parallax across the head's depth, while
+  tracks seen by several views fix each camera against the others.
 
 Initialisation (:func:`initialize_from_rig`): the 51 static landmarks are triangulated in the
 rig frame from the calibrated views and aligned (:func:`fitting.init.umeyama`) with the mean
@@ -35,7 +37,7 @@ from fitting.render.cameras import camera_centers, matrix_to_rot
 from fitting.rotations import matrix_to_axis_angle
 from fitting.state import FitState
 
-__all__ = ["Rig", "read_rig", "scene_cameras_json", "apply_rig", "initialize_from_rig", "head_to_rig",
+__all__ = ["Rig", "read_rig", "scene_cameras_json", "apply_rig", "rig_tracks", "initialize_from_rig", "head_to_rig",
            "snap_to_rig", "angle_deg", "CameraPrior", "rig_report", "CAMERA_MODES"]
 
 CAMERA_MODES = ("estimate", "fixed", "refine")
@@ -101,6 +103,28 @@ def apply_rig(rig: Rig, scene) -> None:
     scene.K = torch.as_tensor(K_fit, dtype=f32, device=scene.K.device)
     rig.R = torch.as_tensor(np.stack([rig.cameras[n].R for n in scene.names]), dtype=torch.float64)
     rig.t = torch.as_tensor(np.stack([rig.cameras[n].t for n in scene.names]), dtype=torch.float64)
+
+
+def rig_tracks(rig: Rig, scene, work_dir, tolerance_deg: float, inside=None, max_image_size: int = 1024):
+    """The scene's feature tracks for ``refine`` (:class:`fitting.tracks.Tracks`, or None): SIFT
+    matches triangulated under the calibration (``process_data.intrinsics.triangulate_known``;
+    database in ``work_dir``). Only the observations matter: the geometry stage triangulates
+    the points again from its own cameras. ``inside``: as :func:`fitting.tracks.load_tracks`.
+    None (and a message) when a camera has lens distortion: the keypoints are found on the
+    original, distorted images. tolerance_deg: how far the calibration may be off (matches that
+    disagree with it by more are not triangulated)."""
+    from fitting.tracks import load_tracks
+    from process_data.intrinsics import triangulate_known
+    cams = [rig.cameras[n] for n in scene.names]
+    if any(len(c.distortion) and np.any(np.asarray(c.distortion) != 0) for c in cams):
+        print("[fit] --camera_mode refine: no feature tracks (the calibration has lens distortion); "
+              "the cameras are refined on landmarks, outlines and colours only")
+        return None
+    rec = triangulate_known(Path(scene.image_paths[0]).parent, scene.names,
+                            [(c.K, c.R, c.t, c.width, c.height) for c in cams], work_dir,
+                            tolerance_deg=tolerance_deg, max_image_size=max_image_size)
+    lmk_orig = scene.landmarks.cpu().numpy() / scene.scale.cpu().numpy()[:, None, :]
+    return load_tracks(rec, scene.names, scene.scale.cpu().numpy(), landmarks_px=lmk_orig, inside=inside)
 
 
 def _triangulate(uv: np.ndarray, P: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import torch
 from fitting.config import config_to_dict, resolve_device
 from fitting.evaluate_cameras import report_epipolar
 from fitting.export import write_json
-from fitting.known_cameras import apply_rig, initialize_from_rig, read_rig, rig_report, scene_cameras_json
+from fitting.known_cameras import apply_rig, initialize_from_rig, read_rig, rig_report, rig_tracks, scene_cameras_json
 from fitting.output_folder import FolderLock, ResultFolder, check_writable
 from fitting.render.cameras import unscale_intrinsics
 from fitting.scene import Scene, load_scene
@@ -296,6 +296,9 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
     ctx = FitContext.from_observations(scene, flame, cfg, texspace, refine, rig)
 
     tracks, sfm_registered = scene_tracks(cfg, scene)
+    if rig is not None and rig.mode == "refine" and cfg.tracks != "off":
+        # 3 sigma of the calibration's stated uncertainty
+        tracks = rig_tracks(rig, scene, scene.prep_dir / "rig_tracks", 3 * cfg.camera_prior_deg, head_mask_test(scene))
     sfm_quality = judge_scene_sfm(ctx, state, scene)
     if sfm_quality is not None and not sfm_quality["ok"]:
         ctx.refine_focal, refine_why = decide_refine_focal(cfg, scene.cameras, sfm_quality)

@@ -321,24 +321,27 @@ def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> Fi
     # the photometric round needs a texture space (a closed-form albedo) and one subject
     photo_round = (c.w_photo_gn > 0 and c.photo_gn_iters > 0
                    and ctx.texspace is not None and state.num_subjects == 1)
-    if ctx.tracks is not None and start_round == 0:
+    # with a rig the cameras move together in these rounds, which tracks do not see: they join
+    # the refine round only, where each camera moves on its own
+    tracks = ctx.tracks if ctx.rig is None else None
+    if tracks is not None and start_round == 0:
         distrust_profiles(ctx, st)
     last = c.geom_rounds + int(photo_round) - 1
     rounds = _bar(ctx, range(start_round, last + 1), "geometry")
     for rnd in rounds:
         static = rnd < c.geom_static_rounds
-        if ctx.tracks is not None and not static and ctx.tracks.points is None:
+        if tracks is not None and not static and tracks.points is None:
             # without trusted SfM points, the tracks join once the landmarks have fixed focal
             # and depth: with few views the tracks alone leave a bas-relief valley, and the LM
             # stays in the part of it nearest to where it starts
-            ctx.tracks.triangulate(*cameras64(st))
-        use_tracks = ctx.tracks is not None and ctx.tracks.points is not None
+            tracks.triangulate(*cameras64(st))
+        use_tracks = tracks is not None and tracks.points is not None
         if rnd >= c.geom_rounds:  # the photometric round: landmarks, outline and colour samples
             st = lm_geometry(ctx, st, False, c.photo_gn_iters, hist, rnd, use_rim=True, use_photo=True,
                              use_tracks=use_tracks)
         else:
             st = lm_geometry(ctx, st, static, c.geom_lm_iters, hist, rnd, use_rim=not static, use_tracks=use_tracks)
-        if ctx.tracks is not None and rnd < last:
+        if tracks is not None and rnd < last:
             distrust_outlier_views(ctx, st)
         if hist:
             rounds.set_postfix(lmk=f"{hist[-1]['landmark']:.3f}")
@@ -353,12 +356,16 @@ def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> Fi
 
 def _refine_rig_cameras(ctx: FitContext, st: FitState, hist: list, rnd: int) -> FitState:
     """``--camera_mode refine``'s last geometry round: per-view cameras free, held to the
-    calibration by :class:`fitting.known_cameras.CameraPrior`; landmarks, outline and (texture
-    space, one subject) photometric rows."""
+    calibration by :class:`fitting.known_cameras.CameraPrior`; landmarks, outline, (texture
+    space, one subject) photometric rows, and the feature tracks when the scene has them
+    (:func:`fitting.known_cameras.rig_tracks`), their points triangulated from the calibration."""
     target = snap_to_rig(st, ctx.rig)
     prior = CameraPrior(ctx, Unknowns.of(target, ctx.refine_focal), target)
     iters = max(ctx.cfg.geom_lm_iters, ctx.cfg.photo_gn_iters)
-    return lm_geometry(ctx, target, False, iters, hist, rnd, use_rim=True, use_photo=True, camera_prior=prior)
+    if ctx.tracks is not None and ctx.tracks.points is None:
+        ctx.tracks.triangulate(*cameras64(target))
+    return lm_geometry(ctx, target, False, iters, hist, rnd, use_rim=True, use_photo=True,
+                       use_tracks=ctx.tracks is not None, camera_prior=prior)
 
 
 def _adam_geometry(ctx: FitContext, state: FitState, hist: list) -> FitState:

@@ -111,29 +111,11 @@ def _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, c
         if db.exists():
             db.unlink()
         pycolmap.set_random_seed(seed + 100 * rnd)
-        reader = pycolmap.ImageReaderOptions()
-        reader.camera_model = camera_model
-        ext = pycolmap.FeatureExtractionOptions()
-        ext.max_image_size = int(max_image_size)
-        # one extraction thread numbers the images in name order, so the database (and with the
-        # fixed RANSAC seed, the matches) is the same on every run; later rounds vary the order
-        ext.num_threads = 1
-        ext.sift.peak_threshold = 0.003   # low-contrast skin needs a lower DoG threshold
-        ext.sift.domain_size_pooling = True
         order = list(names) if rnd % 2 == 0 else list(reversed(names))
-        pycolmap.extract_features(db, str(image_dir), image_names=order,
-                                  camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
-                                  extraction_options=ext, device=pycolmap.Device.cpu)
-        if landmarks and (use_landmarks == "always" or (use_landmarks == "fallback" and rnd > 0)):
-            add_landmark_features(pycolmap, db, landmarks)
-        mo = pycolmap.FeatureMatchingOptions()
-        mo.num_threads = num_threads
-        vo = pycolmap.TwoViewGeometryOptions()
-        vo.ransac.random_seed = seed + rnd
-        if sequential:
-            pycolmap.match_sequential(db, matching_options=mo, verification_options=vo, device=pycolmap.Device.cpu)
-        else:
-            pycolmap.match_exhaustive(db, matching_options=mo, verification_options=vo, device=pycolmap.Device.cpu)
+        extract_and_match(pycolmap, db, image_dir, order, camera_model, max_image_size, seed + rnd, num_threads,
+                          sequential, pycolmap.CameraMode.SINGLE,
+                          landmarks if landmarks and (use_landmarks == "always" or
+                                                      (use_landmarks == "fallback" and rnd > 0)) else None)
         for attempt in range(max_attempts):
             opts = pycolmap.IncrementalPipelineOptions()
             opts.min_num_matches = 10
@@ -166,6 +148,83 @@ def _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, c
         if best is None:
             break  # no model at all: the views do not overlap; another round will not help
     return best
+
+
+def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: str, max_image_size: int,
+                      ransac_seed: int, num_threads: int, sequential: bool, camera_mode, landmarks: dict | None):
+    """SIFT features of ``names`` (in this order) and their verified matches into the database
+    ``db``; with ``landmarks``, also the landmark keypoints (:func:`add_landmark_features`)."""
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = camera_model
+    ext = pycolmap.FeatureExtractionOptions()
+    ext.max_image_size = int(max_image_size)
+    # one extraction thread numbers the images in the given order, so the database (and with
+    # the fixed RANSAC seed, the matches) is the same on every run
+    ext.num_threads = 1
+    ext.sift.peak_threshold = 0.003   # low-contrast skin needs a lower DoG threshold
+    ext.sift.domain_size_pooling = True
+    pycolmap.extract_features(db, str(image_dir), image_names=list(names), camera_mode=camera_mode,
+                              reader_options=reader, extraction_options=ext, device=pycolmap.Device.cpu)
+    if landmarks:
+        add_landmark_features(pycolmap, db, landmarks)
+    mo = pycolmap.FeatureMatchingOptions()
+    mo.num_threads = num_threads
+    vo = pycolmap.TwoViewGeometryOptions()
+    vo.ransac.random_seed = ransac_seed
+    if sequential:
+        pycolmap.match_sequential(db, matching_options=mo, verification_options=vo, device=pycolmap.Device.cpu)
+    else:
+        pycolmap.match_exhaustive(db, matching_options=mo, verification_options=vo, device=pycolmap.Device.cpu)
+
+
+def triangulate_known(image_dir, names: list[str], cameras: list, work_dir, *, tolerance_deg: float,
+                      max_image_size: int = 1024, num_threads: int = -1, seed: int = 0):
+    """Tracks of ``names`` under known cameras: SIFT, exhaustive verified matching, then COLMAP's
+    point triangulator with every pose held (no mapping, no bundle adjustment).
+
+    cameras: per name (K (3, 3) original pixels, world-to-camera R (3, 3), t (3,), width,
+    height), undistorted. tolerance_deg: how far the cameras may be off; the triangulator's
+    angle and reprojection limits are widened to it, since its defaults (2 deg, 4 px) reject
+    every match of a camera that is off by a degree (~25 px at 512 px). The database goes in
+    ``work_dir``. Returns the pycolmap.Reconstruction (its points in the cameras' frame)."""
+    import pycolmap
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    db = work_dir / "database.db"
+    if db.exists():
+        db.unlink()
+    level = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = 2
+    try:
+        pycolmap.set_random_seed(seed)
+        extract_and_match(pycolmap, db, image_dir, names, "PINHOLE", max_image_size, seed, num_threads, False,
+                          pycolmap.CameraMode.PER_IMAGE, None)
+        with pycolmap.Database.open(str(db)) as database:
+            ids = {im.name: (im.image_id, im.camera_id) for im in database.read_all_images()}
+        rec = pycolmap.Reconstruction()
+        for name, (K, R, t, width, height) in zip(names, cameras):
+            image_id, camera_id = ids[name]
+            K = np.asarray(K, np.float64)
+            rec.add_camera_with_trivial_rig(pycolmap.Camera(
+                model="PINHOLE", width=int(width), height=int(height), camera_id=camera_id,
+                params=[K[0, 0], K[1, 1], K[0, 2], K[1, 2]]))
+            rec.add_image_with_trivial_frame(pycolmap.Image(name=name, camera_id=camera_id, image_id=image_id),
+                                             pycolmap.Rigid3d(pycolmap.Rotation3d(np.asarray(R, np.float64)),
+                                                              np.asarray(t, np.float64)))
+        opts = pycolmap.IncrementalPipelineOptions()
+        tri = opts.triangulation
+        f = max(float(np.asarray(c[0])[0, 0]) for c in cameras)
+        px = f * np.radians(tolerance_deg)
+        tri.create_max_angle_error = tri.continue_max_angle_error = max(tri.create_max_angle_error, tolerance_deg)
+        tri.re_max_angle_error = max(tri.re_max_angle_error, tolerance_deg)
+        tri.merge_max_reproj_error = tri.complete_max_reproj_error = max(tri.merge_max_reproj_error, px)
+        opts.mapper.filter_max_reproj_error = max(opts.mapper.filter_max_reproj_error, px)
+        out = work_dir / "model"
+        out.mkdir(exist_ok=True)
+        return pycolmap.triangulate_points(rec, db, str(image_dir), out, options=opts)
+    finally:
+        pycolmap.logging.minloglevel = level
 
 
 def landmark_descriptors() -> np.ndarray:
