@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-__all__ = ["load_model", "standin_path"]
+__all__ = ["load_model", "standin_path", "texture_shape"]
 
 
 def standin_path(cfg) -> Path:
@@ -42,3 +42,13 @@ def load_model(cfg, device):
         if tp is not None:
             tex = load_texture_space(tp, n_tex=cfg.n_tex).to(device)
     return flame, tex, {"model": str(path), "texture_space": None if tex is None else str(tex.source or "")}
+
+
+def texture_shape(cfg, flame, texspace) -> tuple:
+    """The shape of a fit's texture unknowns: (n_tex,) codes of the texture space, else a free
+    (3, tex_res, tex_res) map on the model's UVs. Raises ValueError when the model has neither."""
+    if texspace is not None:
+        return (texspace.n_tex,)
+    if flame.verts_uvs is None:
+        raise ValueError("the model has no UVs and no texture space: give --tex_space FILE or a model with UVs")
+    return (3, cfg.tex_res, cfg.tex_res)

@@ -28,7 +28,7 @@ from fitting.scene import Scene, load_scene
 from fitting.context import FitContext, texture_maps
 from fitting.demo import ensure_demo_scene
 from fitting.ground_truth import ground_truth_errors
-from fitting.model import load_model
+from fitting.model import load_model, texture_shape
 from fitting.run import Progress, StageHooks, run_stages, seed_everything
 from fitting.stages import cameras64, initialize
 from fitting.state import FitState, check_resume_options, load_checkpoint, save_checkpoint
@@ -288,11 +288,8 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
     flame, texspace, model_info = load_model(cfg, device)
     N = scene.num_views
     refine, refine_why = decide_refine_focal(cfg, scene.cameras)
-    tex_shape = (texspace.n_tex,) if texspace is not None else (3, cfg.tex_res, cfg.tex_res)
-    if texspace is None and flame.verts_uvs is None:
-        raise ValueError("the model has no UVs and no texture space: give --tex_space or a model with UVs")
-    state = FitState.create(N, torch.zeros(N, dtype=torch.long), scene.K, cfg.n_shape, cfg.n_exp, tex_shape,
-                            device=device)
+    state = FitState.create(N, torch.zeros(N, dtype=torch.long), scene.K, cfg.n_shape, cfg.n_exp,
+                            texture_shape(cfg, flame, texspace), device=device)
     ctx = FitContext.from_observations(scene, flame, cfg, texspace, refine, rig)
 
     tracks, sfm_registered = scene_tracks(cfg, scene)

@@ -25,7 +25,7 @@ import torch
 
 from fitting.config import resolve_device
 from fitting.output_folder import FolderLock, check_writable
-from fitting.model import load_model
+from fitting.model import load_model, texture_shape
 from fitting.run import seed_everything
 from fitting.context import FitContext
 from fitting.run import StageHooks, run_stages
@@ -106,12 +106,10 @@ def _fit_batch(cfg: argparse.Namespace, device: torch.device, save: Path, t_star
 
     t0 = time.perf_counter()
     flame, texspace, model_info = load_model(cfg, device)
-    if texspace is None and flame.verts_uvs is None:
-        raise ValueError("the model has no UVs and no texture space: give --tex_space FILE or a model with UVs")
+    tex_shape = texture_shape(cfg, flame, texspace)
     N = batch.num_views
     H, W = batch.size
     K0 = fitting_intrinsics(cfg.camera, cfg.fov, W, H, N, device=device)
-    tex_shape = (texspace.n_tex,) if texspace is not None else (3, cfg.tex_res, cfg.tex_res)
     state = FitState.create(N, torch.arange(N), K0, cfg.n_shape, cfg.n_exp, tex_shape, device=device)
     ctx = FitContext.from_observations(batch, flame, cfg, texspace, refine_focal=False)
     # the landmark stages only need the landmarks' vertices (~360 of 5023): same results, and the

@@ -412,3 +412,16 @@ def test_demo_scene_is_the_same_whatever_the_thread_count(tmp_path, standin_path
         images = sorted((tmp_path / f"scene{threads}" / "images").iterdir())
         digests.append([hashlib.sha256(p.read_bytes()).hexdigest() for p in images])
     assert digests[0] == digests[1]
+
+
+def test_texture_shape_and_the_no_uv_error():
+    """Both fits (scenes and single photos) size their texture unknowns in one place, which
+    refuses a model that has neither UVs nor a texture space, saying what to give."""
+    from types import SimpleNamespace as NS
+
+    from fitting.model import texture_shape
+    cfg = NS(tex_res=64)
+    assert texture_shape(cfg, NS(verts_uvs=None), NS(n_tex=16)) == (16,)
+    assert texture_shape(cfg, NS(verts_uvs=torch.zeros(4, 2)), None) == (3, 64, 64)
+    with pytest.raises(ValueError, match="no UVs and no texture space: give --tex_space"):
+        texture_shape(cfg, NS(verts_uvs=None), None)
