@@ -36,7 +36,7 @@ from fitting.rotations import matrix_to_axis_angle
 from fitting.state import FitState
 
 __all__ = ["Rig", "read_rig", "scene_cameras_json", "apply_rig", "initialize_from_rig", "head_to_rig",
-           "snap_to_rig", "angle_deg", "CameraPrior", "TemporalPrior", "rig_report", "CAMERA_MODES"]
+           "snap_to_rig", "place_cameras", "angle_deg", "CameraPrior", "TemporalPrior", "rig_report", "CAMERA_MODES"]
 
 CAMERA_MODES = ("estimate", "fixed", "refine")
 LANDMARKS = 68     # points per view in the landmark term (CameraPrior's weight)
@@ -114,7 +114,7 @@ def _triangulate(uv: np.ndarray, P: np.ndarray, w: np.ndarray) -> np.ndarray:
     return X[:, :3] / X[:, 3:]
 
 
-def _place_cameras(st: FitState, rig: Rig, H_R: np.ndarray, H_t: np.ndarray) -> FitState:
+def place_cameras(st: FitState, rig: Rig, H_R: np.ndarray, H_t: np.ndarray) -> FitState:
     """st with the cameras of the calibration seen from the head placed at (H_R, H_t)."""
     R = rig.R.numpy() @ H_R
     t = rig.R.numpy() @ H_t + rig.t.numpy()
@@ -150,7 +150,7 @@ def initialize_from_rig(ctx: FitContext, state: FitState, rig: Rig) -> tuple[Fit
     if abs(s - 1) > SCALE_WARN:
         print(f"[fit] warning: --cameras {rig.path}: the landmarks triangulated with this calibration are "
               f"{s:.2f} x the mean head's size; is it in metres?")
-    return _place_cameras(st, rig, Q, T), {"source": ["calibration"] * st.num_views,
+    return place_cameras(st, rig, Q, T), {"source": ["calibration"] * st.num_views,
                                            "calibration_scale": float(s), "landmark_alignment_rms_mm": rms * 1000}
 
 
@@ -167,7 +167,7 @@ def head_to_rig(st: FitState, rig: Rig) -> tuple[np.ndarray, np.ndarray]:
 
 def snap_to_rig(st: FitState, rig: Rig) -> FitState:
     """st with every camera put exactly on the calibration at the head pose the cameras share."""
-    return _place_cameras(st, rig, *head_to_rig(st, rig))
+    return place_cameras(st, rig, *head_to_rig(st, rig))
 
 
 class CameraPrior:
