@@ -19,7 +19,7 @@ import io
 import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +90,7 @@ def identity_from_fit(fit_dir: Path, rig: Rig) -> Identity:
     cams = {}
     for i, n in enumerate(map(str, p["names"])):
         R = p["R"][i].astype(np.float64) @ H_R.T                      # head frame -> rig frame
-        cams[n] = replace(rig.cameras[n], R=R, t=p["t"][i].astype(np.float64) - R @ H_t)
+        cams[n] = rig.cameras[n]._replace(R=R, t=p["t"][i].astype(np.float64) - R @ H_t)
     tex = p["tex"] if "tex" in p else p["tex_map"]
     return Identity(torch.as_tensor(p["shape"]), torch.as_tensor(tex),
                     {n: torch.as_tensor(p["sh"][i]) for i, n in enumerate(map(str, p["names"]))}, cams,
