@@ -52,15 +52,15 @@ def add_sequence_options(p) -> None:
     g.add_argument("--frames", type=str, default="", help="START:STOP:STEP of the sequence's frames (default all)")
     g.add_argument("--keyframe", type=int, default=0, help="index (among the selected frames) fitted for identity")
     g.add_argument("--track_iters", type=int, default=3,
-                   help="LM iterations per frame with landmarks and outline (warm start from the previous frame)")
+                   help="LM iterations per frame on the landmarks alone (warm start from the previous frame)")
     g.add_argument("--track_photo_iters", type=int, default=2,
-                   help="then LM iterations with the photometric rows too (0: none)")
+                   help="then LM iterations adding the outline (--w_rim) and photometric rows (--w_photo_gn)")
     g.add_argument("--track_first_iters", type=int, default=8,
                    help="LM iterations of a chunk's first frame (no previous frame)")
-    g.add_argument("--sigma_rot_deg", type=float, default=2.0, help="temporal prior: head rotation step, deg/frame")
-    g.add_argument("--sigma_trans_mm", type=float, default=3.0, help="temporal prior: head translation step, mm/frame")
-    g.add_argument("--sigma_exp", type=float, default=0.15, help="temporal prior: expression step per frame")
-    g.add_argument("--sigma_jaw_deg", type=float, default=2.0, help="temporal prior: jaw step, deg/frame")
+    g.add_argument("--sigma_rot_deg", type=float, default=5.0, help="temporal prior: head rotation step, deg/frame")
+    g.add_argument("--sigma_trans_mm", type=float, default=30.0, help="temporal prior: head translation step, mm/frame")
+    g.add_argument("--sigma_exp", type=float, default=0.6, help="temporal prior: expression step per frame")
+    g.add_argument("--sigma_jaw_deg", type=float, default=3.0, help="temporal prior: jaw step, deg/frame")
     g.add_argument("--w_temporal", type=float, default=1.0,
                    help="temporal prior weight (1: MAP for 1 px landmark noise at fitting size)")
 
@@ -144,7 +144,7 @@ def track_frames(cfg, frame_dirs: list, ident: Identity, flame, texspace) -> dic
         ctx, st, rig, scene = loaded
         if prev is None:
             st, _ = initialize_from_rig(ctx, st, rig)
-            rounds, priors = [(cfg.track_first_iters, False), (cfg.track_photo_iters, True)], ()
+            rounds, priors = [(cfg.track_first_iters, True), (cfg.track_photo_iters, True)], ()
         else:
             st = place_cameras(st, rig, prev[0], prev[1])
             st.expression = torch.as_tensor(prev[2]).float()[None].clone()
@@ -152,9 +152,12 @@ def track_frames(cfg, frame_dirs: list, ident: Identity, flame, texspace) -> dic
             unk = lm_unknowns(ctx, st, shape_fixed=True)
             priors = (TemporalPrior(unk, rig, st, *sig, weight=cfg.w_temporal),)
             rounds = [(cfg.track_iters, False), (cfg.track_photo_iters, True)]
-        for iters, photo in rounds:
+        # the image rows (outline: a rasterisation per iteration) cost ~10x the landmark rows, and
+        # a warm start is already close: landmarks alone first, the image rows only at the end
+        for iters, image_rows in rounds:
             if iters > 0:
-                st = lm_geometry(ctx, st, False, iters, use_rim=True, use_photo=photo, shape_fixed=True, priors=priors)
+                st = lm_geometry(ctx, st, False, iters, use_rim=image_rows, use_photo=image_rows, shape_fixed=True,
+                                 priors=priors)
         st = snap_to_rig(st, rig)
         H_R, H_t = head_to_rig(st, rig)
         prev = (H_R, H_t, st.expression[0].detach().numpy().astype(np.float64),
