@@ -14,16 +14,8 @@ from fitting.calibration import load_calibration
 from fitting.render.cameras import FLIP
 from fitting.synthetic_sequence import make_sequence
 
-SIZE = 128
+from tests.sequence.conftest import SIZE
 FORMATS = ("cameras.json", "transforms.json", "colmap")
-
-
-@pytest.fixture(scope="module")
-def seq(tmp_path_factory, standin_path):
-    """3 frames x 3 cameras at 128 px (~2 s)."""
-    root = make_sequence(tmp_path_factory.mktemp("seq") / "seq", standin_path, n_frames=3, n_cameras=3,
-                         width=SIZE, height=SIZE, seed=1)
-    return root, dict(np.load(root / "ground_truth.npz"))
 
 
 def _project(cam, X: np.ndarray) -> np.ndarray:
