@@ -169,7 +169,8 @@ def head_texture(flame, texspace, verts: torch.Tensor, distance: float, fov_deg:
     return code, texture, vt, ft
 
 
-def view_annotations(folder: Path, stem: str, coverage: np.ndarray, lmk_true: np.ndarray, lmk_noisy: np.ndarray) -> dict:
+def view_annotations(folder: Path, stem: str, coverage: np.ndarray, lmk_true: np.ndarray,
+                     lmk_noisy: np.ndarray) -> dict:
     """Write one view's head and skin masks under ``folder/masks`` and return its landmarks.json
     entry. coverage: (H, W) bool; lmk_true, lmk_noisy: (68, 2) pixels (+0.5 convention); the
     skin mask follows the true landmarks, the entry holds the noisy ones (a detector's)."""

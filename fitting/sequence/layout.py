@@ -156,9 +156,10 @@ def link_image(link: Path, target: Path) -> Path:
 
 def frame_scenes(layout: SequenceLayout, scene_dir=None, frames: list | None = None) -> list:
     """Make or refresh ``scene_dir``/frames/<frame>/images/<camera><ext> (default: the layout's
-    folder) for ``frames`` (default: all of the layout's) and return the frame folders in order. Idempotent: links already right are
-    kept; a camera's entry of another extension (the input changed) is replaced. Preprocessing
-    files beside images/ are left to process_data, which decides whether they are stale."""
+    folder) for ``frames`` (default: all of the layout's) and return the frame folders in order.
+    Idempotent: links already right are kept; a camera's entry of another extension (the input
+    changed) is replaced. Preprocessing files beside images/ are left to process_data, which
+    decides whether they are stale."""
     root = Path(scene_dir) if scene_dir is not None else layout.root
     out = []
     for fr in (layout.frames if frames is None else frames):

@@ -82,7 +82,8 @@ def test_overlay_video_frame_count(seq, tmp_path):
         return img
     path = write_overlay_video(tmp_path / "overlay.mp4", lay.frames, lay.cameras, load, draw, tile_width=96)
     cap = cv2.VideoCapture(str(path))
-    n, (w, h) = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    w, h = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
     cap.release()
     assert n == 3 and (w, h) == (2 * 96, 2 * 96)
     assert len(loaded) == 3 * 3 + 1                                  # streamed: each image read when drawn

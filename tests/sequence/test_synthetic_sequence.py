@@ -7,14 +7,11 @@ import json
 import os
 
 import numpy as np
-import pytest
 import torch
 
 from fitting.calibration import load_calibration
 from fitting.render.cameras import FLIP
-from fitting.synthetic_sequence import make_sequence
 
-from tests.sequence.conftest import SIZE
 FORMATS = ("cameras.json", "transforms.json", "colmap")
 
 
@@ -24,8 +21,9 @@ def _project(cam, X: np.ndarray) -> np.ndarray:
 
 
 def _load(root, gt, fmt: str) -> dict:
-    names = [f"{c}.png" for c in gt["cameras"]]
-    return load_calibration(root / "calibration" / fmt, names, {n: (SIZE, SIZE) for n in names})
+    plain = json.loads((root / "calibration" / "cameras.json").read_text())
+    sizes = {f"{c}.png": (plain[c]["width"], plain[c]["height"]) for c in gt["cameras"]}
+    return load_calibration(root / "calibration" / fmt, list(sizes), sizes)
 
 
 def test_layout_and_ground_truth_shapes(seq):
