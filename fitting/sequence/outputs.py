@@ -158,36 +158,45 @@ def _label(img: np.ndarray, text: str, at=(4, 16), scale: float = 0.45) -> None:
         cv2.putText(img, text, at, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA)
 
 
-def write_overlay_video(path, frames: list, cameras: list, load_image, overlay=None, fps: float = 10.0,
-                        tile_width: int = 256, columns: int | None = None) -> Path:
+def write_overlay_video(path, frames: list, load_images, overlay=None, fps: float = 10.0, tile_width: int = 256,
+                        columns: int | None = None) -> Path:
     """An mp4 (OpenCV mp4v) with one contact sheet per frame: each camera's image (with its
     overlay) in a grid, labelled with the camera, and the frame's name on top. Frames are
     loaded, drawn and written one at a time, so memory does not grow with the sequence.
 
-    load_image(frame, camera) -> (H, W, 3) uint8 RGB; overlay(frame, camera, image) -> the
-    image with the mesh / landmarks drawn (same shape), or None to show images as they are.
-    Tiles are ``tile_width`` wide at the first image's aspect; the grid is about square unless
-    ``columns`` is given. Written to a temp file and moved into place when complete."""
+    load_images(frame) -> {camera: (H, W, 3) uint8 RGB}, the same cameras in the same order for
+    every frame; overlay(frame, camera, image) -> the image with the mesh / landmarks drawn (same
+    shape), or None to show the images as they are. Tiles are ``tile_width`` wide at the first
+    image's aspect; the grid is about square unless ``columns`` is given. Written to a temp file
+    and moved into place when complete."""
     from single_view.video_io import VideoWriter
 
-    if not frames or not cameras:
-        raise ValueError("write_overlay_video needs at least one frame and one camera")
+    if not frames:
+        raise ValueError("write_overlay_video needs at least one frame")
+    images = load_images(frames[0])
+    cameras = list(images)
+    if not cameras:
+        raise ValueError(f"write_overlay_video: frame {frames[0]!r} has no image")
     cols = columns or math.ceil(math.sqrt(len(cameras)))
     rows = math.ceil(len(cameras) / cols)
     tw = tile_width - tile_width % 2
-    first = load_image(frames[0], cameras[0])
+    first = images[cameras[0]]
     th = max(2, round(tw * first.shape[0] / first.shape[1]) // 2 * 2)  # even sizes: codecs want them
     with VideoWriter(path, fps, (cols * tw, rows * th)) as video:
-        for f in frames:
+        for i, f in enumerate(frames):
+            if i:
+                images = load_images(f)
+            if list(images) != cameras:
+                raise ValueError(f"write_overlay_video: frame {f!r} has cameras {list(images)}, the first frame "
+                                 f"{cameras}: give every frame's images of the same cameras")
             sheet = np.zeros((rows * th, cols * tw, 3), np.uint8)
             for k, c in enumerate(cameras):
-                img = load_image(f, c)
-                if overlay is not None:
-                    img = overlay(f, c, img)
+                img = images[c] if overlay is None else overlay(f, c, images[c])
                 tile = _tile(img, tw, th)
                 _label(tile, str(c), at=(4, th - 6), scale=0.4)
                 r, q = divmod(k, cols)
                 sheet[r * th:(r + 1) * th, q * tw:(q + 1) * tw] = tile
             _label(sheet, f"frame {f}")
             video.write(sheet)
+            del images  # freed before the next frame loads: one frame in memory, not two
     return Path(path)

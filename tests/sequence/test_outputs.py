@@ -71,20 +71,20 @@ def test_overlay_video_frame_count(seq, tmp_path):
     lmk = {f: json.loads((root / "frames" / f / "landmarks.json").read_text()) for f in lay.frames}
     loaded = []
 
-    def load(f, c):
-        loaded.append((f, c))
-        return read_image(lay.path(c, f))
+    def load(f):
+        loaded.append(f)
+        return {c: read_image(lay.path(c, f)) for c in lay.cameras}
 
     def draw(f, c, img):
         img = img.copy()
         for x, y in lmk[f][f"{c}.png"]["points"]:
             cv2.circle(img, (int(x), int(y)), 1, (0, 255, 0), -1)
         return img
-    path = write_overlay_video(tmp_path / "overlay.mp4", lay.frames, lay.cameras, load, draw, tile_width=96)
+    path = write_overlay_video(tmp_path / "overlay.mp4", lay.frames, load, draw, tile_width=96)
     cap = cv2.VideoCapture(str(path))
     n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     w, h = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
     cap.release()
     assert n == 3 and (w, h) == (2 * 96, 2 * 96)
-    assert len(loaded) == 3 * 3 + 1                                  # streamed: each image read when drawn
+    assert loaded == lay.frames                                      # streamed: each frame read once, in turn
     assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.mp4"]
