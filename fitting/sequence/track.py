@@ -10,7 +10,8 @@ identity, its results written to ``chunks/<i>.npz`` (:func:`track_chunk`, skippe
 and made for the same inputs) and the overlaps blended (:func:`blend_chunks`).
 
 A frame's parameters: head_R (3, 3), head_t (3,) with X_rig = head_R X_head + head_t, expression
-(E,), jaw (3,) axis-angle; the shape is the identity's.
+(E,), jaw (3,) axis-angle; the shape is the identity's. Per frame also landmark_rmse_px (C,) per
+camera of the identity's (NaN: no landmarks), missing, seconds.
 """
 from __future__ import annotations
 
@@ -118,10 +119,15 @@ def _load_frame(cfg, frame_dir: Path, ident: Identity, flame, texspace):
     return (ctx, st, rig, scene), None
 
 
-def _lmk_rmse_px(ctx: FitContext, st: FitState, scale: torch.Tensor) -> float:
-    """Landmark RMSE (all 68, every view) in original pixels."""
+def _lmk_rmse_px(ctx: FitContext, st: FitState, scene, cameras: list) -> np.ndarray:
+    """(C,) landmark RMSE (all 68) per camera of ``cameras`` (image names) in original pixels,
+    NaN where the frame has no landmarks."""
     raw = landmark_term(ctx, model_at(ctx, st, lm_unknowns(ctx, st, shape_fixed=True)), False).raw
-    return float(((raw / scale[:, None]) ** 2).sum(-1).mean().sqrt())
+    per_view = ((raw / scene.scale[:, None]) ** 2).sum(-1).mean(-1).sqrt()
+    out = np.full(len(cameras), np.nan)
+    for i, n in enumerate(scene.names):
+        out[cameras.index(n)] = float(per_view[i])
+    return out
 
 
 def track_frames(cfg, frame_dirs: list, ident: Identity, flame, texspace) -> dict:
@@ -132,6 +138,7 @@ def track_frames(cfg, frame_dirs: list, ident: Identity, flame, texspace) -> dic
     :func:`interpolate` later). Returns {field: (T, ...) array} (see FIELDS)."""
     sig = (math.radians(cfg.sigma_rot_deg), cfg.sigma_trans_mm / 1000, cfg.sigma_exp, math.radians(cfg.sigma_jaw_deg))
     out = {k: [] for k in FIELDS}
+    cameras = list(ident.cameras)
     prev = None          # (H_R, H_t, expression (1, E), jaw (3,)) of the last tracked frame
     for fd in frame_dirs:
         t0 = time.perf_counter()
@@ -139,7 +146,7 @@ def track_frames(cfg, frame_dirs: list, ident: Identity, flame, texspace) -> dic
         if loaded is None:
             if prev is None:
                 raise ValueError(f"{fd}: the chunk's first frame has no landmarks ({why})")
-            _append(out, prev, math.nan, True, time.perf_counter() - t0)
+            _append(out, prev, np.full(len(cameras), np.nan), True, time.perf_counter() - t0)
             continue
         ctx, st, rig, scene = loaded
         if prev is None:
@@ -162,7 +169,7 @@ def track_frames(cfg, frame_dirs: list, ident: Identity, flame, texspace) -> dic
         H_R, H_t = head_to_rig(st, rig)
         prev = (H_R, H_t, st.expression[0].detach().numpy().astype(np.float64),
                 st.pose[0, JAW].detach().numpy().astype(np.float64))
-        _append(out, prev, _lmk_rmse_px(ctx, st, scene.scale), False, time.perf_counter() - t0)
+        _append(out, prev, _lmk_rmse_px(ctx, st, scene, cameras), False, time.perf_counter() - t0)
     return {k: np.asarray(v) for k, v in out.items()}
 
 
