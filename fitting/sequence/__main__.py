@@ -83,6 +83,8 @@ def run_sequence(cfg) -> dict:
     res = interpolate(blend_chunks(ranges, [r for r, _ in done]))
 
     names = [d.name for d in dirs]
+    np.savez(out / "sequence.npz", frames=np.array(names), shape=ident.shape.numpy(),   # the tracker's own arrays
+             **{k: res[k] for k in ("head_R", "head_t", "expression", "jaw", "missing")})
     pose = np.zeros((len(dirs), 15))
     pose[:, 6:9] = res["jaw"]
     flame = _flame(cfg)
