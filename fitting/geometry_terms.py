@@ -2,13 +2,14 @@
 
 Unknowns (:class:`Unknowns`): per view a rotation increment w (R <- exp([w]) R) and a
 translation increment, the shared log focal factor (when refined), per subject the
-coefficients [shape, expression, jaw] (P of them). With a calibrated rig held fixed
+coefficients [shape, expression, jaw] (P of them; [expression, jaw] with ``shape_fixed``, the
+identity held, as sequence tracking does). With a calibrated rig held fixed
 (``rig``, see :mod:`fitting.known_cameras`) the cameras' unknowns are instead one rigid motion
 of the head in its own frame, shared by every view: (R_i, t_i) <- (R_i exp([w]), t_i + R_i d),
 which keeps every camera's pose relative to the others as the calibration gives it.
 
 A residual of view i depends only on camera i and subject s(i), so each row term works with
-*compressed* tangents: 7 + P columns [w (3), t (3), log focal, coefficients (P)] shared by all
+*compressed* tangents: 7 + P columns [w (3), t (3), log focal, free coefficients (P)] shared by all
 views, which :meth:`Unknowns.scatter` spreads to the full columns by each row's view. A row
 term has:
 
@@ -47,7 +48,9 @@ __all__ = ["Unknowns", "Model", "model_at", "Linearization", "linearize", "Landm
 @dataclass(frozen=True)
 class Unknowns:
     """Column layout of the LM's unknowns: 6 per view (6 in all with ``rig``: the head's rigid
-    motion), then the log focal (when refined), then P per subject."""
+    motion), then the log focal (when refined), then P per subject: [shape, expression, jaw],
+    or [expression, jaw] with ``shape_fixed`` (no shape columns at all, so the solve is smaller
+    and the identity cannot drift)."""
 
     view_subject: torch.Tensor      # (N,) long
     num_subjects: int
@@ -55,18 +58,29 @@ class Unknowns:
     n_exp: int
     refine_focal: bool
     rig: bool = False
+    shape_fixed: bool = False
 
     @classmethod
-    def of(cls, st: FitState, refine_focal: bool, rig: bool = False) -> "Unknowns":
-        return cls(st.view_subject, st.num_subjects, st.shape.shape[1], st.expression.shape[1], refine_focal, rig)
+    def of(cls, st: FitState, refine_focal: bool, rig: bool = False, shape_fixed: bool = False) -> "Unknowns":
+        return cls(st.view_subject, st.num_subjects, st.shape.shape[1], st.expression.shape[1], refine_focal, rig,
+                   shape_fixed)
 
     @property
     def num_views(self) -> int:
         return len(self.view_subject)
 
     @property
+    def first_free(self) -> int:
+        """Index in [shape, expression, jaw] of the first coefficient with a column."""
+        return self.n_shape if self.shape_fixed else 0
+
+    @property
     def P(self) -> int:
-        return self.n_shape + self.n_exp + 3
+        return self.n_shape + self.n_exp + 3 - self.first_free
+
+    def coefficient_column(self, subject: int, k: int) -> int:
+        """Column of coefficient k of [shape, expression, jaw] of a subject (k >= first_free)."""
+        return self.n_cam + subject * self.P + k - self.first_free
 
     @property
     def focal_column(self) -> int:
@@ -104,7 +118,7 @@ class Unknowns:
 
     @staticmethod
     def coefficients(st: FitState) -> torch.Tensor:
-        """(G, P) [shape, expression, jaw] per subject."""
+        """(G, n_shape + n_exp + 3) [shape, expression, jaw] per subject, all of them."""
         return torch.cat([st.shape, st.expression, st.pose[:, JAW]], 1)
 
     def values(self, st: FitState) -> torch.Tensor:
@@ -112,7 +126,7 @@ class Unknowns:
         v = torch.zeros(self.size, device=st.shape.device, dtype=st.shape.dtype)
         if self.refine_focal:
             v[self.focal_column] = st.log_focal.reshape(())
-        v[self.n_cam:] = self.coefficients(st).reshape(-1)
+        v[self.n_cam:] = self.coefficients(st)[:, self.first_free:].reshape(-1)
         return v
 
     def apply(self, st: FitState, dx: torch.Tensor) -> FitState:
@@ -130,6 +144,8 @@ class Unknowns:
         if self.refine_focal:
             out.log_focal = st.log_focal + dx[self.focal_column]
         co = dx[self.n_cam:].reshape(self.num_subjects, self.P)
+        if self.shape_fixed:
+            co = torch.cat([torch.zeros_like(st.shape), co], 1)
         out.shape = st.shape + co[:, :S]
         out.expression = st.expression + co[:, S:S + E]
         out.pose = torch.cat([st.pose[:, :6], st.pose[:, JAW] + co[:, S + E:], st.pose[:, 9:]], 1)
@@ -164,7 +180,8 @@ def model_at(ctx: FitContext, st: FitState, unk: Unknowns, x: torch.Tensor | Non
         R, t = R0 @ axis_angle_to_matrix(x[:3]), st.cam_t + (R0 @ x[3:6, None])[..., 0]
     else:
         R, t = axis_angle_to_matrix(x[:3].expand(N, 3)) @ st.R(), st.cam_t + x[3:6]
-    co = unk.coefficients(st) + x[7:]
+    co = unk.coefficients(st)
+    co = torch.cat([co[:, :unk.first_free], co[:, unk.first_free:] + x[7:]], 1)
     pose = torch.cat([st.pose[:, :6], co[:, S + E:], st.pose[:, 9:]], 1)
     verts, _ = ctx.flame(co[:, :S], co[:, S:S + E], pose)
     head = axis_angle_to_matrix(pose[:, 0:3]) @ axis_angle_to_matrix(pose[:, 3:6])
@@ -178,7 +195,7 @@ def model_at(ctx: FitContext, st: FitState, unk: Unknowns, x: torch.Tensor | Non
 @dataclass
 class Linearization:
     """What the terms' Jacobians need at the current state: the cameras, FLAME's vertices X
-    (G, V, 3) and their Jacobian J (G, V, 3, P) w.r.t. the coefficients, the head's rotation
+    (G, V, 3) and their Jacobian J (G, V, 3, P) w.r.t. the free coefficients, the head's rotation
     per view (N, 3, 3); ``rig``: the camera tangents are the head's rigid motion."""
 
     R: torch.Tensor
@@ -202,6 +219,7 @@ class Linearization:
 
 def linearize(ctx: FitContext, st: FitState, unk: Unknowns) -> Linearization:
     X, J = vertex_jacobian(ctx.flame, unk.coefficients(st), st.pose)
+    J = J[..., unk.first_free:]     # a held shape has no columns (its closed-form part costs little)
     head = axis_angle_to_matrix(st.pose[:, 0:3]) @ axis_angle_to_matrix(st.pose[:, 3:6])
     return Linearization(st.R(), st.cam_t, st.K(), X, J, head[st.view_subject], st.view_subject, unk.rig)
 
@@ -384,7 +402,7 @@ class GaussianPrior:
 
     def __init__(self, ctx: FitContext, unk: Unknowns, device, dtype):
         c, G = ctx.cfg, unk.num_subjects
-        per_subject = torch.cat([torch.full((unk.n_shape,), c.w_shape / c.w_lmk / G),
+        per_subject = torch.cat([torch.full((unk.n_shape - unk.first_free,), c.w_shape / c.w_lmk / G),
                                  torch.full((unk.n_exp,), c.w_exp / c.w_lmk / G),
                                  torch.full((3,), c.w_pose / c.w_lmk / G / 0.01)])
         self.diag = torch.zeros(unk.size, dtype=dtype, device=device)

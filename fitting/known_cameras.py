@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from fitting.calibration import load_calibration, undistort_points, undistort_view
-from fitting.context import FitContext, subject_vertices, view_geometry
+from fitting.context import JAW, FitContext, subject_vertices, view_geometry
 from fitting.geometry_terms import Unknowns
 from fitting.images import image_size
 from fitting.init import rotation_mean, umeyama
@@ -38,7 +38,7 @@ from fitting.rotations import matrix_to_axis_angle
 from fitting.state import FitState
 
 __all__ = ["Rig", "read_rig", "scene_cameras_json", "apply_rig", "rig_tracks", "initialize_from_rig", "head_to_rig",
-           "snap_to_rig", "angle_deg", "CameraPrior", "rig_report", "CAMERA_MODES"]
+           "snap_to_rig", "place_cameras", "angle_deg", "CameraPrior", "TemporalPrior", "rig_report", "CAMERA_MODES"]
 
 CAMERA_MODES = ("estimate", "fixed", "refine")
 LANDMARKS = 68     # points per view in the landmark term (CameraPrior's weight)
@@ -138,7 +138,7 @@ def _triangulate(uv: np.ndarray, P: np.ndarray, w: np.ndarray) -> np.ndarray:
     return X[:, :3] / X[:, 3:]
 
 
-def _place_cameras(st: FitState, rig: Rig, H_R: np.ndarray, H_t: np.ndarray) -> FitState:
+def place_cameras(st: FitState, rig: Rig, H_R: np.ndarray, H_t: np.ndarray) -> FitState:
     """st with the cameras of the calibration seen from the head placed at (H_R, H_t)."""
     R = rig.R.numpy() @ H_R
     t = rig.R.numpy() @ H_t + rig.t.numpy()
@@ -174,7 +174,7 @@ def initialize_from_rig(ctx: FitContext, state: FitState, rig: Rig) -> tuple[Fit
     if abs(s - 1) > SCALE_WARN:
         print(f"[fit] warning: --cameras {rig.path}: the landmarks triangulated with this calibration are "
               f"{s:.2f} x the mean head's size; is it in metres?")
-    return _place_cameras(st, rig, Q, T), {"source": ["calibration"] * st.num_views,
+    return place_cameras(st, rig, Q, T), {"source": ["calibration"] * st.num_views,
                                            "calibration_scale": float(s), "landmark_alignment_rms_mm": rms * 1000}
 
 
@@ -191,7 +191,7 @@ def head_to_rig(st: FitState, rig: Rig) -> tuple[np.ndarray, np.ndarray]:
 
 def snap_to_rig(st: FitState, rig: Rig) -> FitState:
     """st with every camera put exactly on the calibration at the head pose the cameras share."""
-    return _place_cameras(st, rig, *head_to_rig(st, rig))
+    return place_cameras(st, rig, *head_to_rig(st, rig))
 
 
 class CameraPrior:
@@ -246,6 +246,81 @@ class CameraPrior:
             A[6 * i:6 * i + 6, 6 * i:6 * i + 6] = blocks[i]
         g[:6 * N] = (J.transpose(1, 2) @ r[..., None])[..., 0].reshape(-1)
         return A, g, float(r.pow(2).sum())
+
+
+class TemporalPrior:
+    """Sequence tracking's random-walk prior tying a frame to the previous frame's estimate:
+    ``sum |step / sigma|^2 / (68 N)`` over the head's rotation step (the rotation vector of
+    ``H_R H_R,prev^T``, rad), its translation step ``H_t - H_t,prev`` (m), the expression's and
+    the jaw's steps; sigmas are one standard deviation of a frame-to-frame step. Weighed like
+    :class:`CameraPrior`: each of the 68 N landmarks is a 1 px measurement of the landmark term
+    (a mean over them), so ``weight`` = 1 is the MAP weight for 1 px landmark noise (scale it
+    by (1 px / sigma_lmk)^2 otherwise). Gauss-Newton in the rig unknowns of
+    :class:`fitting.geometry_terms.Unknowns` (``rig``, one subject; ``shape_fixed`` or not):
+    H_R <- H_R exp([w]), H_t <- H_t + H_R d, coefficients additively.
+
+    H comes from view 0's camera (every view shares it in the rig parameterisation):
+    ``H_R = R_rig_0^T R_0``, ``H_t = R_rig_0^T (t_0 - t_rig_0)``."""
+
+    name = "temporal"
+
+    def __init__(self, unk: Unknowns, rig: Rig, prev: FitState, sigma_rot: float, sigma_trans: float,
+                 sigma_exp: float, sigma_jaw: float, weight: float = 1.0):
+        if not unk.rig or unk.num_subjects != 1:
+            raise ValueError("TemporalPrior needs the rig unknowns of one subject")
+        dt, dev = prev.cam_t.dtype, prev.cam_t.device
+        self.unk = unk
+        self.Rr, self.tr = rig.R[0].to(dev, dt), rig.t[0].to(dev, dt)
+        self.H_R, self.H_t = (h.detach() for h in self.head(prev))
+        self.exp, self.jaw = prev.expression[0].detach(), prev.pose[0, JAW].detach()
+        E = unk.n_exp
+        self.sigma = torch.cat([torch.full((3,), sigma_rot), torch.full((3,), sigma_trans),
+                                torch.full((E,), sigma_exp), torch.full((3,), sigma_jaw)]).to(dev, dt)
+        self.scale = math.sqrt(weight / (LANDMARKS * unk.num_views))
+
+    def head(self, st: FitState) -> tuple[torch.Tensor, torch.Tensor]:
+        """(H_R (3, 3), H_t (3,)) of the state: the head's pose in the rig."""
+        R0, t0 = st.R()[0], st.cam_t[0]
+        return self.Rr.T @ R0, self.Rr.T @ (t0 - self.tr)
+
+    def residuals(self, st: FitState) -> torch.Tensor:
+        """(9 + E,) [rotation step, translation step, expression step, jaw step] / sigma x scale."""
+        H_R, H_t = self.head(st)
+        step = torch.cat([matrix_to_axis_angle(H_R @ self.H_R.T), H_t - self.H_t,
+                          st.expression[0] - self.exp, st.pose[0, JAW] - self.jaw])
+        return step / self.sigma * self.scale
+
+    def cost(self, st: FitState) -> float:
+        return float(self.residuals(st).pow(2).sum())
+
+    def normal_equations(self, st: FitState) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(A (size, size), g (size,), cost): rows on the head's 6 columns and the subject's
+        expression and jaw columns."""
+        r = self.residuals(st)
+        unk, E = self.unk, self.unk.n_exp
+        H_R, _ = self.head(st)
+        phi = r[:3] * self.sigma[:3] / self.scale
+        J = torch.zeros(len(r), unk.size, dtype=r.dtype, device=r.device)
+        # H_R exp([w]) H_prev^T = D exp([H_prev w]) with D = exp([phi]): d phi / d w = Jr^-1(phi) H_prev
+        J[:3, :3] = _right_jacobian_inverse(phi) @ self.H_R
+        J[3:6, 3:6] = H_R
+        first = unk.coefficient_column(0, unk.n_shape)
+        J[6:, first:first + E + 3] = torch.eye(E + 3, dtype=r.dtype, device=r.device)
+        J = J / self.sigma[:, None] * self.scale
+        return J.T @ J, J.T @ r, float(r @ r)
+
+
+def _right_jacobian_inverse(phi: torch.Tensor) -> torch.Tensor:
+    """(3, 3) inverse of SO(3)'s right Jacobian at the rotation vector phi (3,):
+    log(exp([phi]) exp([v])) = phi + Jr^-1(phi) v + O(|v|^2)."""
+    theta = phi.norm()
+    S = _skew(phi[None])[0]
+    eye = torch.eye(3, dtype=phi.dtype, device=phi.device)
+    if float(theta) < 1e-4:  # series: 1/theta^2 - (1 + cos) / (2 theta sin) -> 1/12
+        c = 1 / 12 + theta ** 2 / 720
+    else:
+        c = 1 / theta ** 2 - (1 + torch.cos(theta)) / (2 * theta * torch.sin(theta))
+    return eye + S / 2 + c * S @ S
 
 
 def _skew(v: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from fitting.images import IMAGE_SUFFIXES, check_unique_stems, read_image, same_
 from fitting.observations import Observations
 from fitting.output_folder import writable_dir
 
-__all__ = ["Scene", "load_scene", "find_preprocess_dir", "PREPROCESS_FILES"]
+__all__ = ["Scene", "load_scene", "find_preprocess_dir", "update_preprocessing", "PREPROCESS_FILES"]
 
 PREPROCESS_FILES = ("landmarks.json", "cameras.json")
 
@@ -109,7 +109,7 @@ def _check_images(scene_dir: Path, prep: Path, manifest: dict) -> None:
                          f"it with process_data, or another --preprocess_dir")
 
 
-def _update_preprocessing(scene_dir: Path, prep: Path, force: bool, options: dict) -> None:
+def update_preprocessing(scene_dir: Path, prep: Path, force: bool, options: dict) -> None:
     """Bring ``prep`` up to date for the images of ``scene_dir`` (cheap when nothing changed:
     the images are hashed, no stage runs)."""
     from process_data.manifest import PRODUCER, ForeignPreprocess
@@ -168,7 +168,7 @@ def load_scene(scene_dir, image_size: int = 256, prep_dir=None, fallback_prep_di
         if cameras is not None:
             from process_data.pipeline import ALL_STAGES
             options["stages"] = [s for s in ALL_STAGES if s != "intrinsics"]
-        _update_preprocessing(scene_dir, prep, force, options)
+        update_preprocessing(scene_dir, prep, force, options)
     missing = _missing(prep, need_cameras=cameras is None)
     if missing:
         raise ValueError(f"{prep} lacks {', '.join(missing)}: run `python -m process_data {scene_dir}` first")

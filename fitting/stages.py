@@ -33,7 +33,7 @@ from fitting.losses import (gaussian_prior, landmark_point_weights, landmark_rms
 from fitting.render.cameras import matrix_to_rot
 from fitting.state import FitState
 
-__all__ = ["initialize", "stage_geometry", "lm_geometry", "geometry_terms", "init_appearance", "stage_photometric",
+__all__ = ["initialize", "stage_geometry", "lm_geometry", "lm_unknowns", "geometry_terms", "init_appearance", "stage_photometric",
            "evaluate", "cameras64", "view_yaw_deg", "distrust_profiles", "distrust_outlier_views"]
 
 
@@ -199,7 +199,7 @@ def geometry_terms(ctx: FitContext, st: FitState, unk: Unknowns, static_only: bo
 
 def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int, hist: list | None = None,
                 rnd: int = 0, use_rim: bool = False, use_photo: bool = False, use_tracks: bool = False,
-                camera_prior=None) -> FitState:
+                camera_prior=None, shape_fixed: bool = False, priors: tuple = ()) -> FitState:
     """Levenberg-Marquardt on everything the landmarks, outlines, photometric samples and tracks
     see: per-view cameras, the shared focal factor (when refined), per-subject shape,
     expression and jaw, and the track points.
@@ -215,12 +215,14 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
 
     With a calibrated rig (``ctx.rig``) the cameras' unknowns are the head's rigid motion
     (:mod:`fitting.known_cameras`), unless a ``camera_prior``
-    (:class:`fitting.known_cameras.CameraPrior`) frees the views and holds them to the rig."""
+    (:class:`fitting.known_cameras.CameraPrior`) frees the views and holds them to the rig.
+    Sequence tracking holds the identity (``shape_fixed``: no shape unknowns) and adds
+    ``priors`` built on the same :func:`lm_unknowns` (the temporal prior)."""
     c = ctx.cfg
-    unk = Unknowns.of(state, ctx.refine_focal, rig=ctx.rig is not None and camera_prior is None)
+    unk = lm_unknowns(ctx, state, camera_prior, shape_fixed)
     st0 = state.detach()
     priors = [GaussianPrior(ctx, unk, st0.shape.device, st0.shape.dtype)] + \
-        ([] if camera_prior is None else [camera_prior])
+        ([] if camera_prior is None else [camera_prior]) + list(priors)
     use_rim = use_rim and c.w_rim > 0
     use_photo = use_photo and c.w_photo_gn > 0 and ctx.texspace is not None and unk.num_subjects == 1
     tracks = ctx.tracks if use_tracks else None
@@ -267,6 +269,13 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
     if tracks is not None:
         tracks.points = x.points
     return x.state
+
+
+def lm_unknowns(ctx: FitContext, state: FitState, camera_prior=None, shape_fixed: bool = False) -> Unknowns:
+    """The unknowns :func:`lm_geometry` solves for (the rig's head motion with ``ctx.rig`` and
+    no camera prior)."""
+    return Unknowns.of(state, ctx.refine_focal, rig=ctx.rig is not None and camera_prior is None,
+                       shape_fixed=shape_fixed)
 
 
 class _Estimate(NamedTuple):

@@ -33,7 +33,8 @@ SCENE_VERSION = 3
 # Narrowest Gaussian the skin detail draws, in texels: a narrower one would alias in the texture.
 MIN_SIGMA_TEXELS = 0.8
 
-__all__ = ["make_scene", "textured_background", "skin_mask_from_landmarks", "skin_detail", "uv_metres"]
+__all__ = ["make_scene", "camera_arc", "head_texture", "view_annotations", "write_preprocessing", "textured_background",
+           "skin_mask_from_landmarks", "skin_detail", "uv_metres"]
 
 
 def textured_background(H: int, W: int, rng: np.random.Generator) -> np.ndarray:
@@ -136,6 +137,63 @@ def _sh_random(n: int, rng: np.random.Generator) -> np.ndarray:
     return sh.astype(np.float32)
 
 
+def camera_arc(n: int, width: int, height: int, fov_deg: float, distance: float, yaw_deg: float, pitch_deg: float,
+               rng: np.random.Generator):
+    """The demo rig: K (n, 3, 3), world-to-camera R (n, 3, 3), t (n, 3) float32 of ``n`` cameras
+    at ``distance`` metres from the origin, yaw evenly on [-yaw_deg, yaw_deg], pitch
+    pitch_deg * cos(3 pi i / (n - 1)), each looking at a point jittered by a few mm around
+    (0, 0.01, 0) (drawn from ``rng``)."""
+    from fitting.render import intrinsics_from_fov, look_at
+    i = np.arange(n)
+    yaw = np.radians(np.linspace(-yaw_deg, yaw_deg, n))
+    pitch = np.radians(pitch_deg) * np.cos(3 * np.pi * i / max(n - 1, 1))
+    eye = distance * np.stack([np.cos(pitch) * np.sin(yaw), np.sin(pitch), np.cos(pitch) * np.cos(yaw)], -1)
+    target = rng.normal(0, 0.005, (n, 3)) + np.array([0.0, 0.01, 0.0])
+    R, t = look_at(torch.tensor(eye, dtype=torch.float32), torch.tensor(target, dtype=torch.float32))
+    return intrinsics_from_fov(fov_deg, width, height, n), R, t
+
+
+def head_texture(flame, texspace, verts: torch.Tensor, distance: float, fov_deg: float, width: int, seed: int,
+                 rng: np.random.Generator):
+    """(code (1, n_tex), texture (1, 3, h, w) or None, verts_uvs, faces_uvs) of a drawn head:
+    the texture space's albedo of a code from ``rng`` times the skin detail, sized for pixels of
+    a camera ``distance`` metres away; the model's UVs and no texture without a texture space.
+    verts: (V, 3) the head the detail's texel size is measured on."""
+    if texspace is None:
+        return torch.zeros(1, 0), None, flame.verts_uvs, flame.faces_uvs
+    code = torch.tensor(rng.normal(0, 1, (1, texspace.n_tex)), dtype=torch.float32)
+    vt, ft = texspace.verts_uvs, texspace.faces_uvs
+    pixel_m = distance * 2 * np.tan(np.radians(fov_deg) / 2) / width  # footprint at the head
+    texture = _detailed_texture(texspace(code), verts.numpy(), flame.faces.numpy(), vt.numpy(), ft.numpy(),
+                                pixel_m, seed)
+    return code, texture, vt, ft
+
+
+def view_annotations(folder: Path, stem: str, coverage: np.ndarray, lmk_true: np.ndarray,
+                     lmk_noisy: np.ndarray) -> dict:
+    """Write one view's head and skin masks under ``folder/masks`` and return its landmarks.json
+    entry. coverage: (H, W) bool; lmk_true, lmk_noisy: (68, 2) pixels (+0.5 convention); the
+    skin mask follows the true landmarks, the entry holds the noisy ones (a detector's)."""
+    pts = np.asarray(lmk_noisy, np.float64)
+    write_png(folder / "masks" / "head" / f"{stem}.png", (coverage * 255).astype(np.uint8))
+    write_png(folder / "masks" / "skin" / f"{stem}.png", skin_mask_from_landmarks(coverage, lmk_true))
+    return {"points": pts.tolist(), "box": [*pts.min(0).tolist(), *pts.max(0).tolist()],
+            "score": 1.0, "detector": "synthetic"}
+
+
+def write_preprocessing(folder: Path, producer: str, landmarks: dict, views: dict, failed: dict, K, width: int,
+                        height: int, settings: dict) -> None:
+    """landmarks.json, cameras.json (known K (3, 3)) and a manifest naming ``producer`` and the
+    images' fingerprints (``views``), so load_scene uses the folder's preprocessing as it is."""
+    write_json(folder / "landmarks.json", landmarks)
+    write_json(folder / "cameras.json", {
+        "K": np.asarray(K).tolist(), "width": width, "height": height, "model": "PINHOLE", "distortion": [],
+        "source": "known", "registered": [], "sfm_poses": {}})
+    write_json(folder / "manifest.json", {
+        "version": 1, "producer": producer, "scene": str(folder.resolve()), "images_dir": "images", "views": views,
+        "failed": failed, "skipped_files": {}, "warnings": [], "stages": {"synthetic": {"tool": producer, **settings}}})
+
+
 @torch.no_grad()
 def make_scene(out_dir, model_path, n_views: int = 12, width: int = 384, height: int = 384, fov_deg: float = 20.0,
                distance: float = 1.0, yaw_deg: float = 60.0, pitch_deg: float = 10.0, noise_px: float = 1.0,
@@ -153,7 +211,7 @@ def make_scene(out_dir, model_path, n_views: int = 12, width: int = 384, height:
     metres. ``faceless_views`` views (spread over the arc) show the background only.
     """
     from fitting.flame import FLAME, find_texture_space, load_texture_space
-    from fitting.render import MeshRenderer, RasterSettings, intrinsics_from_fov, look_at, project_points
+    from fitting.render import MeshRenderer, RasterSettings, project_points
 
     if n_views < 2:
         raise ValueError(f"a multi-view demo needs n_views >= 2, got {n_views}")
@@ -169,13 +227,7 @@ def make_scene(out_dir, model_path, n_views: int = 12, width: int = 384, height:
     pose[0, 6] = float(rng.uniform(0.03, 0.12))  # jaw slightly open
     verts, _ = flame(shape, expr, pose)
 
-    i = np.arange(n_views)
-    yaw = np.radians(np.linspace(-yaw_deg, yaw_deg, n_views))
-    pitch = np.radians(pitch_deg) * np.cos(3 * np.pi * i / max(n_views - 1, 1))
-    eye = distance * np.stack([np.cos(pitch) * np.sin(yaw), np.sin(pitch), np.cos(pitch) * np.cos(yaw)], -1)
-    target = rng.normal(0, 0.005, (n_views, 3)) + np.array([0.0, 0.01, 0.0])
-    R, t = look_at(torch.tensor(eye, dtype=torch.float32), torch.tensor(target, dtype=torch.float32))
-    K = intrinsics_from_fov(fov_deg, width, height, n_views)
+    K, R, t = camera_arc(n_views, width, height, fov_deg, distance, yaw_deg, pitch_deg, rng)
     sh = torch.tensor(_sh_random(n_views, rng))
 
     vv = verts.expand(n_views, -1, -1)
@@ -183,15 +235,7 @@ def make_scene(out_dir, model_path, n_views: int = 12, width: int = 384, height:
     lmk3d = flame.landmarks(vv, FLIP @ R @ head_rot)
     lmk2d, _ = project_points(lmk3d, K, R, t)
 
-    if texspace is not None:
-        code = torch.tensor(rng.normal(0, 1, (1, texspace.n_tex)), dtype=torch.float32)
-        vt, ft = texspace.verts_uvs, texspace.faces_uvs
-        pixel_m = distance * 2 * np.tan(np.radians(fov_deg) / 2) / width  # footprint at the head
-        texture = _detailed_texture(texspace(code), verts[0].numpy(), flame.faces.numpy(), vt.numpy(), ft.numpy(),
-                                    pixel_m, seed)
-    else:
-        code = torch.zeros(1, 0)
-        texture, vt, ft = None, flame.verts_uvs, flame.faces_uvs
+    code, texture, vt, ft = head_texture(flame, texspace, verts[0], distance, fov_deg, width, seed, rng)
     renderer = MeshRenderer(flame.faces, vt, ft, RasterSettings((height, width)))
     r = renderer(vv, K, R, t, texture=texture, sh=sh,
                  vertex_colors=None if texture is not None else torch.full_like(vv, 0.7))
@@ -213,21 +257,10 @@ def make_scene(out_dir, model_path, n_views: int = 12, width: int = 384, height:
             landmarks[n] = {"points": None, "box": None, "score": 0.0, "detector": "synthetic"}
             failed[n] = {"stage": "landmarks", "reason": "no face detected"}
             continue
-        pts = noisy[k]
-        landmarks[n] = {"points": pts.tolist(), "box": [*pts.min(0).tolist(), *pts.max(0).tolist()],
-                        "score": 1.0, "detector": "synthetic"}
-        cov = r.alpha[k, 0].numpy() > 0.5
-        write_png(out / "masks" / "head" / f"{Path(n).stem}.png", (cov * 255).astype(np.uint8))
-        write_png(out / "masks" / "skin" / f"{Path(n).stem}.png", skin_mask_from_landmarks(cov, lmk2d[k].numpy()))
+        landmarks[n] = view_annotations(out, Path(n).stem, r.alpha[k, 0].numpy() > 0.5, lmk2d[k].numpy(), noisy[k])
 
-    write_json(out / "landmarks.json", landmarks)
-    write_json(out / "cameras.json", {
-        "K": K[0].tolist(), "width": width, "height": height, "model": "PINHOLE", "distortion": [],
-        "source": "known", "registered": [], "sfm_poses": {}})
-    write_json(out / "manifest.json", {
-        "version": 1, "producer": "fitting.synthetic_scene", "scene": str(out.resolve()), "images_dir": "images", "views": views, "failed": failed,
-        "skipped_files": {}, "warnings": [],
-        "stages": {"synthetic": {"tool": "fitting.synthetic_scene", "model": str(model_path), "seed": seed}}})
+    write_preprocessing(out, "fitting.synthetic_scene", landmarks, views, failed, K[0], width, height,
+                        {"model": str(model_path), "seed": seed})
     np.savez(out / "ground_truth.npz", shape=shape.numpy(), expression=expr.numpy(), pose=pose.numpy(),
              tex=code.numpy(), sh=sh.numpy(), K=K.numpy(), R=R.numpy(), t=t.numpy(), names=np.array(names),
              vertices=verts[0].numpy(), landmarks=lmk2d.numpy(), faceless=np.array(sorted(faceless), dtype=np.int64),

@@ -180,15 +180,14 @@ def test_camera_options_validated():
 
 
 # -- the solver -------------------------------------------------------------------------------------
-def test_rig_jacobians_equal_autodiff(rig_scene, standin_path):
-    """With the rig's shared unknowns, each row term's chain-rule Jacobian against jacfwd of its
-    residuals; the refine prior's normal equations against jacfwd of its residuals."""
+@pytest.fixture(scope="module")
+def rig_solver(rig_scene, standin_path):
+    """(ctx, state, rig) at 96 px for the refine mode, the head placed from the rig, the shape
+    moved off the mean (a generic point for the Jacobian checks)."""
     from fitting.context import FitContext
     from fitting.flame import FLAME
-    from fitting.geometry_terms import Unknowns, linearize, model_at
-    from fitting.known_cameras import CameraPrior, apply_rig, initialize_from_rig, read_rig, scene_cameras_json
+    from fitting.known_cameras import apply_rig, initialize_from_rig, read_rig, scene_cameras_json
     from fitting.scene import load_scene
-    from fitting.stages import geometry_terms
     from fitting.state import FitState
 
     root, scene, _ = rig_scene
@@ -205,27 +204,86 @@ def test_rig_jacobians_equal_autodiff(rig_scene, standin_path):
                      progress=False, rig=rig)
     st, info = initialize_from_rig(ctx, st, rig)
     assert abs(info["calibration_scale"] - 1) < 0.1
-    st.shape += 0.3                                                       # away from the mean: a generic point
-    unk = Unknowns.of(st, False, rig=True)
-    assert unk.n_cam == 6 and unk.camera_columns().tolist() == [list(range(6))] * N
+    st.shape += 0.3
+    return ctx, st, rig
+
+
+def _check_row_jacobians(ctx, st, unk) -> None:
+    """Each row term's chain-rule Jacobian against jacfwd of its residuals."""
+    from fitting.geometry_terms import linearize, model_at
+    from fitting.stages import geometry_terms
+
     st, terms = geometry_terms(ctx, st, unk, False, use_rim=True, use_photo=False)
     lin = linearize(ctx, st, unk)
     for term in terms:
         ref = torch.func.jacfwd(lambda x: term.residuals(model_at(ctx, st, unk, x)))(torch.zeros(7 + unk.P))
         J = term.jacobian(lin)
+        assert J.shape == ref.shape, (term.name, J.shape, ref.shape)
         for cols in (slice(0, 3), slice(3, 6), slice(7, None)):
             err = float((J[:, cols] - ref[:, cols]).norm() / ref[:, cols].norm())
             assert err <= 1e-4, (term.name, cols, err)
+
+
+def test_rig_jacobians_equal_autodiff(rig_solver):
+    """With the rig's shared unknowns, each row term's chain-rule Jacobian against jacfwd of its
+    residuals; the refine prior's normal equations against jacfwd of its residuals."""
+    from fitting.geometry_terms import Unknowns
+    from fitting.known_cameras import CameraPrior
+
+    ctx, st, _ = rig_solver
+    N = st.num_views
+    unk = Unknowns.of(st, False, rig=True)
+    assert unk.n_cam == 6 and unk.camera_columns().tolist() == [list(range(6))] * N
+    _check_row_jacobians(ctx, st, unk)
     # the prior, at a state moved off its target
     views = Unknowns.of(st, False)
     prior = CameraPrior(ctx, views, st)
     moved = views.apply(st, torch.randn(views.size) * 1e-2)
-    A, g, cost = prior.normal_equations(moved)
-    Jp = torch.func.jacfwd(lambda dx: prior.residuals(views.apply(moved, dx)).reshape(-1))(torch.zeros(views.size))
-    r = prior.residuals(moved).reshape(-1)
+    _check_prior(prior, views, moved)
+
+
+def _check_prior(prior, unk, st) -> None:
+    """A prior's normal equations (Gauss-Newton) against jacfwd of its residuals at st."""
+    A, g, cost = prior.normal_equations(st)
+    Jp = torch.func.jacfwd(lambda dx: prior.residuals(unk.apply(st, dx)).reshape(-1))(torch.zeros(unk.size))
+    r = prior.residuals(st).reshape(-1)
     assert torch.allclose(A, Jp.T @ Jp, rtol=1e-3, atol=1e-3 * float(A.abs().max()))
     assert torch.allclose(g, Jp.T @ r, rtol=1e-3, atol=1e-3 * float(g.abs().max()))
     assert cost == pytest.approx(float(r @ r))
+
+
+def test_shape_fixed_unknowns(rig_solver):
+    """``shape_fixed`` (sequence tracking): no shape columns; a step leaves the shape alone and
+    moves the rest as its columns say; the row terms' Jacobians against jacfwd."""
+    from fitting.geometry_terms import Unknowns
+
+    ctx, st, _ = rig_solver
+    unk = Unknowns.of(st, False, rig=True, shape_fixed=True)
+    assert unk.P == 20 + 3 and unk.size == 6 + 23 and unk.coefficient_column(0, 40) == 6
+    dx = torch.randn(unk.size) * 1e-2
+    moved = unk.apply(st, dx)
+    assert torch.equal(moved.shape, st.shape)
+    assert torch.allclose(unk.values(moved)[6:] - unk.values(st)[6:], dx[6:], atol=1e-6)
+    assert torch.allclose(moved.pose[:, 6:9] - st.pose[:, 6:9], dx[-3:], atol=1e-6)
+    _check_row_jacobians(ctx, st, unk)
+
+
+@pytest.mark.parametrize("turn", [0.0, 0.05, 0.5])
+def test_temporal_prior_jacobian(rig_solver, turn):
+    """The temporal prior's normal equations against jacfwd of its residuals, at frames turned
+    from the previous one by nothing (the series branch), a frame's step and a large angle."""
+    from fitting.geometry_terms import Unknowns
+    from fitting.known_cameras import TemporalPrior
+
+    _, st, rig = rig_solver
+    unk = Unknowns.of(st, False, rig=True, shape_fixed=True)
+    prior = TemporalPrior(unk, rig, st, 0.03, 0.003, 0.15, 0.03)
+    dx = torch.randn(unk.size, generator=torch.Generator().manual_seed(0)) * 1e-2
+    dx[:3] = torch.tensor([0.6, -0.8, 0.0]) * turn
+    moved = unk.apply(st, dx)
+    assert float(prior.residuals(moved)[:3].norm() * 0.03 / prior.scale) == pytest.approx(turn, abs=1e-4)
+    _check_prior(prior, unk, moved)
+    assert prior.cost(st) == pytest.approx(0.0, abs=1e-9)
 
 
 @pytest.mark.slow

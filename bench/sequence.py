@@ -1,0 +1,82 @@
+"""Benchmark of sequence tracking: ``python -m bench.sequence``.
+
+A synthetic sequence (:func:`fitting.synthetic_sequence.make_sequence`, stand-in model,
+``--frames`` x ``--cameras`` at ``--size`` px, built once in ``--cache`` when given) tracked
+with its calibration (``--camera_mode fixed``, photometric rows on) by
+:func:`fitting.sequence.__main__.run_sequence`. Prints one JSON line: the identity fit's and
+the tracking's seconds, seconds per frame (mean, median, and the median without each chunk's
+first frame, which holds the process's one-off warm-up), the vertex error against the ground
+truth (rig frame, no alignment, mean over frames, mm) and the jaw's angle error (deg), the
+load average and the torch thread count.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--cameras", type=int, default=8)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--chunk", type=int, default=0)
+    ap.add_argument("--cache", type=str, default="", help="folder keeping the stand-in and the sequence")
+    a = ap.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    from fitting.flame import FLAME
+    from fitting.sequence.__main__ import parse_sequence_config, run_sequence
+    from fitting.sequence.track import frame_vertices
+    from fitting.synthetic import build_standin
+    from fitting.synthetic_sequence import make_sequence
+
+    root = Path(a.cache or tempfile.mkdtemp(prefix="bench_seq_"))
+    standin = root / "standin" / "standin.pkl"
+    if not standin.is_file():
+        build_standin(standin)
+    seq = root / f"seq_{a.frames}x{a.cameras}_{a.size}"
+    t0 = time.perf_counter()
+    if not (seq / "ground_truth.npz").is_file():
+        make_sequence(seq, standin, n_frames=a.frames, n_cameras=a.cameras, width=a.size, height=a.size,
+                      n_shape=40, n_exp=20, seed=0)
+    t_make = time.perf_counter() - t0
+    out = Path(tempfile.mkdtemp(prefix="bench_seq_out_"))
+    cfg = parse_sequence_config([
+        str(seq), "--cameras", str(seq / "calibration" / "cameras.json"), "--camera_mode", "fixed",
+        "--savefolder", str(out), "--flame_model", str(standin), "--n_shape", "40", "--n_exp", "20",
+        "--image_size", str(a.size), "--photo_iters", "0", "--progress", "false", "--write_images", "false",
+        "--w_shape", "8e-5", "--w_exp", "3.2e-4", "--w_rim", "1.0", "--rim_robust_px", "0.6",
+        "--w_photo_gn", "3e4", "--photo_gn_iters", "3", "--workers", str(a.workers), "--chunk", str(a.chunk)])
+    rep = run_sequence(cfg)
+    z = np.load(out / "sequence.npz")
+    gt = np.load(seq / "ground_truth.npz")
+    flame = FLAME(standin, n_shape=40, n_exp=20)
+    V = frame_vertices(flame, torch.as_tensor(z["shape"]), {k: z[k] for k in z.files}).numpy()
+    err = np.linalg.norm(V - gt["vertices"], axis=-1).mean(-1) * 1000
+    jaw = np.degrees(np.linalg.norm(z["jaw"] - gt["pose"][:, 6:9], axis=-1))
+    sec = np.array([f["seconds"] for f in rep["frames"]])
+    firsts = [a for a, _ in rep["summary"]["chunks"]]
+    print(json.dumps({
+        "bench": "sequence", "frames": a.frames, "cameras": a.cameras, "size": a.size, "workers": a.workers,
+        "chunks": rep["summary"]["chunks"], "make_sequence_s": round(t_make, 1),
+        "timing_s": rep["summary"]["timing_s"], "s_per_frame_mean": round(float(sec.mean()), 2),
+        "s_per_frame_median": round(float(np.median(sec)), 2),
+        "s_per_frame_median_warm": round(float(np.median(np.delete(sec, firsts))), 2),
+        "vertex_mm_mean": round(float(err.mean()), 3), "vertex_mm_max": round(float(err.max()), 3),
+        "jaw_deg_mean": round(float(jaw.mean()), 3), "jaw_deg_max": round(float(jaw.max()), 3),
+        "landmark_rmse_px_mean": rep["summary"]["landmark_rmse_px_mean"], "loadavg": os.getloadavg(),
+        "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine()}))
+
+
+if __name__ == "__main__":
+    main()

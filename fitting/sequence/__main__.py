@@ -1,0 +1,167 @@
+"""``python -m fitting.sequence SCENE --cameras CALIB --savefolder OUT [--camera_mode fixed|refine]
+[--workers N] [--chunk N] [--overlap N] [--frames START:STOP:STEP]`` plus the fitting options.
+
+OUT/identity/ is the keyframe's ordinary fit (:func:`fitting.pipeline.fit_scene`); OUT/chunks/<i>.npz
+the chunks' tracking (reused by a rerun with the same inputs); OUT/sequence.npz the blended
+per-frame parameters and OUT/report.json the per-frame table and the sequence's summary.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from fitting.atomic import atomic_write_bytes
+from fitting.config import build_parser, parse_checked, validate
+from fitting.sequence.layout import frame_scenes, read_layout, select_frames
+from fitting.sequence.outputs import write_flame_params, write_frame_table, write_overlay_video
+from fitting.sequence.track import (add_sequence_options, blend_chunks, chunk_ranges, identity_from_fit, interpolate,
+                                    track_chunk)
+
+__all__ = ["parse_sequence_config", "run_sequence", "frame_dirs"]
+
+
+def parse_sequence_config(argv=None):
+    p = build_parser("Track FLAME over a multi-view sequence with a calibrated rig.")
+    p.add_argument("scene", help="sequence folder with frames/<frame>/ scene folders")
+    add_sequence_options(p)
+    cfg = parse_checked(p, argv)
+    dirs = frame_dirs(cfg.scene, cfg.frames)
+    if not cfg.cameras:
+        raise ValueError("fitting.sequence needs --cameras CALIB (a calibrated rig): estimating the cameras from "
+                         "a keyframe is not wired yet")
+    if cfg.camera_mode == "estimate":
+        raise ValueError("fitting.sequence: --camera_mode must be fixed or refine")
+    if not 0 <= cfg.keyframe < len(dirs):
+        raise ValueError(f"--keyframe {cfg.keyframe} is not among the {len(dirs)} selected frames")
+    cfg.scene_dir = str(dirs[cfg.keyframe])
+    validate(cfg)
+    return cfg
+
+
+def frame_dirs(scene, spec: str = "") -> list:
+    """The per-frame scene folders of the frames ``--frames`` picks (made or refreshed from
+    SCENE/images/<camera>/<frame>, :mod:`fitting.sequence.layout`)."""
+    layout = read_layout(scene)
+    return frame_scenes(layout, frames=select_frames(layout.frames, spec))
+
+
+def run_sequence(cfg) -> dict:
+    """Identity from the keyframe, chunks tracked (in ``--workers`` processes), overlaps blended,
+    missing frames interpolated; writes OUT/sequence.npz and OUT/report.json, returns the report."""
+    from fitting.known_cameras import read_rig
+    from fitting.pipeline import fit_scene
+    from fitting.sequence.prepare import prepare_frames
+    t0 = time.perf_counter()
+    out = Path(cfg.savefolder)
+    dirs = frame_dirs(cfg.scene, cfg.frames)
+    prepare_frames(dirs, workers=cfg.workers, options={"backend": cfg.landmark_backend, "progress": False})
+    key_cfg = copy.copy(cfg)
+    key_cfg.scene_name = "identity"
+    if not (out / "identity" / "report.json").is_file():   # the keyframe fit is reused by a rerun
+        fit_scene(key_cfg)
+    ident = identity_from_fit(out / "identity", read_rig(cfg, dirs[cfg.keyframe]))
+    t_identity = time.perf_counter() - t0
+
+    ranges = chunk_ranges(len(dirs), cfg.chunk, cfg.overlap)
+    jobs = [(cfg, dirs[a:b], ident, out / "chunks" / f"{i}.npz") for i, (a, b) in enumerate(ranges)]
+    t1 = time.perf_counter()
+    if cfg.workers > 1 and len(jobs) > 1:
+        threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+        with ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=get_context("spawn")) as pool:
+            done = list(pool.map(track_chunk, *zip(*jobs), [threads] * len(jobs)))
+    else:
+        done = [track_chunk(*job) for job in jobs]
+    t_track = time.perf_counter() - t1
+    res = interpolate(blend_chunks(ranges, [r for r, _ in done]))
+
+    names = [d.name for d in dirs]
+    np.savez(out / "sequence.npz", frames=np.array(names), shape=ident.shape.numpy(),   # the tracker's own arrays
+             **{k: res[k] for k in ("head_R", "head_t", "expression", "jaw", "missing")})
+    pose = np.zeros((len(dirs), 15))
+    pose[:, 6:9] = res["jaw"]
+    flame = _flame(cfg)
+    write_flame_params(out, names, {"shape": ident.shape.numpy(), "expression": res["expression"], "pose": pose,
+                                    "head_R": res["head_R"], "head_t": res["head_t"]}, flame=flame)
+    cams = [Path(n).stem for n in ident.cameras]
+    rmse_cam = res["landmark_rmse_px"]                                                   # (T, C)
+    write_frame_table(out, [{"frame": n, "rmse_px": {c: None if np.isnan(v) else float(v) for c, v in zip(cams, r)},
+                             "flags": ["interpolated"] if m else []}
+                            for n, r, m in zip(names, rmse_cam, res["missing"])])
+    if cfg.write_images:
+        _overlay_video(out / "overlay.mp4", cfg, dirs, ident, res, flame)
+    rmse = np.nanmean(rmse_cam[~res["missing"]], 1)
+    report = {
+        "frames": [{"frame": n, "landmark_rmse_px": None if m else float(np.nanmean(r)), "missing": bool(m),
+                    "seconds": float(s)}
+                   for n, r, m, s in zip(names, rmse_cam, res["missing"], res["seconds"])],
+        "summary": {"num_frames": len(dirs), "chunks": [list(r) for r in ranges],
+                    "chunks_tracked_now": [bool(n) for _, n in done],
+                    "landmark_rmse_px_mean": float(rmse.mean()) if len(rmse) else None,
+                    "landmark_rmse_px_max": float(rmse.max()) if len(rmse) else None,
+                    "frames_flagged": [d.name for d, m in zip(dirs, res["missing"]) if m],
+                    "seconds_per_frame": float(res["seconds"].mean()),
+                    "timing_s": {"identity": round(t_identity, 2), "tracking": round(t_track, 2),
+                                 "total": round(time.perf_counter() - t0, 2)}}}
+    atomic_write_bytes(out / "report.json", json.dumps(report, indent=1).encode())
+    return report
+
+
+def _flame(cfg):
+    from fitting.model import load_model
+    import torch
+    return load_model(cfg, torch.device("cpu"))[0]
+
+
+def _overlay_video(path: Path, cfg, dirs: list, ident, res: dict, flame) -> None:
+    """Every camera's image per frame with the tracked model's 68 landmarks (static contour) drawn
+    in green."""
+    import cv2
+    import torch
+    from fitting.render.cameras import project_points
+    from fitting.sequence.track import frame_vertices
+    index = {d.name: t for t, d in enumerate(dirs)}
+    names = list(ident.cameras)
+    K = torch.as_tensor(np.stack([ident.cameras[n].K for n in names]))
+    R = torch.as_tensor(np.stack([ident.cameras[n].R for n in names]))
+    tc = torch.as_tensor(np.stack([ident.cameras[n].t for n in names]))
+    X = frame_vertices(flame, ident.shape, res)                                          # (T, V, 3) rig frame
+    with torch.no_grad():
+        lmk = flame.landmarks(X.float(), contour="static")                              # (T, 68, 3)
+    uv = [project_points(lmk[t].double()[None].expand(len(names), -1, -1), K, R, tc)[0].numpy()
+          for t in range(len(X))]
+
+    def load(frame: str) -> dict:
+        return {Path(n).stem: cv2.cvtColor(cv2.imread(str(dirs[index[frame]] / "images" / n)), cv2.COLOR_BGR2RGB)
+                for n in names}
+
+    def overlay(frame: str, camera: str, img: np.ndarray) -> np.ndarray:
+        img = img.copy()
+        c = [Path(n).stem for n in names].index(camera)
+        for x, y in uv[index[frame]][c]:
+            cv2.circle(img, (int(x), int(y)), 2, (0, 255, 0), -1)
+        return img
+
+    write_overlay_video(path, [d.name for d in dirs], load, overlay)
+
+
+def main(argv=None) -> int:
+    try:
+        cfg = parse_sequence_config(argv)
+    except ValueError as e:
+        print(f"[sequence] error: {e}", file=sys.stderr)
+        return 2
+    rep = run_sequence(cfg)
+    print(json.dumps(rep["summary"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""FLAME tracked over a multi-view sequence from a calibrated rig (docs/SEQUENCES.md).
+
+Shared by the sequence: identity (shape), texture, SH and the cameras, from one keyframe fitted
+by the ordinary pipeline (:func:`fit_identity`). Per frame: expression, jaw and the head's rigid
+motion H in the rig, by the multi-view geometry LM (:func:`fitting.stages.lm_geometry`) with
+the rig unknowns, the shape held (``shape_fixed``) and a :class:`fitting.known_cameras.
+TemporalPrior` tying the frame to the previous one (:func:`track_frames`). Frames are split
+into overlapping chunks (:func:`chunk_ranges`), each tracked on its own from the keyframe's
+identity, its results written to ``chunks/<i>.npz`` (:func:`track_chunk`, skipped when present
+and made for the same inputs) and the overlaps blended (:func:`blend_chunks`).
+
+A frame's parameters: head_R (3, 3), head_t (3,) with X_rig = head_R X_head + head_t, expression
+(E,), jaw (3,) axis-angle; the shape is the identity's. Per frame also landmark_rmse_px (C,) per
+camera of the identity's (NaN: no landmarks), missing, seconds.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fitting.atomic import atomic_write_bytes
+from fitting.context import JAW, FitContext
+from fitting.geometry_terms import landmark_term, model_at
+from fitting.known_cameras import (Rig, TemporalPrior, apply_rig, head_to_rig, initialize_from_rig, place_cameras,
+                                   read_rig, scene_cameras_json, snap_to_rig)
+from fitting.render.cameras import matrix_to_rot, rot_to_matrix
+from fitting.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+from fitting.scene import load_scene
+from fitting.stages import lm_geometry, lm_unknowns
+from fitting.state import FitState
+
+__all__ = ["add_sequence_options", "Identity", "identity_from_fit", "track_frames", "chunk_ranges", "track_chunk",
+           "blend_chunks", "frame_vertices"]
+
+# what a chunk's .npz holds per frame, besides ``frames`` and ``key``
+FIELDS = ("head_R", "head_t", "expression", "jaw", "landmark_rmse_px", "missing", "seconds")
+
+
+def add_sequence_options(p) -> None:
+    """The sequence tracker's options, in one group of fitting.config's parser."""
+    g = p.add_argument_group("sequence tracking (python -m fitting.sequence)")
+    g.add_argument("--workers", type=int, default=1, help="chunks tracked in parallel (processes)")
+    g.add_argument("--chunk", type=int, default=0, help="frames per chunk (0: one chunk)")
+    g.add_argument("--overlap", type=int, default=2, help="frames two neighbouring chunks share (blended)")
+    g.add_argument("--frames", type=str, default="", help="START:STOP:STEP of the sequence's frames (default all)")
+    g.add_argument("--keyframe", type=int, default=0, help="index (among the selected frames) fitted for identity")
+    g.add_argument("--track_iters", type=int, default=3,
+                   help="LM iterations per frame on the landmarks alone (warm start from the previous frame)")
+    g.add_argument("--track_photo_iters", type=int, default=2,
+                   help="then LM iterations adding the outline (--w_rim) and photometric rows (--w_photo_gn)")
+    g.add_argument("--track_first_iters", type=int, default=8,
+                   help="LM iterations of a chunk's first frame (no previous frame)")
+    g.add_argument("--sigma_rot_deg", type=float, default=5.0, help="temporal prior: head rotation step, deg/frame")
+    g.add_argument("--sigma_trans_mm", type=float, default=30.0, help="temporal prior: head translation step, mm/frame")
+    g.add_argument("--sigma_exp", type=float, default=0.6, help="temporal prior: expression step per frame")
+    g.add_argument("--sigma_jaw_deg", type=float, default=3.0, help="temporal prior: jaw step, deg/frame")
+    g.add_argument("--w_temporal", type=float, default=1.0,
+                   help="temporal prior weight (1: MAP for 1 px landmark noise at fitting size)")
+
+
+@dataclass
+class Identity:
+    """What every frame shares: shape (1, S), texture code (1, n_tex) or map (1, 3, Ht, Wt), SH per
+    camera name (9, 3), and the cameras {image name: Calibrated} in the rig frame (the
+    calibration, or the keyframe's refined cameras)."""
+
+    shape: torch.Tensor
+    tex: torch.Tensor
+    sh: dict
+    cameras: dict
+    digest: str
+
+
+def identity_from_fit(fit_dir: Path, rig: Rig) -> Identity:
+    """The keyframe's result (params.npz and report.json of :func:`fitting.pipeline.fit_scene`
+    with ``--cameras``): its fitted cameras taken back into the rig frame with the head pose it
+    found, so ``refine``'s corrections carry to every frame (``fixed``: the calibration)."""
+    from fitting.export import read_params
+    raw = (fit_dir / "params.npz").read_bytes()
+    p = read_params(fit_dir / "params.npz")
+    h = json.loads((fit_dir / "report.json").read_text())["known_cameras"]["head_to_rig"]
+    H_R, H_t = np.array(h["R"]), np.array(h["t"])
+    cams = {}
+    for i, n in enumerate(map(str, p["names"])):
+        R = p["R"][i].astype(np.float64) @ H_R.T                      # head frame -> rig frame
+        cams[n] = rig.cameras[n]._replace(R=R, t=p["t"][i].astype(np.float64) - R @ H_t)
+    tex = p["tex"] if "tex" in p else p["tex_map"]
+    return Identity(torch.as_tensor(p["shape"]), torch.as_tensor(tex),
+                    {n: torch.as_tensor(p["sh"][i]) for i, n in enumerate(map(str, p["names"]))}, cams,
+                    hashlib.sha256(raw).hexdigest()[:16])
+
+
+def _load_frame(cfg, frame_dir: Path, ident: Identity, flame, texspace):
+    """(ctx, state at the identity, rig) of one frame, or (None, reason) when its landmarks are
+    missing (no usable view)."""
+    rig = read_rig(cfg, frame_dir)
+    rig = Rig(rig.path, rig.mode, {n: ident.cameras[n] for n in rig.cameras if n in ident.cameras})
+    try:
+        scene = load_scene(frame_dir, cfg.image_size, run_missing=False, cameras=scene_cameras_json(rig))
+    except ValueError as e:  # load_scene: no usable view
+        return None, str(e)
+    if scene.num_views < 2:
+        return None, f"landmarks in {scene.num_views} view(s)"
+    apply_rig(rig, scene)
+    N = scene.num_views
+    st = FitState.create(N, torch.zeros(N, dtype=torch.long), scene.K, cfg.n_shape, cfg.n_exp,
+                         tuple(ident.tex.shape[1:]))
+    st.shape, st.tex = ident.shape.clone().float(), ident.tex.clone().float()
+    st.sh = torch.stack([ident.sh[n] for n in scene.names]).float()
+    ctx = FitContext.from_observations(scene, flame, cfg, texspace, False, rig)
+    return (ctx, st, rig, scene), None
+
+
+def _lmk_rmse_px(ctx: FitContext, st: FitState, scene, cameras: list) -> np.ndarray:
+    """(C,) landmark RMSE (all 68) per camera of ``cameras`` (image names) in original pixels,
+    NaN where the frame has no landmarks."""
+    raw = landmark_term(ctx, model_at(ctx, st, lm_unknowns(ctx, st, shape_fixed=True)), False).raw
+    per_view = ((raw / scene.scale[:, None]) ** 2).sum(-1).mean(-1).sqrt()
+    out = np.full(len(cameras), np.nan)
+    for i, n in enumerate(scene.names):
+        out[cameras.index(n)] = float(per_view[i])
+    return out
+
+
+def track_frames(cfg, frame_dirs: list, ident: Identity, flame, texspace) -> dict:
+    """Track consecutive frames from the identity: the first frame's head placed by triangulating
+    its landmarks (:func:`initialize_from_rig`) and fitted with ``track_first_iters``; each next
+    frame starts at the previous estimate and is tied to it by the temporal prior. A frame
+    without landmarks keeps the previous estimate and is flagged ``missing`` (filled in by
+    :func:`interpolate` later). Returns {field: (T, ...) array} (see FIELDS)."""
+    sig = (math.radians(cfg.sigma_rot_deg), cfg.sigma_trans_mm / 1000, cfg.sigma_exp, math.radians(cfg.sigma_jaw_deg))
+    out = {k: [] for k in FIELDS}
+    cameras = list(ident.cameras)
+    prev = None          # (H_R, H_t, expression (1, E), jaw (3,)) of the last tracked frame
+    for fd in frame_dirs:
+        t0 = time.perf_counter()
+        loaded, why = _load_frame(cfg, Path(fd), ident, flame, texspace)
+        if loaded is None:
+            if prev is None:
+                raise ValueError(f"{fd}: the chunk's first frame has no landmarks ({why})")
+            _append(out, prev, np.full(len(cameras), np.nan), True, time.perf_counter() - t0)
+            continue
+        ctx, st, rig, scene = loaded
+        if prev is None:
+            st, _ = initialize_from_rig(ctx, st, rig)
+            rounds, priors = [(cfg.track_first_iters, True), (cfg.track_photo_iters, True)], ()
+        else:
+            st = place_cameras(st, rig, prev[0], prev[1])
+            st.expression = torch.as_tensor(prev[2]).float()[None].clone()
+            st.pose[0, JAW] = torch.as_tensor(prev[3]).float()
+            unk = lm_unknowns(ctx, st, shape_fixed=True)
+            priors = (TemporalPrior(unk, rig, st, *sig, weight=cfg.w_temporal),)
+            rounds = [(cfg.track_iters, False), (cfg.track_photo_iters, True)]
+        # the image rows (outline: a rasterisation per iteration) cost ~10x the landmark rows, and
+        # a warm start is already close: landmarks alone first, the image rows only at the end
+        for iters, image_rows in rounds:
+            if iters > 0:
+                st = lm_geometry(ctx, st, False, iters, use_rim=image_rows, use_photo=image_rows, shape_fixed=True,
+                                 priors=priors)
+        st = snap_to_rig(st, rig)
+        H_R, H_t = head_to_rig(st, rig)
+        prev = (H_R, H_t, st.expression[0].detach().numpy().astype(np.float64),
+                st.pose[0, JAW].detach().numpy().astype(np.float64))
+        _append(out, prev, _lmk_rmse_px(ctx, st, scene, cameras), False, time.perf_counter() - t0)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _append(out: dict, p: tuple, rmse: float, missing: bool, seconds: float) -> None:
+    for k, v in zip(FIELDS, (*p, rmse, missing, seconds)):
+        out[k].append(v)
+
+
+def interpolate(res: dict) -> dict:
+    """Missing frames set between their nearest tracked neighbours (linear; the rotation along
+    the geodesic), by :func:`single_view.tracking.interpolate_missing`."""
+    from single_view.tracking import FrameParams, interpolate_missing
+    valid = ~res["missing"]
+    if valid.all():
+        return res
+    f64 = torch.float64
+    p = FrameParams(matrix_to_rot(torch.as_tensor(res["head_R"], dtype=f64)), torch.as_tensor(res["head_t"], dtype=f64),
+                    torch.as_tensor(res["expression"], dtype=f64), torch.as_tensor(res["jaw"], dtype=f64))
+    q = interpolate_missing(p, valid)
+    return {**res, "head_R": rot_to_matrix(q.rot).numpy(), "head_t": q.trans.numpy(), "expression": q.exp.numpy(),
+            "jaw": q.jaw.numpy()}
+
+
+# -- chunks ---------------------------------------------------------------------------------------
+def chunk_ranges(T: int, chunk: int, overlap: int) -> list:
+    """[(start, stop)] covering range(T), each ``chunk`` frames long (the last may be shorter but
+    still holds the overlap), neighbours sharing ``overlap`` frames; one range when chunk <= 0
+    or >= T."""
+    if chunk <= 0 or chunk >= T:
+        return [(0, T)]
+    if not 0 <= overlap < chunk:
+        raise ValueError(f"--overlap {overlap} must be in [0, --chunk {chunk})")
+    out, start = [], 0
+    while True:
+        stop = min(start + chunk, T)
+        out.append((start, stop))
+        if stop == T:
+            return out
+        start = stop - overlap
+
+
+def _chunk_key(cfg, frame_dirs: list, ident: Identity) -> str:
+    """What a chunk's result depends on: its frames, the identity and the options (not the
+    worker count or output folders)."""
+    opts = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(cfg).items())
+            if k not in ("workers", "savefolder", "progress", "scene_name", "num_threads")}
+    blob = json.dumps({"frames": [str(f) for f in frame_dirs], "identity": ident.digest, "cfg": opts},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def track_chunk(cfg, frame_dirs: list, ident: Identity, path: Path, threads: int = 0) -> tuple[dict, bool]:
+    """A chunk's result from ``path`` when it holds one for the same inputs, else tracked and
+    written there atomically. Returns (result, whether it was tracked now). Runs in a worker
+    process (``threads``: its torch threads)."""
+    from fitting.model import load_model
+    key = _chunk_key(cfg, frame_dirs, ident)
+    if path.is_file():
+        with np.load(path) as z:
+            if str(z["key"]) == key:
+                return {k: z[k] for k in FIELDS}, False
+    if threads > 0:
+        torch.set_num_threads(threads)
+    flame, texspace, _ = load_model(cfg, torch.device("cpu"))
+    res = track_frames(cfg, frame_dirs, ident, flame, texspace)
+    buf = io.BytesIO()
+    np.savez(buf, key=np.array(key), **res)
+    atomic_write_bytes(path, buf.getvalue())
+    return res, True
+
+
+def blend_chunks(ranges: list, results: list) -> dict:
+    """One result over all frames from overlapping chunks: in an overlap of O frames the later
+    chunk's weight ramps linearly (k + 1) / (O + 1), k = 0..O-1, the earlier's is the rest; the
+    rotations are blended along the geodesic between the two, the rest linearly. A frame is
+    missing only where every chunk covering it says so."""
+    T = ranges[-1][1]
+    out = {k: np.zeros((T,) + np.asarray(v).shape[1:], np.asarray(v).dtype) for k, v in results[0].items()}
+    for c, ((a, b), res) in enumerate(zip(ranges, results)):
+        lo = a if c == 0 else ranges[c - 1][1]      # frames before lo are shared with chunk c - 1
+        for k, v in res.items():
+            out[k][lo:b] = v[lo - a:]
+        O = lo - a
+        if O <= 0:
+            continue
+        w = np.arange(1, O + 1) / (O + 1)                                  # the later chunk's weight
+        for k in ("head_t", "expression", "jaw", "landmark_rmse_px", "seconds"):
+            out[k][a:lo] = (1 - _col(w, out[k][a:lo])) * out[k][a:lo] + _col(w, res[k][:O]) * res[k][:O]
+        Ra, Rb = torch.as_tensor(out["head_R"][a:lo]), torch.as_tensor(res["head_R"][:O])
+        rel = matrix_to_axis_angle(Rb @ Ra.transpose(1, 2))
+        out["head_R"][a:lo] = (axis_angle_to_matrix(rel * torch.as_tensor(w)[:, None]) @ Ra).numpy()
+        out["missing"][a:lo] &= res["missing"][:O]
+    return out
+
+
+def _col(w: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return w.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def frame_vertices(flame, shape: torch.Tensor, res: dict) -> torch.Tensor:
+    """(T, V, 3) the tracked heads in the rig frame: X_rig = head_R X_head + head_t."""
+    T = len(res["head_R"])
+    f64 = torch.float64
+    pose = torch.zeros(T, 15, dtype=torch.float32)
+    pose[:, JAW] = torch.as_tensor(res["jaw"]).float()
+    with torch.no_grad():
+        X, _ = flame(shape.float().expand(T, -1), torch.as_tensor(res["expression"]).float(), pose)
+    return X.to(f64) @ torch.as_tensor(res["head_R"], dtype=f64).transpose(1, 2) \
+        + torch.as_tensor(res["head_t"], dtype=f64)[:, None]

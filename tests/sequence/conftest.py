@@ -1,0 +1,17 @@
+"""The small synthetic sequence the sequence tests share (built once per session)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fitting.synthetic_sequence import make_sequence
+
+SIZE = 128
+
+
+@pytest.fixture(scope="session")
+def seq(tmp_path_factory, standin_path):
+    """(folder, ground truth) of 3 frames x 3 cameras at 128 px (~2 s). Read only: copy it to change it."""
+    root = make_sequence(tmp_path_factory.mktemp("seq") / "seq", standin_path, n_frames=3, n_cameras=3,
+                         width=SIZE, height=SIZE, seed=1)
+    return root, dict(np.load(root / "ground_truth.npz"))

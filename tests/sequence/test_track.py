@@ -1,0 +1,105 @@
+"""Sequence tracking (fitting.sequence.track): chunking and blending, and the tracker on a
+synthetic 6-frame x 8-camera sequence with its calibration (``--camera_mode fixed``) against
+the ground truth vertices in the rig frame, one chunk against two tracked in parallel, and a
+rerun that reuses the chunk files. (The temporal prior's and ``shape_fixed``'s Jacobian checks
+are in tests/fitting/test_known_cameras.py.)"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fitting.rotations import axis_angle_to_matrix
+from fitting.sequence.track import blend_chunks, chunk_ranges
+
+
+def test_chunk_ranges():
+    assert chunk_ranges(6, 0, 2) == [(0, 6)]
+    assert chunk_ranges(6, 4, 2) == [(0, 4), (2, 6)]
+    assert chunk_ranges(10, 4, 1) == [(0, 4), (3, 7), (6, 10)]
+    with pytest.raises(ValueError):
+        chunk_ranges(6, 3, 3)
+
+
+def _result(T: int, angle: float, x: float) -> dict:
+    R = axis_angle_to_matrix(torch.tensor([0.0, 0.0, angle], dtype=torch.float64)).numpy()
+    return {"head_R": np.repeat(R[None], T, 0), "head_t": np.full((T, 3), x), "expression": np.full((T, 2), x),
+            "jaw": np.full((T, 3), x), "landmark_rmse_px": np.full((T, 1), x), "missing": np.zeros(T, bool),
+            "seconds": np.ones(T)}
+
+
+def test_blend_ramps_over_the_overlap():
+    """Overlap of 2: the later chunk weighs 1/3 then 2/3; rotations along the geodesic."""
+    out = blend_chunks([(0, 4), (2, 6)], [_result(4, 0.0, 0.0), _result(4, 0.3, 3.0)])
+    assert np.allclose(out["head_t"][:, 0], [0, 0, 1, 2, 3, 3])
+    ang = np.arctan2(out["head_R"][:, 1, 0], out["head_R"][:, 0, 0])
+    assert np.allclose(ang, [0, 0, 0.1, 0.2, 0.3, 0.3])
+    same = blend_chunks([(0, 4), (2, 6)], [_result(4, 0.2, 1.0), _result(4, 0.2, 1.0)])
+    assert np.allclose(same["head_R"], _result(6, 0.2, 1.0)["head_R"])
+
+
+def test_missing_frame_interpolated():
+    """A frame without landmarks anywhere takes the geodesic / linear midpoint of its neighbours."""
+    from fitting.sequence.track import interpolate
+    r = blend_chunks([(0, 3)], [_result(3, 0.0, 0.0)])
+    r["head_R"][2] = axis_angle_to_matrix(torch.tensor([0.0, 0.0, 0.4], dtype=torch.float64)).numpy()
+    r["head_t"][2] = 2.0
+    r["head_t"][1], r["missing"][1] = 99.0, True
+    out = interpolate(r)
+    assert np.allclose(out["head_t"][1], 1.0)
+    assert np.isclose(np.arctan2(out["head_R"][1, 1, 0], out["head_R"][1, 0, 0]), 0.2)
+
+
+@pytest.fixture(scope="module")
+def sequence6(tmp_path_factory, standin_path):
+    from fitting.synthetic_sequence import make_sequence
+    root = make_sequence(tmp_path_factory.mktemp("seq6") / "seq", standin_path, n_frames=6, n_cameras=8,
+                         width=192, height=192, n_shape=40, n_exp=20, seed=0)
+    return root, dict(np.load(root / "ground_truth.npz"))
+
+
+def _run(root, out, standin_path, *args) -> dict:
+    from fitting.sequence.__main__ import parse_sequence_config, run_sequence
+    cfg = parse_sequence_config([
+        str(root), "--cameras", str(root / "calibration" / "cameras.json"), "--camera_mode", "fixed",
+        "--savefolder", str(out), "--flame_model", str(standin_path), "--n_shape", "40", "--n_exp", "20",
+        "--image_size", "192", "--photo_iters", "0", "--progress", "false", "--write_images", "false",
+        "--w_shape", "8e-5", "--w_exp", "3.2e-4", "--w_rim", "1.0", "--rim_robust_px", "0.6",
+        "--w_photo_gn", "3e4", "--photo_gn_iters", "3", *args])
+    return run_sequence(cfg)
+
+
+def _tracked(out) -> dict:
+    z = np.load(out / "sequence.npz")
+    return {k: z[k] for k in z.files}
+
+
+@pytest.mark.slow
+def test_tracking_fixed_rig(sequence6, standin_path, tmp_path):
+    """Vertices within 0.5 mm of the truth (mean over frames, rig frame, no alignment), jaw within
+    1 deg; two chunks (overlap 2, 2 workers) agree with one chunk; a rerun tracks nothing."""
+    from fitting.flame import FLAME
+    from fitting.sequence.track import frame_vertices
+
+    root, gt = sequence6
+    rep = _run(root, tmp_path, standin_path)
+    one = _tracked(tmp_path)
+    flame = FLAME(standin_path, n_shape=40, n_exp=20)
+    V = frame_vertices(flame, torch.as_tensor(one["shape"]), one).numpy()
+    err_mm = np.linalg.norm(V - gt["vertices"], axis=-1).mean(-1) * 1000
+    jaw_deg = np.degrees(np.linalg.norm(one["jaw"] - gt["pose"][:, 6:9], axis=-1))
+    print("vertex mm", err_mm, "jaw deg", jaw_deg, rep["summary"])
+    assert err_mm.mean() <= 0.5 and jaw_deg.max() <= 1.2 and jaw_deg.mean() <= 1.0
+
+    # the identity fit is reused; two chunks of 4 sharing 2 frames, in 2 processes
+    (tmp_path / "sequence.npz").unlink()
+    rep2 = _run(root, tmp_path, standin_path, "--chunk", "4", "--overlap", "2", "--workers", "2")
+    two = _tracked(tmp_path)
+    assert rep2["summary"]["chunks"] == [[0, 4], [2, 6]] and rep2["summary"]["chunks_tracked_now"] == [True, True]
+    V2 = frame_vertices(flame, torch.as_tensor(two["shape"]), two).numpy()
+    diff_mm = np.linalg.norm(V2 - V, axis=-1).mean(-1) * 1000
+    print("one vs two chunks, mm", diff_mm)
+    assert diff_mm.max() <= 0.2
+    rep3 = _run(root, tmp_path, standin_path, "--chunk", "4", "--overlap", "2", "--workers", "2")
+    assert rep3["summary"]["chunks_tracked_now"] == [False, False]
+    assert np.array_equal(_tracked(tmp_path)["head_t"], two["head_t"])
