@@ -391,7 +391,7 @@ def test_lm_jacobian_equals_autodiff(demo_fit, layout):
     assert len(hist) == 2 and hist[0]["rim"] > 0 and (hist[0]["photo"] > 0) == photo
 
 
-def test_demo_scene_is_the_same_whatever_the_thread_count(tmp_path, standin_path):
+def test_demo_scene_is_the_same_whatever_the_thread_count(tmp_path):
     """The render's float32 sums follow torch's thread count, and one changed pixel moves SIFT's
     tracks and the whole demo fit: the scene is built with one thread whatever the caller uses.
     (At 512 px, 4 views, one image differs between 1 and 2 threads without that; at 256 px none.)"""
@@ -399,7 +399,8 @@ def test_demo_scene_is_the_same_whatever_the_thread_count(tmp_path, standin_path
 
     digests = []
     for threads in (2, 1):
-        cfg = parse_config(["--config", "configs/demo.txt", "--flame_model", str(standin_path), "--demo_views", "4",
+        cfg = parse_config(["--config", "configs/demo.txt", "--standin_dir", str(tmp_path / "standin"),
+                            "--savefolder", str(tmp_path), "--demo_views", "4",
                             "--demo_width", "512", "--demo_height", "512", "--demo_sfm", "false",
                             "--n_shape", "20", "--n_exp", "10"])
         before = torch.get_num_threads()
