@@ -9,8 +9,8 @@ through to each scene's config (``--config FILE``, ``--photo_iters 20``, ...).
 * Without ``--ray`` a local Ray is started for the run with ``--workers`` CPUs; ``--ray auto``
   joins a running cluster (``ray start --head`` / ``ray start --address=...``), and
   ``--ray ray://host:port`` connects through Ray Client. See docs/BATCH.md.
-* A rerun skips the finished scenes: report.json present, and ``batch_record.json`` beside it
-  holding the same fit options (:func:`fit_options_key`). ``--force`` refits them.
+* A rerun skips the finished scenes: report.json present, and ``fit_record.json`` beside it
+  holding the same fit options (:mod:`fitting.fit_record`). ``--force`` refits them.
 * A failing scene becomes a ``failed`` row with its error; the others go on.
 * ``<OUT>/batch_summary.csv`` and ``.json``: one row per scene (:data:`SUMMARY_FIELDS`),
   written atomically when the batch ends.
@@ -33,16 +33,13 @@ import time
 from pathlib import Path
 
 from fitting.atomic import atomic_write_bytes, atomic_write_json
-from fitting.config import config_to_dict, parse_config
+from fitting.config import parse_config
+from fitting.fit_record import finished_report, fit_and_record, output_path
 
-__all__ = ["main", "find_scenes", "scene_configs", "fit_options_key", "finished_report", "fit_task", "run_batch",
-           "write_summary", "SUMMARY_FIELDS", "RECORD", "DEFAULT_MEMORY_GB"]
+__all__ = ["main", "find_scenes", "scene_configs", "fit_task", "run_batch", "write_summary", "SUMMARY_FIELDS",
+           "DEFAULT_MEMORY_GB"]
 
 SUMMARY_FIELDS = ("scene", "status", "views", "time_s", "error", "output")
-# Beside report.json in each scene's output folder: the fit options of the result there.
-RECORD = "batch_record.json"
-# Options that change how a fit runs but not its result: a rerun differing only in them skips.
-NOT_COMPARED = frozenset({"config", "progress", "resume", "num_threads"})
 # Memory declared to Ray per fit. The demo (configs/demo.txt: 12 views of 1024 px fitted at
 # 256 px, every export, its scene and SfM built in the same process) peaks at 1.12 GiB RSS,
 # a 4-view 192 px capture fitted at 128 px at 0.37 GiB (/usr/bin/time -v, docs/BATCH.md).
@@ -111,28 +108,6 @@ def scene_configs(scenes: list[Path], savefolder: str, fit_args: list[str]) -> l
     return cfgs
 
 
-def output_path(cfg) -> Path:
-    return Path(cfg.savefolder) / cfg.scene_name
-
-
-def fit_options_key(cfg) -> dict:
-    """The options that decide a fit's result (JSON-normalised), recorded beside it."""
-    opts = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_COMPARED}
-    return json.loads(json.dumps(opts))
-
-
-def finished_report(cfg) -> dict | None:
-    """report.json of the scene's result when it is complete and was fitted with the same
-    options (``batch_record.json``); None when the scene must be fitted."""
-    out = output_path(cfg)
-    try:
-        record = json.loads((out / RECORD).read_text())
-        report = json.loads((out / "report.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return report if record.get("options") == fit_options_key(cfg) else None
-
-
 def summary_row(cfg, status: str, views=None, time_s=None, error: str = "") -> dict:
     """One scene's row of the summary (:data:`SUMMARY_FIELDS`)."""
     return {"scene": cfg.scene_name, "status": status, "views": views,
@@ -148,13 +123,10 @@ def skipped_row(cfg, report: dict) -> dict:
 def fit_task(cfg, num_cpus: int, force: bool = False) -> dict:
     """The Ray task: fit one scene with :func:`fit_scene`, return its summary row.
 
-    Idempotent: a finished scene is skipped (unless ``force``), and the record that marks a
-    result as fitted with these options is removed before the fit and written after it
-    published, so it never vouches for a result of other options. Never raises for a
+    Idempotent: a finished scene is skipped (unless ``force``; :mod:`fitting.fit_record`). Never raises for a
     scene's failure: the error goes into the row, so one bad capture does not stop a batch."""
     import torch
 
-    from fitting.pipeline import fit_scene
     report = None if force else finished_report(cfg)
     if report is not None:
         return skipped_row(cfg, report)
@@ -163,11 +135,8 @@ def fit_task(cfg, num_cpus: int, force: bool = False) -> dict:
     cfg = argparse.Namespace(**{**vars(cfg), "num_threads": num_cpus, "progress": False})
     torch.set_num_threads(num_cpus)
     t0 = time.perf_counter()
-    record = output_path(cfg) / RECORD
     try:
-        record.unlink(missing_ok=True)
-        report = fit_scene(cfg)
-        atomic_write_json(record, {"options": fit_options_key(cfg)})
+        report = fit_and_record(cfg)
     except Exception as e:  # any failure of this scene is its row's; the batch goes on
         return summary_row(cfg, "failed", time_s=time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")
     return summary_row(cfg, "ok", report["num_views"], time.perf_counter() - t0)

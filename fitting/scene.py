@@ -169,6 +169,11 @@ def load_scene(scene_dir, image_size: int = 256, prep_dir=None, fallback_prep_di
             from process_data.pipeline import ALL_STAGES
             options["stages"] = [s for s in ALL_STAGES if s != "intrinsics"]
         update_preprocessing(scene_dir, prep, force, options)
+    manifest = _manifest(prep) or {}
+    failed = {k: (v.get("reason", str(v)) if isinstance(v, dict) else str(v))
+              for k, v in manifest.get("failed", {}).items()}
+    if all_names and all(n in failed for n in all_names):  # then the later stages wrote nothing either
+        raise ValueError(f"no usable view in {scene_dir}: " + "; ".join(f"{n}: {failed[n]}" for n in all_names))
     missing = _missing(prep, need_cameras=cameras is None)
     if missing:
         raise ValueError(f"{prep} lacks {', '.join(missing)}: run `python -m process_data {scene_dir}` first")
@@ -176,11 +181,6 @@ def load_scene(scene_dir, image_size: int = 256, prep_dir=None, fallback_prep_di
 
     lmk_all = json.loads((prep / "landmarks.json").read_text())
     cams = cameras if cameras is not None else json.loads((prep / "cameras.json").read_text())
-    manifest = {}
-    if (prep / "manifest.json").is_file():
-        manifest = json.loads((prep / "manifest.json").read_text())
-    failed = {k: (v.get("reason", str(v)) if isinstance(v, dict) else str(v))
-              for k, v in manifest.get("failed", {}).items()}
 
     K_cam = np.asarray(cams["K"], np.float64)
     cam_wh = (int(cams.get("width", 0)), int(cams.get("height", 0)))

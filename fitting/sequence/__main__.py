@@ -1,13 +1,16 @@
-"""``python -m fitting.sequence SCENE --cameras CALIB --savefolder OUT [--camera_mode fixed|refine]
+"""``python -m fitting.sequence SCENE --savefolder OUT [--cameras CALIB --camera_mode fixed|refine]
 [--workers N] [--chunk N] [--overlap N] [--frames START:STOP:STEP]`` plus the fitting options.
 
-OUT/identity/ is the keyframe's ordinary fit (:func:`fitting.pipeline.fit_scene`); OUT/chunks/<i>.npz
-the chunks' tracking (reused by a rerun with the same inputs); OUT/sequence.npz the blended
-per-frame parameters and OUT/report.json the per-frame table and the sequence's summary.
+OUT/identity/ is the keyframe's ordinary fit (:func:`fitting.pipeline.fit_scene`; without
+``--cameras`` it estimates the cameras, SfM included, from the keyframe's views alone);
+OUT/cameras.json the cameras every frame is tracked with, as a calibration JSON;
+OUT/chunks/<i>.npz the chunks' tracking; OUT/sequence.npz the blended per-frame parameters and
+OUT/report.json the per-frame table and the sequence's summary. A rerun reuses the identity and
+the chunks that were made from the same inputs and options.
 """
 from __future__ import annotations
 
-import copy
+import argparse
 import json
 import os
 import sys
@@ -20,25 +23,24 @@ import numpy as np
 
 from fitting.atomic import atomic_write_bytes
 from fitting.config import build_parser, parse_checked, validate
+from fitting.export.core import write_params
 from fitting.sequence.layout import frame_scenes, read_layout, select_frames
 from fitting.sequence.outputs import write_flame_params, write_frame_table, write_overlay_video
 from fitting.sequence.track import (add_sequence_options, blend_chunks, chunk_ranges, identity_from_fit, interpolate,
                                     track_chunk)
 
-__all__ = ["parse_sequence_config", "run_sequence", "frame_dirs"]
+__all__ = ["parse_sequence_config", "run_sequence", "frame_dirs", "fit_identity"]
+
+# the options of the sequence (and its positional SCENE), not of the keyframe's fit
+SEQUENCE_ONLY = ("scene", *add_sequence_options(argparse.ArgumentParser()))
 
 
 def parse_sequence_config(argv=None):
-    p = build_parser("Track FLAME over a multi-view sequence with a calibrated rig.")
-    p.add_argument("scene", help="sequence folder with frames/<frame>/ scene folders")
+    p = build_parser("Track FLAME over a multi-view sequence from a rig of cameras that does not move.")
+    p.add_argument("scene", help="sequence folder with images/<camera>/<frame>.{jpg,png}")
     add_sequence_options(p)
     cfg = parse_checked(p, argv)
     dirs = frame_dirs(cfg.scene, cfg.frames)
-    if not cfg.cameras:
-        raise ValueError("fitting.sequence needs --cameras CALIB (a calibrated rig): estimating the cameras from "
-                         "a keyframe is not wired yet")
-    if cfg.camera_mode == "estimate":
-        raise ValueError("fitting.sequence: --camera_mode must be fixed or refine")
     if not 0 <= cfg.keyframe < len(dirs):
         raise ValueError(f"--keyframe {cfg.keyframe} is not among the {len(dirs)} selected frames")
     cfg.scene_dir = str(dirs[cfg.keyframe])
@@ -56,35 +58,33 @@ def frame_dirs(scene, spec: str = "") -> list:
 def run_sequence(cfg) -> dict:
     """Identity from the keyframe, chunks tracked (in ``--workers`` processes), overlaps blended,
     missing frames interpolated; writes OUT/sequence.npz and OUT/report.json, returns the report."""
-    from fitting.known_cameras import read_rig
-    from fitting.pipeline import fit_scene
     from fitting.sequence.prepare import prepare_frames
     t0 = time.perf_counter()
     out = Path(cfg.savefolder)
     dirs = frame_dirs(cfg.scene, cfg.frames)
-    prepare_frames(dirs, workers=cfg.workers, options={"backend": cfg.landmark_backend, "progress": False})
-    key_cfg = copy.copy(cfg)
-    key_cfg.scene_name = "identity"
-    if not (out / "identity" / "report.json").is_file():   # the keyframe fit is reused by a rerun
-        fit_scene(key_cfg)
-    ident = identity_from_fit(out / "identity", read_rig(cfg, dirs[cfg.keyframe]))
+    (out / "report.json").unlink(missing_ok=True)   # written last: present only beside a complete result
+    prepared = prepare_frames(dirs, workers=cfg.workers, options={"backend": cfg.landmark_backend, "progress": False})
+    # a frame whose preprocessing failed may still hold outputs made for other images: never read them
+    unusable = {n: f"preprocessing failed ({s.removeprefix('error: ')})" for n, s in prepared.items()
+                if s.startswith("error")}
+    ident, track_cfg = fit_identity(cfg, dirs[cfg.keyframe])
     t_identity = time.perf_counter() - t0
 
     ranges = chunk_ranges(len(dirs), cfg.chunk, cfg.overlap)
-    jobs = [(cfg, dirs[a:b], ident, out / "chunks" / f"{i}.npz") for i, (a, b) in enumerate(ranges)]
+    jobs = [(track_cfg, dirs[a:b], ident, out / "chunks" / f"{i}.npz") for i, (a, b) in enumerate(ranges)]
     t1 = time.perf_counter()
     if cfg.workers > 1 and len(jobs) > 1:
         threads = max(1, (os.cpu_count() or 1) // cfg.workers)
         with ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=get_context("spawn")) as pool:
-            done = list(pool.map(track_chunk, *zip(*jobs), [threads] * len(jobs)))
+            done = list(pool.map(track_chunk, *zip(*jobs), [threads] * len(jobs), [unusable] * len(jobs)))
     else:
-        done = [track_chunk(*job) for job in jobs]
+        done = [track_chunk(*job, 0, unusable) for job in jobs]
     t_track = time.perf_counter() - t1
     res = interpolate(blend_chunks(ranges, [r for r, _ in done]))
 
     names = [d.name for d in dirs]
-    np.savez(out / "sequence.npz", frames=np.array(names), shape=ident.shape.numpy(),   # the tracker's own arrays
-             **{k: res[k] for k in ("head_R", "head_t", "expression", "jaw", "missing")})
+    write_params(out / "sequence.npz", frames=np.array(names), shape=ident.shape.numpy(),  # the tracker's own arrays
+                 **{k: res[k] for k in ("head_R", "head_t", "expression", "jaw", "missing")})
     pose = np.zeros((len(dirs), 15))
     pose[:, 6:9] = res["jaw"]
     flame = _flame(cfg)
@@ -100,8 +100,8 @@ def run_sequence(cfg) -> dict:
     rmse = np.nanmean(rmse_cam[~res["missing"]], 1)
     report = {
         "frames": [{"frame": n, "landmark_rmse_px": None if m else float(np.nanmean(r)), "missing": bool(m),
-                    "seconds": float(s)}
-                   for n, r, m, s in zip(names, rmse_cam, res["missing"], res["seconds"])],
+                    "why": str(w) or None, "seconds": float(s)}
+                   for n, r, m, w, s in zip(names, rmse_cam, res["missing"], res["why"], res["seconds"])],
         "summary": {"num_frames": len(dirs), "chunks": [list(r) for r in ranges],
                     "chunks_tracked_now": [bool(n) for _, n in done],
                     "landmark_rmse_px_mean": float(rmse.mean()) if len(rmse) else None,
@@ -112,6 +112,39 @@ def run_sequence(cfg) -> dict:
                                  "total": round(time.perf_counter() - t0, 2)}}}
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=1).encode())
     return report
+
+
+def fit_identity(cfg, keyframe: Path) -> tuple:
+    """(Identity, the tracking's config): the keyframe fitted as a scene into OUT/identity (reused
+    when :mod:`fitting.fit_record` says it was made from the same options, keyframe images and
+    calibration), and its cameras written to OUT/cameras.json. Without ``--cameras`` the frames
+    are tracked with those cameras, ``fixed``."""
+    from fitting.calibration import write_calibration_json
+    from fitting.fit_record import files_digest, finished_report, fit_and_record
+    from fitting.known_cameras import read_rig
+    key_cfg = argparse.Namespace(**{k: v for k, v in vars(cfg).items() if k not in SEQUENCE_ONLY})
+    key_cfg.scene_name = "identity"
+    inputs = {"keyframe_images": files_digest([keyframe / "images"]),
+              "cameras": files_digest([cfg.cameras]) if cfg.cameras else None}
+    if finished_report(key_cfg, inputs) is None:
+        fit_and_record(key_cfg, inputs)
+    rig = read_rig(cfg, keyframe)
+    ident = identity_from_fit(Path(cfg.savefolder) / "identity", rig)
+    calib = write_calibration_json(Path(cfg.savefolder) / "cameras.json", ident.cameras)
+    if rig is not None:
+        return ident, cfg
+    unposed = sorted(n for n in _image_names(keyframe) if n not in ident.cameras)
+    if unposed:
+        raise ValueError(f"the keyframe {keyframe.name} (--keyframe {cfg.keyframe}) fit gave no camera for "
+                         f"{', '.join(unposed)} (see {Path(cfg.savefolder) / 'identity' / 'report.json'}): pick a "
+                         "--keyframe where every camera sees the face, or give the rig's calibration with --cameras")
+    return ident, argparse.Namespace(**{**vars(cfg), "cameras": str(calib), "camera_mode": "fixed"})
+
+
+def _image_names(scene_dir: Path) -> list:
+    from fitting.images import IMAGE_SUFFIXES
+    return [p.name for p in (scene_dir / "images").iterdir()
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
 
 
 def _flame(cfg):

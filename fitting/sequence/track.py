@@ -1,7 +1,7 @@
-"""FLAME tracked over a multi-view sequence from a calibrated rig (docs/SEQUENCES.md).
+"""FLAME tracked over a multi-view sequence from a rig of cameras (docs/SEQUENCES.md).
 
 Shared by the sequence: identity (shape), texture, SH and the cameras, from one keyframe fitted
-by the ordinary pipeline (:func:`fit_identity`). Per frame: expression, jaw and the head's rigid
+by the ordinary pipeline (:func:`identity_from_fit`). Per frame: expression, jaw and the head's rigid
 motion H in the rig, by the multi-view geometry LM (:func:`fitting.stages.lm_geometry`) with
 the rig unknowns, the shape held (``shape_fixed``) and a :class:`fitting.known_cameras.
 TemporalPrior` tying the frame to the previous one (:func:`track_frames`). Frames are split
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from fitting.atomic import atomic_write_bytes
+from fitting.calibration import Calibrated
 from fitting.context import JAW, FitContext
 from fitting.geometry_terms import landmark_term, model_at
 from fitting.known_cameras import (Rig, TemporalPrior, apply_rig, head_to_rig, initialize_from_rig, place_cameras,
@@ -40,37 +41,41 @@ from fitting.state import FitState
 __all__ = ["add_sequence_options", "Identity", "identity_from_fit", "track_frames", "chunk_ranges", "track_chunk",
            "blend_chunks", "frame_vertices"]
 
-# what a chunk's .npz holds per frame, besides ``frames`` and ``key``
-FIELDS = ("head_R", "head_t", "expression", "jaw", "landmark_rmse_px", "missing", "seconds")
+# what a chunk's .npz holds per frame, besides ``key`` (why: a missing frame's reason, else "")
+FIELDS = ("head_R", "head_t", "expression", "jaw", "landmark_rmse_px", "missing", "seconds", "why")
 
 
-def add_sequence_options(p) -> None:
-    """The sequence tracker's options, in one group of fitting.config's parser."""
+def add_sequence_options(p) -> tuple:
+    """The sequence tracker's options, in one group of fitting.config's parser. Returns their
+    names (the options that are not the keyframe fit's)."""
     g = p.add_argument_group("sequence tracking (python -m fitting.sequence)")
-    g.add_argument("--workers", type=int, default=1, help="chunks tracked in parallel (processes)")
-    g.add_argument("--chunk", type=int, default=0, help="frames per chunk (0: one chunk)")
-    g.add_argument("--overlap", type=int, default=2, help="frames two neighbouring chunks share (blended)")
-    g.add_argument("--frames", type=str, default="", help="START:STOP:STEP of the sequence's frames (default all)")
-    g.add_argument("--keyframe", type=int, default=0, help="index (among the selected frames) fitted for identity")
-    g.add_argument("--track_iters", type=int, default=3,
-                   help="LM iterations per frame on the landmarks alone (warm start from the previous frame)")
-    g.add_argument("--track_photo_iters", type=int, default=2,
-                   help="then LM iterations adding the outline (--w_rim) and photometric rows (--w_photo_gn)")
-    g.add_argument("--track_first_iters", type=int, default=8,
-                   help="LM iterations of a chunk's first frame (no previous frame)")
-    g.add_argument("--sigma_rot_deg", type=float, default=5.0, help="temporal prior: head rotation step, deg/frame")
-    g.add_argument("--sigma_trans_mm", type=float, default=30.0, help="temporal prior: head translation step, mm/frame")
-    g.add_argument("--sigma_exp", type=float, default=0.6, help="temporal prior: expression step per frame")
-    g.add_argument("--sigma_jaw_deg", type=float, default=3.0, help="temporal prior: jaw step, deg/frame")
-    g.add_argument("--w_temporal", type=float, default=1.0,
-                   help="temporal prior weight (1: MAP for 1 px landmark noise at fitting size)")
+    opts = [
+        g.add_argument("--workers", type=int, default=1, help="chunks tracked in parallel (processes)"),
+        g.add_argument("--chunk", type=int, default=0, help="frames per chunk (0: one chunk)"),
+        g.add_argument("--overlap", type=int, default=2, help="frames two neighbouring chunks share (blended)"),
+        g.add_argument("--frames", type=str, default="", help="START:STOP:STEP of the sequence's frames (default all)"),
+        g.add_argument("--keyframe", type=int, default=0, help="index (among the selected frames) fitted for identity"),
+        g.add_argument("--track_iters", type=int, default=3,
+                       help="LM iterations per frame on the landmarks alone (warm start from the previous frame)"),
+        g.add_argument("--track_photo_iters", type=int, default=2,
+                       help="then LM iterations adding the outline (--w_rim) and photometric rows (--w_photo_gn)"),
+        g.add_argument("--track_first_iters", type=int, default=8,
+                       help="LM iterations of a chunk's first frame (no previous frame)"),
+        g.add_argument("--sigma_rot_deg", type=float, default=5.0, help="temporal prior: head rotation step, deg/frame"),
+        g.add_argument("--sigma_trans_mm", type=float, default=30.0,
+                       help="temporal prior: head translation step, mm/frame"),
+        g.add_argument("--sigma_exp", type=float, default=0.6, help="temporal prior: expression step per frame"),
+        g.add_argument("--sigma_jaw_deg", type=float, default=3.0, help="temporal prior: jaw step, deg/frame"),
+        g.add_argument("--w_temporal", type=float, default=1.0,
+                       help="temporal prior weight (1: MAP for 1 px landmark noise at fitting size)")]
+    return tuple(a.dest for a in opts)
 
 
 @dataclass
 class Identity:
     """What every frame shares: shape (1, S), texture code (1, n_tex) or map (1, 3, Ht, Wt), SH per
     camera name (9, 3), and the cameras {image name: Calibrated} in the rig frame (the
-    calibration, or the keyframe's refined cameras)."""
+    calibration, the keyframe's refined cameras, or those it estimated)."""
 
     shape: torch.Tensor
     tex: torch.Tensor
@@ -79,19 +84,32 @@ class Identity:
     digest: str
 
 
-def identity_from_fit(fit_dir: Path, rig: Rig) -> Identity:
-    """The keyframe's result (params.npz and report.json of :func:`fitting.pipeline.fit_scene`
-    with ``--cameras``): its fitted cameras taken back into the rig frame with the head pose it
-    found, so ``refine``'s corrections carry to every frame (``fixed``: the calibration)."""
+def identity_from_fit(fit_dir: Path, rig: Rig | None) -> Identity:
+    """The keyframe's result (params.npz, report.json and fit_details.json of
+    :func:`fitting.pipeline.fit_scene`).
+
+    With a calibration (``rig``): the fitted cameras taken back into the rig frame with the head
+    pose the fit found, so ``refine``'s corrections, its focal length included when the fit
+    refined it, carry to every frame (``fixed``: the calibration). Without one (``--camera_mode
+    estimate``): the cameras the fit estimated, and the rig frame is the keyframe's head frame."""
     from fitting.export import read_params
     raw = (fit_dir / "params.npz").read_bytes()
     p = read_params(fit_dir / "params.npz")
-    h = json.loads((fit_dir / "report.json").read_text())["known_cameras"]["head_to_rig"]
-    H_R, H_t = np.array(h["R"]), np.array(h["t"])
+    H_R, H_t = np.eye(3), np.zeros(3)
+    if rig is not None:
+        h = json.loads((fit_dir / "report.json").read_text())["known_cameras"]["head_to_rig"]
+        H_R, H_t = np.array(h["R"]), np.array(h["t"])
+    focal_refined = json.loads((fit_dir / "fit_details.json").read_text())["focal"]["refined"]
     cams = {}
     for i, n in enumerate(map(str, p["names"])):
         R = p["R"][i].astype(np.float64) @ H_R.T                      # head frame -> rig frame
-        cams[n] = rig.cameras[n]._replace(R=R, t=p["t"][i].astype(np.float64) - R @ H_t)
+        t = p["t"][i].astype(np.float64) - R @ H_t
+        K = p["K"][i].astype(np.float64)
+        if rig is None:
+            W, H = (int(v) for v in p["image_size"][i])
+            cams[n] = Calibrated(K, R, t, W, H, np.zeros(0))
+        else:
+            cams[n] = rig.cameras[n]._replace(R=R, t=t, K=K if focal_refined else rig.cameras[n].K)
     tex = p["tex"] if "tex" in p else p["tex_map"]
     return Identity(torch.as_tensor(p["shape"]), torch.as_tensor(tex),
                     {n: torch.as_tensor(p["sh"][i]) for i, n in enumerate(map(str, p["names"]))}, cams,
@@ -130,23 +148,29 @@ def _lmk_rmse_px(ctx: FitContext, st: FitState, scene, cameras: list) -> np.ndar
     return out
 
 
-def track_frames(cfg, frame_dirs: list, ident: Identity, flame, texspace) -> dict:
-    """Track consecutive frames from the identity: the first frame's head placed by triangulating
-    its landmarks (:func:`initialize_from_rig`) and fitted with ``track_first_iters``; each next
-    frame starts at the previous estimate and is tied to it by the temporal prior. A frame
-    without landmarks keeps the previous estimate and is flagged ``missing`` (filled in by
-    :func:`interpolate` later). Returns {field: (T, ...) array} (see FIELDS)."""
+def track_frames(cfg, frame_dirs: list, ident: Identity, flame, texspace, unusable: dict | None = None) -> dict:
+    """Track consecutive frames from the identity: the first trackable frame's head placed by
+    triangulating its landmarks (:func:`initialize_from_rig`) and fitted with
+    ``track_first_iters``; each next frame starts at the previous estimate and is tied to it by
+    the temporal prior. A frame without landmarks, or named in ``unusable`` ({frame folder name:
+    reason}, e.g. its preprocessing failed), is not fitted: it holds the nearest tracked
+    estimate and is flagged ``missing`` with its reason in ``why`` (set between its neighbours by
+    :func:`interpolate` later). Returns {field: (T, ...) array} (see FIELDS); raises ValueError
+    when no frame can be tracked."""
     sig = (math.radians(cfg.sigma_rot_deg), cfg.sigma_trans_mm / 1000, cfg.sigma_exp, math.radians(cfg.sigma_jaw_deg))
+    unusable = unusable or {}
     out = {k: [] for k in FIELDS}
     cameras = list(ident.cameras)
     prev = None          # (H_R, H_t, expression (1, E), jaw (3,)) of the last tracked frame
-    for fd in frame_dirs:
+    leading = []         # (why, seconds) of the missing frames before the first tracked one
+    for fd in map(Path, frame_dirs):
         t0 = time.perf_counter()
-        loaded, why = _load_frame(cfg, Path(fd), ident, flame, texspace)
+        loaded, why = (None, unusable[fd.name]) if fd.name in unusable else _load_frame(cfg, fd, ident, flame, texspace)
         if loaded is None:
             if prev is None:
-                raise ValueError(f"{fd}: the chunk's first frame has no landmarks ({why})")
-            _append(out, prev, np.full(len(cameras), np.nan), True, time.perf_counter() - t0)
+                leading.append((why, time.perf_counter() - t0))
+            else:
+                _append(out, prev, np.full(len(cameras), np.nan), why, time.perf_counter() - t0)
             continue
         ctx, st, rig, scene = loaded
         if prev is None:
@@ -167,14 +191,22 @@ def track_frames(cfg, frame_dirs: list, ident: Identity, flame, texspace) -> dic
                                  priors=priors)
         st = snap_to_rig(st, rig)
         H_R, H_t = head_to_rig(st, rig)
+        first = prev is None
         prev = (H_R, H_t, st.expression[0].detach().numpy().astype(np.float64),
                 st.pose[0, JAW].detach().numpy().astype(np.float64))
-        _append(out, prev, _lmk_rmse_px(ctx, st, scene, cameras), False, time.perf_counter() - t0)
+        if first:
+            for w, s in leading:
+                _append(out, prev, np.full(len(cameras), np.nan), w, s)
+        _append(out, prev, _lmk_rmse_px(ctx, st, scene, cameras), "", time.perf_counter() - t0)
+    if prev is None:
+        raise ValueError("no frame of " + ", ".join(Path(f).name for f in frame_dirs) + " could be tracked: "
+                         + "; ".join(f"{Path(f).name}: {w}" for f, (w, _) in zip(frame_dirs, leading)))
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def _append(out: dict, p: tuple, rmse: float, missing: bool, seconds: float) -> None:
-    for k, v in zip(FIELDS, (*p, rmse, missing, seconds)):
+def _append(out: dict, p: tuple, rmse: np.ndarray, why: str, seconds: float) -> None:
+    """One frame's row: p = (H_R, H_t, expression, jaw); missing when ``why`` says why."""
+    for k, v in zip(FIELDS, (*p, rmse, bool(why), seconds, why)):
         out[k].append(v)
 
 
@@ -211,22 +243,26 @@ def chunk_ranges(T: int, chunk: int, overlap: int) -> list:
         start = stop - overlap
 
 
-def _chunk_key(cfg, frame_dirs: list, ident: Identity) -> str:
-    """What a chunk's result depends on: its frames, the identity and the options (not the
-    worker count or output folders)."""
+def _chunk_key(cfg, frame_dirs: list, ident: Identity, unusable: dict) -> str:
+    """What a chunk's result depends on: its frames and their landmarks, the frames left out, the
+    identity and the options (not the worker count or output folders)."""
+    from fitting.fit_record import files_digest
     opts = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(cfg).items())
             if k not in ("workers", "savefolder", "progress", "scene_name", "num_threads")}
-    blob = json.dumps({"frames": [str(f) for f in frame_dirs], "identity": ident.digest, "cfg": opts},
+    frames = {str(f): files_digest([Path(f) / "landmarks.json"]) for f in frame_dirs}
+    blob = json.dumps({"frames": frames, "unusable": unusable, "identity": ident.digest, "cfg": opts},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def track_chunk(cfg, frame_dirs: list, ident: Identity, path: Path, threads: int = 0) -> tuple[dict, bool]:
-    """A chunk's result from ``path`` when it holds one for the same inputs, else tracked and
-    written there atomically. Returns (result, whether it was tracked now). Runs in a worker
-    process (``threads``: its torch threads)."""
+def track_chunk(cfg, frame_dirs: list, ident: Identity, path: Path, threads: int = 0,
+                unusable: dict | None = None) -> tuple[dict, bool]:
+    """A chunk's result from ``path`` when it holds one for the same inputs, else tracked
+    (:func:`track_frames`) and written there atomically. Returns (result, whether it was tracked
+    now). Runs in a worker process (``threads``: its torch threads)."""
     from fitting.model import load_model
-    key = _chunk_key(cfg, frame_dirs, ident)
+    unusable = {Path(f).name: unusable[Path(f).name] for f in frame_dirs if Path(f).name in (unusable or {})}
+    key = _chunk_key(cfg, frame_dirs, ident, unusable)
     if path.is_file():
         with np.load(path) as z:
             if str(z["key"]) == key:
@@ -234,7 +270,7 @@ def track_chunk(cfg, frame_dirs: list, ident: Identity, path: Path, threads: int
     if threads > 0:
         torch.set_num_threads(threads)
     flame, texspace, _ = load_model(cfg, torch.device("cpu"))
-    res = track_frames(cfg, frame_dirs, ident, flame, texspace)
+    res = track_frames(cfg, frame_dirs, ident, flame, texspace, unusable)
     buf = io.BytesIO()
     np.savez(buf, key=np.array(key), **res)
     atomic_write_bytes(path, buf.getvalue())
@@ -244,10 +280,12 @@ def track_chunk(cfg, frame_dirs: list, ident: Identity, path: Path, threads: int
 def blend_chunks(ranges: list, results: list) -> dict:
     """One result over all frames from overlapping chunks: in an overlap of O frames the later
     chunk's weight ramps linearly (k + 1) / (O + 1), k = 0..O-1, the earlier's is the rest; the
-    rotations are blended along the geodesic between the two, the rest linearly. A frame is
-    missing only where every chunk covering it says so."""
+    rotations are blended along the geodesic between the two, the rest linearly. A frame one
+    chunk left missing takes the other's values; it is missing only where every chunk covering
+    it says so."""
     T = ranges[-1][1]
-    out = {k: np.zeros((T,) + np.asarray(v).shape[1:], np.asarray(v).dtype) for k, v in results[0].items()}
+    out = {k: np.zeros((T,) + np.asarray(v).shape[1:], np.result_type(*(np.asarray(r[k]) for r in results)))
+           for k, v in results[0].items()}
     for c, ((a, b), res) in enumerate(zip(ranges, results)):
         lo = a if c == 0 else ranges[c - 1][1]      # frames before lo are shared with chunk c - 1
         for k, v in res.items():
@@ -256,12 +294,16 @@ def blend_chunks(ranges: list, results: list) -> dict:
         if O <= 0:
             continue
         w = np.arange(1, O + 1) / (O + 1)                                  # the later chunk's weight
+        w = np.where(res["missing"][:O], 0.0, np.where(out["missing"][a:lo], 1.0, w))
         for k in ("head_t", "expression", "jaw", "landmark_rmse_px", "seconds"):
-            out[k][a:lo] = (1 - _col(w, out[k][a:lo])) * out[k][a:lo] + _col(w, res[k][:O]) * res[k][:O]
+            A, B, wk = out[k][a:lo], res[k][:O], _col(w, out[k][a:lo])
+            out[k][a:lo] = np.where(wk == 0, A, np.where(wk == 1, B, (1 - wk) * A + wk * B))  # NaN rmse stays out
         Ra, Rb = torch.as_tensor(out["head_R"][a:lo]), torch.as_tensor(res["head_R"][:O])
         rel = matrix_to_axis_angle(Rb @ Ra.transpose(1, 2))
         out["head_R"][a:lo] = (axis_angle_to_matrix(rel * torch.as_tensor(w)[:, None]) @ Ra).numpy()
-        out["missing"][a:lo] &= res["missing"][:O]
+        both = out["missing"][a:lo] & res["missing"][:O]
+        out["why"][a:lo] = np.where(both, out["why"][a:lo], "")
+        out["missing"][a:lo] = both
     return out
 
 

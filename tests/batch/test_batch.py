@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from fitting import batch
+from fitting import batch, fit_record
 from fitting.synthetic_scene import make_scene
 
 GOOD = ("cap_a", "cap_b", "cap_c")
@@ -64,7 +64,7 @@ def test_batch_fits_good_captures_and_records_the_broken_one(first_run):
     for name in GOOD:
         assert rows[name]["status"] == "ok", rows[name]
         assert rows[name]["views"] == 4 and rows[name]["time_s"] > 0 and rows[name]["error"] == ""
-        assert (out / name / "report.json").is_file() and (out / name / batch.RECORD).is_file()
+        assert (out / name / "report.json").is_file() and (out / name / fit_record.RECORD).is_file()
         assert rows[name]["output"] == str(out / name)
     broken = rows["cap_broken"]
     assert broken["status"] == "failed" and "cam0.jpg" in broken["error"] and "no readable image" in broken["error"]
@@ -92,14 +92,14 @@ def test_other_options_or_force_refit(first_run, captures, standin_path):
     """The skip needs the same fit options; the task itself skips a finished scene too."""
     _, out = first_run
     cfg = batch.scene_configs([captures / "cap_a"], str(out), fit_options(standin_path)[:-2])[0]
-    assert batch.finished_report(cfg) is not None
+    assert fit_record.finished_report(cfg) is not None
     row = batch.fit_task(cfg, num_cpus=1)  # the Ray task's body, called here without Ray
     assert row["status"] == "skipped" and row["views"] == 4
     other = batch.scene_configs([captures / "cap_a"], str(out), [*fit_options(standin_path)[:-2], "--photo_iters", "6"])
-    assert batch.finished_report(other[0]) is None
+    assert fit_record.finished_report(other[0]) is None
     # options that do not change the result (threads, progress bars) still skip
     same = batch.scene_configs([captures / "cap_a"], str(out), [*fit_options(standin_path)[:-2], "--num_threads", "3"])
-    assert batch.finished_report(same[0]) is not None
+    assert fit_record.finished_report(same[0]) is not None
 
 
 def test_find_scenes(tmp_path):

@@ -5,6 +5,8 @@ rerun that reuses the chunk files. (The temporal prior's and ``shape_fixed``'s J
 are in tests/fitting/test_known_cameras.py.)"""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -25,7 +27,7 @@ def _result(T: int, angle: float, x: float) -> dict:
     R = axis_angle_to_matrix(torch.tensor([0.0, 0.0, angle], dtype=torch.float64)).numpy()
     return {"head_R": np.repeat(R[None], T, 0), "head_t": np.full((T, 3), x), "expression": np.full((T, 2), x),
             "jaw": np.full((T, 3), x), "landmark_rmse_px": np.full((T, 1), x), "missing": np.zeros(T, bool),
-            "seconds": np.ones(T)}
+            "seconds": np.ones(T), "why": np.full(T, "", dtype="<U32")}
 
 
 def test_blend_ramps_over_the_overlap():
@@ -36,6 +38,22 @@ def test_blend_ramps_over_the_overlap():
     assert np.allclose(ang, [0, 0, 0.1, 0.2, 0.3, 0.3])
     same = blend_chunks([(0, 4), (2, 6)], [_result(4, 0.2, 1.0), _result(4, 0.2, 1.0)])
     assert np.allclose(same["head_R"], _result(6, 0.2, 1.0)["head_R"])
+
+
+def test_blend_takes_the_tracked_chunk_where_the_other_missed():
+    """In the overlap, a frame one chunk could not track takes the other chunk's values, whatever
+    the ramp; only a frame both missed stays missing, with its reason."""
+    early, late = _result(4, 0.0, 0.0), _result(4, 0.3, 3.0)
+    late["missing"][0], late["why"][0], late["landmark_rmse_px"][0] = True, "no face", np.nan
+    early["missing"][3], early["why"][3] = True, "no face in any view"
+    out = blend_chunks([(0, 4), (2, 6)], [early, late])
+    assert np.allclose(out["head_t"][2:4, 0], [0, 3]) and out["landmark_rmse_px"][2, 0] == 0
+    assert np.isclose(np.arctan2(out["head_R"][3, 1, 0], out["head_R"][3, 0, 0]), 0.3)
+    assert not out["missing"].any() and list(out["why"]) == [""] * 6
+    late["missing"][1], late["why"][1] = True, "no face in any view"
+    out = blend_chunks([(0, 4), (2, 6)], [early, late])
+    assert list(out["missing"]) == [False, False, False, True, False, False]
+    assert list(out["why"]) == ["", "", "", "no face in any view", "", ""]
 
 
 def test_missing_frame_interpolated():
@@ -103,3 +121,94 @@ def test_tracking_fixed_rig(sequence6, standin_path, tmp_path):
     rep3 = _run(root, tmp_path, standin_path, "--chunk", "4", "--overlap", "2", "--workers", "2")
     assert rep3["summary"]["chunks_tracked_now"] == [False, False]
     assert np.array_equal(_tracked(tmp_path)["head_t"], two["head_t"])
+
+
+def _similarity(A: np.ndarray, B: np.ndarray):
+    """(s, R, t) minimising |s R A + t - B| over points A, B (N, 3) (Umeyama)."""
+    ma, mb = A.mean(0), B.mean(0)
+    U, S, Vt = np.linalg.svd((B - mb).T @ (A - ma))
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+    R = U @ D @ Vt
+    s = np.trace(np.diag(S) @ D) / ((A - ma) ** 2).sum()
+    return s, R, mb - s * R @ ma
+
+
+@pytest.mark.slow
+def test_tracking_without_cameras(sequence6, standin_path, tmp_path):
+    """No --cameras: the keyframe's fit estimates the cameras (SfM on its views), they are written
+    to OUT/cameras.json and every frame is tracked with them. In the keyframe's head frame, so
+    the vertices are compared after one similarity for the whole sequence: within 1 mm, jaw within
+    1.5 deg. A rerun that changes only sequence options reuses the identity; a fit option
+    changed makes it stale."""
+    import argparse
+
+    from fitting.calibration import load_calibration
+    from fitting.flame import FLAME
+    from fitting.fit_record import files_digest, finished_report
+    from fitting.sequence.__main__ import SEQUENCE_ONLY
+    from fitting.sequence.track import frame_vertices
+
+    root, gt = sequence6
+    rep = _run(root, tmp_path, standin_path, "--camera_mode", "estimate", "--cameras", "")
+    names = [f"cam{c:02d}.png" for c in range(8)]
+    cams = load_calibration(tmp_path / "cameras.json", names, {n: (192, 192) for n in names})
+    assert len(cams) == 8
+    got = _tracked(tmp_path)
+    flame = FLAME(standin_path, n_shape=40, n_exp=20)
+    V = frame_vertices(flame, torch.as_tensor(got["shape"]), got).numpy()
+    s, R, t = _similarity(V.reshape(-1, 3), gt["vertices"].reshape(-1, 3))
+    err_mm = np.linalg.norm(s * V @ R.T + t - gt["vertices"], axis=-1).mean(-1) * 1000
+    jaw_deg = np.degrees(np.linalg.norm(got["jaw"] - gt["pose"][:, 6:9], axis=-1))
+    print("scale", s, "vertex mm", err_mm, "jaw deg", jaw_deg, rep["summary"])
+    assert abs(s - 1) < 0.02 and err_mm.mean() <= 1.0 and jaw_deg.max() <= 1.5
+
+    record = tmp_path / "identity" / "fit_record.json"
+    before = record.stat().st_mtime_ns
+    again = _run(root, tmp_path, standin_path, "--camera_mode", "estimate", "--cameras", "", "--frames", "0:2")
+    assert record.stat().st_mtime_ns == before and again["summary"]["num_frames"] == 2
+    cfg = json.loads(record.read_text())["options"]
+    key = argparse.Namespace(**{**{k: v for k, v in cfg.items() if k not in SEQUENCE_ONLY}, "w_shape": 1e-3})
+    inputs = {"keyframe_images": files_digest([root / "frames" / "000000" / "images"]), "cameras": None}
+    assert finished_report(argparse.Namespace(**cfg), inputs) is not None
+    assert finished_report(key, inputs) is None
+
+
+@pytest.mark.slow
+def test_frame_without_a_face_is_interpolated_and_the_video_written(seq, standin_path, tmp_path):
+    """End to end on a capture whose middle frame shows no face in any camera: it is not fitted
+    but set between its neighbours, flagged with its reason in report.json and in the frame
+    table, and the overlay video has every frame. First with the frame's old preprocessing
+    still there (made for other images: refused, never read), then with none (process_data's
+    detector finds no face)."""
+    import shutil
+
+    import cv2
+
+    from fitting.sequence.__main__ import parse_sequence_config, run_sequence
+
+    root = shutil.copytree(seq[0], tmp_path / "seq", symlinks=True)
+    blank = np.full((128, 128, 3), 90, np.uint8)
+    for c in range(3):
+        cv2.imwrite(str(root / "images" / f"cam{c:02d}" / "000001.png"), blank)
+    out = tmp_path / "out"
+    cfg = parse_sequence_config([
+        str(root), "--cameras", str(root / "calibration" / "cameras.json"), "--camera_mode", "fixed",
+        "--savefolder", str(out), "--flame_model", str(standin_path), "--image_size", "128", "--photo_iters", "0",
+        "--progress", "false", "--write_images", "true"])
+    for stale in (True, False):
+        if not stale:
+            for f in ("landmarks.json", "manifest.json", "cameras.json", "masks"):
+                p = root / "frames" / "000001" / f
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        rep = run_sequence(cfg)
+        print(rep["frames"][1])
+        assert rep["summary"]["frames_flagged"] == ["000001"]
+        assert [f["missing"] for f in rep["frames"]] == [False, True, False]
+        why = rep["frames"][1]["why"]
+        assert ("preprocessing failed" in why) if stale else ("no usable view" in why and "no face" in why)
+        table = json.loads((out / "frames.json").read_text())
+        assert [f["flags"] for f in table["frames"]] == [[], ["interpolated"], []]
+        got = _tracked(out)
+        assert np.allclose(got["head_t"][1], (got["head_t"][0] + got["head_t"][2]) / 2, atol=1e-6)
+        video = cv2.VideoCapture(str(out / "overlay.mp4"))
+        assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 3

@@ -1,0 +1,71 @@
+"""Which options and inputs made the result in a fit's output folder, so a rerun reuses it only
+when they are the same (``fitting.batch``'s scenes, ``fitting.sequence``'s keyframe identity).
+
+``<savefolder>/<scene_name>/fit_record.json`` holds ``{"options": ..., "inputs": ...}``: the fit
+options that decide the result (:func:`fit_options_key`) and what the caller adds about its inputs
+(file digests). It is removed before a fit and written after the fit published, so it never
+vouches for a result of other options, even when the fit dies half-way.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+from fitting.atomic import atomic_write_json
+from fitting.config import config_to_dict
+
+__all__ = ["RECORD", "NOT_COMPARED", "fit_options_key", "finished_report", "fit_and_record", "files_digest"]
+
+RECORD = "fit_record.json"
+# Options that change how a fit runs but not its result: a rerun differing only in them reuses it.
+NOT_COMPARED = frozenset({"config", "progress", "resume", "num_threads"})
+
+
+def output_path(cfg: argparse.Namespace) -> Path:
+    return Path(cfg.savefolder) / cfg.scene_name
+
+
+def fit_options_key(cfg: argparse.Namespace) -> dict:
+    """The options that decide a fit's result (JSON-normalised)."""
+    opts = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_COMPARED}
+    return json.loads(json.dumps(opts, default=str))
+
+
+def finished_report(cfg: argparse.Namespace, inputs: dict | None = None) -> dict | None:
+    """report.json of ``cfg``'s result when it is complete and was made with the same options and
+    ``inputs``; None when the fit must run."""
+    out = output_path(cfg)
+    try:
+        record = json.loads((out / RECORD).read_text())
+        report = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = record.get("options") == fit_options_key(cfg) and record.get("inputs") == _normal(inputs)
+    return report if same else None
+
+
+def fit_and_record(cfg: argparse.Namespace, inputs: dict | None = None) -> dict:
+    """:func:`fitting.pipeline.fit_scene` for ``cfg``, then the record of its options and inputs.
+    Returns the report."""
+    from fitting.pipeline import fit_scene
+    record = output_path(cfg) / RECORD
+    record.unlink(missing_ok=True)   # the fit below moves files of our own into its new result
+    report = fit_scene(cfg)
+    atomic_write_json(record, {"options": fit_options_key(cfg), "inputs": _normal(inputs)})
+    return report
+
+
+def files_digest(paths) -> str:
+    """sha256 over the names and bytes of ``paths`` (a folder: its files, sorted), for ``inputs``."""
+    h = hashlib.sha256()
+    for p in map(Path, paths):
+        for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
+            if f.is_file():
+                h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def _normal(inputs: dict | None) -> dict | None:
+    return None if inputs is None else json.loads(json.dumps(inputs, default=str))
