@@ -212,3 +212,38 @@ def test_frame_without_a_face_is_interpolated_and_the_video_written(seq, standin
         assert np.allclose(got["head_t"][1], (got["head_t"][0] + got["head_t"][2]) / 2, atol=1e-6)
         video = cv2.VideoCapture(str(out / "overlay.mp4"))
         assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+
+
+@pytest.mark.parametrize("refined", [False, True])
+def test_identity_cameras_in_the_rig_frame(tmp_path, refined):
+    """identity_from_fit maps the keyframe's head-frame cameras back into the rig with the head's
+    pose: a rig-frame point projects to the same pixel through either; the fitted focal length
+    replaces the calibration's only when the fit refined it; without a calibration the cameras
+    are the fit's own."""
+    from fitting.calibration import Calibrated
+    from fitting.export.core import write_params
+    from fitting.known_cameras import Rig
+    from fitting.sequence.track import identity_from_fit
+
+    H_R = axis_angle_to_matrix(torch.tensor([0.1, -0.3, 0.2], dtype=torch.float64)).numpy()
+    H_t = np.array([0.02, -0.01, 0.5])
+    R_head = axis_angle_to_matrix(torch.tensor([0.0, 0.4, 0.05], dtype=torch.float64)).numpy()
+    t_head = np.array([0.01, 0.0, 0.6])
+    K_cal, K_fit = np.diag([500.0, 500.0, 1.0]), np.diag([510.0, 510.0, 1.0])
+    K_cal[:2, 2] = K_fit[:2, 2] = 64
+    write_params(tmp_path / "params.npz", names=["cam00.png"], K=K_fit[None], R=R_head[None], t=t_head[None],
+                 image_size=np.array([[128, 128]]), shape=np.zeros((1, 4)), tex=np.zeros((1, 2)),
+                 sh=np.zeros((1, 9, 3)))
+    (tmp_path / "report.json").write_text(json.dumps({"known_cameras": {"head_to_rig": {"R": H_R.tolist(),
+                                                                                          "t": H_t.tolist()}}}))
+    (tmp_path / "fit_details.json").write_text(json.dumps({"focal": {"refined": refined}}))
+    rig = Rig(tmp_path / "cal.json", "refine", {"cam00.png": Calibrated(K_cal, np.eye(3), np.zeros(3), 128, 128,
+                                                                       np.zeros(0))})
+    cam = identity_from_fit(tmp_path, rig).cameras["cam00.png"]
+    X_head = np.array([0.03, -0.02, 0.05])
+    X_rig = H_R @ X_head + H_t
+    assert np.allclose(cam.R @ X_rig + cam.t, R_head @ X_head + t_head)
+    assert np.allclose(cam.K, K_fit if refined else K_cal)
+    own = identity_from_fit(tmp_path, None).cameras["cam00.png"]
+    assert np.allclose(own.R, R_head) and np.allclose(own.t, t_head) and np.allclose(own.K, K_fit)
+    assert (own.width, own.height) == (128, 128)
