@@ -6,6 +6,12 @@ preprocessing when needed and publishes ``<OUT>/<scene>/`` atomically (report.js
 :mod:`fitting.output_folder`). Every option the batch does not know is a fit option, passed
 through to each scene's config (``--config FILE``, ``--photo_iters 20``, ...).
 
+A sequence (a folder with images/<camera>/<frame>, docs/SEQUENCES.md) is tracked by one Ray
+task running ``python -m fitting.sequence``'s :func:`run_sequence` into ``<OUT>/<sequence>/``;
+its frames' preprocessing and its chunks (``--chunk``) run as Ray tasks of their own, so one
+long sequence spreads over the cluster. Sequence options (``--chunk``, ``--cameras``, ...) are
+then fit options of every capture of the batch: give them in a batch of sequences only.
+
 * Without ``--ray`` a local Ray is started for the run with ``--workers`` CPUs; ``--ray auto``
   joins a running cluster (``ray start --head`` / ``ray start --address=...``), and
   ``--ray ray://host:port`` connects through Ray Client. See docs/BATCH.md.
@@ -28,18 +34,20 @@ import glob
 import io
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from fitting.atomic import atomic_write_bytes, atomic_write_json
 from fitting.config import parse_config
-from fitting.fit_record import finished_report, fit_and_record, output_path
+from fitting.fit_record import RECORD, finished_report, fit_and_record, output_path, run_and_record
+from fitting.sequence.layout import is_sequence
 
 __all__ = ["main", "find_scenes", "scene_configs", "fit_task", "run_batch", "write_summary", "SUMMARY_FIELDS",
            "DEFAULT_MEMORY_GB"]
 
-SUMMARY_FIELDS = ("scene", "status", "views", "time_s", "error", "output")
+SUMMARY_FIELDS = ("scene", "status", "views", "frames", "time_s", "error", "output")
 # Memory declared to Ray per fit. The demo (configs/demo.txt: 12 views of 1024 px fitted at
 # 256 px, every export, its scene and SfM built in the same process) peaks at 1.12 GiB RSS,
 # a 4-view 192 px capture fitted at 128 px at 0.37 GiB (/usr/bin/time -v, docs/BATCH.md).
@@ -99,8 +107,9 @@ def scene_configs(scenes: list[Path], savefolder: str, fit_args: list[str]) -> l
     if own:
         raise ValueError(f"{own[0].split('=', 1)[0]} is set by the batch for each scene: give the scenes as "
                          "arguments and --savefolder once")
-    out = str(Path(savefolder).resolve())
-    cfgs = [parse_config([*fit_args, "--scene_dir", str(s), "--savefolder", out, "--scene_name", s.name])
+    out = Path(savefolder).resolve()
+    cfgs = [sequence_config(s, out, fit_args) if is_sequence(s) else
+            parse_config([*fit_args, "--scene_dir", str(s), "--savefolder", str(out), "--scene_name", s.name])
             for s in scenes]
     if cfgs and cfgs[0].demo:
         raise ValueError("the batch fits existing captures: --demo builds a synthetic scene; give a config "
@@ -108,26 +117,61 @@ def scene_configs(scenes: list[Path], savefolder: str, fit_args: list[str]) -> l
     return cfgs
 
 
-def summary_row(cfg, status: str, views=None, time_s=None, error: str = "") -> dict:
-    """One scene's row of the summary (:data:`SUMMARY_FIELDS`)."""
-    return {"scene": cfg.scene_name, "status": status, "views": views,
+def sequence_config(scene: Path, savefolder: Path, fit_args: list[str]) -> argparse.Namespace:
+    """A sequence's config (``python -m fitting.sequence``'s), its outputs in <savefolder>/<scene>.
+    A sequence whose layout is refused gets a config holding only its ``error``: it fails alone."""
+    from fitting.sequence.__main__ import parse_sequence_config
+    out = savefolder / scene.name
+    try:
+        cfg = parse_sequence_config([*fit_args, str(scene), "--savefolder", str(out)])
+    except ValueError as e:
+        return argparse.Namespace(scene=str(scene), scene_name=scene.name, savefolder=str(out), demo=False,
+                                  error=f"ValueError: {e}")
+    cfg.scene_name = scene.name
+    return cfg
+
+
+def is_sequence_config(cfg) -> bool:
+    """Whether ``cfg`` is a sequence's (:func:`sequence_config`: it names its sequence folder)."""
+    return "scene" in vars(cfg)
+
+
+def result_folder(cfg) -> Path:
+    """Where a scene's or a sequence's result goes: <savefolder>/<scene>."""
+    return Path(cfg.savefolder) if is_sequence_config(cfg) else output_path(cfg)
+
+
+def finished(cfg) -> dict | None:
+    """report.json of a finished scene or sequence made with the same options, else None."""
+    return finished_report(cfg, folder=result_folder(cfg))
+
+
+def summary_row(cfg, status: str, views=None, time_s=None, error: str = "", frames=None) -> dict:
+    """One scene's row of the summary (:data:`SUMMARY_FIELDS`); frames: a sequence's."""
+    return {"scene": cfg.scene_name, "status": status, "views": views, "frames": frames,
             "time_s": None if time_s is None else round(float(time_s), 2), "error": error,
-            "output": "" if status == "failed" else str(output_path(cfg))}
+            "output": "" if status == "failed" else str(result_folder(cfg))}
 
 
 def skipped_row(cfg, report: dict) -> dict:
-    """A finished scene's row: the views and time of the run that fitted it."""
+    """A finished scene's row: the views (frames) and time of the run that fitted it."""
+    if is_sequence_config(cfg):
+        s = report["summary"]
+        return summary_row(cfg, "skipped", s.get("num_cameras"), s["timing_s"]["total"], frames=s["num_frames"])
     return summary_row(cfg, "skipped", report.get("num_views"), report.get("timing_s", {}).get("total"))
 
 
-def fit_task(cfg, num_cpus: int, force: bool = False) -> dict:
-    """The Ray task: fit one scene with :func:`fit_scene`, return its summary row.
+def fit_task(cfg, num_cpus: int, force: bool = False, memory_gb: float = DEFAULT_MEMORY_GB) -> dict:
+    """The Ray task: fit one scene with :func:`fit_scene`, or track one sequence with
+    :func:`fitting.sequence.__main__.run_sequence` (its frames' preprocessing and its chunks as
+    Ray tasks of their own, each of ``num_cpus`` and ``memory_gb``); return its summary row.
 
-    Idempotent: a finished scene is skipped (unless ``force``; :mod:`fitting.fit_record`). Never raises for a
+    Idempotent: a finished scene is skipped (unless ``force``; :mod:`fitting.fit_record`), and a
+    sequence reuses its identity and chunks made from the same inputs. Never raises for a
     scene's failure: the error goes into the row, so one bad capture does not stop a batch."""
     import torch
 
-    report = None if force else finished_report(cfg)
+    report = None if force else finished(cfg)
     if report is not None:
         return skipped_row(cfg, report)
     # Ray gives each task num_cpus cores; torch would otherwise start one thread per core of
@@ -136,10 +180,42 @@ def fit_task(cfg, num_cpus: int, force: bool = False) -> dict:
     torch.set_num_threads(num_cpus)
     t0 = time.perf_counter()
     try:
-        report = fit_and_record(cfg)
+        if not is_sequence_config(cfg):
+            report = fit_and_record(cfg)
+            return summary_row(cfg, "ok", report["num_views"], time.perf_counter() - t0)
+        if force:
+            forget_sequence(cfg)
+        report = run_and_record(lambda c: _run_sequence(c, ray_mapper(num_cpus, memory_gb)), cfg, result_folder(cfg))
     except Exception as e:  # any failure of this scene is its row's; the batch goes on
         return summary_row(cfg, "failed", time_s=time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")
-    return summary_row(cfg, "ok", report["num_views"], time.perf_counter() - t0)
+    s = report["summary"]
+    return summary_row(cfg, "ok", s["num_cameras"], time.perf_counter() - t0, frames=s["num_frames"])
+
+
+def _run_sequence(cfg, mapper) -> dict:
+    from fitting.sequence.__main__ import run_sequence
+    return run_sequence(cfg, mapper)
+
+
+def forget_sequence(cfg) -> None:
+    """Make a sequence's rerun fit its identity and track its chunks again (``--force``)."""
+    out = result_folder(cfg)
+    (out / "identity" / RECORD).unlink(missing_ok=True)
+    shutil.rmtree(out / "chunks", ignore_errors=True)
+
+
+def ray_mapper(num_cpus: int, memory_gb: float):
+    """mapper(fn, jobs) -> [fn(*job) for job in jobs] as Ray tasks of ``num_cpus`` CPUs (also
+    their torch threads) and ``memory_gb`` each, for a sequence's frames and chunks. Called from
+    inside a task: Ray lends the waiting task's CPU to its children."""
+    ray = import_ray()
+    from fitting.sequence.__main__ import call_with_threads
+
+    def run(fn, jobs: list) -> list:
+        task = ray.remote(call_with_threads).options(num_cpus=num_cpus, memory=int(memory_gb * 2**30),
+                                                     max_retries=0, runtime_env=worker_env())
+        return ray.get([task.remote(fn, num_cpus, job) for job in jobs])
+    return run
 
 
 def write_summary(savefolder, rows: list[dict]) -> tuple[Path, Path]:
@@ -157,7 +233,8 @@ def progress_line(done: int, total: int, row: dict) -> str:
     """``[3/10] scene ok: 8 views, 41.2 s`` (or the error of a failed scene)."""
     if row["status"] == "failed":
         return f"[{done}/{total}] {row['scene']} failed: {row['error']}"
-    return f"[{done}/{total}] {row['scene']} {row['status']}: {row['views']} views, {row['time_s']} s"
+    frames = f" x {row['frames']} frames" if row.get("frames") else ""
+    return f"[{done}/{total}] {row['scene']} {row['status']}: {row['views']} views{frames}, {row['time_s']} s"
 
 
 def worker_env() -> dict:
@@ -183,13 +260,18 @@ def connect(ray, address: str, workers: int) -> bool:
 def run_batch(cfgs: list, address: str = "", workers: int = 1, cpus_per_task: int = 1,
               memory_gb: float = DEFAULT_MEMORY_GB, force: bool = False, log=print) -> list[dict]:
     """Fit every config's scene as a Ray task; returns the summary rows in ``cfgs`` order.
-    Finished scenes are skipped here without a task (and without starting Ray when all are)."""
+    Finished scenes are skipped here without a task (and without starting Ray when all are), and
+    sequences refused at parsing are failed rows."""
     rows = {}
     for cfg in cfgs:
-        report = None if force else finished_report(cfg)
-        if report is not None:
-            rows[cfg.scene_name] = skipped_row(cfg, report)
-            log(progress_line(len(rows), len(cfgs), rows[cfg.scene_name]))
+        if "error" in vars(cfg):
+            row = summary_row(cfg, "failed", error=cfg.error)
+        elif not force and (report := finished(cfg)) is not None:
+            row = skipped_row(cfg, report)
+        else:
+            continue
+        rows[cfg.scene_name] = row
+        log(progress_line(len(rows), len(cfgs), row))
     todo = [c for c in cfgs if c.scene_name not in rows]
     if todo:
         rows.update(_run_tasks(todo, address, workers, cpus_per_task, memory_gb, force, len(cfgs) - len(todo),
@@ -206,7 +288,7 @@ def _run_tasks(cfgs: list, address: str, workers: int, cpus_per_task: int, memor
         # max_retries=0: a fit that crashed its worker (out of memory) would crash the next one too
         task = ray.remote(fit_task).options(num_cpus=cpus_per_task, memory=int(memory_gb * 2**30), max_retries=0,
                                             runtime_env=worker_env())
-        pending = {task.remote(cfg, cpus_per_task, force): cfg for cfg in cfgs}
+        pending = {task.remote(cfg, cpus_per_task, force, memory_gb): cfg for cfg in cfgs}
         rows = {}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

@@ -1,9 +1,10 @@
 """Which options and inputs made the result in a fit's output folder, so a rerun reuses it only
-when they are the same (``fitting.batch``'s scenes, ``fitting.sequence``'s keyframe identity).
+when they are the same (``fitting.batch``'s scenes and sequences, ``fitting.sequence``'s
+keyframe identity).
 
-``<savefolder>/<scene_name>/fit_record.json`` holds ``{"options": ..., "inputs": ...}``: the fit
-options that decide the result (:func:`fit_options_key`) and what the caller adds about its inputs
-(file digests). It is removed before a fit and written after the fit published, so it never
+``<savefolder>/<scene_name>/fit_record.json`` (a sequence's: ``<its savefolder>/fit_record.json``)
+holds ``{"options": ..., "inputs": ...}``: the fit options that decide the result
+(:func:`fit_options_key`) and what the caller adds about its inputs (file digests). It is removed before a fit and written after the fit published, so it never
 vouches for a result of other options, even when the fit dies half-way.
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 from fitting.atomic import atomic_write_json
 from fitting.config import config_to_dict
 
-__all__ = ["RECORD", "NOT_COMPARED", "fit_options_key", "finished_report", "fit_and_record", "files_digest"]
+__all__ = ["RECORD", "NOT_COMPARED", "output_path", "fit_options_key", "finished_report", "run_and_record",
+           "fit_and_record", "files_digest"]
 
 RECORD = "fit_record.json"
 # Options that change how a fit runs but not its result: a rerun differing only in them reuses it.
@@ -33,10 +35,10 @@ def fit_options_key(cfg: argparse.Namespace) -> dict:
     return json.loads(json.dumps(opts, default=str))
 
 
-def finished_report(cfg: argparse.Namespace, inputs: dict | None = None) -> dict | None:
-    """report.json of ``cfg``'s result when it is complete and was made with the same options and
-    ``inputs``; None when the fit must run."""
-    out = output_path(cfg)
+def finished_report(cfg: argparse.Namespace, inputs: dict | None = None, folder: Path | None = None) -> dict | None:
+    """report.json of ``cfg``'s result (in ``folder``, default <savefolder>/<scene_name>) when it
+    is complete and was made with the same options and ``inputs``; None when the fit must run."""
+    out = folder or output_path(cfg)
     try:
         record = json.loads((out / RECORD).read_text())
         report = json.loads((out / "report.json").read_text())
@@ -46,15 +48,20 @@ def finished_report(cfg: argparse.Namespace, inputs: dict | None = None) -> dict
     return report if same else None
 
 
-def fit_and_record(cfg: argparse.Namespace, inputs: dict | None = None) -> dict:
-    """:func:`fitting.pipeline.fit_scene` for ``cfg``, then the record of its options and inputs.
-    Returns the report."""
-    from fitting.pipeline import fit_scene
-    record = output_path(cfg) / RECORD
-    record.unlink(missing_ok=True)   # the fit below moves files of our own into its new result
-    report = fit_scene(cfg)
+def run_and_record(run, cfg: argparse.Namespace, folder: Path, inputs: dict | None = None) -> dict:
+    """``run(cfg)`` (which writes its result into ``folder``, report.json last), then the record
+    of its options and inputs. Returns run's report."""
+    record = Path(folder) / RECORD
+    record.unlink(missing_ok=True)   # a fit moves files of our own into its new result
+    report = run(cfg)
     atomic_write_json(record, {"options": fit_options_key(cfg), "inputs": _normal(inputs)})
     return report
+
+
+def fit_and_record(cfg: argparse.Namespace, inputs: dict | None = None) -> dict:
+    """:func:`fitting.pipeline.fit_scene` for ``cfg`` with :func:`run_and_record`."""
+    from fitting.pipeline import fit_scene
+    return run_and_record(fit_scene, cfg, output_path(cfg), inputs)
 
 
 def files_digest(paths) -> str:

@@ -29,7 +29,7 @@ from fitting.sequence.outputs import write_flame_params, write_frame_table, writ
 from fitting.sequence.track import (add_sequence_options, blend_chunks, chunk_ranges, identity_from_fit, interpolate,
                                     track_chunk)
 
-__all__ = ["parse_sequence_config", "run_sequence", "frame_dirs", "fit_identity"]
+__all__ = ["parse_sequence_config", "run_sequence", "frame_dirs", "fit_identity", "local_mapper", "call_with_threads"]
 
 # the options of the sequence (and its positional SCENE), not of the keyframe's fit
 SEQUENCE_ONLY = ("scene", *add_sequence_options(argparse.ArgumentParser()))
@@ -55,15 +55,20 @@ def frame_dirs(scene, spec: str = "") -> list:
     return frame_scenes(layout, frames=select_frames(layout.frames, spec))
 
 
-def run_sequence(cfg) -> dict:
-    """Identity from the keyframe, chunks tracked (in ``--workers`` processes), overlaps blended,
-    missing frames interpolated; writes OUT/sequence.npz and OUT/report.json, returns the report."""
+def run_sequence(cfg, mapper=None) -> dict:
+    """Identity from the keyframe, chunks tracked, overlaps blended, missing frames interpolated;
+    writes OUT/sequence.npz and OUT/report.json, returns the report.
+
+    mapper(fn, jobs) -> [fn(*job) for job in jobs]: how the frames are preprocessed and the chunks
+    tracked, each job a task of its own (default :func:`local_mapper`: ``--workers`` processes;
+    ``fitting.batch`` gives Ray tasks)."""
     from fitting.sequence.prepare import prepare_frames
     t0 = time.perf_counter()
     out = Path(cfg.savefolder)
     dirs = frame_dirs(cfg.scene, cfg.frames)
     (out / "report.json").unlink(missing_ok=True)   # written last: present only beside a complete result
-    prepared = prepare_frames(dirs, workers=cfg.workers, options={"backend": cfg.landmark_backend, "progress": False})
+    prepared = prepare_frames(dirs, workers=cfg.workers, options={"backend": cfg.landmark_backend, "progress": False},
+                              mapper=mapper)
     # a frame whose preprocessing failed may still hold outputs made for other images: never read them
     unusable = {n: f"preprocessing failed ({s.removeprefix('error: ')})" for n, s in prepared.items()
                 if s.startswith("error")}
@@ -71,14 +76,10 @@ def run_sequence(cfg) -> dict:
     t_identity = time.perf_counter() - t0
 
     ranges = chunk_ranges(len(dirs), cfg.chunk, cfg.overlap)
-    jobs = [(track_cfg, dirs[a:b], ident, out / "chunks" / f"{i}.npz") for i, (a, b) in enumerate(ranges)]
     t1 = time.perf_counter()
-    if cfg.workers > 1 and len(jobs) > 1:
-        threads = max(1, (os.cpu_count() or 1) // cfg.workers)
-        with ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=get_context("spawn")) as pool:
-            done = list(pool.map(track_chunk, *zip(*jobs), [threads] * len(jobs), [unusable] * len(jobs)))
-    else:
-        done = [track_chunk(*job, 0, unusable) for job in jobs]
+    done = (mapper or local_mapper(cfg.workers))(
+        track_chunk, [(track_cfg, dirs[a:b], ident, out / "chunks" / f"{i}.npz", unusable)
+                      for i, (a, b) in enumerate(ranges)])
     t_track = time.perf_counter() - t1
     res = interpolate(blend_chunks(ranges, [r for r, _ in done]))
 
@@ -102,7 +103,7 @@ def run_sequence(cfg) -> dict:
         "frames": [{"frame": n, "landmark_rmse_px": None if m else float(np.nanmean(r)), "missing": bool(m),
                     "why": str(w) or None, "seconds": float(s)}
                    for n, r, m, w, s in zip(names, rmse_cam, res["missing"], res["why"], res["seconds"])],
-        "summary": {"num_frames": len(dirs), "chunks": [list(r) for r in ranges],
+        "summary": {"num_frames": len(dirs), "num_cameras": len(ident.cameras), "chunks": [list(r) for r in ranges],
                     "chunks_tracked_now": [bool(n) for _, n in done],
                     "landmark_rmse_px_mean": float(rmse.mean()) if len(rmse) else None,
                     "landmark_rmse_px_max": float(rmse.max()) if len(rmse) else None,
@@ -112,6 +113,26 @@ def run_sequence(cfg) -> dict:
                                  "total": round(time.perf_counter() - t0, 2)}}}
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=1).encode())
     return report
+
+
+def local_mapper(workers: int):
+    """mapper(fn, jobs) -> [fn(*job) for job in jobs]: in this process, or in ``workers`` spawned
+    processes sharing the cores' torch threads when there is more than one job."""
+    def run(fn, jobs: list) -> list:
+        if workers <= 1 or len(jobs) <= 1:
+            return [fn(*job) for job in jobs]
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
+            return list(pool.map(call_with_threads, [fn] * len(jobs), [threads] * len(jobs), jobs))
+    return run
+
+
+def call_with_threads(fn, threads: int, args: tuple):
+    """fn(*args) with torch limited to ``threads`` threads: a task runs beside others, and
+    OpenMP threads waiting for a busy core spin (several times slower, docs/SEQUENCES.md)."""
+    import torch
+    torch.set_num_threads(threads)
+    return fn(*args)
 
 
 def fit_identity(cfg, keyframe: Path) -> tuple:

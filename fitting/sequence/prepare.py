@@ -48,13 +48,15 @@ def _run(frame_dir: str, force: bool, options: dict | None):
     return status, time.perf_counter() - t0
 
 
-def prepare_frames(frame_dirs, workers: int = 1, force: bool = False, log=print, options: dict | None = None) -> dict:
+def prepare_frames(frame_dirs, workers: int = 1, force: bool = False, log=print, options: dict | None = None,
+                   mapper=None) -> dict:
     """{frame folder name: "done" | "skipped" | "error: <reason>"}, in the order given.
 
     frame_dirs: frame scene folders (:func:`fitting.sequence.layout.frame_scenes`); workers: how
     many processes (spawned, so safe beside threads and torch; 1: in this process); options:
-    process_data options (e.g. {"backend": "mediapipe"}). One line is logged per finished
-    frame, as frames finish."""
+    process_data options (e.g. {"backend": "mediapipe"}); mapper(fn, jobs) -> [fn(*job) ...]:
+    runs the frames as tasks instead (Ray, ``fitting.batch``). One line is logged per finished
+    frame, as frames finish (with a mapper: when all have)."""
     dirs = [Path(d) for d in frame_dirs]
     results, n = {}, len(dirs)
 
@@ -62,7 +64,10 @@ def prepare_frames(frame_dirs, workers: int = 1, force: bool = False, log=print,
         results[d.name] = status
         log(f"[prepare] {len(results)}/{n} frame {d.name}: {status} ({seconds:.1f} s)")
 
-    if workers <= 1 or n <= 1:
+    if mapper is not None:
+        for d, r in zip(dirs, mapper(_run, [(str(d), force, options) for d in dirs])):
+            report(d, *r)
+    elif workers <= 1 or n <= 1:
         for d in dirs:  # frames are independent; in-process keeps a single worker cheap to start
             report(d, *_run(str(d), force, options))
     else:

@@ -255,11 +255,10 @@ def _chunk_key(cfg, frame_dirs: list, ident: Identity, unusable: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def track_chunk(cfg, frame_dirs: list, ident: Identity, path: Path, threads: int = 0,
-                unusable: dict | None = None) -> tuple[dict, bool]:
+def track_chunk(cfg, frame_dirs: list, ident: Identity, path: Path, unusable: dict | None = None) -> tuple[dict, bool]:
     """A chunk's result from ``path`` when it holds one for the same inputs, else tracked
     (:func:`track_frames`) and written there atomically. Returns (result, whether it was tracked
-    now). Runs in a worker process (``threads``: its torch threads)."""
+    now). A task of its own (a worker process, a Ray task)."""
     from fitting.model import load_model
     unusable = {Path(f).name: unusable[Path(f).name] for f in frame_dirs if Path(f).name in (unusable or {})}
     key = _chunk_key(cfg, frame_dirs, ident, unusable)
@@ -267,8 +266,6 @@ def track_chunk(cfg, frame_dirs: list, ident: Identity, path: Path, threads: int
         with np.load(path) as z:
             if str(z["key"]) == key:
                 return {k: z[k] for k in FIELDS}, False
-    if threads > 0:
-        torch.set_num_threads(threads)
     flame, texspace, _ = load_model(cfg, torch.device("cpu"))
     res = track_frames(cfg, frame_dirs, ident, flame, texspace, unusable)
     buf = io.BytesIO()

@@ -127,3 +127,48 @@ def test_without_ray_the_error_says_how_to_install(monkeypatch, tmp_path, capsys
     rc = batch.main([str(tmp_path / "cap"), "--savefolder", str(tmp_path / "out")])
     assert rc == 2
     assert "pip install '.[ray]'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def sequences(tmp_path_factory, standin_path):
+    """Two 3-frame x 3-camera 128 px sequences of one rig (seq_b a copy of seq_a) and one whose
+    camera cam01 lacks a frame (its layout is refused)."""
+    import shutil
+
+    from fitting.synthetic_sequence import make_sequence
+    root = tmp_path_factory.mktemp("sequences")
+    make_sequence(root / "seq_a", standin_path, n_frames=3, n_cameras=3, width=128, height=128, n_shape=20,
+                  n_exp=10, seed=3)
+    for name in ("seq_b", "seq_broken"):
+        shutil.copytree(root / "seq_a", root / name, symlinks=True)
+    (root / "seq_broken" / "images" / "cam01" / "000002.png").unlink()
+    return root
+
+
+@pytest.mark.slow  # ~1-2 min: Ray's start, two identity fits, four chunk tasks
+def test_sequences_run_as_ray_tasks_and_a_rerun_skips_them(sequences, standin_path, tmp_path, monkeypatch):
+    """Sequences in a batch: each tracked by a task whose chunks are tasks of their own; the
+    sequence with a refused layout fails alone; a rerun skips both without starting Ray."""
+    out = tmp_path / "out"
+    args = [str(sequences / "seq_*"), "--savefolder", str(out), "--workers", "2",
+            *fit_options(standin_path)[:-2], "--memory_gb", "1",
+            "--cameras", str(sequences / "seq_a" / "calibration" / "cameras.json"), "--camera_mode", "fixed",
+            "--chunk", "2", "--overlap", "1"]
+    rc = batch.main(args)
+    rows = read_summary(out)
+    assert rc == 1 and sorted(rows) == ["seq_a", "seq_b", "seq_broken"]
+    for name in ("seq_a", "seq_b"):
+        assert rows[name]["status"] == "ok", rows[name]
+        assert rows[name]["views"] == 3 and rows[name]["frames"] == 3 and rows[name]["output"] == str(out / name)
+        rep = json.loads((out / name / "report.json").read_text())
+        assert rep["summary"]["chunks"] == [[0, 2], [1, 3]] and rep["summary"]["chunks_tracked_now"] == [True, True]
+        assert len(list((out / name / "flame_param").glob("*.npz"))) == 3
+    assert rows["seq_broken"]["status"] == "failed" and "cam01" in rows["seq_broken"]["error"]
+
+    before = {name: mtimes(out / name) for name in ("seq_a", "seq_b")}
+    monkeypatch.setattr(batch, "import_ray", lambda: pytest.fail("the rerun started Ray"))
+    rc = batch.main([str(sequences / "seq_a"), str(sequences / "seq_b"), *args[1:]])
+    rows = read_summary(out)
+    assert rc == 0 and {r["status"] for r in rows.values()} == {"skipped"}
+    assert rows["seq_a"]["frames"] == 3 and rows["seq_a"]["views"] == 3
+    assert {name: mtimes(out / name) for name in ("seq_a", "seq_b")} == before
