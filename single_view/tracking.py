@@ -38,8 +38,8 @@ from fitting.jacobians import point_jacobian, vertex_jacobian
 from fitting.losses import landmark_point_weights
 from fitting.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
-__all__ = ["Weights", "map_prior_weights", "FrameParams", "fold_identity", "lm_frames", "pnp_init", "select_keyframes", "interpolate_missing",
-           "model_landmarks"]
+__all__ = ["Weights", "map_prior_weights", "FrameParams", "fold_identity", "lm_frames", "pnp_init", "select_keyframes",
+           "interpolate_missing", "model_landmarks"]
 
 
 @dataclass
