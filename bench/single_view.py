@@ -15,6 +15,12 @@ built on the shared FLAME template (through single_view.batch.fit_images, exactl
   over all vertices, the NoW face region and the vertices seen in the photo
   (single_view.groundtruth), per seed and mean, with the mean shape's errors for scale.
   Extra options (after ``--``) go to every fit, e.g. ``-- --w_shape 0.018``.
+* ``video``: memory and speed of video tracking: the synthetic clip (16 frames at 256 px,
+  single_view.groundtruth.make_synthetic_clip) played back and forth to each of ``--frames``
+  frames, with its landmarks as a file, fitted by ``single_view/fit.py`` in a child process
+  (overlay video on); one line per length with the child's peak RSS (its report.json's
+  ``peak_rss_mb``), wall time, s_per_frame and the report's stage timings. Target: peak RSS
+  flat between lengths, <= 1 s per frame.
 
 Fields: nme_ref_mean / nme_ref_max (fitted vs reference landmarks), nme_used_mean (report.json's
 landmark_nme: fitted vs the landmarks used), photometric L1 first / last and drop (mean, min),
@@ -25,8 +31,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -115,25 +124,82 @@ def run_synthetic(out: Path, seeds: list, extra: list) -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
+def _pingpong(n_frames: int, clip_len: int) -> np.ndarray:
+    """(n_frames,) indices into a clip of ``clip_len`` frames played forwards then backwards."""
+    period = 2 * (clip_len - 1)
+    k = np.arange(n_frames) % period
+    return np.where(k < clip_len, k, period - k)
+
+
+def _write_played_clip(gt: dict, n_frames: int, out: Path) -> tuple[Path, Path]:
+    """The clip of ``gt`` (make_synthetic_clip's result) played back and forth to ``n_frames``:
+    (video path, (n_frames, 68, 2) landmarks .npy path)."""
+    import cv2
+
+    from single_view.video_io import VideoWriter, iter_frame_chunks
+
+    frames = [f for c in iter_frame_chunks(gt["path"], 64) for f in c.frames]   # 16 frames of 256 px
+    order = _pingpong(n_frames, len(frames))
+    video, lmk = out / f"clip{n_frames}.mp4", out / f"clip{n_frames}_landmarks68.npy"
+    h, w = frames[0].shape[:2]
+    with VideoWriter(video, cv2.VideoCapture(str(gt["path"])).get(cv2.CAP_PROP_FPS), (w, h)) as wr:
+        for i in order:
+            wr.write(frames[i])
+    np.save(lmk, np.load(gt["landmarks_path"])[order])
+    return video, lmk
+
+
+def run_video(out: Path, lengths: list, extra: list) -> list:
+    from fitting.synthetic import build_standin
+    from single_view.groundtruth import make_synthetic_clip
+
+    model = out / "_standin_procedural" / "standin.pkl"
+    if not model.is_file():
+        build_standin(model)
+    gt = make_synthetic_clip(model, out / "video" / "clip", frames=16, size=256)
+    rows = []
+    for n in lengths:
+        video, lmk = _write_played_clip(gt, n, out / "video")
+        save = out / "video" / f"out{n}"
+        cmd = [sys.executable, str(REPO / "single_view" / "fit.py"), str(video), "--flame_model", str(model),
+               "--landmarks", str(lmk), "--savefolder", str(save), "--image_size", "256", "--progress", "false", *extra]
+        w0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - w0
+        rep = json.loads((save / video.stem / "report.json").read_text())
+        rows.append({"bench": "single_view", "case": "video", "frames": n, "image_size": 256, "extra": extra,
+                     "peak_rss_mb": rep["peak_rss_mb"], "wall_s": round(wall, 2), "s_per_frame": round(wall / n, 4),
+                     "report_s_per_frame": rep["timing_s"]["per_frame"], "timing_s": rep["timing_s"],
+                     "load_avg_1min": load_average(), "machine": machine(),
+                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.single_view", description=__doc__.splitlines()[0])
     p.add_argument("--cases", nargs="+", default=["reference", "dlib"],
-                   help="reference | dlib | weak | fovN (e.g. fov6 fov25) | synthetic")
+                   help="reference | dlib | weak | fovN (e.g. fov6 fov25) | synthetic | video")
     p.add_argument("--seeds", type=int, nargs="+", default=[3, 0, 1, 2, 4, 5],
                    help="synthetic case: seeds of the ground-truth photos (the test uses 3)")
+    p.add_argument("--frames", type=int, nargs="+", default=[100, 1000],
+                   help="video case: lengths (frames) the synthetic clip is played to")
     p.add_argument("--images", type=int, default=10, help="how many of the FFHQ photos (sorted)")
     p.add_argument("--image_size", type=int, default=256)
     p.add_argument("--out", default="", help="output folder (default: a temporary one, removed)")
     p.add_argument("extra", nargs="*", help="further single_view options after --, e.g. -- --photo_iters 60")
     a = p.parse_args(argv)
     tmp = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="bench_single_view_"))
-    if "synthetic" in a.cases:
+    for case, run in (("synthetic", lambda: [run_synthetic(tmp, a.seeds, a.extra)]),
+                      ("video", lambda: run_video(tmp, a.frames, a.extra))):
+        if case not in a.cases:
+            continue
         try:
-            emit(run_synthetic(tmp, a.seeds, a.extra))
+            for row in run():
+                emit(row)
         finally:
-            if not a.out and a.cases == ["synthetic"]:
+            if not a.out and a.cases == [case]:
                 shutil.rmtree(tmp, ignore_errors=True)
-        a.cases = [c for c in a.cases if c != "synthetic"]
+        a.cases = [c for c in a.cases if c != case]
         if not a.cases:
             return 0
     if not (DATA / "ffhq").is_dir():

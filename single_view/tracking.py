@@ -38,8 +38,8 @@ from fitting.jacobians import point_jacobian, vertex_jacobian
 from fitting.losses import landmark_point_weights
 from fitting.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
-__all__ = ["Weights", "FrameParams", "fold_identity", "lm_frames", "pnp_init", "select_keyframes", "interpolate_missing",
-           "model_landmarks"]
+__all__ = ["Weights", "map_prior_weights", "FrameParams", "fold_identity", "lm_frames", "pnp_init", "select_keyframes",
+           "interpolate_missing", "model_landmarks"]
 
 
 @dataclass
@@ -57,6 +57,23 @@ class Weights:
     sigma_trans: float = 0.003   # m per frame
     sigma_exp: float = 0.15      # coefficient units per frame
     sigma_jaw: float = 0.03      # rad per frame
+
+
+def map_prior_weights(noise_px: float = 1.0, sigma_shape: float = 1.0, sigma_exp: float = 0.5, sigma_jaw: float = 0.1,
+                      contour_weight: float = 0.3) -> dict:
+    """{"w_shape", "w_exp", "w_pose"}: the MAP weights of the priors N(0, sigma^2) (per coefficient;
+    the jaw's in radians) for landmarks with ``noise_px`` of Gaussian noise per coordinate.
+
+    A frame's landmark term is a weighted mean over the 68 points (weights sum to
+    51 + 17 ``contour_weight``), so the negative log posterior, times 2 noise^2 / sum_k w_k, is
+    this module's cost: w = noise^2 / (sigma^2 sum_k w_k), the jaw's on jaw / 0.1 rad. Exact
+    when every point has that noise (``contour_weight`` = 1); with contour weight c < 1 the
+    contour is treated as noise / sqrt(c).
+    """
+    norm = float(landmark_point_weights(contour_weight).sum())
+    n2 = noise_px ** 2
+    return {"w_shape": n2 / (sigma_shape ** 2 * norm), "w_exp": n2 / (sigma_exp ** 2 * norm),
+            "w_pose": n2 * 0.1 ** 2 / (sigma_jaw ** 2 * norm)}
 
 
 @dataclass

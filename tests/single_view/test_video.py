@@ -16,16 +16,18 @@ import pytest
 import torch
 
 from single_view.options import parse_single_view
+from single_view.tracking import map_prior_weights
 from single_view.video_io import iter_frame_chunks
 
 BLANK = 7        # the clip's frame with no face (background only; NaN landmarks)
 INJECTED = 11    # a frame whose detection the injected detector reports as failed
 CHUNK = 6        # 16 frames -> chunks of 6, 6, 4: chunk boundaries inside the clip
-# The clip's coefficients are N(0, 1) (shape) and ~N(0, 0.5) (expression), its jaw opens up to
-# 0.27 rad, and its landmarks carry 1 px noise: the MAP priors, as the single-image synthetic
-# test passes them (docs/SINGLE_VIEW.md), with the jaw's for sigma = 0.2 rad (0.018 / 2^2; the
-# default 0.018 is sigma = 0.1 rad: 3.3 deg short at the widest opening)
-MAP = ["--w_shape", 0.018, "--w_exp", 0.071, "--w_pose", 0.0045]
+# The clip's landmarks carry 1 px noise on every point, its shape is N(0, 1) and its expression
+# ~N(0, 0.35) per coefficient; its jaw opens up to 0.27 rad (RMS 0.17): the MAP weights for
+# those, with the contour weighted like the other points (its noise is the same here; a
+# detector's contour slides, hence the default 0.3). Jaw prior sigma 0.2 rad.
+MAP_WEIGHTS = map_prior_weights(noise_px=1.0, sigma_shape=1.0, sigma_exp=0.35, sigma_jaw=0.2, contour_weight=1.0)
+MAP = ["--w_contour", 1.0, *(a for k, v in MAP_WEIGHTS.items() for a in (f"--{k}", v))]
 
 
 def _cfg(clip, out, *extra):
@@ -131,17 +133,20 @@ def test_frame_reader_chunks_sampling_and_start(clip):
 
 def test_video_accuracy_against_ground_truth(tracked, clip, standin_path):
     """Issue 18: per-frame jaw angle error <= 1.5 deg and face-region vertex error <= 2 mm on the
-    synthetic clip. Measured (2026-12-05): jaw opening error mean ~1.0 deg, max ~2 deg (at the
-    widest opening, where the landmark fit trades jaw for expression); head rotation < 1.3 deg;
-    face 0.4-0.9 mm. The blank frame is checked by its own test."""
+    synthetic clip. Measured (2026-12-06): jaw opening error mean 0.6 deg, max 1.7 deg at the
+    widest opening: expression and head pose reproduce ~93 % of the jaw's landmark motion, so
+    the priors split the opening between them and the landmarks alone leave the jaw a posterior
+    std of 0.65-0.85 deg per frame (docs/VIDEO.md); head rotation < 1.2 deg; face 0.4-0.7 mm.
+    The blank frame is checked by its own test."""
     p, _, rep = _load(tracked["out"])
     e = _errors(p, clip, standin_path)
     seen = ~clip["blank"]
-    print("jaw opening error (deg):", np.round(e["jaw_open"], 2), "\nhead rotation error (deg):",
-          np.round(e["rot"], 2), "\nface vertex error (mm):", np.round(e["face"], 2))
-    assert e["jaw_open"][seen].mean() <= 1.5
-    assert e["jaw_open"][seen].max() <= 2.5     # the per-frame 1.5 deg is not met at the widest opening
-    assert e["jaw"][seen].max() <= 3.0          # including sideways jaw rotation
+    print("jaw opening error (deg):", np.round(e["jaw_open"], 2), "\njaw rotation error (deg):",
+          np.round(e["jaw"], 2), "\nhead rotation error (deg):", np.round(e["rot"], 2),
+          "\nface vertex error (mm):", np.round(e["face"], 2))
+    assert e["jaw_open"][seen].mean() <= 1.0
+    assert e["jaw_open"][seen].max() <= 2.0     # the per-frame 1.5 deg is not met at the widest opening
+    assert e["jaw"][seen].max() <= 2.0          # including sideways jaw rotation
     assert e["rot"][seen].max() <= 2.0
     assert e["face"][seen].max() <= 2.0
     assert rep["landmark_rmse_px"]["mean"] <= 2.0  # 1 px noise per coordinate: ~1.4 px expected
