@@ -32,7 +32,6 @@ import argparse
 import csv
 import glob
 import io
-import json
 import os
 import shutil
 import sys
