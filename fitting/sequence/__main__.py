@@ -29,7 +29,8 @@ from fitting.sequence.outputs import write_flame_params, write_frame_table, writ
 from fitting.sequence.track import (add_sequence_options, blend_chunks, chunk_ranges, identity_from_fit, interpolate,
                                     track_chunk)
 
-__all__ = ["parse_sequence_config", "run_sequence", "frame_dirs", "fit_identity", "local_mapper", "call_with_threads"]
+__all__ = ["parse_sequence_config", "run_sequence", "frame_dirs", "choose_keyframe", "fit_identity", "local_mapper",
+           "call_with_threads"]
 
 # the options of the sequence (and its positional SCENE), not of the keyframe's fit
 SEQUENCE_ONLY = ("scene", *add_sequence_options(argparse.ArgumentParser()))
@@ -41,9 +42,10 @@ def parse_sequence_config(argv=None):
     add_sequence_options(p)
     cfg = parse_checked(p, argv)
     dirs = frame_dirs(cfg.scene, cfg.frames)
-    if not 0 <= cfg.keyframe < len(dirs):
-        raise ValueError(f"--keyframe {cfg.keyframe} is not among the {len(dirs)} selected frames")
-    cfg.scene_dir = str(dirs[cfg.keyframe])
+    if not -1 <= cfg.keyframe < len(dirs):
+        raise ValueError(f"--keyframe {cfg.keyframe} is not among the {len(dirs)} selected frames "
+                         "(-1: the first frame with landmarks in the most cameras)")
+    cfg.scene_dir = str(dirs[max(cfg.keyframe, 0)])   # -1: chosen after the frames' preprocessing
     validate(cfg)
     return cfg
 
@@ -72,7 +74,9 @@ def run_sequence(cfg, mapper=None) -> dict:
     # a frame whose preprocessing failed may still hold outputs made for other images: never read them
     unusable = {n: f"preprocessing failed ({s.removeprefix('error: ')})" for n, s in prepared.items()
                 if s.startswith("error")}
-    ident, track_cfg = fit_identity(cfg, dirs[cfg.keyframe])
+    key = cfg.keyframe if cfg.keyframe >= 0 else choose_keyframe(dirs, unusable)
+    cfg = argparse.Namespace(**{**vars(cfg), "scene_dir": str(dirs[key])})
+    ident, track_cfg = fit_identity(cfg)
     t_identity = time.perf_counter() - t0
 
     ranges = chunk_ranges(len(dirs), cfg.chunk, cfg.overlap)
@@ -103,7 +107,8 @@ def run_sequence(cfg, mapper=None) -> dict:
         "frames": [{"frame": n, "landmark_rmse_px": None if m else float(np.nanmean(r)), "missing": bool(m),
                     "why": str(w) or None, "seconds": float(s)}
                    for n, r, m, w, s in zip(names, rmse_cam, res["missing"], res["why"], res["seconds"])],
-        "summary": {"num_frames": len(dirs), "num_cameras": len(ident.cameras), "chunks": [list(r) for r in ranges],
+        "summary": {"num_frames": len(dirs), "num_cameras": len(ident.cameras), "keyframe": dirs[key].name,
+                    "chunks": [list(r) for r in ranges],
                     "chunks_tracked_now": [bool(n) for _, n in done],
                     "landmark_rmse_px_mean": float(rmse.mean()) if len(rmse) else None,
                     "landmark_rmse_px_max": float(rmse.max()) if len(rmse) else None,
@@ -113,6 +118,18 @@ def run_sequence(cfg, mapper=None) -> dict:
                                  "total": round(time.perf_counter() - t0, 2)}}}
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=1).encode())
     return report
+
+
+def choose_keyframe(dirs: list, unusable: dict) -> int:
+    """Index of the first frame whose landmarks.json has a face in the most cameras (frames named
+    in ``unusable`` count none): the identity is fitted on the views that see the face."""
+    def faces(d: Path) -> int:
+        try:
+            lmk = json.loads((d / "landmarks.json").read_text())
+        except (OSError, ValueError):
+            return 0
+        return sum(isinstance(v, dict) and v.get("points") is not None for v in lmk.values())
+    return int(np.argmax([0 if d.name in unusable else faces(d) for d in dirs]))
 
 
 def local_mapper(workers: int):
@@ -135,14 +152,15 @@ def call_with_threads(fn, threads: int, args: tuple):
     return fn(*args)
 
 
-def fit_identity(cfg, keyframe: Path) -> tuple:
-    """(Identity, the tracking's config): the keyframe fitted as a scene into OUT/identity (reused
-    when :mod:`fitting.fit_record` says it was made from the same options, keyframe images and
-    calibration), and its cameras written to OUT/cameras.json. Without ``--cameras`` the frames
-    are tracked with those cameras, ``fixed``."""
+def fit_identity(cfg) -> tuple:
+    """(Identity, the tracking's config): the keyframe (``cfg.scene_dir``) fitted as a scene into
+    OUT/identity (reused when :mod:`fitting.fit_record` says it was made from the same options,
+    keyframe images and calibration), and its cameras written to OUT/cameras.json. Without
+    ``--cameras`` the frames are tracked with those cameras, ``fixed``."""
     from fitting.calibration import write_calibration_json
     from fitting.fit_record import files_digest, finished_report, fit_and_record
     from fitting.known_cameras import read_rig
+    keyframe = Path(cfg.scene_dir)
     key_cfg = argparse.Namespace(**{k: v for k, v in vars(cfg).items() if k not in SEQUENCE_ONLY})
     key_cfg.scene_name = "identity"
     inputs = {"keyframe_images": files_digest([keyframe / "images"]),
@@ -156,7 +174,7 @@ def fit_identity(cfg, keyframe: Path) -> tuple:
         return ident, cfg
     unposed = sorted(n for n in _image_names(keyframe) if n not in ident.cameras)
     if unposed:
-        raise ValueError(f"the keyframe {keyframe.name} (--keyframe {cfg.keyframe}) fit gave no camera for "
+        raise ValueError(f"the keyframe {keyframe.name}'s fit gave no camera for "
                          f"{', '.join(unposed)} (see {Path(cfg.savefolder) / 'identity' / 'report.json'}): pick a "
                          "--keyframe where every camera sees the face, or give the rig's calibration with --cameras")
     return ident, argparse.Namespace(**{**vars(cfg), "cameras": str(calib), "camera_mode": "fixed"})

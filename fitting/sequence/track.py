@@ -54,7 +54,9 @@ def add_sequence_options(p) -> tuple:
         g.add_argument("--chunk", type=int, default=0, help="frames per chunk (0: one chunk)"),
         g.add_argument("--overlap", type=int, default=2, help="frames two neighbouring chunks share (blended)"),
         g.add_argument("--frames", type=str, default="", help="START:STOP:STEP of the sequence's frames (default all)"),
-        g.add_argument("--keyframe", type=int, default=0, help="index (among the selected frames) fitted for identity"),
+        g.add_argument("--keyframe", type=int, default=-1,
+                       help="index (among the selected frames) fitted for identity; -1: the first frame with "
+                            "landmarks in the most cameras"),
         g.add_argument("--track_iters", type=int, default=3,
                        help="LM iterations per frame on the landmarks alone (warm start from the previous frame)"),
         g.add_argument("--track_photo_iters", type=int, default=2,

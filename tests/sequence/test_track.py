@@ -175,11 +175,11 @@ def test_tracking_without_cameras(sequence6, standin_path, tmp_path):
 
 @pytest.mark.slow
 def test_frame_without_a_face_is_interpolated_and_the_video_written(seq, standin_path, tmp_path):
-    """End to end on a capture whose middle frame shows no face in any camera: it is not fitted
-    but set between its neighbours, flagged with its reason in report.json and in the frame
-    table, and the overlay video has every frame. First with the frame's old preprocessing
-    still there (made for other images: refused, never read), then with none (process_data's
-    detector finds no face)."""
+    """End to end on a capture whose first frame shows no face in any camera: the keyframe is
+    chosen among the others, the frame is not fitted but takes its tracked neighbour's values,
+    flagged with its reason in report.json and in the frame table, and the overlay video has
+    every frame. First with the frame's old preprocessing still there (made for other images:
+    refused, never read), then with none (process_data's detector finds no face)."""
     import shutil
 
     import cv2
@@ -189,7 +189,7 @@ def test_frame_without_a_face_is_interpolated_and_the_video_written(seq, standin
     root = shutil.copytree(seq[0], tmp_path / "seq", symlinks=True)
     blank = np.full((128, 128, 3), 90, np.uint8)
     for c in range(3):
-        cv2.imwrite(str(root / "images" / f"cam{c:02d}" / "000001.png"), blank)
+        cv2.imwrite(str(root / "images" / f"cam{c:02d}" / "000000.png"), blank)
     out = tmp_path / "out"
     cfg = parse_sequence_config([
         str(root), "--cameras", str(root / "calibration" / "cameras.json"), "--camera_mode", "fixed",
@@ -198,20 +198,35 @@ def test_frame_without_a_face_is_interpolated_and_the_video_written(seq, standin
     for stale in (True, False):
         if not stale:
             for f in ("landmarks.json", "manifest.json", "cameras.json", "masks"):
-                p = root / "frames" / "000001" / f
+                p = root / "frames" / "000000" / f
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
         rep = run_sequence(cfg)
-        print(rep["frames"][1])
-        assert rep["summary"]["frames_flagged"] == ["000001"]
-        assert [f["missing"] for f in rep["frames"]] == [False, True, False]
-        why = rep["frames"][1]["why"]
+        assert rep["summary"]["keyframe"] == "000001" and rep["summary"]["frames_flagged"] == ["000000"]
+        assert [f["missing"] for f in rep["frames"]] == [True, False, False]
+        why = rep["frames"][0]["why"]
         assert ("preprocessing failed" in why) if stale else ("no usable view" in why and "no face" in why)
         table = json.loads((out / "frames.json").read_text())
-        assert [f["flags"] for f in table["frames"]] == [[], ["interpolated"], []]
+        assert [f["flags"] for f in table["frames"]] == [["interpolated"], [], []]
         got = _tracked(out)
-        assert np.allclose(got["head_t"][1], (got["head_t"][0] + got["head_t"][2]) / 2, atol=1e-6)
+        assert np.allclose(got["head_t"][0], got["head_t"][1]) and np.allclose(got["head_R"][0], got["head_R"][1])
         video = cv2.VideoCapture(str(out / "overlay.mp4"))
         assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+
+
+def test_keyframe_is_the_first_with_the_most_faces(tmp_path):
+    """--keyframe -1: the first frame whose landmarks.json has a face in the most cameras; a frame
+    whose preprocessing failed counts none."""
+    from fitting.sequence.__main__ import choose_keyframe
+    faces = {"a": [1, None, 1], "b": [1, 1, 1], "c": [1, 1, 1], "d": []}
+    dirs = []
+    for name, pts in faces.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "landmarks.json").write_text(json.dumps(
+            {f"cam{i}.png": {"points": p} for i, p in enumerate(pts)}))
+        dirs.append(tmp_path / name)
+    assert choose_keyframe(dirs, {}) == 1
+    assert choose_keyframe(dirs, {"b": "preprocessing failed"}) == 2
+    assert choose_keyframe([tmp_path / "d", tmp_path / "missing"], {}) == 0
 
 
 @pytest.mark.parametrize("refined", [False, True])
