@@ -12,12 +12,12 @@ load average and the torch thread count.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
+
+from bench._common import emit, load_average, machine
 
 
 def main(argv=None) -> None:
@@ -65,7 +65,7 @@ def main(argv=None) -> None:
     jaw = np.degrees(np.linalg.norm(z["jaw"] - gt["pose"][:, 6:9], axis=-1))
     sec = np.array([f["seconds"] for f in rep["frames"]])
     firsts = [a for a, _ in rep["summary"]["chunks"]]
-    print(json.dumps({
+    emit({
         "bench": "sequence", "frames": a.frames, "cameras": a.cameras, "size": a.size, "workers": a.workers,
         "chunks": rep["summary"]["chunks"], "make_sequence_s": round(t_make, 1),
         "timing_s": rep["summary"]["timing_s"], "s_per_frame_mean": round(float(sec.mean()), 2),
@@ -73,9 +73,8 @@ def main(argv=None) -> None:
         "s_per_frame_median_warm": round(float(np.median(np.delete(sec, firsts))), 2),
         "vertex_mm_mean": round(float(err.mean()), 3), "vertex_mm_max": round(float(err.max()), 3),
         "jaw_deg_mean": round(float(jaw.mean()), 3), "jaw_deg_max": round(float(jaw.max()), 3),
-        "landmark_rmse_px_mean": rep["summary"]["landmark_rmse_px_mean"], "loadavg": os.getloadavg(),
-        "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-        "machine": platform.processor() or platform.machine()}))
+        "landmark_rmse_px_mean": rep["summary"]["landmark_rmse_px_mean"], "load_avg_1min": load_average(),
+        "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": machine()})
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ keyframe identity).
 
 ``<savefolder>/<scene_name>/fit_record.json`` (a sequence's: ``<its savefolder>/fit_record.json``)
 holds ``{"options": ..., "inputs": ...}``: the fit options that decide the result
-(:func:`fit_options_key`) and what the caller adds about its inputs (file digests). It is removed before a fit and written after the fit published, so it never
-vouches for a result of other options, even when the fit dies half-way.
+(:func:`fit_options_key`) and what the caller adds about its inputs (file digests). It is
+removed before a fit and written after the fit published, so it never vouches for a result of
+other options, even when the fit dies half-way.
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ from fitting.geometry_terms import Unknowns
 from fitting.images import image_size
 from fitting.init import rotation_mean, umeyama
 from fitting.render.cameras import camera_centers, matrix_to_rot
-from fitting.rotations import matrix_to_axis_angle
+from fitting.rotations import matrix_to_axis_angle, skew
 from fitting.state import FitState
 
 __all__ = ["Rig", "read_rig", "scene_cameras_json", "apply_rig", "rig_tracks", "initialize_from_rig", "head_to_rig",
@@ -236,7 +236,7 @@ class CameraPrior:
         # dw/dw = I; C = -R^T t moves by -R^T [t]x dw - R^T dt (R <- exp([dw]) R, t <- t + dt)
         J = torch.zeros(N, 6, 6, dtype=r.dtype, device=r.device)
         J[:, :3, :3] = torch.eye(3, dtype=r.dtype, device=r.device)
-        J[:, 3:, :3] = -RT @ _skew(t)
+        J[:, 3:, :3] = -RT @ skew(t)
         J[:, 3:, 3:] = -RT
         J = J / self.sigma[:, None] / math.sqrt(LANDMARKS * N)
         A = torch.zeros(self.size, self.size, dtype=r.dtype, device=r.device)
@@ -314,20 +314,13 @@ def _right_jacobian_inverse(phi: torch.Tensor) -> torch.Tensor:
     """(3, 3) inverse of SO(3)'s right Jacobian at the rotation vector phi (3,):
     log(exp([phi]) exp([v])) = phi + Jr^-1(phi) v + O(|v|^2)."""
     theta = phi.norm()
-    S = _skew(phi[None])[0]
+    S = skew(phi)
     eye = torch.eye(3, dtype=phi.dtype, device=phi.device)
     if float(theta) < 1e-4:  # series: 1/theta^2 - (1 + cos) / (2 theta sin) -> 1/12
         c = 1 / 12 + theta ** 2 / 720
     else:
         c = 1 / theta ** 2 - (1 + torch.cos(theta)) / (2 * theta * torch.sin(theta))
     return eye + S / 2 + c * S @ S
-
-
-def _skew(v: torch.Tensor) -> torch.Tensor:
-    """(N, 3) -> (N, 3, 3) cross-product matrices [v]x."""
-    x, y, z = v.unbind(-1)
-    o = torch.zeros_like(x)
-    return torch.stack([o, -z, y, z, o, -x, -y, x, o], -1).view(-1, 3, 3)
 
 
 def angle_deg(Ra: torch.Tensor, Rb: torch.Tensor) -> torch.Tensor:

@@ -33,8 +33,8 @@ from fitting.losses import (gaussian_prior, landmark_point_weights, landmark_rms
 from fitting.render.cameras import matrix_to_rot
 from fitting.state import FitState
 
-__all__ = ["initialize", "stage_geometry", "lm_geometry", "lm_unknowns", "geometry_terms", "init_appearance", "stage_photometric",
-           "evaluate", "cameras64", "view_yaw_deg", "distrust_profiles", "distrust_outlier_views"]
+__all__ = ["initialize", "stage_geometry", "lm_geometry", "lm_unknowns", "geometry_terms", "init_appearance",
+           "stage_photometric", "evaluate", "cameras64", "view_yaw_deg", "distrust_profiles", "distrust_outlier_views"]
 
 
 def _prior(ctx: FitContext, shape, expr, jaw, log_focal=None) -> torch.Tensor:

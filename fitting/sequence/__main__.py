@@ -160,6 +160,7 @@ def fit_identity(cfg) -> tuple:
     from fitting.calibration import write_calibration_json
     from fitting.fit_record import files_digest, finished_report, fit_and_record
     from fitting.known_cameras import read_rig
+    from process_data.files import list_images
     keyframe = Path(cfg.scene_dir)
     key_cfg = argparse.Namespace(**{k: v for k, v in vars(cfg).items() if k not in SEQUENCE_ONLY})
     key_cfg.scene_name = "identity"
@@ -172,18 +173,12 @@ def fit_identity(cfg) -> tuple:
     calib = write_calibration_json(Path(cfg.savefolder) / "cameras.json", ident.cameras)
     if rig is not None:
         return ident, cfg
-    unposed = sorted(n for n in _image_names(keyframe) if n not in ident.cameras)
+    unposed = [n for n in list_images(keyframe / "images")[0] if n not in ident.cameras]
     if unposed:
         raise ValueError(f"the keyframe {keyframe.name}'s fit gave no camera for "
                          f"{', '.join(unposed)} (see {Path(cfg.savefolder) / 'identity' / 'report.json'}): pick a "
                          "--keyframe where every camera sees the face, or give the rig's calibration with --cameras")
     return ident, argparse.Namespace(**{**vars(cfg), "cameras": str(calib), "camera_mode": "fixed"})
-
-
-def _image_names(scene_dir: Path) -> list:
-    from fitting.images import IMAGE_SUFFIXES
-    return [p.name for p in (scene_dir / "images").iterdir()
-            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
 
 
 def _flame(cfg):
@@ -197,27 +192,26 @@ def _overlay_video(path: Path, cfg, dirs: list, ident, res: dict, flame) -> None
     in green."""
     import cv2
     import torch
+    from fitting.images import read_image
     from fitting.render.cameras import project_points
     from fitting.sequence.track import frame_vertices
     index = {d.name: t for t, d in enumerate(dirs)}
     names = list(ident.cameras)
-    K = torch.as_tensor(np.stack([ident.cameras[n].K for n in names]))
-    R = torch.as_tensor(np.stack([ident.cameras[n].R for n in names]))
-    tc = torch.as_tensor(np.stack([ident.cameras[n].t for n in names]))
+    camera = {Path(n).stem: c for c, n in enumerate(names)}
+    T, C = len(dirs), len(names)
+    K, R, tc = (torch.as_tensor(np.stack([getattr(ident.cameras[n], k) for n in names])).repeat(T, 1, 1)
+                for k in ("K", "R", "t"))                                                # (T C, ...)
     X = frame_vertices(flame, ident.shape, res)                                          # (T, V, 3) rig frame
     with torch.no_grad():
-        lmk = flame.landmarks(X.float(), contour="static")                              # (T, 68, 3)
-    uv = [project_points(lmk[t].double()[None].expand(len(names), -1, -1), K, R, tc)[0].numpy()
-          for t in range(len(X))]
+        lmk = flame.landmarks(X.float(), contour="static").double()                     # (T, 68, 3)
+    uv = project_points(lmk.repeat_interleave(C, 0), K, R, tc.reshape(T * C, 3))[0].reshape(T, C, -1, 2).numpy()
 
     def load(frame: str) -> dict:
-        return {Path(n).stem: cv2.cvtColor(cv2.imread(str(dirs[index[frame]] / "images" / n)), cv2.COLOR_BGR2RGB)
-                for n in names}
+        return {Path(n).stem: read_image(dirs[index[frame]] / "images" / n) for n in names}
 
-    def overlay(frame: str, camera: str, img: np.ndarray) -> np.ndarray:
+    def overlay(frame: str, cam: str, img: np.ndarray) -> np.ndarray:
         img = img.copy()
-        c = [Path(n).stem for n in names].index(camera)
-        for x, y in uv[index[frame]][c]:
+        for x, y in uv[index[frame], camera[cam]]:
             cv2.circle(img, (int(x), int(y)), 2, (0, 255, 0), -1)
         return img
 
@@ -226,11 +220,10 @@ def _overlay_video(path: Path, cfg, dirs: list, ident, res: dict, flame) -> None
 
 def main(argv=None) -> int:
     try:
-        cfg = parse_sequence_config(argv)
+        rep = run_sequence(parse_sequence_config(argv))
     except ValueError as e:
         print(f"[sequence] error: {e}", file=sys.stderr)
         return 2
-    rep = run_sequence(cfg)
     print(json.dumps(rep["summary"]))
     return 0
 

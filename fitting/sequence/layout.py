@@ -74,7 +74,7 @@ def read_layout(scene_dir, allow_missing: bool = False) -> SequenceLayout:
     loose = [p.name for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if not dirs:
         raise ValueError(f"{images} holds no camera folder: a sequence is images/<camera>/<frame>.png "
-                         "(a single capture, images/<view>.png, is fitted with python -m fitting.run)")
+                         "(a single capture, images/<view>.png, is fitted with run_fitting.py --scene_dir SCENE)")
     if loose:
         raise ValueError(f"{images} mixes image files ({_listing(loose)}) with camera folders "
                          f"({_listing(p.name for p in dirs)}): a sequence is images/<camera>/<frame>, a single "
