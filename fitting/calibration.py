@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 __all__ = ["Calibrated", "load_calibration", "write_calibration_json", "undistort_view", "undistort_points",
-           "ROTATION_TOL"]
+           "distort_points", "ROTATION_TOL"]
 
 ROTATION_TOL = 1e-4   # |R^T R - I| and |det R - 1| allowed: float32 files round at ~1e-7
 
@@ -223,6 +223,19 @@ def undistort_view(image: np.ndarray, K: np.ndarray, distortion: np.ndarray, int
     H, W = image.shape[:2]
     mx, my = cv2.initUndistortRectifyMap(Kc, np.asarray(distortion, np.float64), None, Kc, (W, H), cv2.CV_32FC1)
     return cv2.remap(image, mx, my, interpolation, borderMode=cv2.BORDER_REPLICATE)
+
+
+def distort_points(points: np.ndarray, K: np.ndarray, distortion: np.ndarray) -> np.ndarray:
+    """(M, 2) pixels of the pinhole image (+0.5 convention) -> where the camera with lens
+    ``distortion`` sees them: the inverse of :func:`undistort_points`, for drawing on the
+    original images."""
+    p = np.asarray(points, np.float64).reshape(-1, 2)
+    if not len(distortion) or not np.any(distortion):
+        return p
+    Kc = _opencv_K(K)
+    x = np.concatenate([(p - 0.5 - Kc[:2, 2]) / Kc[[0, 1], [0, 1]], np.ones((len(p), 1))], 1)
+    u = cv2.projectPoints(x, np.zeros(3), np.zeros(3), Kc, np.asarray(distortion, np.float64))[0]
+    return u.reshape(-1, 2) + 0.5
 
 
 def undistort_points(points: np.ndarray, K: np.ndarray, distortion: np.ndarray) -> np.ndarray:

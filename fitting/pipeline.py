@@ -135,20 +135,12 @@ def judge_scene_sfm(ctx: FitContext, state: FitState, scene: Scene) -> dict | No
     """The verdict of :func:`fitting.sfm_quality.judge_sfm` on the scene's SfM model (None
     without a model), with the landmark PnP poses of the mean head as the bas-relief check's
     reference (the poses :func:`initialize` starts from)."""
-    from fitting.init import pnp_views
     from fitting.sfm_quality import judge_sfm, read_sfm_model
-    from fitting.context import subject_vertices, view_geometry
-    from fitting.stages import view_yaw_deg
+    from fitting.stages import mean_head_pnp, view_yaw_deg
     model = scene.cameras.get("colmap_model")
     if not model or not (scene.prep_dir / model).is_dir():
         return None
-    mean = state.detach()
-    mean.shape.zero_()
-    mean.expression.zero_()
-    mean.pose.zero_()
-    _, lmk3d = view_geometry(ctx, mean, subject_vertices(ctx, mean))
-    R, _, ok, _, _ = pnp_views(ctx.landmarks.cpu().double().numpy(), lmk3d.cpu().double().numpy(),
-                               state.K().cpu().double().numpy(), reproj_px=max(4.0, 0.03 * max(ctx.size)))
+    R, _, ok, _, _ = mean_head_pnp(ctx, state)
     yaw = view_yaw_deg(torch.as_tensor(R)).numpy()
     pnp = {n: (R[i], float(yaw[i])) for i, n in enumerate(scene.names) if ok[i]}
     return judge_sfm(read_sfm_model(scene.prep_dir / model, scene.names), scene.num_views, pnp=pnp,

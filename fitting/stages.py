@@ -33,8 +33,9 @@ from fitting.losses import (gaussian_prior, landmark_point_weights, landmark_rms
 from fitting.render.cameras import matrix_to_rot
 from fitting.state import FitState
 
-__all__ = ["initialize", "stage_geometry", "lm_geometry", "lm_unknowns", "geometry_terms", "init_appearance",
-           "stage_photometric", "evaluate", "cameras64", "view_yaw_deg", "distrust_profiles", "distrust_outlier_views"]
+__all__ = ["initialize", "mean_head_pnp", "stage_geometry", "lm_geometry", "lm_unknowns", "geometry_terms",
+           "init_appearance", "stage_photometric", "evaluate", "cameras64", "view_yaw_deg", "distrust_profiles",
+           "distrust_outlier_views"]
 
 
 def _prior(ctx: FitContext, shape, expr, jaw, log_focal=None) -> torch.Tensor:
@@ -46,6 +47,21 @@ def _prior(ctx: FitContext, shape, expr, jaw, log_focal=None) -> torch.Tensor:
 
 # -- initialisation ------------------------------------------------------------------------------
 @torch.no_grad()
+def mean_head_pnp(ctx: FitContext, state: FitState) -> tuple:
+    """Each view's pose from robust PnP of its 51 static landmarks on the mean head (shape,
+    expression and pose zero) with the state's K. Returns R (N, 3, 3), t (N, 3), ok (N,),
+    RMSE (N,) px (numpy, float64) and the mean head's 3D landmarks per view (N, 68, 3) (frontal
+    contour)."""
+    mean = state.detach()
+    mean.shape.zero_()
+    mean.expression.zero_()
+    mean.pose.zero_()
+    _, lmk3d = view_geometry(ctx, mean, subject_vertices(ctx, mean))
+    R, t, ok, rmse, _ = pnp_views(ctx.landmarks.cpu().double().numpy(), lmk3d.cpu().double().numpy(),
+                                  state.K().cpu().double().numpy(), reproj_px=max(4.0, 0.03 * max(ctx.size)))
+    return R, t, ok, rmse, lmk3d
+
+
 def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
                prefer_sfm: bool = False, trust_deg: float | None = None) -> tuple[FitState, dict]:
     """Per-view cameras from robust PnP of the 51 static landmarks on the mean shape, checked
@@ -66,16 +82,9 @@ def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
     trust_deg = ctx.cfg.sfm_trust_deg if trust_deg is None else trust_deg
     st = state.detach()
     N = st.num_views
-    mean = st.detach()
-    mean.shape.zero_()
-    mean.expression.zero_()
-    mean.pose.zero_()
-    verts = subject_vertices(ctx, mean)
-    _, lmk3d = view_geometry(ctx, mean, verts)  # frontal contour; PnP uses the static points only
     K = st.K().cpu().double().numpy()
     lm = ctx.landmarks.cpu().double().numpy()
-    reproj = max(4.0, 0.03 * max(ctx.size))
-    R, t, ok, rmse, _ = pnp_views(lm, lmk3d.cpu().double().numpy(), K, reproj_px=reproj)
+    R, t, ok, rmse, lmk3d = mean_head_pnp(ctx, st)
     source = np.where(ok, "pnp", "failed").astype(object)
     info = {"pnp_ok": ok.tolist(), "pnp_rmse_px": rmse.tolist(), "sfm_angle_deg": [math.nan] * N,
             "sfm_center_rel": [math.nan] * N, "sfm_disagree": [False] * N, "sfm_scale": None,

@@ -189,9 +189,10 @@ def _flame(cfg):
 
 def _overlay_video(path: Path, cfg, dirs: list, ident, res: dict, flame) -> None:
     """Every camera's image per frame with the tracked model's 68 landmarks (static contour) drawn
-    in green."""
+    in green, where the camera sees them: through its lens distortion, on the original images."""
     import cv2
     import torch
+    from fitting.calibration import distort_points
     from fitting.images import read_image
     from fitting.render.cameras import project_points
     from fitting.sequence.track import frame_vertices
@@ -205,6 +206,9 @@ def _overlay_video(path: Path, cfg, dirs: list, ident, res: dict, flame) -> None
     with torch.no_grad():
         lmk = flame.landmarks(X.float(), contour="static").double()                     # (T, 68, 3)
     uv = project_points(lmk.repeat_interleave(C, 0), K, R, tc.reshape(T * C, 3))[0].reshape(T, C, -1, 2).numpy()
+    for c, n in enumerate(names):
+        cam = ident.cameras[n]
+        uv[:, c] = distort_points(uv[:, c].reshape(-1, 2), cam.K, cam.distortion).reshape(T, -1, 2)
 
     def load(frame: str) -> dict:
         return {Path(n).stem: read_image(dirs[index[frame]] / "images" / n) for n in names}

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from fitting.calibration import Calibrated, load_calibration, undistort_points, undistort_view, write_calibration_json
+from fitting.calibration import (Calibrated, distort_points, load_calibration, undistort_points, undistort_view,
+                                 write_calibration_json)
 from fitting.config import parse_config
 from fitting.export.core import write_colmap_text, write_transforms
 from fitting.pipeline import fit_scene
@@ -112,6 +113,9 @@ def test_distortion_read_and_undistorted(tmp_path):
     Kc[:2, 2] -= 0.5                                                      # OpenCV: centres at integers
     distorted = cv2.projectPoints(X, np.zeros(3), cam.t, Kc, dist)[0][:, 0] + 0.5
     assert np.abs(undistort_points(distorted, K, dist) - _project(cam, X)).max() < 1e-4
+    # and back: what the overlays draw on the original images
+    assert np.abs(distort_points(_project(cam, X), K, dist) - distorted).max() < 1e-6
+    assert np.abs(distort_points(distorted, K, np.zeros(4)) - distorted).max() == 0
 
 
 def test_undistort_view_moves_a_dot_to_its_pinhole_place():
