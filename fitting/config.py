@@ -124,6 +124,9 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
                         "K stays the known one")
     g.add_argument("--demo_sfm_max_size", type=int, default=1024,
                    help="SfM feature extraction downscales the demo images to at most this side (pixels)")
+    g.add_argument("--demo_sift_dsp", type=str2bool, nargs="?", const=True, default=True,
+                   help="the demo SfM's SIFT descriptors with domain-size pooling, as process_data's (3x the "
+                        "extraction time)")
 
     g = p.add_argument_group("model")
     g.add_argument("--flame_model", type=str, default="synthetic",

@@ -78,12 +78,14 @@ def check_plausible(K: np.ndarray, distortion, width: int, height: int, reproj: 
 
 def run_sfm(image_dir, names: list[str], work_dir, *, max_image_size: int = 1024, sequential: bool = False,
             camera_model: str = "SIMPLE_PINHOLE", num_threads: int = -1, seed: int = 0,
-            max_attempts: int = 3, landmarks: dict | None = None, use_landmarks: str = "fallback"):
+            max_attempts: int = 3, landmarks: dict | None = None, use_landmarks: str = "fallback",
+            sift_dsp: bool = True):
     """Run pycolmap on ``names`` inside ``image_dir``; database and model go in ``work_dir``.
 
     landmarks: optional {name: (68, 2)} in the +0.5 convention (COLMAP's too), added as extra
     keypoints whose descriptors identify the landmark index, so that matching pairs the same
     index across views; use_landmarks: "never", "always" or "fallback" (only in the retry round).
+    sift_dsp: SIFT descriptors with domain-size pooling (see :func:`extract_and_match`).
     Returns the best pycolmap.Reconstruction or None. Keypoints are rescaled to the original
     resolution by COLMAP itself, so the camera is at original resolution."""
     import pycolmap
@@ -94,13 +96,13 @@ def run_sfm(image_dir, names: list[str], work_dir, *, max_image_size: int = 1024
     pycolmap.logging.minloglevel = 2  # COLMAP's INFO lines would drown the progress bars
     try:
         return _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, camera_model,
-                        num_threads, seed, max_attempts, landmarks, use_landmarks)
+                        num_threads, seed, max_attempts, landmarks, use_landmarks, sift_dsp)
     finally:
         pycolmap.logging.minloglevel = level
 
 
 def _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, camera_model, num_threads, seed,
-             max_attempts, landmarks, use_landmarks, max_rounds=2):
+             max_attempts, landmarks, use_landmarks, sift_dsp, max_rounds=2):
     # Multi-threaded extraction numbers the images in a random order and multi-threaded
     # mapping is not deterministic either; on face captures an unlucky run strands most views
     # or lands on an absurd focal length. So: retry mapping with other seeds (cheap), and if
@@ -115,7 +117,8 @@ def _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, c
         extract_and_match(pycolmap, db, image_dir, order, camera_model, max_image_size, seed + rnd, num_threads,
                           sequential, pycolmap.CameraMode.SINGLE,
                           landmarks if landmarks and (use_landmarks == "always" or
-                                                      (use_landmarks == "fallback" and rnd > 0)) else None)
+                                                      (use_landmarks == "fallback" and rnd > 0)) else None,
+                          sift_dsp)
         for attempt in range(max_attempts):
             opts = pycolmap.IncrementalPipelineOptions()
             opts.min_num_matches = 10
@@ -151,9 +154,14 @@ def _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, c
 
 
 def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: str, max_image_size: int,
-                      ransac_seed: int, num_threads: int, sequential: bool, camera_mode, landmarks: dict | None):
+                      ransac_seed: int, num_threads: int, sequential: bool, camera_mode, landmarks: dict | None,
+                      sift_dsp: bool = True):
     """SIFT features of ``names`` (in this order) and their verified matches into the database
-    ``db``; with ``landmarks``, also the landmark keypoints (:func:`add_landmark_features`)."""
+    ``db``; with ``landmarks``, also the landmark keypoints (:func:`add_landmark_features`).
+
+    sift_dsp: domain-size pooling (DSP-SIFT descriptors). It triples extraction's time, and it
+    is what finds the matches on real skin: on ../shared/data/multiview_sample it gave 737 SfM
+    points against 562 without (docs/BENCHMARKS.md)."""
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = camera_model
     ext = pycolmap.FeatureExtractionOptions()
@@ -162,7 +170,7 @@ def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: s
     # the fixed RANSAC seed, the matches) is the same on every run
     ext.num_threads = 1
     ext.sift.peak_threshold = 0.003   # low-contrast skin needs a lower DoG threshold
-    ext.sift.domain_size_pooling = True
+    ext.sift.domain_size_pooling = bool(sift_dsp)
     pycolmap.extract_features(db, str(image_dir), image_names=list(names), camera_mode=camera_mode,
                               reader_options=reader, extraction_options=ext, device=pycolmap.Device.cpu)
     if landmarks:
@@ -326,10 +334,11 @@ def _upright_folder(image_dir, names: list[str], copies) -> Path:
 def estimate_intrinsics(image_dir, names: list[str], *, work_dir=None, fov_deg: float = 30.0,
                         min_registered: int = 3, max_image_size: int = 1024, sequential: bool = False,
                         num_threads: int = -1, landmarks: dict | None = None,
-                        use_landmarks: str = "fallback") -> tuple[dict, object, list[str]]:
+                        use_landmarks: str = "fallback", sift_dsp: bool = True) -> tuple[dict, object, list[str]]:
     """Shared intrinsics of ``names`` (all the same size) in ``image_dir``.
 
-    landmarks: optional {name: (68, 2)} used as extra correspondences (see run_sfm).
+    landmarks: optional {name: (68, 2)} used as extra correspondences, sift_dsp: the SIFT
+    descriptor (both see run_sfm).
     Returns (cameras dict as in cameras.json, pycolmap.Reconstruction or None, warnings)."""
     if use_landmarks not in ("never", "always", "fallback"):
         raise ValueError(f"use_landmarks must be 'never', 'always' or 'fallback', got {use_landmarks!r}")
@@ -350,7 +359,8 @@ def estimate_intrinsics(image_dir, names: list[str], *, work_dir=None, fov_deg: 
         if len(names) >= min_registered:
             sfm_dir = _upright_folder(image_dir, names, Path(work_dir) / "images")
             rec = run_sfm(sfm_dir, names, work_dir, max_image_size=max_image_size, sequential=sequential,
-                          num_threads=num_threads, landmarks=landmarks, use_landmarks=use_landmarks)
+                          num_threads=num_threads, landmarks=landmarks, use_landmarks=use_landmarks,
+                          sift_dsp=sift_dsp)
         if rec is None:
             warns.append("SfM reconstructed nothing")
         elif rec.num_reg_images() < min_registered:
