@@ -15,9 +15,10 @@ from fitting.model import load_model, standin_path
 __all__ = ["ensure_demo_scene"]
 
 _DEMO_RECIPE = "demo_recipe.json"
-# The scene is built with one thread everywhere: the render's float32 sums and pycolmap's
-# multi-threaded mapping follow the thread count, and a last-bit change of one pixel moves
-# SIFT's tracks, so a scene built with 2 threads differs from one built with 16.
+# The scene is built with one thread: the render's float32 sums and pycolmap's multi-threaded
+# mapping follow the thread count, and a last-bit change of one pixel moves SIFT's tracks, so a
+# scene built with 2 threads would differ from one built with 16. (SIFT extraction and matching
+# use every core whatever this says: their results do not depend on it.)
 BUILD_THREADS = 1
 
 

@@ -86,7 +86,8 @@ def run_sfm(image_dir, names: list[str], work_dir, *, max_image_size: int = 1024
     keypoints whose descriptors identify the landmark index, so that matching pairs the same
     index across views; use_landmarks: "never", "always" or "fallback" (only in the retry round).
     sift_dsp: SIFT descriptors with domain-size pooling (see :func:`extract_and_match`).
-    Returns the best pycolmap.Reconstruction or None. Keypoints are rescaled to the original
+    num_threads: the mapper's (extraction and matching use every core: their results do not
+    depend on it). Returns the best pycolmap.Reconstruction or None. Keypoints are rescaled to the original
     resolution by COLMAP itself, so the camera is at original resolution."""
     import pycolmap
 
@@ -103,19 +104,18 @@ def run_sfm(image_dir, names: list[str], work_dir, *, max_image_size: int = 1024
 
 def _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, camera_model, num_threads, seed,
              max_attempts, landmarks, use_landmarks, sift_dsp, max_rounds=2):
-    # Multi-threaded extraction numbers the images in a random order and multi-threaded
-    # mapping is not deterministic either; on face captures an unlucky run strands most views
-    # or lands on an absurd focal length. So: retry mapping with other seeds (cheap), and if
-    # that does not help, redo extraction and matching once (a different database).
+    # Multi-threaded mapping is not deterministic; on face captures an unlucky run strands most
+    # views or lands on an absurd focal length. So: retry mapping with other seeds (cheap), and
+    # if that does not help, redo extraction and matching once (another RANSAC seed, and the
+    # landmarks added with --sfm_landmarks fallback).
     best = None
     for rnd in range(max_rounds):
         db = work_dir / "database.db"
         if db.exists():
             db.unlink()
         pycolmap.set_random_seed(seed + 100 * rnd)
-        order = list(names) if rnd % 2 == 0 else list(reversed(names))
-        extract_and_match(pycolmap, db, image_dir, order, camera_model, max_image_size, seed + rnd, num_threads,
-                          sequential, pycolmap.CameraMode.SINGLE,
+        extract_and_match(pycolmap, db, image_dir, names, camera_model, max_image_size, seed + rnd, sequential,
+                          pycolmap.CameraMode.SINGLE,
                           landmarks if landmarks and (use_landmarks == "always" or
                                                       (use_landmarks == "fallback" and rnd > 0)) else None,
                           sift_dsp)
@@ -154,10 +154,10 @@ def _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, c
 
 
 def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: str, max_image_size: int,
-                      ransac_seed: int, num_threads: int, sequential: bool, camera_mode, landmarks: dict | None,
+                      ransac_seed: int, sequential: bool, camera_mode, landmarks: dict | None,
                       sift_dsp: bool = True):
-    """SIFT features of ``names`` (in this order) and their verified matches into the database
-    ``db``; with ``landmarks``, also the landmark keypoints (:func:`add_landmark_features`).
+    """SIFT features of ``names`` and their verified matches into the database ``db`` (COLMAP
+    numbers the images in the sorted order of their names); with ``landmarks``, also the landmark keypoints (:func:`add_landmark_features`).
 
     sift_dsp: domain-size pooling (DSP-SIFT descriptors). It triples extraction's time, and it
     is what finds the matches on real skin: on ../shared/data/multiview_sample it gave 737 SfM
@@ -166,9 +166,14 @@ def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: s
     reader.camera_model = camera_model
     ext = pycolmap.FeatureExtractionOptions()
     ext.max_image_size = int(max_image_size)
-    # one extraction thread numbers the images in the given order, so the database (and with
-    # the fixed RANSAC seed, the matches) is the same on every run
-    ext.num_threads = 1
+    # The images go into the database first, on one thread (in sorted order); the extraction
+    # threads then find them there by name. Extracting into an empty database numbers the images
+    # in the order the threads finish. So the database, and with the fixed RANSAC seed the
+    # matches, are the same on every run and whatever the thread count (1 against 2 threads:
+    # the same ids, keypoints, descriptors and inlier matches, byte for byte).
+    pycolmap.Database.open(str(db)).close()
+    pycolmap.import_images(db, str(image_dir), camera_mode=camera_mode, image_names=list(names), options=reader)
+    ext.num_threads = -1
     ext.sift.peak_threshold = 0.003   # low-contrast skin needs a lower DoG threshold
     ext.sift.domain_size_pooling = bool(sift_dsp)
     pycolmap.extract_features(db, str(image_dir), image_names=list(names), camera_mode=camera_mode,
@@ -176,7 +181,7 @@ def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: s
     if landmarks:
         add_landmark_features(pycolmap, db, landmarks)
     mo = pycolmap.FeatureMatchingOptions()
-    mo.num_threads = num_threads
+    mo.num_threads = -1
     vo = pycolmap.TwoViewGeometryOptions()
     vo.ransac.random_seed = ransac_seed
     if sequential:
@@ -186,7 +191,7 @@ def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: s
 
 
 def triangulate_known(image_dir, names: list[str], cameras: list, work_dir, *, tolerance_deg: float,
-                      max_image_size: int = 1024, num_threads: int = -1, seed: int = 0):
+                      max_image_size: int = 1024, seed: int = 0):
     """Tracks of ``names`` under known cameras: SIFT, exhaustive verified matching, then COLMAP's
     point triangulator with every pose held (no mapping, no bundle adjustment).
 
@@ -206,7 +211,7 @@ def triangulate_known(image_dir, names: list[str], cameras: list, work_dir, *, t
     pycolmap.logging.minloglevel = 2
     try:
         pycolmap.set_random_seed(seed)
-        extract_and_match(pycolmap, db, image_dir, names, "PINHOLE", max_image_size, seed, num_threads, False,
+        extract_and_match(pycolmap, db, image_dir, names, "PINHOLE", max_image_size, seed, False,
                           pycolmap.CameraMode.PER_IMAGE, None)
         with pycolmap.Database.open(str(db)) as database:
             ids = {im.name: (im.image_id, im.camera_id) for im in database.read_all_images()}

@@ -123,3 +123,34 @@ def test_landmarks_become_index_matched_features(tmp_path):
     na, nb = before["a.png"], before["b.png"]
     lm = m[(m[:, 0] >= na) | (m[:, 1] >= nb)]
     assert len(lm) == 68 and np.array_equal(lm[:, 0] - na, lm[:, 1] - nb)
+
+
+def test_image_ids_do_not_depend_on_the_threads(tmp_path):
+    """extract_and_match extracts SIFT on every core, yet numbers the images in the sorted order
+    of their names (COLMAP's, whatever order they are given in): the SfM database, and the model
+    mapped from it, must not depend on which thread finished first. Large and small images
+    alternate so that, numbered as they finish, the small ones would overtake (pycolmap's
+    extract_features alone, on 2 threads, gives v1, v2, v3, v0, ... here)."""
+    import cv2
+    import pycolmap
+
+    from process_data.intrinsics import extract_and_match
+
+    rng = np.random.default_rng(0)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    names = []
+    for i in range(8):
+        s = 640 if i % 2 == 0 else 96
+        cv2.imwrite(str(d / f"v{i}.png"), cv2.GaussianBlur(rng.integers(0, 255, (s, s, 3), dtype=np.uint8), (0, 0), 1.5))
+        names.append(f"v{i}.png")
+    features = []
+    for order in (names, names[::-1]):
+        db = tmp_path / f"{order[0]}.db"
+        extract_and_match(pycolmap, db, d, order, "PINHOLE", 1024, 0, False, pycolmap.CameraMode.PER_IMAGE, None)
+        with pycolmap.Database.open(str(db)) as h:
+            ids = {im.name: im.image_id for im in h.read_all_images()}
+            assert [ids[n] for n in names] == list(range(1, 9))
+            features.append({n: h.read_keypoints(i).tobytes() + h.read_descriptors(i).data.tobytes()
+                             for n, i in ids.items()})
+    assert features[0] == features[1]
