@@ -87,8 +87,8 @@ def run_sfm(image_dir, names: list[str], work_dir, *, max_image_size: int = 1024
     index across views; use_landmarks: "never", "always" or "fallback" (only in the retry round).
     sift_dsp: SIFT descriptors with domain-size pooling (see :func:`extract_and_match`).
     num_threads: the mapper's (extraction and matching use every core: their results do not
-    depend on it). Returns the best pycolmap.Reconstruction or None. Keypoints are rescaled to the original
-    resolution by COLMAP itself, so the camera is at original resolution."""
+    depend on it). Returns the best pycolmap.Reconstruction or None. Keypoints are rescaled to
+    the original resolution by COLMAP itself, so the camera is at original resolution."""
     import pycolmap
 
     work_dir = Path(work_dir)
@@ -157,11 +157,12 @@ def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: s
                       ransac_seed: int, sequential: bool, camera_mode, landmarks: dict | None,
                       sift_dsp: bool = True):
     """SIFT features of ``names`` and their verified matches into the database ``db`` (COLMAP
-    numbers the images in the sorted order of their names); with ``landmarks``, also the landmark keypoints (:func:`add_landmark_features`).
+    numbers the images in the sorted order of their names); with ``landmarks``, also the
+    landmark keypoints (:func:`add_landmark_features`).
 
     sift_dsp: domain-size pooling (DSP-SIFT descriptors). It triples extraction's time, and it
     is what finds the matches on real skin: on ../shared/data/multiview_sample it gave 737 SfM
-    points against 562 without (docs/BENCHMARKS.md)."""
+    points against 562 without (docs/PREPROCESSING.md)."""
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = camera_model
     ext = pycolmap.FeatureExtractionOptions()
