@@ -77,7 +77,7 @@ def check_plausible(K: np.ndarray, distortion, width: int, height: int, reproj: 
 
 
 def run_sfm(image_dir, names: list[str], work_dir, *, max_image_size: int = 1024, sequential: bool = False,
-            camera_model: str = "SIMPLE_PINHOLE", num_threads: int = -1, seed: int = 0,
+            camera_model: str = "SIMPLE_PINHOLE", num_threads: int = 1, seed: int = 0,
             max_attempts: int = 3, landmarks: dict | None = None, use_landmarks: str = "fallback",
             sift_dsp: bool = True):
     """Run pycolmap on ``names`` inside ``image_dir``; database and model go in ``work_dir``.
@@ -87,8 +87,11 @@ def run_sfm(image_dir, names: list[str], work_dir, *, max_image_size: int = 1024
     index across views; use_landmarks: "never", "always" or "fallback" (only in the retry round).
     sift_dsp: SIFT descriptors with domain-size pooling (see :func:`extract_and_match`).
     num_threads: the mapper's (extraction and matching use every core: their results do not
-    depend on it). Returns the best pycolmap.Reconstruction or None. Keypoints are rescaled to
-    the original resolution by COLMAP itself, so the camera is at original resolution."""
+    depend on it). One by default: with more, the model changes from run to run (on
+    multiview_sample the focal length took 3 values 17 % apart over 6 runs with every core,
+    1 value in 7 of 8 runs with one thread, the eighth 1.1 % off; mapping 8 views takes ~1 s).
+    Returns the best pycolmap.Reconstruction or None. Keypoints are rescaled to the original
+    resolution by COLMAP itself, so the camera is at original resolution."""
     import pycolmap
 
     work_dir = Path(work_dir)
@@ -339,7 +342,7 @@ def _upright_folder(image_dir, names: list[str], copies) -> Path:
 
 def estimate_intrinsics(image_dir, names: list[str], *, work_dir=None, fov_deg: float = 30.0,
                         min_registered: int = 3, max_image_size: int = 1024, sequential: bool = False,
-                        num_threads: int = -1, landmarks: dict | None = None,
+                        num_threads: int = 1, landmarks: dict | None = None,
                         use_landmarks: str = "fallback", sift_dsp: bool = True) -> tuple[dict, object, list[str]]:
     """Shared intrinsics of ``names`` (all the same size) in ``image_dir``.
 
