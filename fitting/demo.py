@@ -17,8 +17,8 @@ __all__ = ["ensure_demo_scene"]
 _DEMO_RECIPE = "demo_recipe.json"
 # The scene is built with one thread: the render's float32 sums and pycolmap's multi-threaded
 # mapping follow the thread count, and a last-bit change of one pixel moves SIFT's tracks, so a
-# scene built with 2 threads would differ from one built with 16. (SIFT extraction and matching
-# use every core whatever this says: their results do not depend on it.)
+# scene built with 2 threads would differ from one built with 16. (SfM's mapper always runs on
+# one thread; its SIFT extraction and matching use every core: their results do not depend on it.)
 BUILD_THREADS = 1
 
 
@@ -77,8 +77,8 @@ def ensure_demo_scene(cfg, scene_dir: Path) -> bool:
         from process_data.pipeline import known_cameras, sfm_cameras
         cams_path = scene_dir / "cameras.json"
         cams, _ = sfm_cameras(scene_dir, scene_dir / "images", list_images(scene_dir / "images")[0],
-                              max_image_size=cfg.demo_sfm_max_size, num_threads=BUILD_THREADS,
-                              known=known_cameras(cams_path), sift_dsp=cfg.demo_sift_dsp)
+                              max_image_size=cfg.demo_sfm_max_size, known=known_cameras(cams_path),
+                              sift_dsp=cfg.demo_sift_dsp)
         write_json(cams_path, cams)
     write_json(marker, recipe)
     return True

@@ -268,7 +268,8 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
     rig = read_rig(cfg, scene_dir)  # --cameras: checked against the images before any work
     scene = load_scene(scene_dir, cfg.image_size, prep_dir=cfg.preprocess_dir or None,
                        fallback_prep_dir=out / "preprocess", force=cfg.force_preprocess, name=name,
-                       preprocess_options={"backend": cfg.landmark_backend, "progress": cfg.progress},
+                       preprocess_options={"backend": cfg.landmark_backend, "progress": cfg.progress,
+                                           "num_threads": cfg.num_threads if cfg.num_threads > 0 else -1},
                        cameras=None if rig is None else scene_cameras_json(rig))
     if rig is not None:
         apply_rig(rig, scene)

@@ -77,7 +77,7 @@ def check_plausible(K: np.ndarray, distortion, width: int, height: int, reproj: 
 
 
 def run_sfm(image_dir, names: list[str], work_dir, *, max_image_size: int = 1024, sequential: bool = False,
-            camera_model: str = "SIMPLE_PINHOLE", num_threads: int = 1, seed: int = 0,
+            camera_model: str = "SIMPLE_PINHOLE", num_threads: int = -1, seed: int = 0,
             max_attempts: int = 3, landmarks: dict | None = None, use_landmarks: str = "fallback",
             sift_dsp: bool = True):
     """Run pycolmap on ``names`` inside ``image_dir``; database and model go in ``work_dir``.
@@ -86,10 +86,8 @@ def run_sfm(image_dir, names: list[str], work_dir, *, max_image_size: int = 1024
     keypoints whose descriptors identify the landmark index, so that matching pairs the same
     index across views; use_landmarks: "never", "always" or "fallback" (only in the retry round).
     sift_dsp: SIFT descriptors with domain-size pooling (see :func:`extract_and_match`).
-    num_threads: the mapper's (extraction and matching use every core: their results do not
-    depend on it). One by default: with more, the model changes from run to run (on
-    multiview_sample the focal length took 3 values 17 % apart over 6 runs with every core,
-    1 value in 7 of 8 runs with one thread, the eighth 1.1 % off; mapping 8 views takes ~1 s).
+    num_threads: SIFT extraction's and matching's (-1: every core); their results do not depend
+    on it. The mapper runs on one thread (:data:`MAPPER_THREADS`).
     Returns the best pycolmap.Reconstruction or None. Keypoints are rescaled to the original
     resolution by COLMAP itself, so the camera is at original resolution."""
     import pycolmap
@@ -105,6 +103,12 @@ def run_sfm(image_dir, names: list[str], work_dir, *, max_image_size: int = 1024
         pycolmap.logging.minloglevel = level
 
 
+# The incremental mapper's threads. With more than one the model changes from run to run: on
+# multiview_sample its focal length took 3 values 17 % apart over 6 runs with every core, and
+# one value in 7 of 8 runs with one thread (the eighth 1.1 % off); mapping 8 views takes ~1 s.
+MAPPER_THREADS = 1
+
+
 def _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, camera_model, num_threads, seed,
              max_attempts, landmarks, use_landmarks, sift_dsp, max_rounds=2):
     # Multi-threaded mapping is not deterministic; on face captures an unlucky run strands most
@@ -117,7 +121,8 @@ def _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, c
         if db.exists():
             db.unlink()
         pycolmap.set_random_seed(seed + 100 * rnd)
-        extract_and_match(pycolmap, db, image_dir, names, camera_model, max_image_size, seed + rnd, sequential,
+        extract_and_match(pycolmap, db, image_dir, names, camera_model, max_image_size, seed + rnd, num_threads,
+                          sequential,
                           pycolmap.CameraMode.SINGLE,
                           landmarks if landmarks and (use_landmarks == "always" or
                                                       (use_landmarks == "fallback" and rnd > 0)) else None,
@@ -126,7 +131,7 @@ def _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, c
             opts = pycolmap.IncrementalPipelineOptions()
             opts.min_num_matches = 10
             opts.mapper.init_min_tri_angle = 2.0   # faces subtend small baselines
-            opts.num_threads = num_threads
+            opts.num_threads = MAPPER_THREADS
             opts.random_seed = seed + attempt + 100 * rnd
             opts.multiple_models = False
             fixed_focal = attempt % 2 == 1
@@ -157,12 +162,13 @@ def _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, c
 
 
 def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: str, max_image_size: int,
-                      ransac_seed: int, sequential: bool, camera_mode, landmarks: dict | None,
+                      ransac_seed: int, num_threads: int, sequential: bool, camera_mode, landmarks: dict | None,
                       sift_dsp: bool = True):
     """SIFT features of ``names`` and their verified matches into the database ``db`` (COLMAP
     numbers the images in the sorted order of their names); with ``landmarks``, also the
     landmark keypoints (:func:`add_landmark_features`).
 
+    num_threads: extraction's and matching's (-1: every core; the result does not depend on it).
     sift_dsp: domain-size pooling (DSP-SIFT descriptors). It triples extraction's time, and it
     is what finds the matches on real skin: on ../shared/data/multiview_sample it gave 737 SfM
     points against 562 without (docs/PREPROCESSING.md)."""
@@ -177,7 +183,7 @@ def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: s
     # the same ids, keypoints, descriptors and inlier matches, byte for byte).
     pycolmap.Database.open(str(db)).close()
     pycolmap.import_images(db, str(image_dir), camera_mode=camera_mode, image_names=list(names), options=reader)
-    ext.num_threads = -1
+    ext.num_threads = num_threads
     ext.sift.peak_threshold = 0.003   # low-contrast skin needs a lower DoG threshold
     ext.sift.domain_size_pooling = bool(sift_dsp)
     pycolmap.extract_features(db, str(image_dir), image_names=list(names), camera_mode=camera_mode,
@@ -185,7 +191,7 @@ def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: s
     if landmarks:
         add_landmark_features(pycolmap, db, landmarks)
     mo = pycolmap.FeatureMatchingOptions()
-    mo.num_threads = -1
+    mo.num_threads = num_threads
     vo = pycolmap.TwoViewGeometryOptions()
     vo.ransac.random_seed = ransac_seed
     if sequential:
@@ -195,7 +201,7 @@ def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: s
 
 
 def triangulate_known(image_dir, names: list[str], cameras: list, work_dir, *, tolerance_deg: float,
-                      max_image_size: int = 1024, seed: int = 0):
+                      max_image_size: int = 1024, num_threads: int = -1, seed: int = 0):
     """Tracks of ``names`` under known cameras: SIFT, exhaustive verified matching, then COLMAP's
     point triangulator with every pose held (no mapping, no bundle adjustment).
 
@@ -215,7 +221,7 @@ def triangulate_known(image_dir, names: list[str], cameras: list, work_dir, *, t
     pycolmap.logging.minloglevel = 2
     try:
         pycolmap.set_random_seed(seed)
-        extract_and_match(pycolmap, db, image_dir, names, "PINHOLE", max_image_size, seed, False,
+        extract_and_match(pycolmap, db, image_dir, names, "PINHOLE", max_image_size, seed, num_threads, False,
                           pycolmap.CameraMode.PER_IMAGE, None)
         with pycolmap.Database.open(str(db)) as database:
             ids = {im.name: (im.image_id, im.camera_id) for im in database.read_all_images()}
@@ -342,7 +348,7 @@ def _upright_folder(image_dir, names: list[str], copies) -> Path:
 
 def estimate_intrinsics(image_dir, names: list[str], *, work_dir=None, fov_deg: float = 30.0,
                         min_registered: int = 3, max_image_size: int = 1024, sequential: bool = False,
-                        num_threads: int = 1, landmarks: dict | None = None,
+                        num_threads: int = -1, landmarks: dict | None = None,
                         use_landmarks: str = "fallback", sift_dsp: bool = True) -> tuple[dict, object, list[str]]:
     """Shared intrinsics of ``names`` (all the same size) in ``image_dir``.
 

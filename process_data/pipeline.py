@@ -27,9 +27,10 @@ ALL_STAGES = ["scan", "landmarks", "pad", "masks", "intrinsics"]
 DEFAULTS = dict(backend="dlib", masks="default", bisenet_weights=None, pad_mode="pad", pad_size=512,
                 crop_margin=2.0, fov=30.0, sfm_max_size=1024, sequential=False, min_registered=3,
                 sfm_landmarks="fallback",
-                num_threads=1, progress=True)
-# Options that change how a run looks, not what it computes: not recorded in the manifest.
-RUN_ONLY = ("progress",)
+                num_threads=-1, progress=True)
+# Options that change how a run looks or how fast, not what it computes: not recorded in the
+# manifest (num_threads: SIFT's, whose result does not depend on it).
+RUN_ONLY = ("progress", "num_threads")
 
 
 def _say(msg: str) -> None:
@@ -276,7 +277,7 @@ def known_cameras(path: Path) -> dict | None:
 
 def sfm_cameras(out_dir, image_dir, names: list[str], *, fov: float = DEFAULTS["fov"],
                 min_registered: int = DEFAULTS["min_registered"], max_image_size: int = DEFAULTS["sfm_max_size"],
-                sequential: bool = False, num_threads: int = DEFAULTS["num_threads"], landmarks: dict | None = None,
+                sequential: bool = False, num_threads: int = -1, landmarks: dict | None = None,
                 use_landmarks: str = DEFAULTS["sfm_landmarks"], known: dict | None = None,
                 sift_dsp: bool = True) -> tuple[dict, list[str]]:
     """pycolmap SfM on ``names`` in ``image_dir``; writes ``out_dir/sfm`` (database.db and the

@@ -148,7 +148,7 @@ def test_image_ids_do_not_depend_on_the_threads(tmp_path):
     features = []
     for order in (names, names[::-1]):
         db = tmp_path / f"{order[0]}.db"
-        extract_and_match(pycolmap, db, d, order, "PINHOLE", 1024, 0, False, pycolmap.CameraMode.PER_IMAGE, None)
+        extract_and_match(pycolmap, db, d, order, "PINHOLE", 1024, 0, -1, False, pycolmap.CameraMode.PER_IMAGE, None)
         with pycolmap.Database.open(str(db)) as h:
             ids = {im.name: im.image_id for im in h.read_all_images()}
             assert [ids[n] for n in names] == list(range(1, 9))
