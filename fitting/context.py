@@ -41,7 +41,7 @@ class FitContext:
     :func:`distrust_outlier_views`); landmark_flags: {view index: why its landmarks are not used}.
     tracks: the SfM track term of the geometry LM (:class:`fitting.tracks.TrackTerm`) or None;
     track_sigma_px: its observation noise in fitting pixels; landmark_sigma_px: the landmark
-    noise the last LM iteration measured (see :func:`_track_weight`).
+    noise the last LM iteration measured (see :func:`fitting.stages.track_weight`).
     rig: the calibrated rig of ``--cameras`` (:class:`fitting.known_cameras.Rig`), or None.
     """
 

@@ -42,7 +42,7 @@ from fitting.rotations import axis_angle_to_matrix
 from fitting.state import FitState
 
 __all__ = ["Unknowns", "Model", "model_at", "Linearization", "linearize", "LandmarkTerm", "landmark_term",
-           "OutlineTerm", "PhotoTerm", "GaussianPrior"]
+           "OutlineTerm", "PhotoTerm", "term_rows", "GaussianPrior"]
 
 
 @dataclass(frozen=True)
@@ -391,6 +391,17 @@ class PhotoTerm(_RowTerm):
         gx, gy = self.gx[self.pix], self.gy[self.pix]                                 # (S, 3) RGB
         return (self.pw[:, None, None] * (gx[..., None] * d[:, None, 0] + gy[..., None] * d[:, None, 1])) \
             .reshape(-1, d.shape[-1])
+
+
+def term_rows(ctx: FitContext, st: FitState, unk: Unknowns, terms: list) -> list[tuple]:
+    """Each row term's ``(name, J (rows, size), weighted residuals (rows,))`` at st."""
+    m0, lin = model_at(ctx, st, unk), linearize(ctx, st, unk)
+    out = []
+    for t in terms:
+        with torch.no_grad():
+            r = t.residuals(m0)
+        out.append((t.name, unk.scatter(t.jacobian(lin), t.row_view), r))
+    return out
 
 
 class GaussianPrior:

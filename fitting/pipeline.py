@@ -32,6 +32,7 @@ from fitting.model import load_model, texture_shape
 from fitting.run import Progress, StageHooks, run_stages, seed_everything
 from fitting.stages import cameras64, initialize
 from fitting.state import FitState, check_resume_options, load_checkpoint, save_checkpoint
+from fitting.uncertainty import camera_uncertainty
 
 __all__ = ["fit_scene", "decide_refine_focal", "judge_scene_sfm", "focal_prior_px",
            "head_mask_test", "scene_tracks", "attach_tracks", "write_outputs", "output_folder",
@@ -164,6 +165,12 @@ def attach_tracks(ctx: FitContext, cfg, scene: Scene, tracks, init_info: dict, p
         points = tracks.transformed(sim["s"], np.asarray(sim["Q"]), np.asarray(sim["T"])).xyz
     if points is not None:
         ctx.tracks.points = torch.as_tensor(points, dtype=torch.float64, device=ctx.images.device)
+
+
+def _view_sigmas(uncertainty: dict | None, i: int) -> dict:
+    """View i's report fields from :func:`fitting.uncertainty.camera_uncertainty` (None without)."""
+    row = None if uncertainty is None else uncertainty["views"][i]
+    return {k: None if row is None else row[k] for k in ("rotation_sigma_deg", "center_sigma_mm")}
 
 
 def write_outputs(out: Path, scene: Scene, ctx: FitContext, state: FitState, used: np.ndarray, ev: dict,
@@ -348,6 +355,7 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
                              "check landmarks.json and cameras.json")
 
     state, ev = run_stages(ctx, state, StageHooks(init_poses, after_init, checkpoint), progress, timing)
+    uncertainty = camera_uncertainty(ctx, state)
     used = ctx.view_weights.cpu().numpy() > 0
     stage = folder.begin()
     arr = write_outputs(stage, scene, ctx, state, used, ev, cfg.write_images, final=out)
@@ -378,7 +386,7 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
                               "num_tracks": None if trk_n is None else int(trk_n[i]),
                               "track_reprojection_px": None if trk_rms is None or trk_n[i] == 0 else float(trk_rms[i]),
                               "landmarks_used": i not in ctx.landmark_flags,
-                              **epi_views[n],
+                              **epi_views[n], **_view_sigmas(uncertainty, i),
                               "K": arr["K"][i].tolist(), "R": arr["R"][i].tolist(), "t": arr["t"][i].tolist()})
                 continue
             reason = "pose initialisation failed (PnP found no consistent pose, no SfM pose)"
@@ -387,7 +395,7 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
         views.append({"name": n, "used": False, "reason_if_unused": reason, "landmark_rmse_px": None,
                       "photometric_l1": None, "mask_iou": None, "epipolar_px_median": None, "epipolar_px_p90": None,
                       "num_tracks": None, "track_reprojection_px": None, "landmarks_used": None,
-                      "K": None, "R": None, "t": None})
+                      **_view_sigmas(None, 0), "K": None, "R": None, "t": None})
     # the fit's total: the demo's scene synthesis (timing["demo_scene"]) is not part of it
     timing["total"] = time.perf_counter() - t_start - timing.get("demo_scene", 0.0)
     # the thread count sets the order of float32 sums, hence the last digits of every figure
@@ -408,6 +416,7 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
     # views SfM left out that the fit registered from their matches (or tried to)
     report["sfm_registered_by_fit"] = {n: {k: r[k] for k in ("correspondences", "inliers", "why")}
                                        for n, r in sfm_registered.items()}
+    report["uncertainty"] = None if uncertainty is None else {k: v for k, v in uncertainty.items() if k != "views"}
     report["tracks"] = None if ctx.tracks is None else {
         "num_points": ctx.tracks.num_points, "num_observations": len(ctx.tracks.view),
         "landmark_sigma_px": ctx.landmark_sigma_px}

@@ -23,8 +23,7 @@ from tqdm.auto import tqdm
 
 from fitting.context import JAW, FitContext, project_landmarks, render_views, subject_vertices, view_geometry
 from fitting.correspondences import rasterize_state
-from fitting.geometry_terms import (GaussianPrior, OutlineTerm, PhotoTerm, Unknowns, landmark_term, linearize,
-                                    model_at)
+from fitting.geometry_terms import GaussianPrior, OutlineTerm, PhotoTerm, Unknowns, landmark_term, model_at, term_rows
 from fitting.init import align_sfm_poses, pnp_views
 from fitting.known_cameras import CameraPrior, snap_to_rig
 from fitting.lm import NormalEquations, levenberg_marquardt
@@ -35,7 +34,7 @@ from fitting.state import FitState
 
 __all__ = ["initialize", "mean_head_pnp", "stage_geometry", "lm_geometry", "lm_unknowns", "geometry_terms",
            "init_appearance", "stage_photometric", "evaluate", "cameras64", "view_yaw_deg", "distrust_profiles",
-           "distrust_outlier_views"]
+           "distrust_outlier_views", "track_weight"]
 
 
 def _prior(ctx: FitContext, shape, expr, jaw, log_focal=None) -> torch.Tensor:
@@ -217,7 +216,7 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
     (``use_photo``: G = 1, a texture space and ``w_photo_gn > 0``), the coefficients' prior
     (all in :mod:`fitting.geometry_terms`), and the SfM track term (``use_tracks`` with
     ``ctx.tracks`` set; its points are eliminated by a Schur complement and weighed against
-    the landmarks by :func:`_track_weight`). The row terms' Jacobians come by the chain rule
+    the landmarks by :func:`track_weight`). The row terms' Jacobians come by the chain rule
     over compressed tangents (7 + P columns whatever N and G are); tests/fitting check them
     against jacfwd of the residuals, term by term. ``hist`` gets one record per iteration with
     each term's cost and the damping.
@@ -238,22 +237,16 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
 
     def linearize_at(x: _Estimate, it: int):
         st, terms = geometry_terms(ctx, x.state, unk, static_only, use_rim, use_photo, it, iters)
-        m0, lin = model_at(ctx, st, unk), linearize(ctx, st, unk)
-        with torch.no_grad():
-            r = torch.cat([t.residuals(m0) for t in terms])
-        J = unk.scatter(torch.cat([t.jacobian(lin) for t in terms]), torch.cat([t.row_view for t in terms]))
-        ne = NormalEquations.zeros(unk.size, J.dtype, J.device)
-        start = 0
-        for t in terms:
-            rows = slice(start, start + len(t.row_view))
-            start = rows.stop
-            ne.add_rows(t.name, J[rows], r[rows])
+        rows = term_rows(ctx, st, unk, terms)
+        ne = NormalEquations.zeros(unk.size, rows[0][1].dtype, rows[0][1].device)
+        for name, J, r in rows:
+            ne.add_rows(name, J, r)
         for prior in priors:
             ne.add(prior.name, *prior.normal_equations(st))
         blocks = None
         if tracks is not None:
             tracks.points = x.points
-            weight = _track_weight(ctx, terms[0].raw, terms[0].point_weights)
+            weight, ctx.landmark_sigma_px = track_weight(ctx, terms[0].raw, terms[0].point_weights)
             blocks = tracks.normal_equations(*cameras64(st), weight, unk.camera_columns(), unk.size)
             ne.add_eliminated("track", blocks)
         return _Estimate(st, x.points, terms, blocks), ne
@@ -303,8 +296,9 @@ def cameras64(st: FitState) -> tuple:
 
 
 @torch.no_grad()
-def _track_weight(ctx: FitContext, r_lmk: torch.Tensor, pw: torch.Tensor) -> float:
-    """The track term's weight, so that both terms weigh by their noise.
+def track_weight(ctx: FitContext, r_lmk: torch.Tensor, pw: torch.Tensor) -> tuple[float, float]:
+    """The track term's weight, so that both terms weigh by their noise, and the landmark
+    noise sigma_l (fitting px) it assumed.
 
     The landmark rows cost ``sum_l w_l |r_l|^2 / sum_l pw_l``: by maximum likelihood that is the
     landmark noise variance sigma_l^2 per unit of ``sum |r|^2 / sigma_l^2 / sum pw``, so a track
@@ -317,8 +311,7 @@ def _track_weight(ctx: FitContext, r_lmk: torch.Tensor, pw: torch.Tensor) -> flo
     d2 = (r_lmk ** 2).sum(-1)[used]
     sig_l2 = float(d2.median()) / (2 * math.log(2)) if d2.numel() else ctx.track_sigma_px ** 2
     ratio = max(sig_l2, ctx.track_sigma_px ** 2) / ctx.track_sigma_px ** 2
-    ctx.landmark_sigma_px = math.sqrt(max(sig_l2, 0.0))
-    return ratio / float(pw.sum().clamp_min(1e-8))
+    return ratio / float(pw.sum().clamp_min(1e-8)), math.sqrt(max(sig_l2, 0.0))
 
 
 def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> FitState:

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 REPORT_VIEW_KEYS = {"name", "used", "reason_if_unused", "landmark_rmse_px", "photometric_l1", "mask_iou",
                     "epipolar_px_median", "epipolar_px_p90", "num_tracks", "track_reprojection_px", "landmarks_used",
-                    "K", "R", "t"}
+                    "rotation_sigma_deg", "center_sigma_mm", "K", "R", "t"}
 GT_KEYS = {"rotation_error_deg_mean", "rotation_error_deg_max", "camera_center_error_mm_mean",
            "vertex_error_mm_mean", "landmark_rmse_px"}
 
@@ -54,6 +54,13 @@ def test_demo_ground_truth(demo_fit):
     assert set(report["timing_s"]) == {"preprocess", "init", "geometry", "photometric", "total"}
     for v in report["views"]:
         assert set(v) == REPORT_VIEW_KEYS
+    # the cameras' standard errors (fitting/uncertainty.py; checked against a Monte Carlo in
+    # test_uncertainty.py): finite for the posed views, and of the size of the actual errors
+    sig = np.array([v["rotation_sigma_deg"] for v in report["views"] if v["used"]])
+    assert np.isfinite(sig).all() and (sig > 0).all()
+    assert all(v["rotation_sigma_deg"] is None for v in report["views"] if not v["used"])
+    assert 0.1 < gt["rotation_error_deg_mean"] / np.sqrt((sig ** 2).mean()) < 3, (gt, sig)
+    assert report["uncertainty"]["head_frame_rotation_sigma_deg"] > 0
     # the synthetic scene has no SfM database: epipolar figures are null, the focal lengths are not
     assert report["epipolar"]["database"] is None and report["epipolar"]["fit"] is None
     assert report["epipolar"]["focal_px"]["fit"] > 0
