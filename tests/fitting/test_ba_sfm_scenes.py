@@ -92,12 +92,14 @@ def test_focal_unknown_12_views(scene12, standin_path):
     assert cams["source"] == "sfm" and len(cams["registered"]) >= 10, cams.get("registered")
     rep, det = _fit(root, scene, "f12", standin_path, "--refine_focal", "always")
     err, err_sfm = _focal_error(det, scene), _focal_error({"focal": {"fitted_px": cams["K"][0][0]}}, scene)
-    print(f"12 views: focal error SfM {100 * err_sfm:+.2f} %, joint fit {100 * err:+.2f} %; rotation error "
+    print(f"12 views: focal error SfM {100 * err_sfm:+.2f} %, joint fit {100 * err:+.2f} % (sigma "
+          f"{rep['uncertainty']['focal_sigma_pct']:.2f} %); rotation error "
           f"{rep['ground_truth']['rotation_error_deg_mean']:.3f} deg mean; sfm_quality ok {rep['sfm_quality']['ok']}")
     assert det["focal"]["refined"]
     assert rep["sfm_quality"]["ok"], rep["sfm_quality"]
     # -0.88 % measured with the head-mask filter (2 of 1579 observations dropped), -0.22 % without;
-    # dropping 1 % of the observations at random gives -0.22 .. -0.90 % (SfM's own: +6.1 %)
+    # dropping 1 % of the observations at random gives -0.22 .. -0.90 % (SfM's own: +6.1 %); the
+    # fit's own standard error of the focal is 1.09 % (report.json uncertainty)
     assert abs(err) <= 0.01, err
 
 
@@ -158,7 +160,8 @@ def test_focal_unknown_4_views_tracks_beat_landmarks_alone(scene4, standin_path)
     assert det["focal"]["refined"] and det0["focal"]["refined"]          # 4 < sfm_min_views
     rows = {}
     for what, r, d in (("joint", rep, det), ("landmarks alone", rep0, det0)):
-        rows[what] = {"focal_err_pct": 100 * _focal_error(d, s4), **r["ground_truth"],
+        rows[what] = {"focal_err_pct": 100 * _focal_error(d, s4), "focal_sigma_pct": r["uncertainty"]["focal_sigma_pct"],
+                      "head_frame_sigma_deg": r["uncertainty"]["head_frame_rotation_sigma_deg"], **r["ground_truth"],
                       "epipolar_px_median": r["epipolar"]["fit"]["epipolar_px_median"]}
     rows["SfM alone"] = {"focal_err_pct": 100 * _focal_error({"focal": {"fitted_px": cams["K"][0][0]}}, s4),
                          "epipolar_px_median": rep["epipolar"]["sfm"]["epipolar_px_median"]}
