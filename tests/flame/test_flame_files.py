@@ -1,4 +1,5 @@
 """Loading FLAME-format files: chumpy-free pickles, npz, embeddings, texture spaces, bad inputs."""
+import os
 import pickle
 import pickletools
 import subprocess
@@ -208,3 +209,19 @@ def test_synthetic_needs_embedding_with_template(tmp_path, shared_data):
     obj.write_text((shared_data / "flame_topology" / "head_template_mesh.obj").read_text())
     with pytest.raises(ValueError, match="--landmark-embedding"):
         build_standin(tmp_path / "x.pkl", template=obj)
+
+
+@pytest.mark.slow   # two stand-in builds, ~10 s
+def test_standin_is_the_same_whatever_the_blas_threads(tmp_path):
+    """OpenBLAS's thread count (OMP_NUM_THREADS, else the cores) changes the last bits of the
+    eigensolver's sums and with them its basis within the mesh Laplacian's equal-eigenvalue
+    pairs: unpinned, a build under OMP_NUM_THREADS=1 had shape bases up to 1.3 mm from one
+    under 2. The build pins the count (fitting.synthetic.BLAS_THREADS)."""
+    files = []
+    for threads in ("1", "2"):
+        out = tmp_path / threads / "m.pkl"
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+        subprocess.run([sys.executable, "-m", "fitting.synthetic", "--out", str(out)], check=True, env=env,
+                       cwd=REPO, capture_output=True, timeout=300)
+        files.append([p.read_bytes() for p in sorted(out.parent.iterdir())])
+    assert files[0] == files[1]
