@@ -183,10 +183,6 @@ def _bar(ctx, iterable, desc):
     return tqdm(iterable, desc=desc, disable=not ctx.progress, leave=False, dynamic_ncols=True)
 
 
-# Tests set this: lm_geometry then also differentiates its residuals with torch.func.jacfwd
-# and raises if the chain-rule Jacobian differs (slow: ~10x the Jacobian's cost).
-
-
 def geometry_terms(ctx: FitContext, st: FitState, unk: Unknowns, static_only: bool, use_rim: bool,
                    use_photo: bool, it: int = 0, iters: int = 1) -> tuple[FitState, list]:
     """The row terms of one LM iteration at st: landmarks, then the outline (``use_rim``), then
