@@ -211,17 +211,60 @@ def test_synthetic_needs_embedding_with_template(tmp_path, shared_data):
         build_standin(tmp_path / "x.pkl", template=obj)
 
 
-@pytest.mark.slow   # two stand-in builds, ~10 s
-def test_standin_is_the_same_whatever_the_blas_threads(tmp_path):
-    """OpenBLAS's thread count (OMP_NUM_THREADS, else the cores) changes the last bits of the
-    eigensolver's sums and with them its basis within the mesh Laplacian's equal-eigenvalue
-    pairs: unpinned, a build under OMP_NUM_THREADS=1 had shape bases up to 1.3 mm from one
-    under 2. The build pins the count (fitting.synthetic.BLAS_THREADS)."""
-    files = []
-    for threads in ("1", "2"):
+def test_canonical_eigenbasis_depends_on_the_eigenspaces_alone():
+    """Any basis of the same eigenspaces (a turn within a pair, a flipped sign) gives the same
+    canonical basis, M-orthonormal like the input."""
+    from fitting.synthetic import _canonical_eigenbasis
+    rng = np.random.default_rng(3)
+    V = 40
+    mass = rng.uniform(1, 3, V)
+    vals = np.array([0.0, 0.1, 0.2, 0.2, 0.3, 0.4, 0.4, 0.4])
+    U = np.linalg.qr(rng.standard_normal((V, len(vals))))[0] / np.sqrt(mass)[:, None]   # U^T M U = I
+    W = U.copy()
+    W[:, 0] *= -1
+    a = 0.7
+    W[:, 2:4] = U[:, 2:4] @ np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    W[:, 5:8] = U[:, 5:8] @ np.linalg.qr(rng.standard_normal((3, 3)))[0]
+    cu, spaces = _canonical_eigenbasis(vals, U, mass)
+    cw, _ = _canonical_eigenbasis(vals, W, mass)
+    assert spaces == [[0], [1], [2, 3], [4], [5, 6, 7]]
+    assert np.abs(U - W).max() > 0.1
+    np.testing.assert_allclose(cu, cw, atol=1e-12)
+    np.testing.assert_allclose(cu.T @ (mass[:, None] * cu), np.eye(len(vals)), atol=1e-12)
+
+
+def test_standin_keeps_its_recorded_harmonics():
+    """The procedural head's eigenspace bases are recorded (fitting/standin_harmonics.json) for
+    its faces: a change to the mesh that drops them must come with a new VERSION."""
+    from fitting.synthetic import _recorded_turns, procedural_head
+    faces = procedural_head()[1]
+    for k in (130, 8):
+        turns = _recorded_turns(faces, k)
+        assert turns is not None and sum(q.shape[1] for q in turns) == k
+        for q in turns:
+            np.testing.assert_allclose(q.T @ q, np.eye(q.shape[1]), atol=1e-12)
+
+
+@pytest.mark.slow   # two stand-in builds, ~25 s each
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"),
+                    reason="OPENBLAS_CORETYPE names x86 kernels")
+def test_standin_is_the_same_whatever_the_blas(tmp_path):
+    """OpenBLAS's thread count (OMP_NUM_THREADS, else the cores) and its CPU kernels change the
+    last bits of the eigensolver's sums, and with them ARPACK's basis within the mesh
+    Laplacian's equal-eigenvalue pairs: without the canonical basis, a build on 1 thread had
+    shape bases up to 1.3 mm from one on 2, and one on Prescott's kernels (SSE3, as an older
+    CPU would run) up to 2.3 mm from this machine's."""
+    models = []
+    for threads, kernels in (("1", None), ("2", "Prescott")):
         out = tmp_path / threads / "m.pkl"
         env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+        env.pop("OPENBLAS_CORETYPE", None)
+        if kernels:
+            env["OPENBLAS_CORETYPE"] = kernels
         subprocess.run([sys.executable, "-m", "fitting.synthetic", "--out", str(out)], check=True, env=env,
                        cwd=REPO, capture_output=True, timeout=300)
-        files.append([p.read_bytes() for p in sorted(out.parent.iterdir())])
-    assert files[0] == files[1]
+        models.append((load_flame_arrays(out), np.load(out.with_name("m_texture.npz"))))
+    (a, ta), (b, tb) = models
+    for key in ("v_template", "shapedirs", "posedirs", "weights", "J"):
+        np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-12, err_msg=key)
+    np.testing.assert_allclose(ta["tex_dir"], tb["tex_dir"], rtol=0, atol=1e-6)
