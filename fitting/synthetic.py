@@ -331,7 +331,7 @@ def _harmonics(verts: np.ndarray, faces: np.ndarray, k: int) -> np.ndarray:
     turns = _recorded_turns(faces, k)
     if turns is None:
         return vecs[:, :k]
-    return np.concatenate([vecs[:, s] @ q for s, q in zip(spaces, turns)], 1)
+    return np.concatenate([vecs[:, s] @ q for s, q in zip(spaces, turns, strict=True)], 1)
 
 
 def _canonical_eigenbasis(vals: np.ndarray, vecs: np.ndarray, mass: np.ndarray) -> tuple[np.ndarray, list]:
