@@ -362,17 +362,23 @@ def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> Fi
 
 
 def _refine_rig_cameras(ctx: FitContext, st: FitState, hist: list, rnd: int) -> FitState:
-    """``--camera_mode refine``'s last geometry round: per-view cameras free, held to the
-    calibration by :class:`fitting.known_cameras.CameraPrior`; landmarks, outline, (texture
-    space, one subject) photometric rows, and the feature tracks when the scene has them
-    (:func:`fitting.known_cameras.rig_tracks`), their points triangulated from the calibration."""
+    """``--camera_mode refine``'s last geometry rounds: per-view cameras free, held to the
+    calibration by :class:`fitting.known_cameras.CameraPrior`; landmarks, outline and the
+    feature tracks when the scene has them (:func:`fitting.known_cameras.rig_tracks`), their
+    points triangulated from the calibration; then, with ``--w_photo_gn`` (texture space, one
+    subject), ``photo_gn_iters`` more with the photometric rows."""
     target = snap_to_rig(st, ctx.rig)
     prior = CameraPrior(ctx, Unknowns.of(target, ctx.refine_focal), target)
-    iters = max(ctx.cfg.geom_lm_iters, ctx.cfg.photo_gn_iters)
     if ctx.tracks is not None and ctx.tracks.points is None:
         ctx.tracks.triangulate(*cameras64(target))
-    return lm_geometry(ctx, target, False, iters, hist, rnd, use_rim=True, use_photo=True,
-                       use_tracks=ctx.tracks is not None, camera_prior=prior)
+    # the photometric rows only once the landmarks have moved each camera to its images: from
+    # a calibration a degree off, a view's colours lie outside the linearised photo's basin
+    st = lm_geometry(ctx, target, False, ctx.cfg.geom_lm_iters, hist, rnd, use_rim=True,
+                     use_tracks=ctx.tracks is not None, camera_prior=prior)
+    if ctx.cfg.w_photo_gn > 0:
+        st = lm_geometry(ctx, st, False, ctx.cfg.photo_gn_iters, hist, rnd, use_rim=True, use_photo=True,
+                         use_tracks=ctx.tracks is not None, camera_prior=prior)
+    return st
 
 
 def _adam_geometry(ctx: FitContext, state: FitState, hist: list) -> FitState:
