@@ -7,8 +7,9 @@ import torch
 
 from fitting.init import align_sfm_poses
 from fitting.render.cameras import rotation_angle_deg
+from fitting.rotations import axis_angle_to_matrix
 
-__all__ = ["ground_truth_errors"]
+__all__ = ["ground_truth_errors", "aligned_camera_errors", "perturb_cameras"]
 
 
 def ground_truth_errors(gt: dict, names: list, R: np.ndarray, t: np.ndarray, verts: np.ndarray,
@@ -42,4 +43,25 @@ def ground_truth_errors(gt: dict, names: list, R: np.ndarray, t: np.ndarray, ver
                           "vertex_error_mm_mean": float(np.linalg.norm(va - gt["vertices"], axis=-1).mean() * 1000),
                           "similarity_scale": float(al["s"]),
                           "similarity_rotation_deg": float(np.degrees(np.arccos(np.clip((np.trace(al["Q"]) - 1) / 2, -1, 1))))}
+    return out
+
+
+def aligned_camera_errors(R: np.ndarray, t: np.ndarray, R_true: np.ndarray, t_true: np.ndarray) -> tuple:
+    """(rotation (N,) deg, centre (N,) mm) errors of cameras R (N, 3, 3), t (N, 3) after the
+    similarity that best maps them onto the true ones: a rig's frame is only fixed up to one."""
+    al = align_sfm_poses(R, t, R_true, t_true, max_deg=180, max_rel=1e9)
+    C = -np.einsum("nji,nj->ni", al["R"], al["t"])
+    C_true = -np.einsum("nji,nj->ni", R_true, t_true)
+    return al["angle_deg"], np.linalg.norm(C - C_true, axis=1) * 1000
+
+
+def perturb_cameras(cameras: dict, rng: np.random.Generator, deg: float = 1.0, mm: float = 5.0) -> dict:
+    """{name: Calibrated} with each camera turned by ``deg`` about its centre (random axis) and
+    its centre moved by ``mm`` (random direction): a calibration that has drifted."""
+    out = {}
+    for n, c in cameras.items():
+        a, d = rng.normal(size=3), rng.normal(size=3)
+        C = -c.R.T @ c.t + mm / 1000 * d / np.linalg.norm(d)
+        R = axis_angle_to_matrix(torch.as_tensor(a / np.linalg.norm(a) * np.radians(deg))).numpy() @ c.R
+        out[n] = c._replace(R=R, t=-R @ C)
     return out

@@ -34,7 +34,7 @@ from fitting.geometry_terms import Unknowns
 from fitting.images import image_size
 from fitting.init import rotation_mean, umeyama
 from fitting.render.cameras import camera_centers, matrix_to_rot
-from fitting.rotations import matrix_to_axis_angle, skew
+from fitting.rotations import matrix_to_axis_angle, right_jacobian_inverse, skew
 from fitting.state import FitState
 
 __all__ = ["Rig", "read_rig", "scene_cameras_json", "apply_rig", "rig_tracks", "initialize_from_rig", "head_to_rig",
@@ -302,25 +302,12 @@ class TemporalPrior:
         phi = r[:3] * self.sigma[:3] / self.scale
         J = torch.zeros(len(r), unk.size, dtype=r.dtype, device=r.device)
         # H_R exp([w]) H_prev^T = D exp([H_prev w]) with D = exp([phi]): d phi / d w = Jr^-1(phi) H_prev
-        J[:3, :3] = _right_jacobian_inverse(phi) @ self.H_R
+        J[:3, :3] = right_jacobian_inverse(phi) @ self.H_R
         J[3:6, 3:6] = H_R
         first = unk.coefficient_column(0, unk.n_shape)
         J[6:, first:first + E + 3] = torch.eye(E + 3, dtype=r.dtype, device=r.device)
         J = J / self.sigma[:, None] * self.scale
         return J.T @ J, J.T @ r, float(r @ r)
-
-
-def _right_jacobian_inverse(phi: torch.Tensor) -> torch.Tensor:
-    """(3, 3) inverse of SO(3)'s right Jacobian at the rotation vector phi (3,):
-    log(exp([phi]) exp([v])) = phi + Jr^-1(phi) v + O(|v|^2)."""
-    theta = phi.norm()
-    S = skew(phi)
-    eye = torch.eye(3, dtype=phi.dtype, device=phi.device)
-    if float(theta) < 1e-4:  # series: 1/theta^2 - (1 + cos) / (2 theta sin) -> 1/12
-        c = 1 / 12 + theta ** 2 / 720
-    else:
-        c = 1 / theta ** 2 - (1 + torch.cos(theta)) / (2 * theta * torch.sin(theta))
-    return eye + S / 2 + c * S @ S
 
 
 def angle_deg(Ra: torch.Tensor, Rb: torch.Tensor) -> torch.Tensor:

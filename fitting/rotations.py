@@ -37,6 +37,21 @@ def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
     return eye + a * k + b * (k @ k)
 
 
+def right_jacobian_inverse(phi: torch.Tensor) -> torch.Tensor:
+    """Inverse of SO(3)'s right Jacobian at rotation vectors phi (..., 3) -> (..., 3, 3):
+    log(exp([phi]) exp([v])) = phi + Jr^-1(phi) v + O(|v|^2). The left one is Jr^-1(-phi):
+    log(exp([v]) exp([phi])) = phi + Jr^-1(-phi) v + O(|v|^2)."""
+    theta2 = (phi * phi).sum(-1)[..., None, None]
+    small = theta2 < 1e-8
+    safe = torch.where(small, torch.ones_like(theta2), theta2)
+    theta = safe.sqrt()
+    # c = 1/theta^2 - (1 + cos) / (2 theta sin), whose series at 0 is 1/12 + theta^2/720
+    c = torch.where(small, 1 / 12 + theta2 / 720, 1 / safe - (1 + torch.cos(theta)) / (2 * theta * torch.sin(theta)))
+    S = skew(phi)
+    eye = torch.eye(3, dtype=phi.dtype, device=phi.device).expand(S.shape)
+    return eye + S / 2 + c * (S @ S)
+
+
 def matrix_to_quaternion(R: torch.Tensor) -> torch.Tensor:
     """R: (..., 3, 3) -> unit quaternion (..., 4) as (w, x, y, z) with w >= 0.
 

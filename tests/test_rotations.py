@@ -71,3 +71,24 @@ def test_bad_shapes_raise():
         axis_angle_to_matrix(torch.zeros(2, 4))
     with pytest.raises(ValueError, match="3, 3"):
         matrix_to_quaternion(torch.zeros(2, 3, 4))
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-5, 0.3, 2.5])
+def test_right_jacobian_inverse_against_differences(scale):
+    """log(exp([phi]) exp([v])) - phi against Jr^-1(phi) v, and the left form with -phi, by
+    central differences in float64, at zero, the series branch, and moderate to large angles."""
+    from fitting.rotations import right_jacobian_inverse
+    phi = torch.tensor([[0.6, -0.8, 0.3], [-0.2, 0.1, 0.9]], dtype=torch.float64) * scale
+    E = axis_angle_to_matrix(phi)
+    eps = 1e-6
+    for side in ("right", "left"):
+        cols = []
+        for j in range(3):
+            v = torch.zeros(3, dtype=torch.float64)
+            v[j] = eps
+            dv = axis_angle_to_matrix(v)
+            move = (lambda d: E @ d) if side == "right" else (lambda d: d @ E)
+            cols.append((matrix_to_axis_angle(move(dv)) - matrix_to_axis_angle(move(dv.T))) / (2 * eps))
+        ref = torch.stack(cols, -1)
+        got = right_jacobian_inverse(phi if side == "right" else -phi)
+        assert torch.allclose(got, ref, atol=1e-7), (side, (got - ref).abs().max())

@@ -77,6 +77,9 @@ def run_sequence(cfg, mapper=None) -> dict:
     key = cfg.keyframe if cfg.keyframe >= 0 else choose_keyframe(dirs, unusable)
     cfg = argparse.Namespace(**{**vars(cfg), "scene_dir": str(dirs[key])})
     ident, track_cfg = fit_identity(cfg)
+    refined = None
+    if cfg.camera_mode == "refine" and cfg.refine_frames > 1:
+        ident, refined = _refine_over_frames(track_cfg, dirs, ident, unusable)
     t_identity = time.perf_counter() - t0
 
     ranges = chunk_ranges(len(dirs), cfg.chunk, cfg.overlap)
@@ -114,6 +117,7 @@ def run_sequence(cfg, mapper=None) -> dict:
                     "landmark_rmse_px_max": float(rmse.max()) if len(rmse) else None,
                     "frames_flagged": [d.name for d, m in zip(dirs, res["missing"]) if m],
                     "seconds_per_frame": float(res["seconds"].mean()),
+                    **({} if refined is None else {"refine": refined}),
                     "timing_s": {"identity": round(t_identity, 2), "tracking": round(t_track, 2),
                                  "total": round(time.perf_counter() - t0, 2)}}}
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=1).encode())
@@ -179,6 +183,20 @@ def fit_identity(cfg) -> tuple:
                          f"{', '.join(unposed)} (see {Path(cfg.savefolder) / 'identity' / 'report.json'}): pick a "
                          "--keyframe where every camera sees the face, or give the rig's calibration with --cameras")
     return ident, argparse.Namespace(**{**vars(cfg), "cameras": str(calib), "camera_mode": "fixed"})
+
+
+def _refine_over_frames(cfg, dirs: list, ident, unusable: dict) -> tuple:
+    """``refine``: the keyframe's cameras refined over ``--refine_frames`` frames
+    (:mod:`fitting.sequence.refine`), held to the calibration, and written to OUT/cameras.json."""
+    from fitting.calibration import write_calibration_json
+    from fitting.known_cameras import read_rig
+    from fitting.sequence.refine import refine_over_frames
+    keyframe = Path(cfg.scene_dir)
+    out = Path(cfg.savefolder)
+    ident, report = refine_over_frames(cfg, dirs, keyframe, ident, read_rig(cfg, keyframe).cameras, unusable,
+                                       out / "refine.npz")
+    write_calibration_json(out / "cameras.json", ident.cameras)
+    return ident, report
 
 
 def _flame(cfg):

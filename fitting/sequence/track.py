@@ -38,8 +38,8 @@ from fitting.scene import load_scene
 from fitting.stages import lm_geometry, lm_unknowns
 from fitting.state import FitState
 
-__all__ = ["add_sequence_options", "Identity", "identity_from_fit", "track_frames", "chunk_ranges", "track_chunk",
-           "blend_chunks", "frame_vertices"]
+__all__ = ["add_sequence_options", "Identity", "identity_from_fit", "load_frame", "track_frames", "chunk_ranges",
+           "inputs_key", "track_chunk", "blend_chunks", "frame_vertices"]
 
 # what a chunk's .npz holds per frame, besides ``key`` (why: a missing frame's reason, else "")
 FIELDS = ("head_R", "head_t", "expression", "jaw", "landmark_rmse_px", "missing", "seconds", "why")
@@ -70,7 +70,12 @@ def add_sequence_options(p) -> tuple:
         g.add_argument("--sigma_exp", type=float, default=0.6, help="temporal prior: expression step per frame"),
         g.add_argument("--sigma_jaw_deg", type=float, default=3.0, help="temporal prior: jaw step, deg/frame"),
         g.add_argument("--w_temporal", type=float, default=1.0,
-                       help="temporal prior weight (1: MAP for 1 px landmark noise at fitting size)")]
+                       help="temporal prior weight (1: MAP for 1 px landmark noise at fitting size)"),
+        g.add_argument("--refine_frames", type=int, default=8,
+                       help="--camera_mode refine: frames the cameras are refined over, together (1: the keyframe's "
+                            "fit alone)"),
+        g.add_argument("--refine_iters", type=int, default=10,
+                       help="--camera_mode refine: LM iterations of that solve over --refine_frames frames")]
     return tuple(a.dest for a in opts)
 
 
@@ -119,7 +124,7 @@ def identity_from_fit(fit_dir: Path, rig: Rig | None) -> Identity:
                     hashlib.sha256(raw).hexdigest()[:16])
 
 
-def _load_frame(cfg, frame_dir: Path, ident: Identity, flame, texspace):
+def load_frame(cfg, frame_dir: Path, ident: Identity, flame, texspace):
     """(ctx, state at the identity, rig) of one frame, or (None, reason) when its landmarks are
     missing (no usable view)."""
     rig = read_rig(cfg, frame_dir)
@@ -168,7 +173,7 @@ def track_frames(cfg, frame_dirs: list, ident: Identity, flame, texspace, unusab
     leading = []         # (why, seconds) of the missing frames before the first tracked one
     for fd in map(Path, frame_dirs):
         t0 = time.perf_counter()
-        loaded, why = (None, unusable[fd.name]) if fd.name in unusable else _load_frame(cfg, fd, ident, flame, texspace)
+        loaded, why = (None, unusable[fd.name]) if fd.name in unusable else load_frame(cfg, fd, ident, flame, texspace)
         if loaded is None:
             if prev is None:
                 leading.append((why, time.perf_counter() - t0))
@@ -246,9 +251,10 @@ def chunk_ranges(T: int, chunk: int, overlap: int) -> list:
         start = stop - overlap
 
 
-def _chunk_key(cfg, frame_dirs: list, ident: Identity, unusable: dict) -> str:
-    """What a chunk's result depends on: its frames and their landmarks, the frames left out, the
-    identity and the options (not the worker count or output folders)."""
+def inputs_key(cfg, frame_dirs: list, ident: Identity, unusable: dict) -> str:
+    """What a result made from these frames depends on (a chunk's, the refined cameras'): the
+    frames and their landmarks, the frames left out, the identity and the options (not the
+    worker count or output folders)."""
     from fitting.fit_record import files_digest
     opts = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(cfg).items())
             if k not in ("workers", "savefolder", "progress", "scene_name", "num_threads")}
@@ -264,7 +270,7 @@ def track_chunk(cfg, frame_dirs: list, ident: Identity, path: Path, unusable: di
     now). A task of its own (a worker process, a Ray task)."""
     from fitting.model import load_model
     unusable = {Path(f).name: unusable[Path(f).name] for f in frame_dirs if Path(f).name in (unusable or {})}
-    key = _chunk_key(cfg, frame_dirs, ident, unusable)
+    key = inputs_key(cfg, frame_dirs, ident, unusable)
     if path.is_file():
         with np.load(path) as z:
             if str(z["key"]) == key:

@@ -15,6 +15,7 @@ from fitting.calibration import (Calibrated, distort_points, load_calibration, u
 from fitting.config import parse_config
 from fitting.export.core import write_colmap_text, write_transforms
 from fitting.pipeline import fit_scene
+from fitting.ground_truth import perturb_cameras
 from fitting.rotations import axis_angle_to_matrix
 from fitting.synthetic_scene import make_scene
 
@@ -33,13 +34,8 @@ def _rig_cameras(gt, perturb: np.random.Generator | None = None, size: int = SIZ
         U, _, Vt = np.linalg.svd(gt["R"][i].astype(np.float64))  # stored in float32: orthonormal to 1e-7 only
         R = U @ Vt @ G_R.T
         t = gt["t"][i] - R @ G_t
-        if perturb is not None:
-            a, d = perturb.normal(size=3), perturb.normal(size=3)
-            C = -R.T @ t + 0.005 * d / np.linalg.norm(d)
-            R = axis_angle_to_matrix(torch.as_tensor(a / np.linalg.norm(a) * np.radians(1.0))).numpy() @ R
-            t = -R @ C
         cams[n] = Calibrated(gt["K"][i], R, t, size, size, np.zeros(0))
-    return cams
+    return cams if perturb is None else perturb_cameras(cams, perturb)
 
 
 @pytest.fixture(scope="module")
@@ -309,14 +305,11 @@ def test_fixed_keeps_the_calibration(rig_scene, standin_path):
 def _aligned_camera_errors(rep, gt) -> tuple[np.ndarray, np.ndarray]:
     """Per-view rotation (deg) and centre (mm) errors of the fitted cameras after the similarity
     that best maps them onto the true ones (a rig's frame is only defined up to one)."""
-    from fitting.init import align_sfm_poses
+    from fitting.ground_truth import aligned_camera_errors
     rows = [v for v in rep["views"] if v["used"]]
     idx = [list(map(str, gt["names"])).index(v["name"]) for v in rows]
-    R, t = np.array([v["R"] for v in rows]), np.array([v["t"] for v in rows])
-    al = align_sfm_poses(R, t, gt["R"][idx], gt["t"][idx], max_deg=180, max_rel=1e9)
-    C = -np.einsum("nji,nj->ni", al["R"], al["t"])
-    Cg = -np.einsum("nji,nj->ni", gt["R"][idx], gt["t"][idx])
-    return al["angle_deg"], np.linalg.norm(C - Cg, axis=1) * 1000
+    return aligned_camera_errors(np.array([v["R"] for v in rows]), np.array([v["t"] for v in rows]), gt["R"][idx],
+                                 gt["t"][idx])
 
 
 @pytest.fixture(scope="module")

@@ -15,3 +15,11 @@ def seq(tmp_path_factory, standin_path):
     root = make_sequence(tmp_path_factory.mktemp("seq") / "seq", standin_path, n_frames=3, n_cameras=3,
                          width=SIZE, height=SIZE, seed=1)
     return root, dict(np.load(root / "ground_truth.npz"))
+
+
+@pytest.fixture(scope="session")
+def sequence6(tmp_path_factory, standin_path):
+    """(folder, ground truth) of 6 frames x 8 cameras at 192 px. Read only."""
+    root = make_sequence(tmp_path_factory.mktemp("seq6") / "seq", standin_path, n_frames=6, n_cameras=8,
+                         width=192, height=192, n_shape=40, n_exp=20, seed=0)
+    return root, dict(np.load(root / "ground_truth.npz"))
