@@ -330,7 +330,7 @@ def pick_frames(usable: list, keyframe, count: int) -> list:
         return list(usable)
     idx = set(np.round(np.linspace(0, len(usable) - 1, count)).astype(int).tolist())
     if keyframe in usable and usable.index(keyframe) not in idx:
-        nearest = min(idx, key=lambda i: abs(i - usable.index(keyframe)))
+        nearest = min(sorted(idx), key=lambda i: abs(i - usable.index(keyframe)))   # ties: the earlier
         idx = (idx - {nearest}) | {usable.index(keyframe)}
     return [usable[i] for i in sorted(idx)]
 

@@ -182,3 +182,12 @@ def test_mapped_track_blocks_solve_the_mapped_system():
     ref = -torch.linalg.solve(full, torch.cat([mapped.g, base.gp.reshape(-1)]))
     assert torch.allclose(dx, ref[:n], rtol=1e-8, atol=1e-12 * float(ref.abs().max()))
     assert torch.allclose(back(dx).reshape(-1), ref[n:], rtol=1e-8, atol=1e-12 * float(ref.abs().max()))
+
+
+def test_pick_frames_spreads_them_and_keeps_the_keyframe():
+    from fitting.sequence.refine import pick_frames
+    frames = [f"{i:06d}" for i in range(20)]
+    assert pick_frames(frames, "000000", 8) == [frames[i] for i in (0, 3, 5, 8, 11, 14, 16, 19)]
+    got = pick_frames(frames, "000004", 8)             # off the grid: it takes its nearest pick's place
+    assert len(got) == 8 and "000004" in got and "000003" not in got and "000005" in got
+    assert pick_frames(frames[:3], "000001", 8) == frames[:3]
