@@ -62,9 +62,10 @@ def test_real_views_as_a_sequence_without_cameras(shared_data, tmp_path):
 def test_real_views_refined_over_frames_stay_consistent_with_the_images(shared_data, tmp_path):
     """The estimate's cameras as the calibration of ``--camera_mode refine --refine_frames 2``:
     the refinement over both frames moves the cameras toward dlib's landmarks only as far as
-    the feature tracks allow, so the Sampson distance of the keyframe's SfM matches stays within
-    1.1x the calibration's (measured 0.366 px median, 7.0 px p90 against 0.361 / 6.6; without the
-    tracks in the solve it was 0.68 px)."""
+    the feature tracks allow, so the Sampson distance of the keyframe's SfM matches stays near
+    the calibration's (measured 0.366 px median, 7.0 px p90 against 0.361 / 6.6; without the
+    tracks in the solve it was 0.68 px median): the median within 1.1x, the p90, which a few
+    outlier matches decide and another machine's SfM moves, within 1.2x."""
     from fitting.calibration import load_calibration
     from fitting.evaluate_cameras import epipolar_stats, read_matches
 
@@ -85,4 +86,4 @@ def test_real_views_refined_over_frames_stay_consistent_with_the_images(shared_d
     print("calibration", before, "refined over frames", after, refine["tracks"])
     assert refine["frames"] == ["000000", "000001"] and refine["tracks"]["num_points"] > 100
     assert after["epipolar_px_median"] <= 1.1 * before["epipolar_px_median"]
-    assert after["epipolar_px_p90"] <= 1.1 * before["epipolar_px_p90"]
+    assert after["epipolar_px_p90"] <= 1.2 * before["epipolar_px_p90"]
