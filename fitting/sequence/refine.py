@@ -40,7 +40,7 @@ import torch
 
 from fitting.atomic import atomic_write_bytes
 from fitting.context import JAW, FitContext
-from fitting.geometry_terms import GaussianPrior, Unknowns, model_at, term_rows
+from fitting.geometry_terms import GaussianPrior, Unknowns, linearize, model_at
 from fitting.known_cameras import LANDMARKS, angle_deg
 from fitting.lm import NormalEquations, levenberg_marquardt
 from fitting.render.cameras import camera_centers, matrix_to_rot
@@ -48,6 +48,8 @@ from fitting.rotations import axis_angle_to_matrix, matrix_to_axis_angle, right_
 from fitting.stages import cameras64, geometry_terms, track_weight
 from fitting.state import FitState
 from fitting.tracks import TrackTerm
+
+ROW_BLOCK = 4096   # rows of the row terms spread to the per-view columns at a time (memory)
 
 __all__ = ["FrameRig", "RigPrior", "TrackedFrame", "refine_over_frames", "solve_frame_rig", "stack_frames", "pick_frames"]
 
@@ -210,8 +212,17 @@ def solve_frame_rig(ctx: FitContext, st: FitState, rig: FrameRig, prior: RigPrio
         M = full_map(x.rig)
         Mf = M.float()
         ne = NormalEquations.zeros(size, torch.float64)
-        for name, J, r in term_rows(ctx, s, base, terms):
-            ne.add_rows(name, (J @ Mf).double(), r.double())
+        m0, lin = model_at(ctx, s, base), linearize(ctx, s, base)
+        for t in terms:
+            with torch.no_grad():
+                r = t.residuals(m0)
+            Jc = t.jacobian(lin)                             # (rows, 7 + P): compressed, small
+            # all rows spread to the per-view columns (6 N + G P) at once would be the solve's
+            # largest array (16 cameras x 8 frames at 512 px, 100 shape and 50 expression
+            # coefficients: ~1e5 rows x ~2000 columns, 0.8 GB): a block of rows at a time
+            for a in range(0, len(r), ROW_BLOCK):
+                J = base.scatter(Jc[a:a + ROW_BLOCK], t.row_view[a:a + ROW_BLOCK]) @ Mf
+                ne.add_rows(t.name, J.double(), r[a:a + ROW_BLOCK].double())
         A, g, cost = gauss.normal_equations(s)
         ne.add(gauss.name, M.T @ A.double() @ M, M.T @ g.double(), cost)
         Ap, gp, cost = prior.normal_equations(x.rig)
