@@ -3,7 +3,9 @@
 
 OUT/identity/ is the keyframe's ordinary fit (:func:`fitting.pipeline.fit_scene`; without
 ``--cameras`` it estimates the cameras, SfM included, from the keyframe's views alone);
-OUT/cameras.json the cameras every frame is tracked with, as a calibration JSON;
+OUT/refine.npz the cameras and shape refined over ``--refine_frames`` frames
+(:mod:`fitting.sequence.refine`; ``refine``, or no ``--cameras``); OUT/cameras.json the cameras
+every frame is tracked with, as a calibration JSON;
 OUT/chunks/<i>.npz the chunks' tracking; OUT/sequence.npz the blended per-frame parameters and
 OUT/report.json the per-frame table and the sequence's summary. A rerun reuses the identity and
 the chunks that were made from the same inputs and options.
@@ -78,7 +80,7 @@ def run_sequence(cfg, mapper=None) -> dict:
     cfg = argparse.Namespace(**{**vars(cfg), "scene_dir": str(dirs[key])})
     ident, track_cfg = fit_identity(cfg)
     refined = None
-    if cfg.camera_mode == "refine" and cfg.refine_frames > 1:
+    if cfg.camera_mode != "fixed" and cfg.refine_frames > 1:    # refine, or the cameras the keyframe estimated
         ident, refined = _refine_over_frames(track_cfg, dirs, ident, unusable)
     t_identity = time.perf_counter() - t0
 
@@ -186,8 +188,9 @@ def fit_identity(cfg) -> tuple:
 
 
 def _refine_over_frames(cfg, dirs: list, ident, unusable: dict) -> tuple:
-    """``refine``: the keyframe's cameras refined over ``--refine_frames`` frames
-    (:mod:`fitting.sequence.refine`), held to the calibration, and written to OUT/cameras.json."""
+    """The keyframe's cameras refined over ``--refine_frames`` frames (:mod:`fitting.sequence.refine`),
+    held to ``cfg.cameras`` (the calibration, or the keyframe's estimate), and written to
+    OUT/cameras.json."""
     from fitting.calibration import write_calibration_json
     from fitting.known_cameras import read_rig
     from fitting.sequence.refine import refine_over_frames

@@ -72,10 +72,10 @@ def add_sequence_options(p) -> tuple:
         g.add_argument("--w_temporal", type=float, default=1.0,
                        help="temporal prior weight (1: MAP for 1 px landmark noise at fitting size)"),
         g.add_argument("--refine_frames", type=int, default=8,
-                       help="--camera_mode refine: frames the cameras are refined over, together (1: the keyframe's "
-                            "fit alone)"),
+                       help="--camera_mode refine, or no --cameras: frames the cameras are refined over, together "
+                            "(1: the keyframe's fit alone)"),
         g.add_argument("--refine_iters", type=int, default=10,
-                       help="--camera_mode refine: LM iterations of that solve over --refine_frames frames")]
+                       help="LM iterations of that solve over --refine_frames frames")]
     return tuple(a.dest for a in opts)
 
 
