@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fitting.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+from tests.sequence.conftest import camera_errors
 
 f64 = torch.float64
 
@@ -97,15 +98,6 @@ def test_shared_shape_map():
 
 
 # -- a synthetic sequence ---------------------------------------------------------------------------
-def _errors(cams: dict, truth: dict) -> tuple:
-    """Mean rotation (deg) and centre (mm) errors after the best similarity."""
-    from fitting.ground_truth import aligned_camera_errors
-    names = sorted(truth)
-    rot, cen = aligned_camera_errors(*(np.stack([getattr(c[n], k) for n in names]) for c in (cams, truth)
-                                       for k in ("R", "t")))
-    return float(rot.mean()), float(cen.mean())
-
-
 @pytest.mark.slow
 def test_refine_over_frames_beats_the_keyframe(sequence6, standin_path, tmp_path):
     """A calibration perturbed by 1 deg / 5 mm per camera, ``refine`` with the photometric rows on:
@@ -127,8 +119,8 @@ def test_refine_over_frames_beats_the_keyframe(sequence6, standin_path, tmp_path
                "--camera_mode", "refine", "--refine_frames", "6")
     out = tmp_path / "out"
     key = identity_from_fit(out / "identity", Rig(tmp_path / "perturbed.json", "refine", perturbed))
-    rot_key, cen_key = _errors(key.cameras, truth)
-    rot, cen = _errors(load_calibration(out / "cameras.json", names, sizes), truth)
+    rot_key, cen_key = camera_errors(key.cameras, truth)
+    rot, cen = camera_errors(load_calibration(out / "cameras.json", names, sizes), truth)
     refine = rep["summary"]["refine"]
     print(f"keyframe alone {rot_key:.3f} deg / {cen_key:.2f} mm; over {len(refine['frames'])} frames {rot:.3f} deg / "
           f"{cen:.2f} mm; {refine.get('seconds')} s")
