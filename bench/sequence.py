@@ -42,7 +42,7 @@ def main(argv=None) -> None:
 
     from fitting.calibration import load_calibration, write_calibration_json
     from fitting.flame import FLAME
-    from fitting.ground_truth import aligned_camera_errors, perturb_cameras
+    from fitting.ground_truth import calibration_errors, perturb_cameras
     from fitting.init import umeyama
     from fitting.known_cameras import Rig
     from fitting.sequence.__main__ import parse_sequence_config, run_sequence
@@ -86,9 +86,8 @@ def main(argv=None) -> None:
     sec = np.array([f["seconds"] for f in rep["frames"]])
 
     def camera_errors(cams: dict) -> list:
-        rot, cen = aligned_camera_errors(*(np.stack([getattr(c[n], k) for n in names]) for c in (cams, truth)
-                                           for k in ("R", "t")))
-        return [round(float(rot.mean()), 4), round(float(cen.mean()), 3)]
+        rot, cen = calibration_errors(cams, truth)
+        return [round(rot, 4), round(cen, 3)]
     cameras = {}
     if a.perturb >= 0:
         perturbed = load_calibration(calib, names, sizes)

@@ -9,7 +9,7 @@ from fitting.init import align_sfm_poses
 from fitting.render.cameras import rotation_angle_deg
 from fitting.rotations import axis_angle_to_matrix
 
-__all__ = ["ground_truth_errors", "aligned_camera_errors", "perturb_cameras"]
+__all__ = ["ground_truth_errors", "aligned_camera_errors", "calibration_errors", "perturb_cameras"]
 
 
 def ground_truth_errors(gt: dict, names: list, R: np.ndarray, t: np.ndarray, verts: np.ndarray,
@@ -53,6 +53,15 @@ def aligned_camera_errors(R: np.ndarray, t: np.ndarray, R_true: np.ndarray, t_tr
     C = -np.einsum("nji,nj->ni", al["R"], al["t"])
     C_true = -np.einsum("nji,nj->ni", R_true, t_true)
     return al["angle_deg"], np.linalg.norm(C - C_true, axis=1) * 1000
+
+
+def calibration_errors(cameras: dict, truth: dict) -> tuple[float, float]:
+    """Mean rotation (deg) and centre (mm) errors of cameras {name: Calibrated} against the true
+    ones, over the names of ``truth``, after the best similarity (:func:`aligned_camera_errors`)."""
+    names = sorted(truth)
+    rot, cen = aligned_camera_errors(*(np.stack([getattr(c[n], k) for n in names]) for c in (cameras, truth)
+                                       for k in ("R", "t")))
+    return float(rot.mean()), float(cen.mean())
 
 
 def perturb_cameras(cameras: dict, rng: np.random.Generator, deg: float = 1.0, mm: float = 5.0) -> dict:

@@ -355,18 +355,20 @@ def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> Fi
         if ctx.on_iter is not None:
             ctx.on_iter("geometry", rnd + 1, st)
     if ctx.rig is not None:
-        st = _refine_rig_cameras(ctx, st, hist, last + 1) if ctx.rig.mode == "refine" else snap_to_rig(st, ctx.rig)
+        st = _refine_rig_cameras(ctx, st, hist, last + 1, photo_round) if ctx.rig.mode == "refine" \
+            else snap_to_rig(st, ctx.rig)
     if c.geom_iters > 0:
         st = _adam_geometry(ctx, st, hist)
     return st
 
 
-def _refine_rig_cameras(ctx: FitContext, st: FitState, hist: list, rnd: int) -> FitState:
+def _refine_rig_cameras(ctx: FitContext, st: FitState, hist: list, rnd: int, photo_round: bool) -> FitState:
     """``--camera_mode refine``'s last geometry rounds: per-view cameras free, held to the
     calibration by :class:`fitting.known_cameras.CameraPrior`; landmarks, outline and the
     feature tracks when the scene has them (:func:`fitting.known_cameras.rig_tracks`), their
-    points triangulated from the calibration; then, with ``--w_photo_gn`` (texture space, one
-    subject), ``photo_gn_iters`` more with the photometric rows."""
+    points triangulated from the calibration; then, when the fit has a photometric round
+    (``photo_round``: ``--w_photo_gn``, a texture space, one subject), ``photo_gn_iters`` more
+    with the photometric rows."""
     target = snap_to_rig(st, ctx.rig)
     prior = CameraPrior(ctx, Unknowns.of(target, ctx.refine_focal), target)
     if ctx.tracks is not None and ctx.tracks.points is None:
@@ -375,7 +377,7 @@ def _refine_rig_cameras(ctx: FitContext, st: FitState, hist: list, rnd: int) -> 
     # a calibration a degree off, a view's colours lie outside the linearised photo's basin
     st = lm_geometry(ctx, target, False, ctx.cfg.geom_lm_iters, hist, rnd, use_rim=True,
                      use_tracks=ctx.tracks is not None, camera_prior=prior)
-    if ctx.cfg.w_photo_gn > 0:
+    if photo_round:
         st = lm_geometry(ctx, st, False, ctx.cfg.photo_gn_iters, hist, rnd, use_rim=True, use_photo=True,
                          use_tracks=ctx.tracks is not None, camera_prior=prior)
     return st

@@ -340,9 +340,10 @@ def pick_frames(usable: list, keyframe, count: int) -> list:
     if count >= len(usable):
         return list(usable)
     idx = set(np.round(np.linspace(0, len(usable) - 1, count)).astype(int).tolist())
-    if keyframe in usable and usable.index(keyframe) not in idx:
-        nearest = min(sorted(idx), key=lambda i: abs(i - usable.index(keyframe)))   # ties: the earlier
-        idx = (idx - {nearest}) | {usable.index(keyframe)}
+    key = usable.index(keyframe) if keyframe in usable else None
+    if key is not None and key not in idx:
+        nearest = min(sorted(idx), key=lambda i: abs(i - key))   # ties: the earlier
+        idx = (idx - {nearest}) | {key}
     return [usable[i] for i in sorted(idx)]
 
 

@@ -24,12 +24,3 @@ def sequence6(tmp_path_factory, standin_path):
                          width=192, height=192, n_shape=40, n_exp=20, seed=0)
     return root, dict(np.load(root / "ground_truth.npz"))
 
-
-def camera_errors(cams: dict, truth: dict) -> tuple:
-    """Mean rotation (deg) and centre (mm) errors of cameras {name: Calibrated} after the
-    similarity that best maps them onto the true ones (a rig's frame is only fixed up to one)."""
-    from fitting.ground_truth import aligned_camera_errors
-    names = sorted(truth)
-    rot, cen = aligned_camera_errors(*(np.stack([getattr(c[n], k) for n in names]) for c in (cams, truth)
-                                       for k in ("R", "t")))
-    return float(rot.mean()), float(cen.mean())

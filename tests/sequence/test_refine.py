@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from fitting.ground_truth import calibration_errors
 from fitting.rotations import axis_angle_to_matrix, matrix_to_axis_angle
-from tests.sequence.conftest import camera_errors
 
 f64 = torch.float64
 
@@ -119,8 +119,8 @@ def test_refine_over_frames_beats_the_keyframe(sequence6, standin_path, tmp_path
                "--camera_mode", "refine", "--refine_frames", "6")
     out = tmp_path / "out"
     key = identity_from_fit(out / "identity", Rig(tmp_path / "perturbed.json", "refine", perturbed))
-    rot_key, cen_key = camera_errors(key.cameras, truth)
-    rot, cen = camera_errors(load_calibration(out / "cameras.json", names, sizes), truth)
+    rot_key, cen_key = calibration_errors(key.cameras, truth)
+    rot, cen = calibration_errors(load_calibration(out / "cameras.json", names, sizes), truth)
     refine = rep["summary"]["refine"]
     print(f"keyframe alone {rot_key:.3f} deg / {cen_key:.2f} mm; over {len(refine['frames'])} frames {rot:.3f} deg / "
           f"{cen:.2f} mm; {refine.get('seconds')} s")

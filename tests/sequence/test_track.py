@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from fitting.ground_truth import calibration_errors
 from fitting.rotations import axis_angle_to_matrix
 from fitting.sequence.track import blend_chunks, chunk_ranges
-from tests.sequence.conftest import camera_errors
 
 
 def test_chunk_ranges():
@@ -152,8 +152,8 @@ def test_tracking_without_cameras(sequence6, standin_path, tmp_path):
     cams = load_calibration(tmp_path / "cameras.json", names, sizes)
     assert len(cams) == 8 and len(rep["summary"]["refine"]["frames"]) == 6
     truth = load_calibration(root / "calibration" / "cameras.json", names, sizes)
-    rot, cen = camera_errors(cams, truth)
-    rot_key, cen_key = camera_errors(identity_from_fit(tmp_path / "identity", None).cameras, truth)
+    rot, cen = calibration_errors(cams, truth)
+    rot_key, cen_key = calibration_errors(identity_from_fit(tmp_path / "identity", None).cameras, truth)
     print(f"cameras: keyframe {rot_key:.3f} deg / {cen_key:.2f} mm, refined over frames {rot:.3f} / {cen:.2f}")
     assert rot < 0.75 * rot_key and cen < 0.75 * cen_key
     got = _tracked(tmp_path)
