@@ -37,8 +37,9 @@ from fitting.render.cameras import camera_centers, matrix_to_rot
 from fitting.rotations import matrix_to_axis_angle, right_jacobian_inverse, skew
 from fitting.state import FitState
 
-__all__ = ["Rig", "read_rig", "scene_cameras_json", "apply_rig", "rig_tracks", "initialize_from_rig", "head_to_rig",
-           "snap_to_rig", "place_cameras", "angle_deg", "CameraPrior", "TemporalPrior", "rig_report", "CAMERA_MODES"]
+__all__ = ["Rig", "read_rig", "scene_cameras_json", "apply_rig", "rig_tracks", "undistorted_copies",
+           "initialize_from_rig", "head_to_rig", "snap_to_rig", "place_cameras", "angle_deg", "CameraPrior",
+           "TemporalPrior", "rig_report", "CAMERA_MODES"]
 
 CAMERA_MODES = ("estimate", "fixed", "refine")
 LANDMARKS = 68     # points per view in the landmark term (CameraPrior's weight)
@@ -110,21 +111,35 @@ def rig_tracks(rig: Rig, scene, work_dir, tolerance_deg: float, inside=None, max
     matches triangulated under the calibration (``process_data.intrinsics.triangulate_known``;
     database in ``work_dir``). Only the observations matter: the geometry stage triangulates
     the points again from its own cameras. ``inside``: as :func:`fitting.tracks.load_tracks`.
-    None (and a message) when a camera has lens distortion: the keypoints are found on the
-    original, distorted images. tolerance_deg: how far the calibration may be off (matches that
-    disagree with it by more are not triangulated)."""
+    tolerance_deg: how far the calibration may be off (matches that disagree with it by more
+    are not triangulated). With lens distortion, SIFT runs on undistorted copies of the images
+    (:func:`undistorted_copies`, in ``work_dir``), so the keypoints are in the calibration's
+    pinhole pixels, as the fit's images are."""
     from fitting.tracks import load_tracks
     from process_data.intrinsics import triangulate_known
     cams = [rig.cameras[n] for n in scene.names]
+    image_dir = Path(scene.image_paths[0]).parent
     if any(len(c.distortion) and np.any(np.asarray(c.distortion) != 0) for c in cams):
-        print("[fit] --camera_mode refine: no feature tracks (the calibration has lens distortion); "
-              "the cameras are refined on landmarks, outlines and colours only")
-        return None
-    rec = triangulate_known(Path(scene.image_paths[0]).parent, scene.names,
-                            [(c.K, c.R, c.t, c.width, c.height) for c in cams], work_dir,
+        image_dir = undistorted_copies(scene.image_paths, cams, Path(work_dir) / "undistorted")
+    rec = triangulate_known(image_dir, scene.names, [(c.K, c.R, c.t, c.width, c.height) for c in cams], work_dir,
                             tolerance_deg=tolerance_deg, max_image_size=max_image_size)
     lmk_orig = scene.landmarks.cpu().numpy() / scene.scale.cpu().numpy()[:, None, :]
     return load_tracks(rec, scene.names, scene.scale.cpu().numpy(), landmarks_px=lmk_orig, inside=inside)
+
+
+def undistorted_copies(paths: list, cams: list, out: Path) -> Path:
+    """The images ``paths`` as the pinhole cameras of their calibration ``cams`` (Calibrated, one
+    per path) see them (:func:`fitting.calibration.undistort_view`: lens distortion removed, the
+    same K), in ``out`` under their own names, which the tracks are looked up by (a PNG stays
+    lossless, a JPEG is written at quality 100). Returns ``out``."""
+    import cv2
+    from fitting.images import read_image
+    out.mkdir(parents=True, exist_ok=True)
+    for p, c in zip(map(Path, paths), cams):
+        img = undistort_view(read_image(p), c.K, np.asarray(c.distortion, np.float64))
+        if not cv2.imwrite(str(out / p.name), np.ascontiguousarray(img[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 100]):
+            raise ValueError(f"could not write the undistorted copy of {p} to {out}: is the disk full?")
+    return out
 
 
 def _triangulate(uv: np.ndarray, P: np.ndarray, w: np.ndarray) -> np.ndarray:
