@@ -10,7 +10,9 @@ truth (rig frame, no alignment, mean over frames, mm; and after one similarity f
 sequence) and the jaw's angle error (deg), the load average and the torch thread count. With ``--perturb SEED`` the calibration is perturbed
 (1 deg, 5 mm per camera) and refined (``--camera_mode refine`` over ``--refine_frames``); the line
 then holds the cameras' mean rotation (deg) and centre (mm) errors after the best similarity:
-perturbed, after the keyframe's fit alone and after the refinement over frames.
+perturbed, after the keyframe's fit alone and after the refinement over frames. With
+``--perturb_focal PCT`` every focal length is also scaled by 1 + PCT / 100 and refined
+(``--refine_focal always``); the line holds the focal error (%) at the same three stages.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ def main(argv=None) -> None:
     ap.add_argument("--perturb", type=int, default=-1,
                     help="seed: every camera of the calibration turned by 1 deg and moved by 5 mm, then "
                          "--camera_mode refine (default -1: the exact calibration, fixed)")
+    ap.add_argument("--perturb_focal", type=float, default=0.0,
+                    help="with --perturb: every focal length scaled by 1 + PCT / 100, and refined")
     ap.add_argument("--refine_frames", type=int, default=8, help="with --perturb: frames the cameras are refined over")
     a = ap.parse_args(argv)
 
@@ -42,7 +46,7 @@ def main(argv=None) -> None:
 
     from fitting.calibration import load_calibration, write_calibration_json
     from fitting.flame import FLAME
-    from fitting.ground_truth import calibration_errors, perturb_cameras
+    from fitting.ground_truth import calibration_errors, focal_error_pct, perturb_cameras
     from fitting.init import umeyama
     from fitting.known_cameras import Rig
     from fitting.sequence.__main__ import parse_sequence_config, run_sequence
@@ -67,13 +71,16 @@ def main(argv=None) -> None:
     truth = load_calibration(calib, names, sizes)
     if a.perturb >= 0:
         calib, mode = out / "perturbed.json", "refine"
-        write_calibration_json(calib, perturb_cameras(truth, np.random.default_rng(a.perturb)))
+        write_calibration_json(calib, perturb_cameras(truth, np.random.default_rng(a.perturb),
+                                                      focal_pct=a.perturb_focal))
+    focal = ["--refine_focal", "always"] if a.perturb >= 0 and a.perturb_focal else []
     cfg = parse_sequence_config([
         str(seq), "--cameras", str(calib), "--camera_mode", mode, "--refine_frames", str(a.refine_frames),
         "--savefolder", str(out), "--flame_model", str(standin), "--n_shape", "40", "--n_exp", "20",
         "--image_size", str(a.size), "--photo_iters", "0", "--progress", "false", "--write_images", "false",
         "--w_shape", "8e-5", "--w_exp", "3.2e-4", "--w_rim", "1.0", "--rim_robust_px", "0.6",
-        "--w_photo_gn", "3e4", "--photo_gn_iters", "3", "--workers", str(a.workers), "--chunk", str(a.chunk)])
+        "--w_photo_gn", "3e4", "--photo_gn_iters", "3", "--workers", str(a.workers), "--chunk", str(a.chunk),
+        *focal])
     rep = run_sequence(cfg)
     z = np.load(out / "sequence.npz")
     gt = np.load(seq / "ground_truth.npz")
@@ -87,12 +94,12 @@ def main(argv=None) -> None:
 
     def camera_errors(cams: dict) -> list:
         rot, cen = calibration_errors(cams, truth)
-        return [round(rot, 4), round(cen, 3)]
+        return [round(rot, 4), round(cen, 3)] + ([round(focal_error_pct(cams, truth), 3)] if focal else [])
     cameras = {}
     if a.perturb >= 0:
         perturbed = load_calibration(calib, names, sizes)
         keyframe = identity_from_fit(out / "identity", Rig(calib, mode, perturbed))
-        cameras = {"camera_deg_mm_perturbed": camera_errors(perturbed),
+        cameras = {"perturb_focal_pct": a.perturb_focal, "camera_deg_mm_perturbed": camera_errors(perturbed),
                    "camera_deg_mm_keyframe": camera_errors(keyframe.cameras),
                    "camera_deg_mm": camera_errors(load_calibration(out / "cameras.json", names, sizes)),
                    "refine": {k: rep["summary"].get("refine", {}).get(k) for k in ("frames", "seconds")}}

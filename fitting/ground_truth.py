@@ -9,7 +9,7 @@ from fitting.init import align_sfm_poses
 from fitting.render.cameras import rotation_angle_deg
 from fitting.rotations import axis_angle_to_matrix
 
-__all__ = ["ground_truth_errors", "aligned_camera_errors", "calibration_errors", "perturb_cameras"]
+__all__ = ["ground_truth_errors", "aligned_camera_errors", "calibration_errors", "focal_error_pct", "perturb_cameras"]
 
 
 def ground_truth_errors(gt: dict, names: list, R: np.ndarray, t: np.ndarray, verts: np.ndarray,
@@ -64,13 +64,23 @@ def calibration_errors(cameras: dict, truth: dict) -> tuple[float, float]:
     return float(rot.mean()), float(cen.mean())
 
 
-def perturb_cameras(cameras: dict, rng: np.random.Generator, deg: float = 1.0, mm: float = 5.0) -> dict:
-    """{name: Calibrated} with each camera turned by ``deg`` about its centre (random axis) and
-    its centre moved by ``mm`` (random direction): a calibration that has drifted."""
+def focal_error_pct(cameras: dict, truth: dict) -> float:
+    """Mean relative error (%) of the focal lengths (fx) of cameras {name: Calibrated} against the
+    true ones, over the names of ``truth``: signed, so a common scale of every lens shows."""
+    return float(np.mean([cameras[n].K[0, 0] / truth[n].K[0, 0] - 1 for n in truth]) * 100)
+
+
+def perturb_cameras(cameras: dict, rng: np.random.Generator, deg: float = 1.0, mm: float = 5.0,
+                    focal_pct: float = 0.0) -> dict:
+    """{name: Calibrated} with each camera turned by ``deg`` about its centre (random axis), its
+    centre moved by ``mm`` (random direction) and its focal length (fx, fy) scaled by
+    1 + ``focal_pct`` / 100 (every lens alike): a calibration that has drifted."""
     out = {}
     for n, c in cameras.items():
         a, d = rng.normal(size=3), rng.normal(size=3)
         C = -c.R.T @ c.t + mm / 1000 * d / np.linalg.norm(d)
         R = axis_angle_to_matrix(torch.as_tensor(a / np.linalg.norm(a) * np.radians(deg))).numpy() @ c.R
-        out[n] = c._replace(R=R, t=-R @ C)
+        K = np.asarray(c.K, dtype=np.float64).copy()
+        K[:2, :2] *= 1 + focal_pct / 100
+        out[n] = c._replace(R=R, t=-R @ C, K=K)
     return out

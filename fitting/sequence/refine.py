@@ -13,7 +13,9 @@ Unknowns (:class:`FrameRig`, float64):
 * per frame k the head's rigid motion in the rig: H_R,k <- H_R,k exp([w_k]), H_t,k <- H_t,k +
   H_R,k d_k;
 * per frame its expression and jaw, and the shape all frames share (the person's: the
-  keyframe's alone carries that frame's landmark noise into every camera).
+  keyframe's alone carries that frame's landmark noise into every camera);
+* when the keyframe's fit refined the focal length, one log factor of every camera's focal
+  length, as that fit has it (:class:`fitting.geometry_terms.Unknowns`).
 
 View (k, c), camera c looking at frame k, is R = R_c H_R,k, t = R_c H_t,k + t_c in frame k's head
 frame. The row terms are the geometry LM's (landmarks and outline, :mod:`fitting.geometry_terms`)
@@ -193,17 +195,20 @@ def solve_frame_rig(ctx: FitContext, st: FitState, rig: FrameRig, prior: RigPrio
     """Levenberg-Marquardt on the landmark and outline rows of the stacked frames (``ctx``, ``st``:
     N views of K subjects, one person), their feature tracks (``ctx.tracks`` with its points set,
     or None; weighed by :func:`fitting.stages.track_weight`, the points eliminated), the
-    coefficients' priors and ``prior``, over ``rig``'s unknowns, each frame's expression and jaw
-    and the shape all frames share. Returns (state, rig)."""
-    base = Unknowns.of(st, False)                            # per-view tangents, per-subject coefficients
+    coefficients' priors and ``prior``, over ``rig``'s unknowns, each frame's expression and jaw,
+    the shape all frames share and, with ``ctx.refine_focal``, the log focal factor
+    (``st.log_focal``). Returns (state, rig)."""
+    base = Unknowns.of(st, ctx.refine_focal)                 # per-view tangents, [focal], per-subject coefficients
     n_views = 6 * base.num_views
     gauss = GaussianPrior(ctx, base, st.shape.device, st.shape.dtype)
+    focal = torch.eye(int(ctx.refine_focal), dtype=torch.float64)   # the focal column passes through
     coef = _shared_shape_map(base)
-    size = rig.size + coef.shape[1]
+    nf = focal.shape[1]
+    size = rig.size + nf + coef.shape[1]
 
     def full_map(r: FrameRig) -> torch.Tensor:
         """(base.size, size): the base unknowns as linear functions of these."""
-        return torch.block_diag(r.tangent_map(), coef)
+        return torch.block_diag(r.tangent_map(), focal, coef)
 
     tracks = ctx.tracks
 
@@ -240,7 +245,8 @@ def solve_frame_rig(ctx: FitContext, st: FitState, rig: FrameRig, prior: RigPrio
 
     def propose(x: _Estimate, dx: torch.Tensor, own: list):
         r = x.rig.moved(dx[:rig.size])
-        step = torch.cat([torch.zeros(n_views, dtype=dx.dtype), coef @ dx[rig.size:]]).to(x.state.shape.dtype)
+        step = torch.cat([torch.zeros(n_views, dtype=dx.dtype), dx[rig.size:rig.size + nf],
+                          coef @ dx[rig.size + nf:]]).to(x.state.shape.dtype)
         cand = _with_views(base.apply(x.state, step), r)
         with torch.no_grad():
             m = model_at(ctx, cand, base)
@@ -286,10 +292,11 @@ class TrackedFrame(NamedTuple):
     jaw: np.ndarray
 
 
-def stack_frames(frames: list, cameras: dict, flame, cfg) -> tuple[FitContext, FitState, FrameRig]:
+def stack_frames(frames: list, cameras: dict, flame, cfg, refine_focal: bool = False
+                 ) -> tuple[FitContext, FitState, FrameRig]:
     """One problem of several :class:`TrackedFrame`'s views, frame k's views showing subject k;
     cameras: {image name: Calibrated} the rig's cameras (rig frame), in the order the FrameRig
-    takes them."""
+    takes them; refine_focal: the focal lengths' common factor is an unknown too."""
     names = [n for f in frames for n in f.scene.names]
     order = list(cameras)
     view_frame = torch.cat([torch.full((f.scene.num_views,), k, dtype=torch.long) for k, f in enumerate(frames)])
@@ -300,7 +307,7 @@ def stack_frames(frames: list, cameras: dict, flame, cfg) -> tuple[FitContext, F
                    torch.tensor([order.index(n) for n in names]))
     ctx = FitContext(flame, *(torch.cat([getattr(f.ctx, k) for f in frames]) for k in
                               ("images", "landmarks", "skin_mask", "head_mask", "view_weights")), cfg, None,
-                     progress=False)
+                     refine_focal=refine_focal, progress=False)
     st0 = frames[0].state
     st = FitState.create(len(names), view_frame, torch.cat([f.state.K0 for f in frames]), st0.shape.shape[1],
                          st0.expression.shape[1], tuple(st0.tex.shape[1:]))
@@ -351,7 +358,7 @@ def _key(cfg, frames: list, ident, calibration: dict) -> str:
     """What the refined cameras depend on: the frames and their landmarks, the identity, the
     calibration and the options."""
     from fitting.sequence.track import inputs_key
-    cal = {n: [np.asarray(c.R).tolist(), np.asarray(c.t).tolist()] for n, c in sorted(calibration.items())}
+    cal = {n: [np.asarray(getattr(c, k)).tolist() for k in ("K", "R", "t")] for n, c in sorted(calibration.items())}
     return hashlib.sha256((inputs_key(cfg, frames, ident, {}) + json.dumps(cal)).encode()).hexdigest()
 
 
@@ -383,7 +390,7 @@ def refine_over_frames(cfg, dirs: list, keyframe: Path, ident, calibration: dict
             loaded.append(TrackedFrame(ctx, st, scene, *(res[k][0] for k in ("head_R", "head_t", "expression", "jaw"))))
         if len(loaded) < 2:
             return ident, {"frames": [], "why": f"{len(loaded)} of the {len(frames)} picked frames could be tracked"}
-        ctx, st, rig = stack_frames(loaded, ident.cameras, flame, cfg)
+        ctx, st, rig = stack_frames(loaded, ident.cameras, flame, cfg, ident.focal_refined)
         tracks = frame_tracks(cfg, loaded, ident.cameras) if cfg.tracks != "off" else None
         if tracks is not None:
             px = float(loaded[0].scene.scale.mean())                    # fitting pixels per original pixel
@@ -397,6 +404,7 @@ def refine_over_frames(cfg, dirs: list, keyframe: Path, ident, calibration: dict
         hist: list = []
         st, out = solve_frame_rig(ctx, st, rig, prior, cfg.refine_iters, hist)
         cached = {"R": out.cam_R.numpy(), "t": out.cam_t.numpy(), "shape": st.shape[:1].numpy(),
+                  "focal_scale": np.array(math.exp(float(st.log_focal))),
                   "names": np.array(cameras),
                   "frames": np.array([Path(f.scene.scene_dir).name for f in loaded]), "used": np.array(used),
                   "start_R": rig.cam_R.numpy(), "start_t": rig.cam_t.numpy(),
@@ -411,6 +419,7 @@ def refine_over_frames(cfg, dirs: list, keyframe: Path, ident, calibration: dict
     used = set(map(str, cached["used"]))
     new = {n: (c._replace(R=cached["R"][i], t=cached["t"][i]) if n in used else c)
            for i, (n, c) in enumerate(ident.cameras.items())}
+    new = {n: c._replace(K=_scaled_focal(c.K, float(cached["focal_scale"]))) for n, c in new.items()}
     digest = hashlib.sha256((ident.digest + key).encode()).hexdigest()[:16]
     return (replace(ident, shape=torch.as_tensor(cached["shape"]), cameras=new, digest=digest),
             _report(cached, calibration, cameras))
@@ -421,6 +430,14 @@ def _read(path: Path, key: str) -> dict | None:
         return None
     with np.load(path) as z:
         return {k: z[k] for k in z.files if k != "key"} if str(z["key"]) == key else None
+
+
+def _scaled_focal(K: np.ndarray, scale: float) -> np.ndarray:
+    """K (3, 3) with its focal lengths (and skew) times ``scale``, as
+    :func:`fitting.render.cameras.scale_focal` applies the log factor."""
+    out = np.array(K, dtype=np.float64)
+    out[:2, :2] *= scale
+    return out
 
 
 def _report(res: dict, calibration: dict, cameras: list) -> dict:
@@ -441,6 +458,7 @@ def _report(res: dict, calibration: dict, cameras: list) -> dict:
     out = {"frames": [str(f) for f in res["frames"]], "cameras": [str(n) for n in res["used"]],
            "camera_rotation_change_deg": dict(zip(cameras, rot0)), "camera_center_change_mm": dict(zip(cameras, cen0)),
            "change_from_keyframe_deg": dict(zip(cameras, rot1)), "change_from_keyframe_mm": dict(zip(cameras, cen1)),
+           "focal_change_from_keyframe_pct": round((float(res["focal_scale"]) - 1) * 100, 4),
            "tracks": {"num_points": int(res["tracks"][0]), "num_observations": int(res["tracks"][1])},
            "cost_first_last": {k: [float(c[i]) for c in res["cost"][[0, -1]]] for i, k in
                                enumerate(("landmark", "rim", "track", "camera_prior"))} if len(res["cost"]) else {}}

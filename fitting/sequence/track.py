@@ -83,13 +83,15 @@ def add_sequence_options(p) -> tuple:
 class Identity:
     """What every frame shares: shape (1, S), texture code (1, n_tex) or map (1, 3, Ht, Wt), SH per
     camera name (9, 3), and the cameras {image name: Calibrated} in the rig frame (the
-    calibration, the keyframe's refined cameras, or those it estimated)."""
+    calibration, the keyframe's refined cameras, or those it estimated); focal_refined: the
+    keyframe's fit refined the focal length (so refining over frames does too)."""
 
     shape: torch.Tensor
     tex: torch.Tensor
     sh: dict
     cameras: dict
     digest: str
+    focal_refined: bool = False
 
 
 def identity_from_fit(fit_dir: Path, rig: Rig | None) -> Identity:
@@ -121,7 +123,7 @@ def identity_from_fit(fit_dir: Path, rig: Rig | None) -> Identity:
     tex = p["tex"] if "tex" in p else p["tex_map"]
     return Identity(torch.as_tensor(p["shape"]), torch.as_tensor(tex),
                     {n: torch.as_tensor(p["sh"][i]) for i, n in enumerate(map(str, p["names"]))}, cams,
-                    hashlib.sha256(raw).hexdigest()[:16])
+                    hashlib.sha256(raw).hexdigest()[:16], bool(focal_refined))
 
 
 def load_frame(cfg, frame_dir: Path, ident: Identity, flame, texspace):
