@@ -28,8 +28,8 @@ from fitting.config import build_parser, parse_checked, validate
 from fitting.export.core import write_params
 from fitting.sequence.layout import frame_scenes, read_layout, select_frames
 from fitting.sequence.outputs import write_flame_params, write_frame_table, write_overlay_video
-from fitting.sequence.track import (add_sequence_options, blend_chunks, chunk_ranges, identity_from_fit, interpolate,
-                                    track_chunk)
+from fitting.sequence.track import (add_sequence_options, blend_chunks, check_sequence_options, chunk_ranges,
+                                    identity_from_fit, interpolate, track_chunk)
 
 __all__ = ["parse_sequence_config", "run_sequence", "frame_dirs", "choose_keyframe", "fit_identity", "local_mapper",
            "call_with_threads"]
@@ -43,6 +43,7 @@ def parse_sequence_config(argv=None):
     p.add_argument("scene", help="sequence folder with images/<camera>/<frame>.{jpg,png}")
     add_sequence_options(p)
     cfg = parse_checked(p, argv)
+    check_sequence_options(cfg)
     dirs = frame_dirs(cfg.scene, cfg.frames)
     if not -1 <= cfg.keyframe < len(dirs):
         raise ValueError(f"--keyframe {cfg.keyframe} is not among the {len(dirs)} selected frames "

@@ -38,7 +38,7 @@ from fitting.scene import load_scene
 from fitting.stages import lm_geometry, lm_unknowns
 from fitting.state import FitState
 
-__all__ = ["add_sequence_options", "Identity", "identity_from_fit", "load_frame", "track_frames", "chunk_ranges",
+__all__ = ["add_sequence_options", "check_sequence_options", "Identity", "identity_from_fit", "load_frame", "track_frames", "chunk_ranges",
            "inputs_key", "track_chunk", "blend_chunks", "frame_vertices"]
 
 # what a chunk's .npz holds per frame, besides ``key`` (why: a missing frame's reason, else "")
@@ -77,6 +77,19 @@ def add_sequence_options(p) -> tuple:
         g.add_argument("--refine_iters", type=int, default=10,
                        help="LM iterations of that solve over --refine_frames frames")]
     return tuple(a.dest for a in opts)
+
+
+def check_sequence_options(cfg) -> None:
+    """ValueError, naming the option, for values the tracker cannot use."""
+    at_least = {"workers": 1, "refine_frames": 1, "chunk": 0, "overlap": 0, "track_iters": 0, "track_photo_iters": 0,
+                "track_first_iters": 0, "refine_iters": 0, "w_temporal": 0}
+    for k, low in at_least.items():
+        if getattr(cfg, k) < low:
+            raise ValueError(f"--{k} must be >= {low}, got {getattr(cfg, k)}")
+    for k in ("sigma_rot_deg", "sigma_trans_mm", "sigma_exp", "sigma_jaw_deg"):
+        if not getattr(cfg, k) > 0:
+            raise ValueError(f"--{k} (a step of the temporal prior) must be positive, got {getattr(cfg, k)}")
+    chunk_ranges(cfg.chunk + 1, cfg.chunk, cfg.overlap)    # its check of the overlap, before any work
 
 
 @dataclass

@@ -24,6 +24,18 @@ def test_chunk_ranges():
         chunk_ranges(6, 3, 3)
 
 
+@pytest.mark.parametrize("option, value", [("workers", 0), ("refine_frames", 0), ("chunk", -1), ("overlap", -1),
+                                           ("track_iters", -1), ("refine_iters", -2), ("w_temporal", -1),
+                                           ("sigma_rot_deg", 0), ("sigma_jaw_deg", -1)])
+def test_bad_sequence_options_are_refused_up_front(seq, option, value):
+    """Each names its option, before any frame is read or fitted."""
+    from fitting.sequence.__main__ import parse_sequence_config
+    with pytest.raises(ValueError, match=f"--{option} "):
+        parse_sequence_config([str(seq[0]), "--savefolder", "unused", f"--{option}", str(value)])
+    with pytest.raises(ValueError, match="--overlap 4 must be in"):
+        parse_sequence_config([str(seq[0]), "--savefolder", "unused", "--chunk", "4", "--overlap", "4"])
+
+
 def _result(T: int, angle: float, x: float) -> dict:
     R = axis_angle_to_matrix(torch.tensor([0.0, 0.0, angle], dtype=torch.float64)).numpy()
     return {"head_R": np.repeat(R[None], T, 0), "head_t": np.full((T, 3), x), "expression": np.full((T, 2), x),
