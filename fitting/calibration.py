@@ -41,6 +41,13 @@ class Calibrated(NamedTuple):
     height: int
     distortion: np.ndarray
 
+    def with_focal_scale(self, scale: float) -> "Calibrated":
+        """This camera with fx, fy (and skew) times ``scale``, as
+        :func:`fitting.render.cameras.scale_focal` applies a log focal factor."""
+        K = np.array(self.K, dtype=np.float64)
+        K[:2, :2] *= scale
+        return self._replace(K=K)
+
 
 def load_calibration(path, image_names: list, image_sizes: dict) -> dict:
     """{image name: Calibrated} for every name in ``image_names``.

@@ -108,6 +108,7 @@ def run_sequence(cfg, mapper=None) -> dict:
                             for n, r, m in zip(names, rmse_cam, res["missing"])])
     if cfg.write_images:
         _overlay_video(out / "overlay.mp4", cfg, dirs, ident, res, flame)
+        print(f"[sequence] wrote {out / 'overlay.mp4'}")
     rmse = np.nanmean(rmse_cam[~res["missing"]], 1)
     report = {
         "frames": [{"frame": n, "landmark_rmse_px": None if m else float(np.nanmean(r)), "missing": bool(m),
@@ -124,6 +125,9 @@ def run_sequence(cfg, mapper=None) -> dict:
                     "timing_s": {"identity": round(t_identity, 2), "tracking": round(t_track, 2),
                                  "total": round(time.perf_counter() - t0, 2)}}}
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=1).encode())
+    print(f"[sequence] {len(dirs)} frames ({len(report['summary']['frames_flagged'])} not tracked, set between their "
+          f"neighbours) in {out}: sequence.npz, flame_param/ and timestep_index.json, frames.csv, cameras.json, "
+          "report.json")
     return report
 
 
@@ -173,10 +177,16 @@ def fit_identity(cfg) -> tuple:
     key_cfg.scene_name = "identity"
     inputs = {"keyframe_images": files_digest([keyframe / "images"]),
               "cameras": files_digest([cfg.cameras]) if cfg.cameras else None}
+    out = Path(cfg.savefolder) / "identity"
     if finished_report(key_cfg, inputs) is None:
+        print(f"[identity] fitting the keyframe {keyframe.name} into {out}")
+        t0 = time.perf_counter()
         fit_and_record(key_cfg, inputs)
+        print(f"[identity] done ({time.perf_counter() - t0:.1f} s)")
+    else:
+        print(f"[identity] reused {out} (the same options, keyframe images and calibration)")
     rig = read_rig(cfg, keyframe)
-    ident = identity_from_fit(Path(cfg.savefolder) / "identity", rig)
+    ident = identity_from_fit(out, rig)
     calib = write_calibration_json(Path(cfg.savefolder) / "cameras.json", ident.cameras)
     if rig is not None:
         return ident, cfg

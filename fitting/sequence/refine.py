@@ -363,13 +363,13 @@ def _key(cfg, frames: list, ident, calibration: dict) -> str:
 
 
 def refine_over_frames(cfg, dirs: list, keyframe: Path, ident, calibration: dict, unusable: dict,
-                       path: Path) -> tuple:
+                       path: Path, log=print) -> tuple:
     """The identity's cameras refined over up to ``--refine_frames`` frames of ``dirs`` (the
     keyframe among them), each first tracked alone with the identity's cameras
     (:func:`fitting.sequence.track.track_frames`), then solved together (:func:`solve_frame_rig`)
     with each camera held to ``calibration`` ({image name: Calibrated}, the rig frame). Reuses
-    ``path`` (.npz) when it holds a result for the same inputs, else writes it there. Returns
-    (Identity with the refined cameras, report dict)."""
+    ``path`` (.npz) when it holds a result for the same inputs, else writes it there; its steps
+    go to ``log``, a line each. Returns (Identity with the refined cameras, report dict)."""
     from fitting.model import load_model
     from fitting.sequence.track import load_frame, track_frames
     t0 = time.perf_counter()
@@ -378,14 +378,20 @@ def refine_over_frames(cfg, dirs: list, keyframe: Path, ident, calibration: dict
     cameras = list(ident.cameras)
     key = _key(cfg, frames, ident, calibration)
     cached = _read(path, key)
-    if cached is None:
+    if cached is not None:
+        log(f"[refine] reused {path} (the same frames, identity, calibration and options)")
+    else:
         flame, texspace, _ = load_model(cfg, torch.device("cpu"))
         start = argparse.Namespace(**{**vars(cfg), "w_photo_gn": 0.0})   # a start: no colour rows needed
         loaded = []
-        for fd in frames:
-            res = track_frames(start, [fd], ident, flame, texspace)
-            if res["missing"][0]:
+        for i, fd in enumerate(frames):
+            try:
+                res = track_frames(start, [fd], ident, flame, texspace)
+            except ValueError as e:        # no face in two cameras: the frame is left out
+                log(f"[refine] {i + 1}/{len(frames)} frame {fd.name}: not tracked, {e}")
                 continue
+            log(f"[refine] {i + 1}/{len(frames)} frame {fd.name}: tracked alone, the start "
+                f"({time.perf_counter() - t0:.1f} s)")
             (ctx, st, _, scene), _ = load_frame(cfg, fd, ident, flame, texspace)
             loaded.append(TrackedFrame(ctx, st, scene, *(res[k][0] for k in ("head_R", "head_t", "expression", "jaw"))))
         if len(loaded) < 2:
@@ -397,12 +403,22 @@ def refine_over_frames(cfg, dirs: list, keyframe: Path, ident, calibration: dict
             ctx.tracks = TrackTerm(tracks, robust_px=cfg.track_robust_px * px)
             ctx.track_sigma_px = cfg.track_sigma_px * px
             ctx.tracks.triangulate(*cameras64(st))
+        log(f"[refine] feature tracks: {0 if tracks is None else tracks.num_points} points, "
+            f"{0 if tracks is None else tracks.num_observations} observations ({time.perf_counter() - t0:.1f} s)")
         used = sorted({cameras[int(c)] for c in rig.view_camera})
         calib_R, calib_t = (torch.as_tensor(np.stack([getattr(calibration[n], k) for n in cameras]), dtype=torch.float64)
                             for k in ("R", "t"))
         prior = RigPrior(cfg, calib_R, calib_t, st.num_views)
         hist: list = []
         st, out = solve_frame_rig(ctx, st, rig, prior, cfg.refine_iters, hist)
+        # a camera no picked frame shows has only the prior to go by: it keeps the keyframe's pose
+        unseen = torch.tensor([n not in used for n in cameras])
+        out = replace(out, cam_R=torch.where(unseen[:, None, None], rig.cam_R, out.cam_R),
+                      cam_t=torch.where(unseen[:, None], rig.cam_t, out.cam_t))
+        costs = "".join(f", {k} cost {hist[0][k]:.4g} -> {hist[-1][k]:.4g}" for k in ("landmark", "track")
+                        if hist and hist[0][k])
+        log(f"[refine] solved over {len(loaded)} frames x {len(cameras)} cameras, {len(hist)} iterations{costs} "
+            f"({time.perf_counter() - t0:.1f} s)")
         cached = {"R": out.cam_R.numpy(), "t": out.cam_t.numpy(), "shape": st.shape[:1].numpy(),
                   "focal_scale": np.array(math.exp(float(st.log_focal))),
                   "names": np.array(cameras),
@@ -416,10 +432,8 @@ def refine_over_frames(cfg, dirs: list, keyframe: Path, ident, calibration: dict
         np.savez(buf, key=np.array(key), **cached)
         atomic_write_bytes(path, buf.getvalue())
         cached["seconds"] = time.perf_counter() - t0
-    used = set(map(str, cached["used"]))
-    new = {n: (c._replace(R=cached["R"][i], t=cached["t"][i]) if n in used else c)
+    new = {n: c._replace(R=cached["R"][i], t=cached["t"][i]).with_focal_scale(float(cached["focal_scale"]))
            for i, (n, c) in enumerate(ident.cameras.items())}
-    new = {n: c._replace(K=_scaled_focal(c.K, float(cached["focal_scale"]))) for n, c in new.items()}
     digest = hashlib.sha256((ident.digest + key).encode()).hexdigest()[:16]
     return (replace(ident, shape=torch.as_tensor(cached["shape"]), cameras=new, digest=digest),
             _report(cached, calibration, cameras))
@@ -430,14 +444,6 @@ def _read(path: Path, key: str) -> dict | None:
         return None
     with np.load(path) as z:
         return {k: z[k] for k in z.files if k != "key"} if str(z["key"]) == key else None
-
-
-def _scaled_focal(K: np.ndarray, scale: float) -> np.ndarray:
-    """K (3, 3) with its focal lengths (and skew) times ``scale``, as
-    :func:`fitting.render.cameras.scale_focal` applies the log factor."""
-    out = np.array(K, dtype=np.float64)
-    out[:2, :2] *= scale
-    return out
 
 
 def _report(res: dict, calibration: dict, cameras: list) -> dict:

@@ -84,10 +84,10 @@ def check_sequence_options(cfg) -> None:
     at_least = {"workers": 1, "refine_frames": 1, "chunk": 0, "overlap": 0, "track_iters": 0, "track_photo_iters": 0,
                 "track_first_iters": 0, "refine_iters": 0, "w_temporal": 0}
     for k, low in at_least.items():
-        if getattr(cfg, k) < low:
+        if not low <= getattr(cfg, k) < math.inf:
             raise ValueError(f"--{k} must be >= {low}, got {getattr(cfg, k)}")
     for k in ("sigma_rot_deg", "sigma_trans_mm", "sigma_exp", "sigma_jaw_deg"):
-        if not getattr(cfg, k) > 0:
+        if not 0 < getattr(cfg, k) < math.inf:
             raise ValueError(f"--{k} (a step of the temporal prior) must be positive, got {getattr(cfg, k)}")
     chunk_ranges(cfg.chunk + 1, cfg.chunk, cfg.overlap)    # its check of the overlap, before any work
 
@@ -113,8 +113,11 @@ def identity_from_fit(fit_dir: Path, rig: Rig | None) -> Identity:
 
     With a calibration (``rig``): the fitted cameras taken back into the rig frame with the head
     pose the fit found, so ``refine``'s corrections, its focal length included when the fit
-    refined it, carry to every frame (``fixed``: the calibration). Without one (``--camera_mode
-    estimate``): the cameras the fit estimated, and the rig frame is the keyframe's head frame."""
+    refined it, carry to every frame (``fixed``: the calibration). A calibrated camera the fit
+    did not use (no face in it at the keyframe) keeps its calibration, with the fit's focal
+    factor, and takes the other cameras' mean SH, so the frames where it sees the face use it.
+    Without one (``--camera_mode estimate``): the cameras the fit estimated, and the rig frame
+    is the keyframe's head frame."""
     from fitting.export import read_params
     raw = (fit_dir / "params.npz").read_bytes()
     p = read_params(fit_dir / "params.npz")
@@ -133,9 +136,15 @@ def identity_from_fit(fit_dir: Path, rig: Rig | None) -> Identity:
             cams[n] = Calibrated(K, R, t, W, H, np.zeros(0))
         else:
             cams[n] = rig.cameras[n]._replace(R=R, t=t, K=K if focal_refined else rig.cameras[n].K)
+    sh = {n: torch.as_tensor(p["sh"][i]) for i, n in enumerate(map(str, p["names"]))}
+    if rig is not None:
+        fitted = next(iter(cams))
+        focal = cams[fitted].K[0, 0] / rig.cameras[fitted].K[0, 0]          # 1 unless the fit refined it
+        mean_sh = torch.as_tensor(p["sh"]).mean(0)
+        cams = {n: cams[n] if n in cams else c.with_focal_scale(focal) for n, c in rig.cameras.items()}
+        sh = {n: sh.get(n, mean_sh) for n in cams}
     tex = p["tex"] if "tex" in p else p["tex_map"]
-    return Identity(torch.as_tensor(p["shape"]), torch.as_tensor(tex),
-                    {n: torch.as_tensor(p["sh"][i]) for i, n in enumerate(map(str, p["names"]))}, cams,
+    return Identity(torch.as_tensor(p["shape"]), torch.as_tensor(tex), sh, cams,
                     hashlib.sha256(raw).hexdigest()[:16], bool(focal_refined))
 
 
@@ -171,25 +180,29 @@ def _lmk_rmse_px(ctx: FitContext, st: FitState, scene, cameras: list) -> np.ndar
     return out
 
 
-def track_frames(cfg, frame_dirs: list, ident: Identity, flame, texspace, unusable: dict | None = None) -> dict:
+def track_frames(cfg, frame_dirs: list, ident: Identity, flame, texspace, unusable: dict | None = None,
+                 log=None) -> dict:
     """Track consecutive frames from the identity: the first trackable frame's head placed by
     triangulating its landmarks (:func:`initialize_from_rig`) and fitted with
     ``track_first_iters``; each next frame starts at the previous estimate and is tied to it by
     the temporal prior. A frame without landmarks, or named in ``unusable`` ({frame folder name:
     reason}, e.g. its preprocessing failed), is not fitted: it holds the nearest tracked
     estimate and is flagged ``missing`` with its reason in ``why`` (set between its neighbours by
-    :func:`interpolate` later). Returns {field: (T, ...) array} (see FIELDS); raises ValueError
-    when no frame can be tracked."""
+    :func:`interpolate` later). ``log``: called with one line per frame as it is done (None:
+    quiet). Returns {field: (T, ...) array} (see FIELDS); raises ValueError when no frame can be
+    tracked."""
     sig = (math.radians(cfg.sigma_rot_deg), cfg.sigma_trans_mm / 1000, cfg.sigma_exp, math.radians(cfg.sigma_jaw_deg))
     unusable = unusable or {}
     out = {k: [] for k in FIELDS}
     cameras = list(ident.cameras)
     prev = None          # (H_R, H_t, expression (1, E), jaw (3,)) of the last tracked frame
     leading = []         # (why, seconds) of the missing frames before the first tracked one
+    say = log or (lambda _line: None)
     for fd in map(Path, frame_dirs):
         t0 = time.perf_counter()
         loaded, why = (None, unusable[fd.name]) if fd.name in unusable else load_frame(cfg, fd, ident, flame, texspace)
         if loaded is None:
+            say(f"[track] frame {fd.name}: not tracked, {why}")
             if prev is None:
                 leading.append((why, time.perf_counter() - t0))
             else:
@@ -220,7 +233,9 @@ def track_frames(cfg, frame_dirs: list, ident: Identity, flame, texspace, unusab
         if first:
             for w, s in leading:
                 _append(out, prev, np.full(len(cameras), np.nan), w, s)
-        _append(out, prev, _lmk_rmse_px(ctx, st, scene, cameras), "", time.perf_counter() - t0)
+        rmse = _lmk_rmse_px(ctx, st, scene, cameras)
+        _append(out, prev, rmse, "", time.perf_counter() - t0)
+        say(f"[track] frame {fd.name}: landmark RMSE {np.nanmean(rmse):.2f} px ({time.perf_counter() - t0:.1f} s)")
     if prev is None:
         raise ValueError("no frame of " + ", ".join(Path(f).name for f in frame_dirs) + " could be tracked: "
                          + "; ".join(f"{Path(f).name}: {w}" for f, (w, _) in zip(frame_dirs, leading)))
@@ -279,19 +294,21 @@ def inputs_key(cfg, frame_dirs: list, ident: Identity, unusable: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def track_chunk(cfg, frame_dirs: list, ident: Identity, path: Path, unusable: dict | None = None) -> tuple[dict, bool]:
+def track_chunk(cfg, frame_dirs: list, ident: Identity, path: Path, unusable: dict | None = None,
+                log=print) -> tuple[dict, bool]:
     """A chunk's result from ``path`` when it holds one for the same inputs, else tracked
-    (:func:`track_frames`) and written there atomically. Returns (result, whether it was tracked
-    now). A task of its own (a worker process, a Ray task)."""
+    (:func:`track_frames`, a line per frame to ``log``) and written there atomically. Returns
+    (result, whether it was tracked now). A task of its own (a worker process, a Ray task)."""
     from fitting.model import load_model
     unusable = {Path(f).name: unusable[Path(f).name] for f in frame_dirs if Path(f).name in (unusable or {})}
     key = inputs_key(cfg, frame_dirs, ident, unusable)
     if path.is_file():
         with np.load(path) as z:
             if str(z["key"]) == key:
+                log(f"[track] frames {Path(frame_dirs[0]).name}-{Path(frame_dirs[-1]).name}: reused {path}")
                 return {k: z[k] for k in FIELDS}, False
     flame, texspace, _ = load_model(cfg, torch.device("cpu"))
-    res = track_frames(cfg, frame_dirs, ident, flame, texspace, unusable)
+    res = track_frames(cfg, frame_dirs, ident, flame, texspace, unusable, log)
     buf = io.BytesIO()
     np.savez(buf, key=np.array(key), **res)
     atomic_write_bytes(path, buf.getvalue())

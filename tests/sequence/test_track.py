@@ -189,12 +189,13 @@ def test_tracking_without_cameras(sequence6, standin_path, tmp_path):
 
 
 @pytest.mark.slow
-def test_frame_without_a_face_is_interpolated_and_the_video_written(seq, standin_path, tmp_path):
+def test_frame_without_a_face_is_interpolated_and_the_video_written(seq, standin_path, tmp_path, capfd):
     """End to end on a capture whose first frame shows no face in any camera: the keyframe is
     chosen among the others, the frame is not fitted but takes its tracked neighbour's values,
     flagged with its reason in report.json and in the frame table, and the overlay video has
     every frame. First with the frame's old preprocessing still there (made for other images:
-    refused, never read), then with none (process_data's detector finds no face)."""
+    refused, never read), then with none (process_data's detector finds no face). The console
+    shows each step as it is done, and the frame that was not tracked with its reason."""
     import shutil
 
     import cv2
@@ -215,8 +216,13 @@ def test_frame_without_a_face_is_interpolated_and_the_video_written(seq, standin
             for f in ("landmarks.json", "manifest.json", "cameras.json", "masks"):
                 p = root / "frames" / "000000" / f
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
+        capfd.readouterr()
         rep = run_sequence(cfg)
+        shown = capfd.readouterr().out
         assert rep["summary"]["keyframe"] == "000001" and rep["summary"]["frames_flagged"] == ["000000"]
+        assert ("[track] frame 000000: not tracked, " + ("preprocessing failed" if stale else "no usable view")) in shown
+        assert "[track] frame 000002: landmark RMSE" in shown and "[sequence] 3 frames (1 not tracked" in shown
+        assert ("[identity] fitting the keyframe 000001" if stale else "[identity] reused") in shown
         assert [f["missing"] for f in rep["frames"]] == [True, False, False]
         why = rep["frames"][0]["why"]
         assert ("preprocessing failed" in why) if stale else ("no usable view" in why and "no face" in why)
@@ -226,6 +232,42 @@ def test_frame_without_a_face_is_interpolated_and_the_video_written(seq, standin
         assert np.allclose(got["head_t"][0], got["head_t"][1]) and np.allclose(got["head_R"][0], got["head_R"][1])
         video = cv2.VideoCapture(str(out / "overlay.mp4"))
         assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+
+
+@pytest.mark.slow
+def test_refine_past_a_faceless_frame_and_a_camera_the_keyframe_missed(seq, standin_path, tmp_path, capfd):
+    """``refine`` over every frame of a capture whose first frame shows no face and whose keyframe
+    (1) has no landmarks in cam02, as when the detector misses a face: the faceless frame is
+    left out of the solve, said so on the console, and cam02, calibrated but not in the
+    keyframe's fit, is refined from the frame that shows it and tracked there."""
+    import shutil
+
+    import cv2
+
+    from fitting.sequence.__main__ import parse_sequence_config, run_sequence
+
+    root = shutil.copytree(seq[0], tmp_path / "seq", symlinks=True)
+    for c in range(3):
+        cv2.imwrite(str(root / "images" / f"cam{c:02d}" / "000000.png"), np.full((128, 128, 3), 90, np.uint8))
+    for f in ("landmarks.json", "manifest.json", "cameras.json", "masks"):    # preprocessed again: no face
+        p = root / "frames" / "000000" / f
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    marks = root / "frames" / "000001" / "landmarks.json"
+    lmk = json.loads(marks.read_text())
+    lmk["cam02.png"] = {"points": None}
+    marks.unlink()                                   # a link into the fixture's folder: write a file of its own
+    marks.write_text(json.dumps(lmk))
+    out = tmp_path / "out"
+    rep = run_sequence(parse_sequence_config([
+        str(root), "--cameras", str(root / "calibration" / "cameras.json"), "--camera_mode", "refine",
+        "--refine_frames", "3", "--keyframe", "1", "--savefolder", str(out), "--flame_model", str(standin_path),
+        "--image_size", "128", "--photo_iters", "0", "--progress", "false", "--write_images", "false"]))
+    shown = capfd.readouterr().out
+    refine = rep["summary"]["refine"]
+    assert "[refine] 1/3 frame 000000: not tracked" in shown and refine["frames"] == ["000001", "000002"]
+    assert "cam02.png" in refine["cameras"] and refine["change_from_keyframe_deg"]["cam02.png"] > 0
+    table = json.loads((out / "frames.json").read_text())["frames"]
+    assert table[1]["rmse_px"]["cam02"] is None and table[2]["rmse_px"]["cam02"] < 2.0, table
 
 
 def test_keyframe_is_the_first_with_the_most_faces(tmp_path):
@@ -263,17 +305,26 @@ def test_identity_cameras_in_the_rig_frame(tmp_path, refined):
     K_cal[:2, 2] = K_fit[:2, 2] = 64
     write_params(tmp_path / "params.npz", names=["cam00.png"], K=K_fit[None], R=R_head[None], t=t_head[None],
                  image_size=np.array([[128, 128]]), shape=np.zeros((1, 4)), tex=np.zeros((1, 2)),
-                 sh=np.zeros((1, 9, 3)))
+                 sh=np.arange(27.0).reshape(1, 9, 3))
     (tmp_path / "report.json").write_text(json.dumps({"known_cameras": {"head_to_rig": {"R": H_R.tolist(),
                                                                                           "t": H_t.tolist()}}}))
     (tmp_path / "fit_details.json").write_text(json.dumps({"focal": {"refined": refined}}))
+    unseen = Calibrated(K_cal * [[2, 1, 1], [1, 2, 1], [1, 1, 1]], R_head, np.array([0.0, 0.1, 0.7]), 128, 128,
+                        np.zeros(0))
     rig = Rig(tmp_path / "cal.json", "refine", {"cam00.png": Calibrated(K_cal, np.eye(3), np.zeros(3), 128, 128,
-                                                                       np.zeros(0))})
-    cam = identity_from_fit(tmp_path, rig).cameras["cam00.png"]
+                                                                       np.zeros(0)), "cam01.png": unseen})
+    ident = identity_from_fit(tmp_path, rig)
+    cam = ident.cameras["cam00.png"]
     X_head = np.array([0.03, -0.02, 0.05])
     X_rig = H_R @ X_head + H_t
     assert np.allclose(cam.R @ X_rig + cam.t, R_head @ X_head + t_head)
     assert np.allclose(cam.K, K_fit if refined else K_cal)
+    # a calibrated camera the keyframe's fit did not use (no face there): its calibration, with the
+    # fit's focal factor, and the fitted cameras' mean light, so later frames can use it
+    other = ident.cameras["cam01.png"]
+    assert np.allclose(other.R, unseen.R) and np.allclose(other.t, unseen.t)
+    assert np.allclose(other.K[:2, :2], unseen.K[:2, :2] * (K_fit[0, 0] / K_cal[0, 0] if refined else 1))
+    assert np.allclose(other.K[:2, 2], unseen.K[:2, 2]) and torch.equal(ident.sh["cam01.png"], ident.sh["cam00.png"])
     own = identity_from_fit(tmp_path, None).cameras["cam00.png"]
     assert np.allclose(own.R, R_head) and np.allclose(own.t, t_head) and np.allclose(own.K, K_fit)
     assert (own.width, own.height) == (128, 128)
