@@ -272,8 +272,8 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
 def lm_unknowns(ctx: FitContext, state: FitState, camera_prior=None, shape_fixed: bool = False) -> Unknowns:
     """The unknowns :func:`lm_geometry` solves for (the rig's head motion with ``ctx.rig`` and
     no camera prior)."""
-    return Unknowns.of(state, ctx.refine_focal, rig=ctx.rig is not None and camera_prior is None,
-                       shape_fixed=shape_fixed)
+    rig = ctx.rig is not None and camera_prior is None
+    return Unknowns.of(state, ctx.refine_focal and not rig, rig=rig, shape_fixed=shape_fixed)
 
 
 class _Estimate(NamedTuple):

@@ -156,11 +156,9 @@ def test_refine_over_frames_beats_the_keyframe(sequence6, standin_path, tmp_path
 
 @pytest.mark.slow
 def test_focal_refined_over_frames(sequence6, standin_path, tmp_path):
-    """Every focal length 3 % long as well, ``--refine_focal always``: in one frame, with the head
-    where the cameras converge, a shorter focal length and a smaller rig (every camera nearer)
-    draw nearly the same images, and the keyframe's fit slides that way (focal -8.9 %, the rig
-    7 % small, which the camera prior's 10 mm per camera barely resists); the frames together,
-    the head elsewhere in each, pin both."""
+    """Every focal length 3 % long as well, ``--refine_focal always``: the keyframe's fit brings it
+    back to its one-frame floor, and the solve over the frames refines it with the cameras,
+    which land as close as with exact focal lengths (the test above)."""
     from fitting.ground_truth import focal_error_pct
     rep, truth, key, refined = _refine_perturbed(sequence6, standin_path, tmp_path, 3.0, "--refine_focal", "always")
     f_key, f = focal_error_pct(key, truth), focal_error_pct(refined, truth)
@@ -169,10 +167,11 @@ def test_focal_refined_over_frames(sequence6, standin_path, tmp_path):
     print(f"focal error: keyframe alone {f_key:+.2f} %, over frames {f:+.2f} %; cameras {rot_key:.3f} deg / "
           f"{cen_key:.2f} mm -> {rot:.3f} / {cen:.2f}")
     assert abs(rep["summary"]["refine"]["focal_change_from_keyframe_pct"]) > 0
-    # measured: -8.90 % alone, -0.44 % over frames; the cameras 0.073 deg / 0.55 mm, as with the
-    # focal lengths exact (the test above)
-    assert abs(f) <= 1.0 and abs(f) <= 0.25 * abs(f_key), (f, f_key)
-    assert rot <= 0.1 and cen <= 0.8, (rot, cen)
+    # measured: -0.39 % alone, -0.42 % over frames; the cameras 0.136 deg / 1.18 mm alone, 0.072 /
+    # 0.56 over frames. (With the focal factor free in the keyframe's head-pose rounds as well,
+    # before the fix in stages.lm_unknowns: -8.90 % alone.)
+    assert abs(f_key) <= 2.0 and abs(f) <= 1.0, (f, f_key)
+    assert rot <= 0.1 and cen <= 0.8 and rot < rot_key and cen < cen_key, (rot, cen, rot_key, cen_key)
 
 
 def test_mapped_track_blocks_solve_the_mapped_system():
