@@ -271,7 +271,9 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
 
 def lm_unknowns(ctx: FitContext, state: FitState, camera_prior=None, shape_fixed: bool = False) -> Unknowns:
     """The unknowns :func:`lm_geometry` solves for (the rig's head motion with ``ctx.rig`` and
-    no camera prior)."""
+    no camera prior). The focal factor only moves with per-view cameras: with every camera held
+    to the calibration it would soak up the calibration's errors (docs/FITTING.md, "Known
+    cameras")."""
     rig = ctx.rig is not None and camera_prior is None
     return Unknowns.of(state, ctx.refine_focal and not rig, rig=rig, shape_fixed=shape_fixed)
 

@@ -38,8 +38,8 @@ from fitting.scene import load_scene
 from fitting.stages import lm_geometry, lm_unknowns
 from fitting.state import FitState
 
-__all__ = ["add_sequence_options", "check_sequence_options", "Identity", "identity_from_fit", "load_frame", "track_frames", "chunk_ranges",
-           "inputs_key", "track_chunk", "blend_chunks", "frame_vertices"]
+__all__ = ["add_sequence_options", "check_sequence_options", "Identity", "identity_from_fit", "load_frame",
+           "track_frames", "chunk_ranges", "inputs_key", "track_chunk", "blend_chunks", "frame_vertices"]
 
 # what a chunk's .npz holds per frame, besides ``key`` (why: a missing frame's reason, else "")
 FIELDS = ("head_R", "head_t", "expression", "jaw", "landmark_rmse_px", "missing", "seconds", "why")

@@ -220,7 +220,8 @@ def test_frame_without_a_face_is_interpolated_and_the_video_written(seq, standin
         rep = run_sequence(cfg)
         shown = capfd.readouterr().out
         assert rep["summary"]["keyframe"] == "000001" and rep["summary"]["frames_flagged"] == ["000000"]
-        assert ("[track] frame 000000: not tracked, " + ("preprocessing failed" if stale else "no usable view")) in shown
+        reason = "preprocessing failed" if stale else "no usable view"
+        assert f"[track] frame 000000: not tracked, {reason}" in shown
         assert "[track] frame 000002: landmark RMSE" in shown and "[sequence] 3 frames (1 not tracked" in shown
         assert ("[identity] fitting the keyframe 000001" if stale else "[identity] reused") in shown
         assert [f["missing"] for f in rep["frames"]] == [True, False, False]
