@@ -35,13 +35,22 @@ def _run(shared_data, tmp_path, out, *extra) -> dict:
         "--photo_iters", "20", "--progress", "false", "--write_images", "false", *extra]))
 
 
-@pytest.mark.slow  # ~40 s: preprocessing of 2 x 8 real photos, SfM, the identity fit, 2 frames
-def test_real_views_as_a_sequence_without_cameras(shared_data, tmp_path):
+@pytest.fixture(scope="module")
+def estimated(shared_data, tmp_path_factory):
+    """(folder, photos, report) of the 2-frame sequence run without --cameras into folder/out
+    (~50 s: preprocessing of 2 x 8 real photos, SfM, the identity fit, 2 frames), shared by the
+    tests below."""
+    root = tmp_path_factory.mktemp("real_sequence")
+    views = _two_frames(shared_data, root / "seq")
+    return root, views, _run(shared_data, root, root / "out")
+
+
+@pytest.mark.slow
+def test_real_views_as_a_sequence_without_cameras(estimated):
     from fitting.calibration import load_calibration
 
-    views = _two_frames(shared_data, tmp_path / "seq")
-    out = tmp_path / "out"
-    rep = _run(shared_data, tmp_path, out)
+    root, views, rep = estimated
+    out = root / "out"
     s = rep["summary"]
     print(s)
     assert s["num_cameras"] == len(views) == 8 and s["frames_flagged"] == []
@@ -68,8 +77,8 @@ def test_real_views_as_a_sequence_without_cameras(shared_data, tmp_path):
     assert s["landmark_rmse_px_mean"] <= 1.2 * 3.4                   # the single-capture fit's figure
 
 
-@pytest.mark.slow  # ~80 s: the estimate above, then refine: rig tracks per frame, the keyframe's fit, the solve
-def test_real_views_refined_over_frames_stay_consistent_with_the_images(shared_data, tmp_path):
+@pytest.mark.slow  # ~25 s after the estimate: rig tracks per frame, the keyframe's fit, the solve
+def test_real_views_refined_over_frames_stay_consistent_with_the_images(shared_data, estimated):
     """The estimate's cameras as the calibration of ``--camera_mode refine --refine_frames 2``:
     the refinement over both frames moves the cameras toward dlib's landmarks only as far as
     the feature tracks allow, so the Sampson distance of the keyframe's SfM matches stays near
@@ -79,20 +88,20 @@ def test_real_views_refined_over_frames_stay_consistent_with_the_images(shared_d
     from fitting.calibration import load_calibration
     from fitting.evaluate_cameras import epipolar_stats, read_matches
 
-    views = _two_frames(shared_data, tmp_path / "seq")
-    _run(shared_data, tmp_path, tmp_path / "est")
-    rep = _run(shared_data, tmp_path, tmp_path / "ref", "--cameras", str(tmp_path / "est" / "cameras.json"),
+    root, views, _ = estimated
+    est = root / "out"
+    rep = _run(shared_data, root, root / "ref", "--cameras", str(est / "cameras.json"),
                "--camera_mode", "refine", "--refine_frames", "2")
     refine = rep["summary"]["refine"]
     names = [f"{v.stem}.jpg" for v in views]
-    prep = json.loads((tmp_path / "est" / "identity" / "report.json").read_text())["preprocess_dir"]
+    prep = json.loads((est / "identity" / "report.json").read_text())["preprocess_dir"]
     matches = read_matches(Path(prep) / "sfm" / "database.db")
 
     def epipolar(path):
         cams = load_calibration(path, names, {n: (520, 696) for n in names})
         return epipolar_stats(matches, {n: (c.K, c.R, c.t) for n, c in cams.items()})["scene"]
 
-    before, after = epipolar(tmp_path / "est" / "cameras.json"), epipolar(tmp_path / "ref" / "cameras.json")
+    before, after = epipolar(est / "cameras.json"), epipolar(root / "ref" / "cameras.json")
     print("calibration", before, "refined over frames", after, refine["tracks"])
     assert refine["frames"] == ["000000", "000001"] and refine["tracks"]["num_points"] > 100
     assert after["epipolar_px_median"] <= 1.1 * before["epipolar_px_median"]
