@@ -38,8 +38,8 @@ from fitting.rotations import matrix_to_axis_angle, right_jacobian_inverse, skew
 from fitting.state import FitState
 
 __all__ = ["Rig", "read_rig", "scene_cameras_json", "apply_rig", "rig_tracks", "undistorted_copies",
-           "initialize_from_rig", "head_to_rig", "snap_to_rig", "place_cameras", "angle_deg", "CameraPrior",
-           "TemporalPrior", "rig_report", "CAMERA_MODES"]
+           "initialize_from_rig", "head_to_rig", "snap_to_rig", "place_cameras", "angle_deg", "calibration_sigma",
+           "calibration_offsets", "CameraPrior", "TemporalPrior", "rig_report", "CAMERA_MODES"]
 
 CAMERA_MODES = ("estimate", "fixed", "refine")
 LANDMARKS = 68     # points per view in the landmark term (CameraPrior's weight)
@@ -209,6 +209,19 @@ def snap_to_rig(st: FitState, rig: Rig) -> FitState:
     return place_cameras(st, rig, *head_to_rig(st, rig))
 
 
+def calibration_sigma(cfg, dtype=torch.float64, device=None) -> torch.Tensor:
+    """(6,) one standard deviation of a camera's offset from its calibration: ``--camera_prior_deg``
+    (rad) on each rotation-vector component, ``--camera_prior_mm`` (m) on each of its centre's."""
+    return torch.tensor([math.radians(cfg.camera_prior_deg)] * 3 + [cfg.camera_prior_mm / 1000] * 3,
+                        dtype=dtype, device=device)
+
+
+def calibration_offsets(R: torch.Tensor, t: torch.Tensor, R0: torch.Tensor, C0: torch.Tensor) -> torch.Tensor:
+    """(N, 6) [w, C - C0] of cameras R (N, 3, 3), t (N, 3) against calibrated rotations R0 and
+    centres C0 (N, 3): w the rotation vector of R R0^T, C the centres (m)."""
+    return torch.cat([matrix_to_axis_angle(R @ R0.transpose(1, 2)), camera_centers(R, t) - C0], 1)
+
+
 class CameraPrior:
     """``refine``: each view's deviation from its calibrated camera (placed by the head pose of
     the rounds before), ``sum_i |w_i / sigma_r|^2 + |C_i - C*_i|^2 / sigma_c^2`` with ``w_i``
@@ -228,17 +241,14 @@ class CameraPrior:
     name = "camera_prior"
 
     def __init__(self, ctx: FitContext, unk: Unknowns, target: FitState):
-        c, N = ctx.cfg, unk.num_views
-        self.sigma = torch.tensor([math.radians(c.camera_prior_deg)] * 3 + [c.camera_prior_mm / 1000] * 3,
-                                  dtype=target.cam_t.dtype, device=target.cam_t.device)
+        N = unk.num_views
+        self.sigma = calibration_sigma(ctx.cfg, target.cam_t.dtype, target.cam_t.device)
         self.R, self.C = target.R().detach(), camera_centers(target.R(), target.cam_t).detach()
         self.size, self.N = unk.size, N
 
     def residuals(self, st: FitState) -> torch.Tensor:
         """(N, 6) [w_i, C_i - C*_i] / sigma / sqrt(68 N)."""
-        w = matrix_to_axis_angle(st.R() @ self.R.transpose(1, 2))
-        dC = camera_centers(st.R(), st.cam_t) - self.C
-        return torch.cat([w, dC], 1) / self.sigma / math.sqrt(LANDMARKS * self.N)
+        return calibration_offsets(st.R(), st.cam_t, self.R, self.C) / self.sigma / math.sqrt(LANDMARKS * self.N)
 
     def cost(self, st: FitState) -> float:
         return float(self.residuals(st).pow(2).sum())
@@ -256,9 +266,7 @@ class CameraPrior:
         J = J / self.sigma[:, None] / math.sqrt(LANDMARKS * N)
         A = torch.zeros(self.size, self.size, dtype=r.dtype, device=r.device)
         g = torch.zeros(self.size, dtype=r.dtype, device=r.device)
-        blocks = J.transpose(1, 2) @ J                                              # (N, 6, 6)
-        for i in range(N):  # N small blocks on the diagonal
-            A[6 * i:6 * i + 6, 6 * i:6 * i + 6] = blocks[i]
+        A[:6 * N, :6 * N] = torch.block_diag(*(J.transpose(1, 2) @ J))
         g[:6 * N] = (J.transpose(1, 2) @ r[..., None])[..., 0].reshape(-1)
         return A, g, float(r.pow(2).sum())
 

@@ -43,10 +43,10 @@ import torch
 from fitting.atomic import atomic_write_bytes
 from fitting.context import JAW, FitContext
 from fitting.geometry_terms import GaussianPrior, Unknowns, linearize, model_at
-from fitting.known_cameras import LANDMARKS, angle_deg
+from fitting.known_cameras import LANDMARKS, angle_deg, calibration_offsets, calibration_sigma
 from fitting.lm import NormalEquations, levenberg_marquardt
 from fitting.render.cameras import camera_centers, matrix_to_rot
-from fitting.rotations import axis_angle_to_matrix, matrix_to_axis_angle, right_jacobian_inverse, skew
+from fitting.rotations import axis_angle_to_matrix, right_jacobian_inverse, skew
 from fitting.stages import cameras64, geometry_terms, track_weight
 from fitting.state import FitState
 from fitting.tracks import TrackTerm
@@ -115,16 +115,13 @@ class RigPrior:
     name = "camera_prior"
 
     def __init__(self, cfg, R0: torch.Tensor, t0: torch.Tensor, num_views: int):
-        self.sigma = torch.tensor([math.radians(cfg.camera_prior_deg)] * 3 + [cfg.camera_prior_mm / 1000] * 3,
-                                  dtype=torch.float64)
+        self.sigma = calibration_sigma(cfg)
         self.R0, self.C0 = R0, camera_centers(R0, t0)
         self.scale = 1 / math.sqrt(LANDMARKS * num_views)
 
     def residuals(self, rig: FrameRig) -> torch.Tensor:
         """(C, 6) [w_c, C_c - C*_c] / sigma x scale."""
-        w = matrix_to_axis_angle(rig.cam_R @ self.R0.transpose(1, 2))
-        dC = camera_centers(rig.cam_R, rig.cam_t) - self.C0
-        return torch.cat([w, dC], 1) / self.sigma * self.scale
+        return calibration_offsets(rig.cam_R, rig.cam_t, self.R0, self.C0) / self.sigma * self.scale
 
     def cost(self, rig: FrameRig) -> float:
         return float(self.residuals(rig).pow(2).sum())
