@@ -36,6 +36,28 @@ def ffhq(shared_data) -> Path:
     return d
 
 
+def real_sample_args(shared_data: Path, root: Path, *extra: str) -> list:
+    """fit_scene options for ../shared/data/multiview_sample with configs/scene.txt at 128 px, the
+    stand-in on the FLAME template; outputs, preprocessing and stand-in under ``root``."""
+    topo = shared_data / "flame_topology"
+    return ["--config", str(REPO / "configs" / "scene.txt"), "--scene_dir", str(shared_data / "multiview_sample"),
+            "--savefolder", str(root), "--preprocess_dir", str(root / "prep"),
+            "--standin_template", str(topo / "head_template_mesh.obj"),
+            "--standin_embedding", str(topo / "landmark_embedding.npy"), "--standin_dir", str(root / "standin"),
+            "--image_size", "128", "--progress", "false", *extra]
+
+
+@pytest.fixture(scope="session")
+def real_sample_estimate(shared_data, tmp_path_factory) -> tuple:
+    """(folder, report) of the default fit of the 8 real views (preprocessing, SfM, the estimate
+    fit with its tracks, 5 photometric iterations; ~20 s), shared by the tests that read it or
+    start from its cameras. Its outputs are in folder / "multiview_sample"."""
+    from fitting.config import parse_config
+    from fitting.pipeline import fit_scene
+    root = tmp_path_factory.mktemp("real_sample")
+    return root, fit_scene(parse_config(real_sample_args(shared_data, root, "--photo_iters", "5")))
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")

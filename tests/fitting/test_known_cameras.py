@@ -452,29 +452,22 @@ def test_rig_tracks_on_a_distorted_rig(tmp_path, standin_path):
 
 # -- real data --------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_real_sample_fixed_reproduces_sfm_cameras(shared_data, tmp_path):
+def test_real_sample_fixed_reproduces_sfm_cameras(shared_data, real_sample_estimate, tmp_path):
     """The 8 real views: the cameras of the tool's own estimate (SfM, its tracks in the joint solve,
     the focal refined: this sample's SfM model alone is a bas-relief, 0.24 x the landmark poses'
     angles, that no head fits) written as a calibration JSON; ``fixed`` keeps them exactly, finds
     the head where the estimate had it (head_to_rig ~ identity: the calibration is in that head
     frame), and fits the landmarks about as well."""
-    from fitting.pipeline import REPO
-    scene = shared_data / "multiview_sample"
-    topo = shared_data / "flame_topology"
-
-    def fit(name, *args):
-        return fit_scene(parse_config([
-            "--config", str(REPO / "configs" / "scene.txt"), "--scene_dir", str(scene),
-            "--savefolder", str(tmp_path), "--scene_name", name, "--preprocess_dir", str(tmp_path / "prep"),
-            "--standin_template", str(topo / "head_template_mesh.obj"),
-            "--standin_embedding", str(topo / "landmark_embedding.npy"), "--standin_dir", str(tmp_path / "standin"),
-            "--image_size", "128", "--photo_iters", "0", "--progress", "false", "--write_images", "false", *args]))
-
-    est = fit("estimate")
+    from tests.conftest import real_sample_args
+    root, est = real_sample_estimate
     calib = {v["name"]: Calibrated(np.array(v["K"]), np.array(v["R"]), np.array(v["t"]), 520, 696, np.zeros(0))
              for v in est["views"] if v["used"]}
     write_calibration_json(tmp_path / "calib.json", calib)
-    rep = fit("fixed", "--cameras", str(tmp_path / "calib.json"), "--camera_mode", "fixed")
+    # the estimate's preprocessing reused (the same scene); outputs of its own (later options win)
+    args = real_sample_args(shared_data, root, "--savefolder", str(tmp_path), "--scene_name", "fixed",
+                            "--photo_iters", "0", "--write_images", "false",
+                            "--cameras", str(tmp_path / "calib.json"), "--camera_mode", "fixed")
+    rep = fit_scene(parse_config(args))
     kc = rep["known_cameras"]
     assert rep["num_views"] == 8 and len(calib) == 8
     assert max(kc["camera_rotation_change_deg"]) < 1e-4 and max(kc["camera_center_change_mm"]) < 1e-3, kc

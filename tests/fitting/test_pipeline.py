@@ -128,20 +128,13 @@ def test_resume_skips_finished_stages(demo_fit, tmp_path):
 
 
 @pytest.mark.slow
-def test_real_multiview_sample(shared_data, tmp_path):
+def test_real_multiview_sample(shared_data, real_sample_estimate):
     """8 real views, stand-in on the FLAME template: all views used; with the head's SfM tracks
     the cameras agree with SfM's matches on the head better than SfM's own cameras do, span the
     capture's yaw range (the data's README: about +-45 deg; tracks on the torso, which turns
     against the head, had collapsed it to +-8), and the landmarks stay close."""
     scene = shared_data / "multiview_sample"
-    topo = shared_data / "flame_topology"
-    cfg = parse_config([
-        "--config", str(REPO / "configs" / "scene.txt"),
-        "--scene_dir", str(scene), "--savefolder", str(tmp_path), "--preprocess_dir", str(tmp_path / "prep"),
-        "--standin_template", str(topo / "head_template_mesh.obj"),
-        "--standin_embedding", str(topo / "landmark_embedding.npy"), "--standin_dir", str(tmp_path / "standin"),
-        "--image_size", "128", "--photo_iters", "5", "--progress", "false"])
-    report = fit_scene(cfg)
+    root, report = real_sample_estimate
     assert report["num_views"] == 8 and all(v["used"] for v in report["views"])
     rmse = [v["landmark_rmse_px"] for v in report["views"]]
     epi = report["epipolar"]
@@ -154,7 +147,7 @@ def test_real_multiview_sample(shared_data, tmp_path):
     yaw = [np.degrees(np.arctan2(np.array(v["R"])[2, 0], -np.array(v["R"])[2, 2])) for v in report["views"]]
     assert max(yaw) - min(yaw) >= 40, np.round(yaw, 1)       # 51 deg measured; 15 with the torso's tracks
     assert np.mean(rmse) <= 1.2 * 3.4, rmse                   # 3.4 px with landmarks alone (256 px)
-    out = tmp_path / "multiview_sample"
+    out = root / "multiview_sample"
     for f in ("report.json", "params.npz", "mesh.obj", "transforms.json", "colmap/images.txt"):
         assert (out / f).is_file()
     det = json.loads((out / "fit_details.json").read_text())

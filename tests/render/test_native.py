@@ -238,3 +238,34 @@ def test_build_folder_is_stable_across_builds():
         assert (native.build_directory(), shade.build_directory()) == before
         assert (before[0] / "flame_fit_visibility.so").is_file() and (before[1] / "flame_fit_shade.so").is_file()
         assert list(native._LDFLAGS) == ["-fopenmp"] and shade._CFLAGS == ["-O3", "-fno-math-errno", "-fopenmp"]
+
+
+def test_a_fresh_clone_reuses_the_built_kernel(tmp_path, monkeypatch):
+    # a fresh clone has the same sources under another path with newer times: its kernel
+    # folder is the same, and the binary there is imported as it is, without torch's load()
+    # (whose ninja would compile it again, ~40 s per clone)
+    import shutil
+    from torch.utils import cpp_extension
+    source = native._kernel.sources[0]
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for path in source.parent.iterdir():
+        if path.suffix in (".cpp", ".h", ".cu"):
+            shutil.copy(path, clone / path.name)   # copy(), not copy2(): new times
+    copied = clone / source.name
+    assert native.kernel_directory(native._NAME, copied, native._CFLAGS) == native.build_directory()
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("torch's load() called for a kernel already built")
+    monkeypatch.setattr(cpp_extension, "load", no_build)
+    module = native.compile_extension(native._NAME, copied, native._CFLAGS, "visibility pass")
+    assert module.__file__ == str(native.build_directory() / f"{native._NAME}.so")
+    assert hasattr(module, "visible_faces")
+    # a damaged binary is built again instead of crashing the import
+    damaged = tmp_path / "cache"
+    monkeypatch.setenv("FLAME_FIT_NATIVE_DIR", str(damaged))
+    folder = native.kernel_directory(native._NAME, copied, native._CFLAGS)
+    folder.mkdir(parents=True)
+    (folder / f"{native._NAME}.so").write_bytes(b"\x7fELF truncated")
+    with pytest.raises(RuntimeError, match="load\\(\\) called"):
+        native.compile_extension(native._NAME, copied, native._CFLAGS, "visibility pass")

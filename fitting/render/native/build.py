@@ -8,6 +8,7 @@ moves the build cache (default ``~/.cache/flame_fit/native/<python>-<torch>/<ker
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 import shutil
@@ -91,19 +92,38 @@ def _missing(cuda: bool = False) -> list[str]:
     return missing
 
 
+def _load_built(name: str, out: Path):
+    """The module already built in ``out`` (None when there is none or it does not import).
+    Imported directly: torch's load() would run ninja, which rebuilds whenever the sources'
+    paths or times differ, as they do in every fresh clone, although the folder's hash says the
+    sources are the same."""
+    library = out / f"{name}.so"
+    if not library.is_file():
+        return None
+    try:
+        spec = importlib.util.spec_from_file_location(name, library)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except ImportError:   # a truncated or foreign binary: build it again
+        return None
+    return module
+
+
 def compile_extension(name: str, sources: Path | list[Path], cflags: list[str], what: str, verbose: bool = False,
                       cuda_cflags: list[str] | None = None, ldflags: tuple[str, ...] = _LDFLAGS):
     """Build (or load the cached build of) one kernel into :func:`kernel_directory` and return
     the module; ``cuda_cflags`` (nvcc flags) when its sources include .cu files. Raises
     RuntimeError saying what is missing or how compilation failed."""
+    out = kernel_directory(name, sources, cflags, (*ldflags, *(cuda_cflags or ())))
+    cached = _load_built(name, out)
+    if cached is not None:
+        return cached
     missing = _missing(cuda=cuda_cflags is not None)
     if missing:
         raise RuntimeError(f"cannot build the native {what} kernel: missing " + " and ".join(missing))
     from torch.utils.cpp_extension import load
-    out = kernel_directory(name, sources, cflags, (*ldflags, *(cuda_cflags or ())))
     out.mkdir(parents=True, exist_ok=True)
-    if not any(out.glob(name + "*.so")):
-        print(f"building the native {what} kernel in {out} (once, ~20-90 s)...", file=sys.stderr)
+    print(f"building the native {what} kernel in {out} (once, ~20-90 s)...", file=sys.stderr)
     try:
         # copies of the flag lists: load() appends to them
         return load(name=name, sources=[str(x) for x in _as_list(sources)], extra_cflags=list(cflags),
