@@ -127,6 +127,9 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
     g.add_argument("--demo_sift_dsp", type=str2bool, nargs="?", const=True, default=True,
                    help="the demo SfM's SIFT descriptors with domain-size pooling, as process_data's (3x the "
                         "extraction time)")
+    g.add_argument("--demo_sfm_mask", type=str2bool, nargs="?", const=True, default=True,
+                   help="the demo SfM's SIFT keypoints on the scene's head masks only: its backgrounds are drawn "
+                        "per view, so no match can come from them")
 
     g = p.add_argument_group("model")
     g.add_argument("--flame_model", type=str, default="synthetic",

@@ -36,7 +36,7 @@ def _demo_recipe(cfg) -> dict:
     """Everything the demo scene depends on: rebuilt when any of it changes."""
     keys = ["demo_views", "demo_width", "demo_height", "demo_fov_deg", "demo_distance", "demo_yaw_deg",
             "demo_pitch_deg", "demo_noise_px", "demo_shape_std", "demo_exp_std", "demo_faceless_views",
-            "demo_sfm", "demo_sfm_max_size", "demo_sift_dsp", "seed", "n_shape", "n_exp"]
+            "demo_sfm", "demo_sfm_max_size", "demo_sift_dsp", "demo_sfm_mask", "seed", "n_shape", "n_exp"]
     from fitting.synthetic_scene import SCENE_VERSION
     return {"model": standin_path(cfg).name, "scene_version": SCENE_VERSION, "build_threads": BUILD_THREADS,
             **{k: getattr(cfg, k) for k in keys}}
@@ -78,7 +78,8 @@ def ensure_demo_scene(cfg, scene_dir: Path) -> bool:
         cams_path = scene_dir / "cameras.json"
         cams, _ = sfm_cameras(scene_dir, scene_dir / "images", list_images(scene_dir / "images")[0],
                               max_image_size=cfg.demo_sfm_max_size, known=known_cameras(cams_path),
-                              sift_dsp=cfg.demo_sift_dsp)
+                              sift_dsp=cfg.demo_sift_dsp,
+                              keypoint_masks=scene_dir / "masks" / "head" if cfg.demo_sfm_mask else None)
         write_json(cams_path, cams)
     write_json(marker, recipe)
     return True

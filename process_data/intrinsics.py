@@ -79,13 +79,14 @@ def check_plausible(K: np.ndarray, distortion, width: int, height: int, reproj: 
 def run_sfm(image_dir, names: list[str], work_dir, *, max_image_size: int = 1024, sequential: bool = False,
             camera_model: str = "SIMPLE_PINHOLE", num_threads: int = -1, seed: int = 0,
             max_attempts: int = 3, landmarks: dict | None = None, use_landmarks: str = "fallback",
-            sift_dsp: bool = True):
+            sift_dsp: bool = True, keypoint_masks: Path | None = None):
     """Run pycolmap on ``names`` inside ``image_dir``; database and model go in ``work_dir``.
 
     landmarks: optional {name: (68, 2)} in the +0.5 convention (COLMAP's too), added as extra
     keypoints whose descriptors identify the landmark index, so that matching pairs the same
     index across views; use_landmarks: "never", "always" or "fallback" (only in the retry round).
-    sift_dsp: SIFT descriptors with domain-size pooling (see :func:`extract_and_match`).
+    sift_dsp, keypoint_masks: the SIFT descriptor, and where keypoints may lie (see
+    :func:`extract_and_match`).
     num_threads: SIFT extraction's and matching's (-1: every core); their results do not depend
     on it. The mapper runs on one thread (:data:`MAPPER_THREADS`).
     Returns the best pycolmap.Reconstruction or None. Keypoints are rescaled to the original
@@ -98,7 +99,7 @@ def run_sfm(image_dir, names: list[str], work_dir, *, max_image_size: int = 1024
     pycolmap.logging.minloglevel = 2  # COLMAP's INFO lines would drown the progress bars
     try:
         return _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, camera_model,
-                        num_threads, seed, max_attempts, landmarks, use_landmarks, sift_dsp)
+                        num_threads, seed, max_attempts, landmarks, use_landmarks, sift_dsp, keypoint_masks)
     finally:
         pycolmap.logging.minloglevel = level
 
@@ -110,7 +111,7 @@ MAPPER_THREADS = 1
 
 
 def _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, camera_model, num_threads, seed,
-             max_attempts, landmarks, use_landmarks, sift_dsp, max_rounds=2):
+             max_attempts, landmarks, use_landmarks, sift_dsp, keypoint_masks, max_rounds=2):
     # Multi-threaded mapping is not deterministic; on face captures an unlucky run strands most
     # views or lands on an absurd focal length. So: retry mapping with other seeds (cheap), and
     # if that does not help, redo extraction and matching once (another RANSAC seed, and the
@@ -126,7 +127,7 @@ def _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, c
                           pycolmap.CameraMode.SINGLE,
                           landmarks if landmarks and (use_landmarks == "always" or
                                                       (use_landmarks == "fallback" and rnd > 0)) else None,
-                          sift_dsp)
+                          sift_dsp, keypoint_masks)
         for attempt in range(max_attempts):
             opts = pycolmap.IncrementalPipelineOptions()
             opts.min_num_matches = 10
@@ -163,10 +164,15 @@ def _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, c
 
 def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: str, max_image_size: int,
                       ransac_seed: int, num_threads: int, sequential: bool, camera_mode, landmarks: dict | None,
-                      sift_dsp: bool = True):
+                      sift_dsp: bool = True, keypoint_masks: Path | None = None):
     """SIFT features of ``names`` and their verified matches into the database ``db`` (COLMAP
     numbers the images in the sorted order of their names); with ``landmarks``, also the
     landmark keypoints (:func:`add_landmark_features`).
+
+    keypoint_masks: a folder of masks, ``<image stem>.png`` each (process_data's masks/head/),
+    any size: SIFT keeps only the keypoints on their non-zero pixels, and a view without a mask
+    gets none. For the demo's scenes, whose backgrounds are drawn per view, so that none of their
+    keypoints can match (docs/PREPROCESSING.md, "Intrinsics": not for real captures yet).
 
     num_threads: extraction's and matching's (-1: every core; the result does not depend on it).
     sift_dsp: domain-size pooling (DSP-SIFT descriptors). It triples extraction's time, and it
@@ -174,6 +180,8 @@ def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: s
     points against 562 without (docs/PREPROCESSING.md)."""
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = camera_model
+    if keypoint_masks is not None:
+        reader.mask_path = str(_colmap_masks(keypoint_masks, image_dir, names, Path(db).parent / "keypoint_masks"))
     ext = pycolmap.FeatureExtractionOptions()
     ext.max_image_size = int(max_image_size)
     # The images go into the database first, on one thread (in sorted order); the extraction
@@ -198,6 +206,21 @@ def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: s
         pycolmap.match_sequential(db, matching_options=mo, verification_options=vo, device=pycolmap.Device.cpu)
     else:
         pycolmap.match_exhaustive(db, matching_options=mo, verification_options=vo, device=pycolmap.Device.cpu)
+
+
+def _colmap_masks(mask_dir: Path, image_dir, names: list[str], out: Path) -> Path:
+    """``out`` in COLMAP's layout of keypoint masks: ``<image name>.png``, a copy of ``mask_dir /
+    <image stem>.png``; an all-zero mask for a view without one (COLMAP would skip that view with
+    an error)."""
+    shutil.rmtree(out, ignore_errors=True)
+    for n in names:
+        src, dst = Path(mask_dir) / (Path(n).stem + ".png"), out / (n + ".png")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_file():
+            shutil.copyfile(src, dst)
+        else:
+            Image.new("L", image_size(Path(image_dir) / n), 0).save(dst)
+    return out
 
 
 def triangulate_known(image_dir, names: list[str], cameras: list, work_dir, *, tolerance_deg: float,
@@ -349,11 +372,12 @@ def _upright_folder(image_dir, names: list[str], copies) -> Path:
 def estimate_intrinsics(image_dir, names: list[str], *, work_dir=None, fov_deg: float = 30.0,
                         min_registered: int = 3, max_image_size: int = 1024, sequential: bool = False,
                         num_threads: int = -1, landmarks: dict | None = None,
-                        use_landmarks: str = "fallback", sift_dsp: bool = True) -> tuple[dict, object, list[str]]:
+                        use_landmarks: str = "fallback", sift_dsp: bool = True,
+                        keypoint_masks: Path | None = None) -> tuple[dict, object, list[str]]:
     """Shared intrinsics of ``names`` (all the same size) in ``image_dir``.
 
-    landmarks: optional {name: (68, 2)} used as extra correspondences, sift_dsp: the SIFT
-    descriptor (both see run_sfm).
+    landmarks: optional {name: (68, 2)} used as extra correspondences; sift_dsp, keypoint_masks:
+    the SIFT descriptor and where keypoints may lie (all see run_sfm).
     Returns (cameras dict as in cameras.json, pycolmap.Reconstruction or None, warnings)."""
     if use_landmarks not in ("never", "always", "fallback"):
         raise ValueError(f"use_landmarks must be 'never', 'always' or 'fallback', got {use_landmarks!r}")
@@ -375,7 +399,7 @@ def estimate_intrinsics(image_dir, names: list[str], *, work_dir=None, fov_deg: 
             sfm_dir = _upright_folder(image_dir, names, Path(work_dir) / "images")
             rec = run_sfm(sfm_dir, names, work_dir, max_image_size=max_image_size, sequential=sequential,
                           num_threads=num_threads, landmarks=landmarks, use_landmarks=use_landmarks,
-                          sift_dsp=sift_dsp)
+                          sift_dsp=sift_dsp, keypoint_masks=keypoint_masks)
         if rec is None:
             warns.append("SfM reconstructed nothing")
         elif rec.num_reg_images() < min_registered:

@@ -279,12 +279,12 @@ def sfm_cameras(out_dir, image_dir, names: list[str], *, fov: float = DEFAULTS["
                 min_registered: int = DEFAULTS["min_registered"], max_image_size: int = DEFAULTS["sfm_max_size"],
                 sequential: bool = False, num_threads: int = -1, landmarks: dict | None = None,
                 use_landmarks: str = DEFAULTS["sfm_landmarks"], known: dict | None = None,
-                sift_dsp: bool = True) -> tuple[dict, list[str]]:
+                sift_dsp: bool = True, keypoint_masks: Path | None = None) -> tuple[dict, list[str]]:
     """pycolmap SfM on ``names`` in ``image_dir``; writes ``out_dir/sfm`` (database.db and the
     COLMAP binary model in model/) when it reconstructs anything. Returns (cameras.json content,
     warnings). ``known``: known intrinsics (source "known") that the result keeps; SfM's own K then
-    goes to "sfm_K" while its poses, registered views and model are recorded as usual. sift_dsp:
-    see :func:`process_data.intrinsics.extract_and_match`."""
+    goes to "sfm_K" while its poses, registered views and model are recorded as usual. sift_dsp,
+    keypoint_masks: see :func:`process_data.intrinsics.extract_and_match`."""
     from .intrinsics import estimate_intrinsics
 
     out_dir = Path(out_dir)
@@ -294,7 +294,8 @@ def sfm_cameras(out_dir, image_dir, names: list[str], *, fov: float = DEFAULTS["
     cams, rec, warns = estimate_intrinsics(image_dir, names, work_dir=tmp_work, fov_deg=fov,
                                            min_registered=min_registered, max_image_size=max_image_size,
                                            sequential=sequential, num_threads=num_threads, landmarks=landmarks,
-                                           use_landmarks=use_landmarks, sift_dsp=sift_dsp)
+                                           use_landmarks=use_landmarks, sift_dsp=sift_dsp,
+                                           keypoint_masks=keypoint_masks)
     if rec is not None:
         model = tmp_work / "model"
         model.mkdir(parents=True, exist_ok=True)

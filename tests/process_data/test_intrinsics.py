@@ -157,3 +157,40 @@ def test_image_ids_do_not_depend_on_the_threads(tmp_path):
             features.append({n: h.read_keypoints(i).tobytes() + h.read_descriptors(i).data.tobytes()
                              for n, i in ids.items()})
     assert features[0] == features[1]
+
+
+def test_keypoint_masks_keep_the_keypoints_on_the_mask(tmp_path):
+    """extract_and_match with keypoint_masks (process_data's masks/head/<stem>.png): every keypoint
+    on a non-zero pixel of its view's mask, also when SIFT runs on downscaled images (COLMAP
+    scales the mask with the image); a view without a mask gets none. Without masks the same
+    images have keypoints on both halves."""
+    import cv2
+    import pycolmap
+
+    from process_data.intrinsics import extract_and_match
+
+    rng = np.random.default_rng(1)
+    images, masks = tmp_path / "imgs", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    names = ["a.jpg", "b.jpg", "c.jpg"]
+    for n in names:
+        noise = rng.integers(0, 255, (200, 240, 3), dtype=np.uint8)
+        cv2.imwrite(str(images / n), cv2.GaussianBlur(noise, (0, 0), 1.5), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    left = np.zeros((200, 240), np.uint8)
+    left[:, :120] = 255
+    cv2.imwrite(str(masks / "a.png"), left)
+    cv2.imwrite(str(masks / "b.png"), 255 - left)                       # c.jpg: no mask
+
+    def keypoints(db, mask_dir, size):
+        extract_and_match(pycolmap, db, images, names, "PINHOLE", size, 0, -1, False, pycolmap.CameraMode.PER_IMAGE,
+                          None, sift_dsp=False, keypoint_masks=mask_dir)
+        with pycolmap.Database.open(str(db)) as h:
+            return {im.name: h.read_keypoints(im.image_id)[:, :2] for im in h.read_all_images()}
+
+    every = keypoints(tmp_path / "all.db", None, 1024)
+    assert all((kp[:, 0] < 110).sum() > 50 and (kp[:, 0] > 130).sum() > 50 for kp in every.values())
+    for size, db in ((1024, "full.db"), (160, "small.db")):
+        kp = keypoints(tmp_path / db, masks, size)
+        assert len(kp["a.jpg"]) > 50 and len(kp["b.jpg"]) > 50 and len(kp["c.jpg"]) == 0, size
+        assert kp["a.jpg"][:, 0].max() < 121 and kp["b.jpg"][:, 0].min() > 119, size
