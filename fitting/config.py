@@ -180,7 +180,8 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
                         "with the landmarks (auto: whenever the scene has an SfM model)")
     g.add_argument("--sfm_trust_deg", type=float, default=10.0,
                    help="SfM poses initialise the cameras when they agree with PnP's within this in the median "
-                        "view (else SfM is taken as degenerate, e.g. a bas-relief from few views)")
+                        "view and put the landmarks near the detections there (else SfM is taken as degenerate, "
+                        "e.g. a bas-relief from few views)")
     g.add_argument("--track_sigma_px", type=float, default=0.5,
                    help="noise of an SfM track observation (original pixels); weighs tracks against landmarks")
     g.add_argument("--track_robust_px", type=float, default=2.0,

@@ -61,6 +61,26 @@ def mean_head_pnp(ctx: FitContext, state: FitState) -> tuple:
     return R, t, ok, rmse, lmk3d
 
 
+# SfM is trusted only where its aligned poses also put the mean head's static landmarks near
+# the detections in the median view: within this many times PnP's own residual, or this share
+# of the image width, whichever is larger. Trusted synthetic SfM scenes measured 1.0-5.4x and
+# 1-7 % (PnP overfits the mean head per view); a wrong head-only SfM on the real sample, whose
+# rotations agreed within 3.9 deg, 25x and 20 %: trusted, it sent the fit 15-178 px off the
+# landmarks, where the tracks outweighed them (docs/FITTING.md, "Initialisation").
+SFM_TRUST_PNP_RATIO = 10.0
+SFM_TRUST_WIDTH_FRAC = 0.08
+
+
+def _landmark_rmse_px(lmk3d: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray, lm: np.ndarray) -> float:
+    """RMSE (px) of the points lmk3d (P, 3) projected by (R, t, K) against lm (P, 2); inf when a
+    point lies behind the camera."""
+    x = lmk3d @ R.T + t
+    if x[:, 2].min() <= 0:
+        return math.inf
+    uv = x[:, :2] / x[:, 2:] * np.array([K[0, 0], K[1, 1]]) + K[:2, 2]
+    return float(np.sqrt(((uv - lm) ** 2).sum(1).mean()))
+
+
 def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
                prefer_sfm: bool = False, trust_deg: float | None = None) -> tuple[FitState, dict]:
     """Per-view cameras from robust PnP of the 51 static landmarks on the mean shape, checked
@@ -68,7 +88,7 @@ def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
 
     sfm_poses: N entries of (R (3,3), t (3,)) or None. prefer_sfm: when SfM is consistent
     with PnP (the median view's poses agree within ``trust_deg``, default ``--sfm_trust_deg``;
-    negative: SfM never trusted), take the SfM pose of
+    negative: SfM never trusted; and they fit the landmarks, see :data:`SFM_TRUST_PNP_RATIO`), take the SfM pose of
     every view that has one: a profile's landmarks can fit a wrong PnP pose better than the
     right one. With few views SfM can land on a bas-relief solution (a wrong focal length
     traded against flattened depth and compressed angles), which no similarity aligns with
@@ -98,25 +118,29 @@ def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
         if al is not None:
             info["sfm_scale"] = al["s"]
             info["sfm_similarity"] = {"s": float(al["s"]), "Q": al["Q"].tolist(), "T": al["T"].tolist()}
-            med = float(np.median(al["angle_deg"][ok[idx]]))
-            info["sfm_trusted"] = med <= trust_deg
+            used = ok[idx]
+            med = float(np.median(al["angle_deg"][used]))
+            err = np.array([_landmark_rmse_px(lmk3d[i, 17:].cpu().double().numpy(), al["R"][j], al["t"][j], K[i],
+                                              lm[i, 17:]) for j, i in enumerate(idx)])
+            err_med, pnp_med = float(np.median(err[used])), float(np.median(rmse[idx][used]))
+            limit = max(SFM_TRUST_PNP_RATIO * pnp_med, SFM_TRUST_WIDTH_FRAC * ctx.images.shape[-1])
+            info["sfm_trusted"] = med <= trust_deg and err_med <= limit
             info["sfm_trust_why"] = (f"aligned SfM and PnP rotations differ by {med:.1f} deg in the median view "
-                                     f"({'<=' if info['sfm_trusted'] else '>'} {trust_deg:g})")
+                                     f"({'<=' if med <= trust_deg else '>'} {trust_deg:g})")
+            if med <= trust_deg and not info["sfm_trusted"]:
+                info["sfm_trust_why"] += (f", but SfM's poses put the landmarks {err_med:.1f} px off there against "
+                                          f"PnP's {pnp_med:.1f} px (> {limit:.1f})")
             # a view beyond the landmark detector's range takes its SfM pose even from an
             # untrusted SfM: its landmarks will not be used (distrust_profiles), and SfM's
             # angles are off by a fraction of the yaw where PnP's can be off by all of it
             profile = view_yaw_deg(torch.as_tensor(al["R"])).abs().numpy() > ctx.cfg.lmk_max_yaw_deg
-            static = np.zeros(68, bool)
-            static[17:] = True
             for j, i in enumerate(idx):  # a few views; picks the better of two poses
                 info["sfm_angle_deg"][i] = float(al["angle_deg"][j])
                 info["sfm_center_rel"][i] = float(al["center_rel"][j])
                 info["sfm_disagree"][i] = bool(al["disagree"][j]) and bool(ok[i])
-                x = lmk3d[i, 17:].cpu().double().numpy() @ al["R"][j].T + al["t"][j]
-                if x[:, 2].min() <= 0:
+                e = float(err[j])
+                if not math.isfinite(e):
                     continue
-                uv = x[:, :2] / x[:, 2:] * np.array([K[i, 0, 0], K[i, 1, 1]]) + K[i, :2, 2]
-                e = float(np.sqrt(((uv - lm[i, 17:]) ** 2).sum(1).mean()))
                 if (prefer_sfm and (info["sfm_trusted"] or profile[j])) or not ok[i] or e < rmse[i]:
                     R[i], t[i], rmse[i], source[i] = al["R"][j], al["t"][j], e, "sfm"
     info["source"] = source.tolist()
