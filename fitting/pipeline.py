@@ -438,8 +438,8 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
     write_json(stage / "report.json", report)  # last: its presence marks the result complete
     if cfg.write_images:  # index.html and the turntable read the finished result (fitting/viewer.py)
         from fitting.viewer import write_viewer
-        try:
-            write_viewer(stage, history=ctx.history, prep_dir=scene.prep_dir, model_path=str(ctx.flame.model_path))
+        try:   # no history: losses.png, which it shows, is written already (write_outputs)
+            write_viewer(stage, prep_dir=scene.prep_dir, model_path=str(ctx.flame.model_path))
         except Exception as e:  # a picture is not worth the fit: say so, keep the result
             print(f"[fit] warning: index.html / turntable not written ({type(e).__name__}: {e}); "
                   f"python -m fitting.viewer {output_folder(cfg)} retries")

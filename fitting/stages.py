@@ -62,7 +62,7 @@ def mean_head_pnp(ctx: FitContext, state: FitState) -> tuple:
 
 
 # SfM is trusted only where its aligned poses also put the mean head's static landmarks near
-# the detections in the median view: within this many times PnP's own residual, or this share
+# the detections, as a median over views: within this many times PnP's own residual, or this share
 # of the image width, whichever is larger. Trusted synthetic SfM scenes measured 1.0-5.4x and
 # 1-7 % (PnP overfits the mean head per view); a wrong head-only SfM on the real sample, whose
 # rotations agreed within 3.9 deg, 25x and 20 %: trusted, it sent the fit 15-178 px off the
@@ -128,8 +128,8 @@ def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
             info["sfm_trust_why"] = (f"aligned SfM and PnP rotations differ by {med:.1f} deg in the median view "
                                      f"({'<=' if med <= trust_deg else '>'} {trust_deg:g})")
             if med <= trust_deg and not info["sfm_trusted"]:
-                info["sfm_trust_why"] += (f", but SfM's poses put the landmarks {err_med:.1f} px off there against "
-                                          f"PnP's {pnp_med:.1f} px (> {limit:.1f})")
+                info["sfm_trust_why"] += (f", but SfM's poses put the landmarks {err_med:.1f} px off (median over "
+                                          f"views) against PnP's {pnp_med:.1f} px (> {limit:.1f})")
             # a view beyond the landmark detector's range takes its SfM pose even from an
             # untrusted SfM: its landmarks will not be used (distrust_profiles), and SfM's
             # angles are off by a fraction of the yaw where PnP's can be off by all of it

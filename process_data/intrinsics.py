@@ -169,9 +169,9 @@ def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: s
     numbers the images in the sorted order of their names); with ``landmarks``, also the
     landmark keypoints (:func:`add_landmark_features`).
 
-    keypoint_masks: a folder of masks, ``<image stem>.png`` each (process_data's masks/head/),
-    any size: SIFT keeps only the keypoints on their non-zero pixels, and a view without a mask
-    gets none. For the demo's scenes, whose backgrounds are drawn per view, so that none of their
+    keypoint_masks: a folder of masks, ``<image stem>.png`` each (process_data's masks/head/;
+    stems must differ across sub-folders): SIFT keeps only the keypoints on their non-zero
+    pixels, and a view without a mask gets none. For the demo's scenes, whose backgrounds are drawn per view, so that none of their
     keypoints can match (docs/PREPROCESSING.md, "Intrinsics": not for real captures yet).
 
     num_threads: extraction's and matching's (-1: every core; the result does not depend on it).
@@ -209,17 +209,17 @@ def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: s
 
 
 def _colmap_masks(mask_dir: Path, image_dir, names: list[str], out: Path) -> Path:
-    """``out`` in COLMAP's layout of keypoint masks: ``<image name>.png``, a copy of ``mask_dir /
-    <image stem>.png``; an all-zero mask for a view without one (COLMAP would skip that view with
-    an error)."""
+    """``out`` in COLMAP's layout of keypoint masks: ``<image name>.png``, ``mask_dir / <image
+    stem>.png`` at the image's size (COLMAP compares keypoints in image pixels with the mask's
+    own: a smaller mask would drop those beyond it); an all-zero mask for a view without one
+    (COLMAP would skip that view with an error)."""
     shutil.rmtree(out, ignore_errors=True)
     for n in names:
         src, dst = Path(mask_dir) / (Path(n).stem + ".png"), out / (n + ".png")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_file():
-            shutil.copyfile(src, dst)
-        else:
-            Image.new("L", image_size(Path(image_dir) / n), 0).save(dst)
+        size = image_size(Path(image_dir) / n)
+        mask = Image.open(src).convert("L") if src.is_file() else Image.new("L", size, 0)
+        (mask if mask.size == size else mask.resize(size, Image.NEAREST)).save(dst)
     return out
 
 

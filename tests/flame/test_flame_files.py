@@ -245,7 +245,7 @@ def test_standin_keeps_its_recorded_harmonics():
             np.testing.assert_allclose(q.T @ q, np.eye(q.shape[1]), atol=1e-12)
 
 
-@pytest.mark.slow   # two stand-in builds, ~25 s each
+@pytest.mark.slow   # a stand-in build in a subprocess, ~10 s
 @pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"),
                     reason="OPENBLAS_CORETYPE names x86 kernels")
 def test_standin_is_the_same_whatever_the_blas(standin_path, tmp_path):

@@ -161,9 +161,10 @@ def test_image_ids_do_not_depend_on_the_threads(tmp_path):
 
 def test_keypoint_masks_keep_the_keypoints_on_the_mask(tmp_path):
     """extract_and_match with keypoint_masks (process_data's masks/head/<stem>.png): every keypoint
-    on a non-zero pixel of its view's mask, also when SIFT runs on downscaled images (COLMAP
-    scales the mask with the image); a view without a mask gets none. Without masks the same
-    images have keypoints on both halves."""
+    on a non-zero pixel of its view's mask, also when SIFT runs on downscaled images, and for a
+    mask of half the image's size (scaled to the image's; COLMAP itself would compare image
+    pixels with the mask's and drop every keypoint beyond it); a view without a mask gets none.
+    Without masks the same images have keypoints on both halves."""
     import cv2
     import pycolmap
 
@@ -180,7 +181,8 @@ def test_keypoint_masks_keep_the_keypoints_on_the_mask(tmp_path):
     left = np.zeros((200, 240), np.uint8)
     left[:, :120] = 255
     cv2.imwrite(str(masks / "a.png"), left)
-    cv2.imwrite(str(masks / "b.png"), 255 - left)                       # c.jpg: no mask
+    cv2.imwrite(str(masks / "b.png"), cv2.resize(255 - left, (120, 100), interpolation=cv2.INTER_NEAREST))
+    # c.jpg: no mask
 
     def keypoints(db, mask_dir, size):
         extract_and_match(pycolmap, db, images, names, "PINHOLE", size, 0, -1, False, pycolmap.CameraMode.PER_IMAGE,
@@ -194,3 +196,4 @@ def test_keypoint_masks_keep_the_keypoints_on_the_mask(tmp_path):
         kp = keypoints(tmp_path / db, masks, size)
         assert len(kp["a.jpg"]) > 50 and len(kp["b.jpg"]) > 50 and len(kp["c.jpg"]) == 0, size
         assert kp["a.jpg"][:, 0].max() < 121 and kp["b.jpg"][:, 0].min() > 119, size
+        assert kp["b.jpg"][:, 1].max() > 150, size                      # below the small mask's 100 rows

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from fitting.atomic import atomic_write_bytes
+
 __all__ = ["cache_root", "kernel_directory", "enabled", "compile_extension", "warn_fallback", "Kernel"]
 
 _LDFLAGS = ("-fopenmp",)   # a tuple: torch's load() appends to the flag lists it is given
@@ -62,14 +64,15 @@ def _with_includes(sources: list[Path]) -> list[Path]:
 
 def kernel_directory(name: str, sources: Path | list[Path], cflags: list[str], extra: tuple[str, ...] = _LDFLAGS) -> Path:
     """Build folder of one kernel: ``cache_root() / name / <hash of its sources, the local
-    files they include and its flags>`` (``extra``: the other flags, linker and nvcc ones).
+    files they include and its flags>`` (``extra``: the other flags, linker and nvcc ones, and
+    for CUDA the GPU architectures torch adds, see :func:`_other_flags`).
     A changed source (another checkout or version of this project) builds afresh in a folder
     of its own instead of reusing a binary whose functions may take other arguments: ninja's
     timestamps alone were fooled by an edit made while a build was running."""
     h = hashlib.sha256()
     for path in _with_includes(_as_list(sources)):
         h.update(path.read_bytes())
-    h.update(" ".join([*cflags, *extra]).encode())
+    h.update((" ".join(cflags) + "\0" + " ".join(extra)).encode())
     return cache_root() / name / h.hexdigest()[:16]
 
 
@@ -92,19 +95,40 @@ def _missing(cuda: bool = False) -> list[str]:
     return missing
 
 
+def _other_flags(ldflags: tuple[str, ...], cuda_cflags: list[str] | None) -> tuple[str, ...]:
+    """The flags besides the C++ ones that decide a build: linker, nvcc and, for CUDA, the GPU
+    architectures torch compiles for (``TORCH_CUDA_ARCH_LIST`` or the visible GPU), so that a
+    cache shared by machines with other GPUs never loads a binary without their kernels."""
+    arch: list[str] = []
+    if cuda_cflags is not None:
+        try:
+            from torch.utils.cpp_extension import _get_cuda_arch_flags
+            arch = _get_cuda_arch_flags()
+        except Exception:   # no CUDA toolkit or GPU: the build itself will say what is missing
+            arch = []
+    return (*ldflags, *(cuda_cflags or ()), *arch)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _load_built(name: str, out: Path):
-    """The module already built in ``out`` (None when there is none or it does not import).
-    Imported directly: torch's load() would run ninja, which rebuilds whenever the sources'
-    paths or times differ, as they do in every fresh clone, although the folder's hash says the
-    sources are the same."""
-    library = out / f"{name}.so"
-    if not library.is_file():
+    """The module already built in ``out``, or None: when there is none, a build is running
+    (torch's lock file), or the binary is not the one the finished build recorded (a build killed
+    mid-link; importing such a file can crash the process). Imported directly: torch's load()
+    would run ninja, which rebuilds whenever the sources' paths or times differ, as they do in
+    every fresh clone, although the folder's hash says the sources are the same."""
+    library, stamp = out / f"{name}.so", out / f"{name}.so.sha256"
+    if (out / "lock").exists() or not library.is_file() or not stamp.is_file():
+        return None
+    if stamp.read_text().strip() != _digest(library):
         return None
     try:
         spec = importlib.util.spec_from_file_location(name, library)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-    except ImportError:   # a truncated or foreign binary: build it again
+    except ImportError:   # e.g. built against another library: build it again
         return None
     return module
 
@@ -114,7 +138,7 @@ def compile_extension(name: str, sources: Path | list[Path], cflags: list[str], 
     """Build (or load the cached build of) one kernel into :func:`kernel_directory` and return
     the module; ``cuda_cflags`` (nvcc flags) when its sources include .cu files. Raises
     RuntimeError saying what is missing or how compilation failed."""
-    out = kernel_directory(name, sources, cflags, (*ldflags, *(cuda_cflags or ())))
+    out = kernel_directory(name, sources, cflags, _other_flags(ldflags, cuda_cflags))
     cached = _load_built(name, out)
     if cached is not None:
         return cached
@@ -126,11 +150,15 @@ def compile_extension(name: str, sources: Path | list[Path], cflags: list[str], 
     print(f"building the native {what} kernel in {out} (once, ~20-90 s)...", file=sys.stderr)
     try:
         # copies of the flag lists: load() appends to them
-        return load(name=name, sources=[str(x) for x in _as_list(sources)], extra_cflags=list(cflags),
-                    extra_cuda_cflags=list(cuda_cflags or ()), extra_ldflags=list(ldflags),
-                    build_directory=str(out), verbose=verbose)
+        module = load(name=name, sources=[str(x) for x in _as_list(sources)], extra_cflags=list(cflags),
+                      extra_cuda_cflags=list(cuda_cflags or ()), extra_ldflags=list(ldflags),
+                      build_directory=str(out), verbose=verbose)
     except Exception as e:   # compiler errors come as RuntimeError / CalledProcessError / OSError
         raise RuntimeError(f"building the native {what} kernel in {out} failed: {e}") from e
+    library = Path(module.__file__)
+    if library == out / f"{name}.so":   # what _load_built may import later: this very file
+        atomic_write_bytes(out / f"{name}.so.sha256", _digest(library).encode())
+    return module
 
 
 def warn_fallback(reason: str, what: str) -> None:
@@ -154,7 +182,7 @@ class Kernel:
 
     def directory(self) -> Path:
         """Where it is built and cached (see :func:`kernel_directory`)."""
-        return kernel_directory(self.name, self.sources, self.cflags, (*self.ldflags, *(self.cuda_cflags or ())))
+        return kernel_directory(self.name, self.sources, self.cflags, _other_flags(self.ldflags, self.cuda_cflags))
 
     def build(self, verbose: bool = False):
         """Build (or load the cached build of) the extension and return the module. Raises
