@@ -27,7 +27,6 @@ changes no image; :class:`RigPrior`, each camera held to the calibration, fixes 
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -368,7 +367,7 @@ def refine_over_frames(cfg, dirs: list, keyframe: Path, ident, calibration: dict
     ``path`` (.npz) when it holds a result for the same inputs, else writes it there; its steps
     go to ``log``, a line each. Returns (Identity with the refined cameras, report dict)."""
     from fitting.model import load_model
-    from fitting.sequence.track import load_frame, track_frames
+    from fitting.sequence.track import fit_frame, load_frame
     t0 = time.perf_counter()
     frames = pick_frames([Path(d) for d in dirs if Path(d).name not in unusable], Path(keyframe),
                          cfg.refine_frames)
@@ -379,18 +378,18 @@ def refine_over_frames(cfg, dirs: list, keyframe: Path, ident, calibration: dict
         log(f"[refine] reused {path} (the same frames, identity, calibration and options)")
     else:
         flame, texspace, _ = load_model(cfg, torch.device("cpu"))
-        start = argparse.Namespace(**{**vars(cfg), "w_photo_gn": 0.0})   # a start: no colour rows needed
         loaded = []
         for i, fd in enumerate(frames):
-            try:
-                res = track_frames(start, [fd], ident, flame, texspace)
-            except ValueError as e:        # no face in two cameras: the frame is left out
-                log(f"[refine] {i + 1}/{len(frames)} frame {fd.name}: not tracked, {e}")
+            frame, why = load_frame(cfg, fd, ident, flame, texspace)
+            if frame is None:              # no face in two cameras: the frame is left out
+                log(f"[refine] {i + 1}/{len(frames)} frame {fd.name}: not tracked, {why}")
                 continue
+            # the start: the frame fitted alone (no colour rows needed), its loaded state kept
+            _, pose = fit_frame(cfg, frame, None, None, photo=False)
             log(f"[refine] {i + 1}/{len(frames)} frame {fd.name}: tracked alone, the start "
                 f"({time.perf_counter() - t0:.1f} s)")
-            (ctx, st, _, scene), _ = load_frame(cfg, fd, ident, flame, texspace)
-            loaded.append(TrackedFrame(ctx, st, scene, *(res[k][0] for k in ("head_R", "head_t", "expression", "jaw"))))
+            ctx, st, _, scene = frame
+            loaded.append(TrackedFrame(ctx, st, scene, *pose))
         if len(loaded) < 2:
             return ident, {"frames": [], "why": f"{len(loaded)} of the {len(frames)} picked frames could be tracked"}
         ctx, st, rig = stack_frames(loaded, ident.cameras, flame, cfg, ident.focal_refined)

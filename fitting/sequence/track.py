@@ -180,13 +180,43 @@ def _lmk_rmse_px(ctx: FitContext, st: FitState, scene, cameras: list) -> np.ndar
     return out
 
 
+def fit_frame(cfg, loaded: tuple, prev: tuple | None, sig: tuple | None, photo: bool = True) -> tuple:
+    """One frame as :func:`load_frame` loaded it, (ctx, state at the identity, rig, scene), fitted
+    with the identity's shape held: the first of a run (``prev`` None) placed by triangulating its
+    landmarks (:func:`initialize_from_rig`) and fitted with ``track_first_iters``; a later one
+    started at ``prev`` = (H_R, H_t, expression (E,), jaw (3,)) of the frame before and tied to it
+    by the temporal prior (``sig``: its sigmas; unused for a first frame). ``photo``: the photometric rows in the last round
+    (with ``--w_photo_gn``). The loaded state is not changed. Returns (fitted state, (H_R, H_t,
+    expression, jaw)) with the head's pose in the rig."""
+    ctx, st, rig, _ = loaded
+    if prev is None:
+        st, _ = initialize_from_rig(ctx, st, rig)
+        rounds, priors = [(cfg.track_first_iters, True), (cfg.track_photo_iters, True)], ()
+    else:
+        st = place_cameras(st, rig, prev[0], prev[1])
+        st.expression = torch.as_tensor(prev[2]).float()[None].clone()
+        st.pose[0, JAW] = torch.as_tensor(prev[3]).float()
+        unk = lm_unknowns(ctx, st, shape_fixed=True)
+        priors = (TemporalPrior(unk, rig, st, *sig, weight=cfg.w_temporal),)
+        rounds = [(cfg.track_iters, False), (cfg.track_photo_iters, True)]
+    # the image rows (outline: a rasterisation per iteration) cost ~10x the landmark rows, and
+    # a warm start is already close: landmarks alone first, the image rows only at the end
+    for iters, image_rows in rounds:
+        if iters > 0:
+            st = lm_geometry(ctx, st, False, iters, use_rim=image_rows, use_photo=image_rows and photo,
+                             shape_fixed=True, priors=priors)
+    st = snap_to_rig(st, rig)
+    H_R, H_t = head_to_rig(st, rig)
+    return st, (H_R, H_t, st.expression[0].detach().numpy().astype(np.float64),
+                st.pose[0, JAW].detach().numpy().astype(np.float64))
+
+
 def track_frames(cfg, frame_dirs: list, ident: Identity, flame, texspace, unusable: dict | None = None,
                  log=None) -> dict:
-    """Track consecutive frames from the identity: the first trackable frame's head placed by
-    triangulating its landmarks (:func:`initialize_from_rig`) and fitted with
-    ``track_first_iters``; each next frame starts at the previous estimate and is tied to it by
-    the temporal prior. A frame without landmarks, or named in ``unusable`` ({frame folder name:
-    reason}, e.g. its preprocessing failed), is not fitted: it holds the nearest tracked
+    """Track consecutive frames from the identity (:func:`fit_frame`): the first trackable frame
+    alone, each next one from the previous estimate, tied to it by the temporal prior. A frame
+    without landmarks, or named in ``unusable`` ({frame folder name: reason}, e.g. its
+    preprocessing failed), is not fitted: it holds the nearest tracked
     estimate and is flagged ``missing`` with its reason in ``why`` (set between its neighbours by
     :func:`interpolate` later). ``log``: called with one line per frame as it is done (None:
     quiet). Returns {field: (T, ...) array} (see FIELDS); raises ValueError when no frame can be
@@ -208,28 +238,10 @@ def track_frames(cfg, frame_dirs: list, ident: Identity, flame, texspace, unusab
             else:
                 _append(out, prev, np.full(len(cameras), np.nan), why, time.perf_counter() - t0)
             continue
-        ctx, st, rig, scene = loaded
-        if prev is None:
-            st, _ = initialize_from_rig(ctx, st, rig)
-            rounds, priors = [(cfg.track_first_iters, True), (cfg.track_photo_iters, True)], ()
-        else:
-            st = place_cameras(st, rig, prev[0], prev[1])
-            st.expression = torch.as_tensor(prev[2]).float()[None].clone()
-            st.pose[0, JAW] = torch.as_tensor(prev[3]).float()
-            unk = lm_unknowns(ctx, st, shape_fixed=True)
-            priors = (TemporalPrior(unk, rig, st, *sig, weight=cfg.w_temporal),)
-            rounds = [(cfg.track_iters, False), (cfg.track_photo_iters, True)]
-        # the image rows (outline: a rasterisation per iteration) cost ~10x the landmark rows, and
-        # a warm start is already close: landmarks alone first, the image rows only at the end
-        for iters, image_rows in rounds:
-            if iters > 0:
-                st = lm_geometry(ctx, st, False, iters, use_rim=image_rows, use_photo=image_rows, shape_fixed=True,
-                                 priors=priors)
-        st = snap_to_rig(st, rig)
-        H_R, H_t = head_to_rig(st, rig)
+        ctx, _, _, scene = loaded
+        st, pose = fit_frame(cfg, loaded, prev, sig)
         first = prev is None
-        prev = (H_R, H_t, st.expression[0].detach().numpy().astype(np.float64),
-                st.pose[0, JAW].detach().numpy().astype(np.float64))
+        prev = pose
         if first:
             for w, s in leading:
                 _append(out, prev, np.full(len(cameras), np.nan), w, s)
