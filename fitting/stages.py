@@ -71,14 +71,14 @@ SFM_TRUST_PNP_RATIO = 10.0
 SFM_TRUST_WIDTH_FRAC = 0.08
 
 
-def _landmark_rmse_px(lmk3d: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray, lm: np.ndarray) -> float:
-    """RMSE (px) of the points lmk3d (P, 3) projected by (R, t, K) against lm (P, 2); inf when a
-    point lies behind the camera."""
-    x = lmk3d @ R.T + t
-    if x[:, 2].min() <= 0:
-        return math.inf
-    uv = x[:, :2] / x[:, 2:] * np.array([K[0, 0], K[1, 1]]) + K[:2, 2]
-    return float(np.sqrt(((uv - lm) ** 2).sum(1).mean()))
+def _landmark_rmse_px(lmk3d: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """(M,) RMSE (px) of each view's points lmk3d (M, P, 3) projected by R (M, 3, 3), t (M, 3),
+    K (M, 3, 3) against lm (M, P, 2); inf for a view where a point lies behind the camera."""
+    x = np.einsum("mij,mpj->mpi", R, lmk3d) + t[:, None]
+    behind = x[..., 2].min(1) <= 0
+    z = np.where(x[..., 2:] > 0, x[..., 2:], 1.0)
+    uv = x[..., :2] / z * np.stack([K[:, 0, 0], K[:, 1, 1]], -1)[:, None] + K[:, None, :2, 2]
+    return np.where(behind, np.inf, np.sqrt(((uv - lm) ** 2).sum(-1).mean(-1)))
 
 
 def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
@@ -120,8 +120,7 @@ def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
             info["sfm_similarity"] = {"s": float(al["s"]), "Q": al["Q"].tolist(), "T": al["T"].tolist()}
             used = ok[idx]
             med = float(np.median(al["angle_deg"][used]))
-            err = np.array([_landmark_rmse_px(lmk3d[i, 17:].cpu().double().numpy(), al["R"][j], al["t"][j], K[i],
-                                              lm[i, 17:]) for j, i in enumerate(idx)])
+            err = _landmark_rmse_px(lmk3d[idx, 17:].cpu().double().numpy(), al["R"], al["t"], K[idx], lm[idx, 17:])
             err_med, pnp_med = float(np.median(err[used])), float(np.median(rmse[idx][used]))
             limit = max(SFM_TRUST_PNP_RATIO * pnp_med, SFM_TRUST_WIDTH_FRAC * ctx.images.shape[-1])
             info["sfm_trusted"] = med <= trust_deg and err_med <= limit

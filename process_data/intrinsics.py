@@ -171,8 +171,9 @@ def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: s
 
     keypoint_masks: a folder of masks, ``<image stem>.png`` each (process_data's masks/head/;
     stems must differ across sub-folders): SIFT keeps only the keypoints on their non-zero
-    pixels, and a view without a mask gets none. For the demo's scenes, whose backgrounds are drawn per view, so that none of their
-    keypoints can match (docs/PREPROCESSING.md, "Intrinsics": not for real captures yet).
+    pixels, and a view without a mask gets none. For the demo's scenes, whose backgrounds are
+    drawn per view, so that none of their keypoints can match (docs/PREPROCESSING.md,
+    "Intrinsics": not for real captures yet).
 
     num_threads: extraction's and matching's (-1: every core; the result does not depend on it).
     sift_dsp: domain-size pooling (DSP-SIFT descriptors). It triples extraction's time, and it

@@ -361,8 +361,8 @@ def _key(cfg, frames: list, ident, calibration: dict) -> str:
 def refine_over_frames(cfg, dirs: list, keyframe: Path, ident, calibration: dict, unusable: dict,
                        path: Path, log=print) -> tuple:
     """The identity's cameras refined over up to ``--refine_frames`` frames of ``dirs`` (the
-    keyframe among them), each first tracked alone with the identity's cameras
-    (:func:`fitting.sequence.track.track_frames`), then solved together (:func:`solve_frame_rig`)
+    keyframe among them), each first fitted alone with the identity's cameras
+    (:func:`fitting.sequence.track.fit_frame`), then solved together (:func:`solve_frame_rig`)
     with each camera held to ``calibration`` ({image name: Calibrated}, the rig frame). Reuses
     ``path`` (.npz) when it holds a result for the same inputs, else writes it there; its steps
     go to ``log``, a line each. Returns (Identity with the refined cameras, report dict)."""
