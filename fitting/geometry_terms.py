@@ -1,7 +1,8 @@
 """The residual terms of the geometry LM (:func:`fitting.stages.lm_geometry`) and its unknowns.
 
 Unknowns (:class:`Unknowns`): per view a rotation increment w (R <- exp([w]) R) and a
-translation increment, the shared log focal factor (when refined), per subject the
+translation increment, the shared log focal factor (when refined; its step also moves each
+camera along its axis, :func:`dolly`), per subject the
 coefficients [shape, expression, jaw] (P of them; [expression, jaw] with ``shape_fixed``, the
 identity held, as sequence tracking does). With a calibrated rig held fixed
 (``rig``, see :mod:`fitting.known_cameras`) the cameras' unknowns are instead one rigid motion
@@ -41,7 +42,7 @@ from fitting.render.cameras import matrix_to_rot, project_points, scale_focal, v
 from fitting.rotations import axis_angle_to_matrix
 from fitting.state import FitState
 
-__all__ = ["Unknowns", "Model", "model_at", "Linearization", "linearize", "LandmarkTerm", "landmark_term",
+__all__ = ["dolly", "Unknowns", "Model", "model_at", "Linearization", "linearize", "LandmarkTerm", "landmark_term",
            "OutlineTerm", "PhotoTerm", "term_rows", "GaussianPrior"]
 
 
@@ -143,6 +144,7 @@ class Unknowns:
             out.cam_t = st.cam_t + d[:, 3:]
         if self.refine_focal:
             out.log_focal = st.log_focal + dx[self.focal_column]
+            out.cam_t = dolly(out.cam_t, dx[self.focal_column])
         co = dx[self.n_cam:].reshape(self.num_subjects, self.P)
         if self.shape_fixed:
             co = torch.cat([torch.zeros_like(st.shape), co], 1)
@@ -189,7 +191,16 @@ def model_at(ctx: FitContext, st: FitState, unk: Unknowns, x: torch.Tensor | Non
         vv, hv = verts.expand(N, -1, -1), head.expand(N, 3, 3)
     else:
         vv, hv = verts[unk.view_subject], head[unk.view_subject]
-    return Model(R, t, scale_focal(st.K0, st.log_focal + x[6]), vv, hv)
+    return Model(R, dolly(t, x[6]), scale_focal(st.K0, st.log_focal + x[6]), vv, hv)
+
+
+def dolly(t: torch.Tensor, log_step: torch.Tensor) -> torch.Tensor:
+    """Translations t (N, 3) moved with a focal step of ``log_step`` (the focal scales by its
+    exp): each camera moves along its axis by the same factor, so the head keeps its size and
+    place in the image while the perspective changes. With few views the focal and the
+    cameras' distance trade off along a curved valley of the cost; in this parameterisation
+    the valley is nearly straight and the LM crosses it in a few steps."""
+    return torch.cat([t[..., :2], t[..., 2:] * torch.exp(log_step)], -1)
 
 
 @dataclass

@@ -15,9 +15,9 @@ def point_jacobian(X: torch.Tensor, J: torch.Tensor, subject: torch.Tensor, corn
     Point m is ``sum_k bary_mk X[subject_m, corners_mk]`` projected by view m's camera (no
     skew; (u, v) = (fx x / z + cx, fy y / z + cy) of ``R X + t``). The unknowns are
     lm_geometry's tangents: a rotation increment w (R = exp([w]) R), a translation increment,
-    the log-focal increment (fx, fy scale by exp) and the FLAME coefficients, whose vertex
-    Jacobian J comes from :func:`vertex_jacobian` (for a free point, J = I
-    makes the last three columns d(u, v) / dX). Explicit per point, so the cost is
+    the log-focal increment (fx, fy and t_z scale by its exp: :func:`fitting.geometry_terms.dolly`)
+    and the FLAME coefficients, whose vertex Jacobian J comes from :func:`vertex_jacobian` (for
+    a free point, J = I makes the last three columns d(u, v) / dX). Explicit per point, so the cost is
     O(points x P); a jacfwd through the residuals ran every point's gathers and projection
     once per tangent (~2.3 s per iteration for 25k photometric samples in 12 views).
 
@@ -38,13 +38,16 @@ def point_jacobian(X: torch.Tensor, J: torch.Tensor, subject: torch.Tensor, corn
     d_rot = torch.stack([torch.stack([zero, -az, ay], -1), torch.stack([az, zero, -ax], -1),
                          torch.stack([-ay, ax, zero], -1)], -1)                # (M, 3 xyz, 3 j)
     eye = torch.eye(3, dtype=a.dtype, device=a.device).expand(len(a), 3, 3)
-    dxc = torch.cat([d_rot, eye, torch.zeros_like(a)[..., None], Rv @ dX], -1)  # (M, 3, 7 + P)
+    # the focal step is a dolly zoom: t_z scales with the focal (see fitting.geometry_terms.dolly)
+    d_focal = torch.zeros_like(a)
+    d_focal[:, 2] = t[view, 2]
+    dxc = torch.cat([d_rot, eye, d_focal[..., None], Rv @ dX], -1)             # (M, 3, 7 + P)
     x, y, z = (a + t[view]).unbind(-1)
     fx, fy = K[view, 0, 0], K[view, 1, 1]
     du = (fx / z)[:, None] * (dxc[:, 0] - (x / z)[:, None] * dxc[:, 2])
     dv = (fy / z)[:, None] * (dxc[:, 1] - (y / z)[:, None] * dxc[:, 2])
-    du[:, 6] = fx * x / z                                                      # d / d log focal
-    dv[:, 6] = fy * y / z
+    du[:, 6] += fx * x / z                                                     # fx, fy scale by exp
+    dv[:, 6] += fy * y / z
     return torch.stack([du, dv], 1)
 
 

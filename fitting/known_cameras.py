@@ -244,7 +244,7 @@ class CameraPrior:
         N = unk.num_views
         self.sigma = calibration_sigma(ctx.cfg, target.cam_t.dtype, target.cam_t.device)
         self.R, self.C = target.R().detach(), camera_centers(target.R(), target.cam_t).detach()
-        self.size, self.N = unk.size, N
+        self.size, self.N, self.cols = unk.size, N, unk.camera_columns()
 
     def residuals(self, st: FitState) -> torch.Tensor:
         """(N, 6) [w_i, C_i - C*_i] / sigma / sqrt(68 N)."""
@@ -254,21 +254,26 @@ class CameraPrior:
         return float(self.residuals(st).pow(2).sum())
 
     def normal_equations(self, st: FitState) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """(A (size, size), g (size,), cost): 6 x 6 blocks on the views' pose columns."""
+        """(A (size, size), g (size,), cost): 6 x 6 blocks on the views' pose columns, and
+        their coupling with the focal column when the focal is refined."""
         r = self.residuals(st)
         R, t, N = st.R(), st.cam_t, self.N
         RT = R.transpose(1, 2)
-        # dw/dw = I; C = -R^T t moves by -R^T [t]x dw - R^T dt (R <- exp([dw]) R, t <- t + dt)
-        J = torch.zeros(N, 6, 6, dtype=r.dtype, device=r.device)
+        # dw/dw = I; C = -R^T t moves by -R^T [t]x dw - R^T dt (R <- exp([dw]) R, t <- t + dt),
+        # and by -R^T e_z t_z per unit of log focal (the focal step's dolly)
+        J = torch.zeros(N, 6, self.cols.shape[1], dtype=r.dtype, device=r.device)
         J[:, :3, :3] = torch.eye(3, dtype=r.dtype, device=r.device)
+        J[:, 3:, 3:6] = -RT
         J[:, 3:, :3] = -RT @ skew(t)
-        J[:, 3:, 3:] = -RT
+        if J.shape[2] == 7:
+            J[:, 3:, 6] = -RT[:, :, 2] * t[:, 2:]
         J = J / self.sigma[:, None] / math.sqrt(LANDMARKS * N)
-        A = torch.zeros(self.size, self.size, dtype=r.dtype, device=r.device)
-        g = torch.zeros(self.size, dtype=r.dtype, device=r.device)
-        A[:6 * N, :6 * N] = torch.block_diag(*(J.transpose(1, 2) @ J))
-        g[:6 * N] = (J.transpose(1, 2) @ r[..., None])[..., 0].reshape(-1)
-        return A, g, float(r.pow(2).sum())
+        Jt = J.transpose(1, 2)
+        idx = (self.cols[:, :, None] * self.size + self.cols[:, None, :]).reshape(-1)
+        A = torch.zeros(self.size * self.size, dtype=r.dtype, device=r.device).index_add_(0, idx, (Jt @ J).reshape(-1))
+        g = torch.zeros(self.size, dtype=r.dtype, device=r.device).index_add_(
+            0, self.cols.reshape(-1), (Jt @ r[..., None]).reshape(-1))
+        return A.view(self.size, self.size), g, float(r.pow(2).sum())
 
 
 class TemporalPrior:

@@ -19,9 +19,10 @@ reduces to exactly that, and so do Helmert's traces (less the points' 3 P).
 
 For a view, from its rotation increment w (R <- exp([w]) R) and translation increment:
 ``rotation_sigma_deg`` = sqrt(E|w|^2) and ``center_sigma_mm`` = sqrt(E|dC|^2), with
-``dC = R^T (w x t - dt)``. For the scene: the head frame's rotation against the rig (the
-views' common rotation, ``mean_i R_i^T w_i`` in the head frame), and the focal length when
-it is refined. Linearised and Gaussian: a guide to the noise, blind to biases that the model
+``dC = R^T (w x t - dt - e_z t_z df)``, df the log focal's increment when it is refined (its
+step moves every camera along its axis: :func:`fitting.geometry_terms.dolly`). For the scene:
+the head frame's rotation against the rig (the views' common rotation, ``mean_i R_i^T w_i``
+in the head frame), and the focal length when it is refined. Linearised and Gaussian: a guide to the noise, blind to biases that the model
 cannot see (e.g. a structured outline error).
 """
 from __future__ import annotations
@@ -36,7 +37,8 @@ from fitting.geometry_terms import GaussianPrior, Unknowns, term_rows
 from fitting.rotations import skew
 from fitting.state import FitState
 
-__all__ = ["Group", "term_groups", "helmert_matrix", "variance_factors", "covariance_parts", "camera_uncertainty"]
+__all__ = ["Group", "term_groups", "helmert_matrix", "variance_factors", "covariance_parts", "camera_uncertainty",
+           "center_tangent"]
 
 
 @dataclass
@@ -133,6 +135,13 @@ def camera_uncertainty(ctx: FitContext, st: FitState) -> dict | None:
         return None
 
 
+def center_tangent(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """(3, 7) dC / d[w, dt, d log focal] of a camera's centre C = -R^T t, R (3, 3), t (3,), under
+    the LM's increments: R <- exp([w]) R, t <- t + dt, and the focal step's dolly (t_z scales
+    with the focal, :func:`fitting.geometry_terms.dolly`)."""
+    return torch.cat([-R.T @ skew(t), -R.T, -R.T[:, 2:] * t[2]], 1)
+
+
 def _camera_uncertainty(ctx: FitContext, st: FitState) -> dict:
     """:func:`camera_uncertainty` without the rig case and the guard."""
     from fitting.stages import lm_unknowns
@@ -152,13 +161,15 @@ def _camera_uncertainty(ctx: FitContext, st: FitState) -> dict:
     cov = sum(parts.values())
 
     R, t = st.R().double(), st.cam_t.double()
+    cam_cols = unk.camera_columns()
     views, common = [], torch.zeros(3, len(A), dtype=torch.float64)
     for i in range(N):          # 3x3 blocks per view: a loop over a dozen views, not a hot path
         if not posed[i]:
             views.append(None)
             continue
-        c = cov[6 * i: 6 * i + 6, 6 * i: 6 * i + 6]
-        M = torch.cat([-R[i].T @ skew(t[i]), -R[i].T], 1)                     # dC = M [w; dt]
+        cols = cam_cols[i]
+        c = cov[cols[:, None], cols[None, :]]
+        M = center_tangent(R[i], t[i])[:, :len(cols)]
         views.append({"rotation_sigma_deg": math.degrees(math.sqrt(float(c[:3, :3].trace()))),
                       "center_sigma_mm": 1000 * math.sqrt(float((M @ c @ M.T).trace()))})
         common[:, 6 * i: 6 * i + 3] = R[i].T / int(posed.sum())

@@ -104,6 +104,17 @@ class FrameRig:
         M.scatter_(2, (6 * K + 6 * self.view_camera[:, None] + six).expand(6, N, 6).transpose(0, 1), cam)
         return M.reshape(6 * N, self.size)
 
+    def focal_map(self) -> torch.Tensor:
+        """(6 N + 1,): a log focal step of these unknowns, which scales K alone, as the geometry
+        LM's per-view tangents and its focal column. Its focal step also moves each view along
+        its axis (:func:`fitting.geometry_terms.dolly`), which cameras that the frames share
+        cannot follow, so each view's t_z step undoes that."""
+        t = self.views()[1]
+        col = torch.zeros(6 * len(t) + 1, dtype=t.dtype)
+        col[5:-1:6] = -t[:, 2]
+        col[-1] = 1
+        return col
+
 
 class RigPrior:
     """Each camera held to its calibration (R*_c, t*_c), as :class:`fitting.known_cameras.CameraPrior`
@@ -204,7 +215,10 @@ def solve_frame_rig(ctx: FitContext, st: FitState, rig: FrameRig, prior: RigPrio
 
     def full_map(r: FrameRig) -> torch.Tensor:
         """(base.size, size): the base unknowns as linear functions of these."""
-        return torch.block_diag(r.tangent_map(), focal, coef)
+        M = torch.block_diag(r.tangent_map(), focal, coef)
+        if nf:
+            M[:n_views + 1, rig.size] = r.focal_map()
+        return M
 
     tracks = ctx.tracks
 

@@ -236,11 +236,13 @@ def test_rig_jacobians_equal_autodiff(rig_solver):
     unk = Unknowns.of(st, False, rig=True)
     assert unk.n_cam == 6 and unk.camera_columns().tolist() == [list(range(6))] * N
     _check_row_jacobians(ctx, st, unk)
-    # the prior, at a state moved off its target
-    views = Unknowns.of(st, False)
-    prior = CameraPrior(ctx, views, st)
-    moved = views.apply(st, torch.randn(views.size) * 1e-2)
-    _check_prior(prior, views, moved)
+    # the prior, at a state moved off its target, with the focal held and refined (its step
+    # moves the cameras: fitting.geometry_terms.dolly)
+    for refine_focal in (False, True):
+        views = Unknowns.of(st, refine_focal)
+        prior = CameraPrior(ctx, views, st)
+        moved = views.apply(st, torch.randn(views.size) * 1e-2)
+        _check_prior(prior, views, moved)
 
 
 def _check_prior(prior, unk, st) -> None:

@@ -44,7 +44,7 @@ def test_masked_blur_keeps_a_constant_and_ignores_outside():
 def test_point_jacobian_equals_autodiff(standin):
     """point_jacobian's chain rule (with vertex_jacobian) against torch.func.jacfwd of the
     projected mesh points written out from their definition (rotation increment exp([w]) R,
-    translation, log focal, FLAME coefficients incl. the jaw), for two subjects in three views
+    translation, log focal with the cameras' dolly, FLAME coefficients incl. the jaw), for two subjects in three views
     of the stand-in head. (tests/fitting/test_pipeline.py checks each LM term's Jacobian the same way.)"""
     g = torch.Generator().manual_seed(0)
     S, E = standin.n_shape, standin.n_exp
@@ -65,6 +65,7 @@ def test_point_jacobian_equals_autodiff(standin):
     def uv(x):
         Rx = axis_angle_to_matrix(x[:3].expand(3, 3)) @ R
         tx = t + x[3:6]
+        tx = torch.cat([tx[:, :2], tx[:, 2:] * torch.exp(x[6])], 1)     # the focal step's dolly
         c = co + x[7:]
         p = torch.cat([pose[:, :6], c[:, S + E:], pose[:, 9:]], 1)
         V = standin(c[:, :S], c[:, S:S + E], p)[0][subject_of_view[view]]          # (M, V, 3)

@@ -152,6 +152,11 @@ def test_real_multiview_sample(shared_data, real_sample_estimate):
         assert (out / f).is_file()
     det = json.loads((out / "fit_details.json").read_text())
     assert det["focal"]["refined"]
+    # the rig's 30 views give 3323 px (issue 5); SfM on these 8 is a bas-relief (1133 px). -19 %
+    # measured (2680 px, sigma 5 %); -46 % (1809 px) before the focal step was a dolly zoom,
+    # when the LM stopped short of its optimum (docs/FITTING.md, "Focal length")
+    print("focal", det["focal"], "sigma %", report["uncertainty"]["focal_sigma_pct"])
+    assert abs(det["focal"]["fitted_px"] / 3323 - 1) <= 0.25, det["focal"]
     assert not any(p.name in ("landmarks.json", "masks") for p in scene.iterdir())  # read-only scene untouched
 
 

@@ -43,7 +43,9 @@ def _dense_step(term, R0, t0, K0, w, n_unk, lam):
         K = K0.clone()
         K[:, 0, 0] = K0[:, 0, 0] * torch.exp(c[6 * N])
         K[:, 1, 1] = K0[:, 1, 1] * torch.exp(c[6 * N])
-        return (term.residuals(R, t0 + d[:, 3:], K, term.points + X) * w[:, None]).reshape(-1)
+        t = t0 + d[:, 3:]
+        t = torch.cat([t[:, :2], t[:, 2:] * torch.exp(c[6 * N])], 1)   # the focal step's dolly
+        return (term.residuals(R, t, K, term.points + X) * w[:, None]).reshape(-1)
 
     z0 = torch.zeros(n_unk + 3 * P, dtype=torch.float64)
     J = torch.func.jacfwd(res)(z0)

@@ -105,3 +105,30 @@ def test_reduced_track_block_gives_the_marginal_covariance_and_helmert_matrix():
     Fp[:n, :n] = prior
     full = [Group("track", Ft, 0.0, 2 * len(term.view)), Group("prior", Fp, 0.0, n)]
     torch.testing.assert_close(H, helmert_matrix(full), rtol=1e-7, atol=1e-7)
+
+
+def test_center_tangent_is_the_derivative_of_the_lm_step():
+    """center_tangent (how a view's centre moves with its LM increments, the focal's dolly
+    included) against jacfwd of the centres of Unknowns.apply's moved state."""
+    from fitting.geometry_terms import Unknowns
+    from fitting.render.cameras import look_at, matrix_to_rot
+    from fitting.state import FitState
+    from fitting.uncertainty import center_tangent
+
+    N = 3
+    yaw = torch.tensor([-0.7, 0.2, 0.9])
+    R, t = look_at(torch.stack([torch.sin(yaw), 0.2 * torch.ones(N), torch.cos(yaw)], -1), torch.zeros(N, 3))
+    K = torch.tensor([[900.0, 0, 130], [0, 900, 120], [0, 0, 1]]).expand(N, 3, 3)
+    st = FitState.create(N, torch.zeros(N, dtype=torch.long), K, 4, 3, (3, 8, 8), cam_rot=matrix_to_rot(R), cam_t=t)
+    unk = Unknowns.of(st, True)
+
+    def centres(dx):
+        m = unk.apply(st, dx)
+        return -(m.R().transpose(1, 2) @ m.cam_t[..., None])[..., 0]          # (N, 3)
+
+    J = torch.func.jacfwd(centres)(torch.zeros(unk.size))                      # (N, 3, size)
+    cols = unk.camera_columns()
+    for i in range(N):
+        ref = J[i][:, cols[i]]
+        torch.testing.assert_close(center_tangent(st.R()[i], st.cam_t[i]), ref, rtol=1e-5, atol=1e-6)
+        assert float(ref[:, 6].norm()) > 0.1                                   # the dolly moves it

@@ -59,8 +59,9 @@ def test_real_views_as_a_sequence_without_cameras(estimated):
     names = [f"{v.stem}.jpg" for v in views]
     cams = load_calibration(out / "cameras.json", names, {n: (520, 696) for n in names})
     # SfM's model is a bas-relief, so the keyframe refined the focal length, and the solve over
-    # the frames refines it again: 3.9 % measured, within the keyframe's own 4 % sigma
-    # (docs/FITTING.md); the two frames are the same photos, so they add no information on it
+    # the frames refines it again: -1.4 % measured (2679 -> 2642 px), within the keyframe's own
+    # 5 % sigma (docs/FITTING.md); the two frames are the same photos, so they add no
+    # information on it
     change = rep["summary"]["refine"]["focal_change_from_keyframe_pct"]
     assert details["focal"]["refined"] and abs(change) <= 8.0, (details["focal"], change)
     assert all(np.isclose(c.K[0, 0], details["focal"]["fitted_px"] * (1 + change / 100), rtol=1e-5)
@@ -70,9 +71,13 @@ def test_real_views_as_a_sequence_without_cameras(estimated):
     assert np.linalg.norm(z["head_t"][1] - z["head_t"][0]) * 1000 < 0.01
     assert np.abs(z["head_R"][1] - z["head_R"][0]).max() < 1e-4
     # ... up to the focal length's change: a lens k % longer sees the head as if k % further, which
-    # the solve splits between moving the cameras and the head (24.6 mm measured)
+    # the solve splits between moving the cameras and the head. The prior holds the cameras, so
+    # the head takes about all of it, and more than k % of the distance: a view at angle a to
+    # the direction it moves sees only cos a of the move (1 / cos 35 deg = 1.22; 19.8 mm
+    # measured for 1.4 % of 1.33 m, 18.3 mm)
     distance = np.mean([np.linalg.norm(c.R.T @ c.t) for c in cams.values()])
-    assert np.linalg.norm(z["head_t"][0]) <= 0.001 + abs(change) / 100 * distance, (z["head_t"][0], change, distance)
+    assert np.linalg.norm(z["head_t"][0]) <= 0.001 + 1.25 * abs(change) / 100 * distance, \
+        (z["head_t"][0], change, distance)
     assert np.abs(z["head_R"][0] - np.eye(3)).max() < 0.01
     assert s["landmark_rmse_px_mean"] <= 1.2 * 3.4                   # the single-capture fit's figure
 

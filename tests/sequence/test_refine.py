@@ -53,6 +53,34 @@ def test_tangent_map_is_the_first_order_of_a_step():
     assert torch.allclose(M, ref, atol=1e-8), float((M - ref).abs().max())
 
 
+def test_focal_map_scales_k_alone():
+    """The rig's focal unknown through the geometry LM's per-view unknowns (whose focal step is
+    a dolly): the focal factor moves, the views' translations do not (central differences)."""
+    from fitting.geometry_terms import Unknowns
+    from fitting.render.cameras import matrix_to_rot
+    from fitting.state import FitState
+
+    rig = _rig()
+    R, t = rig.views()
+    N = len(R)
+    st = FitState.create(N, torch.zeros(N, dtype=torch.long), torch.eye(3).expand(N, 3, 3), 4, 3, (3, 8, 8),
+                         cam_rot=matrix_to_rot(R.float()), cam_t=t.float())
+    base = Unknowns.of(st, True)
+    col = rig.focal_map()
+    assert col.shape == (6 * N + 1,) and base.focal_column == 6 * N
+
+    def moved(eps: float):
+        step = torch.zeros(base.size)
+        step[:6 * N + 1] = eps * col.float()
+        m = base.apply(st, step)
+        return m.cam_t.double(), float(m.log_focal)
+
+    eps = 1e-2            # float32 state; the central difference leaves O(eps^2) of t_z
+    (tp, fp), (tm, fm) = moved(eps), moved(-eps)
+    assert abs((fp - fm) / (2 * eps) - 1) < 1e-5
+    assert float(((tp - tm) / (2 * eps)).abs().max()) < 1e-3 * float(t.abs().max())
+
+
 def test_a_step_keeps_the_views_one_rig():
     """Views of one camera stay one camera in the rig frame after any step (R_c = R H_R^T the same
     from every frame)."""
