@@ -2,7 +2,6 @@
 Carlo of a weighted linear least-squares problem whose weights do not match its noise, and a
 dense solve of the track term with its points kept as unknowns."""
 import numpy as np
-import pytest
 import torch
 
 from fitting.tracks import TrackTerm, Tracks
