@@ -236,7 +236,8 @@ class CameraPrior:
     centre (what a bumped camera does) then costs rotation only, while t = -R C would charge it
     |C| x the angle of translation too. The interface of
     :class:`fitting.geometry_terms.GaussianPrior`, Gauss-Newton in the per-view tangents
-    (R <- exp([w]) R, t <- t + d)."""
+    (R <- exp([w]) R, t <- t + d) and, when the focal is refined, its column (whose step moves
+    every camera along its axis: :func:`fitting.geometry_terms.dolly`)."""
 
     name = "camera_prior"
 

@@ -22,8 +22,8 @@ For a view, from its rotation increment w (R <- exp([w]) R) and translation incr
 ``dC = R^T (w x t - dt - e_z t_z df)``, df the log focal's increment when it is refined (its
 step moves every camera along its axis: :func:`fitting.geometry_terms.dolly`). For the scene:
 the head frame's rotation against the rig (the views' common rotation, ``mean_i R_i^T w_i``
-in the head frame), and the focal length when it is refined. Linearised and Gaussian: a guide to the noise, blind to biases that the model
-cannot see (e.g. a structured outline error).
+in the head frame), and the focal length when it is refined. Linearised and Gaussian: a guide
+to the noise, blind to biases that the model cannot see (e.g. a structured outline error).
 """
 from __future__ import annotations
 

@@ -52,7 +52,8 @@ from fitting.tracks import TrackTerm
 
 ROW_BLOCK = 4096   # rows of the row terms spread to the per-view columns at a time (memory)
 
-__all__ = ["FrameRig", "RigPrior", "TrackedFrame", "refine_over_frames", "solve_frame_rig", "stack_frames", "pick_frames"]
+__all__ = ["FrameRig", "RigPrior", "TrackedFrame", "refine_over_frames", "solve_frame_rig", "stack_frames", "pick_frames",
+           "unknowns_map"]
 
 
 @dataclass(frozen=True)
@@ -208,17 +209,12 @@ def solve_frame_rig(ctx: FitContext, st: FitState, rig: FrameRig, prior: RigPrio
     base = Unknowns.of(st, ctx.refine_focal)                 # per-view tangents, [focal], per-subject coefficients
     n_views = 6 * base.num_views
     gauss = GaussianPrior(ctx, base, st.shape.device, st.shape.dtype)
-    focal = torch.eye(int(ctx.refine_focal), dtype=torch.float64)   # the focal column passes through
     coef = _shared_shape_map(base)
-    nf = focal.shape[1]
+    nf = int(ctx.refine_focal)
     size = rig.size + nf + coef.shape[1]
 
     def full_map(r: FrameRig) -> torch.Tensor:
-        """(base.size, size): the base unknowns as linear functions of these."""
-        M = torch.block_diag(r.tangent_map(), focal, coef)
-        if nf:
-            M[:n_views + 1, rig.size] = r.focal_map()
-        return M
+        return unknowns_map(r, coef, ctx.refine_focal)
 
     tracks = ctx.tracks
 
@@ -276,6 +272,18 @@ def solve_frame_rig(ctx: FitContext, st: FitState, rig: FrameRig, prior: RigPrio
     if tracks is not None:
         tracks.points = x.points
     return x.state, x.rig
+
+
+def unknowns_map(rig: FrameRig, coef: torch.Tensor, refine_focal: bool) -> torch.Tensor:
+    """(6 N [+ 1] + G P, rig.size [+ 1] + coef's columns): the geometry LM's per-view unknowns
+    (:class:`fitting.geometry_terms.Unknowns`: view tangents, [the focal], each subject's
+    coefficients) as linear functions of the frame rig's (the rig's tangents, [the focal,
+    scaling K alone: :meth:`FrameRig.focal_map`], the coefficients through ``coef``)."""
+    n_views = 6 * len(rig.view_frame)
+    M = torch.block_diag(rig.tangent_map(), torch.eye(int(refine_focal), dtype=torch.float64), coef)
+    if refine_focal:
+        M[:n_views + 1, rig.size] = rig.focal_map()
+    return M
 
 
 def _shared_shape_map(base: Unknowns) -> torch.Tensor:

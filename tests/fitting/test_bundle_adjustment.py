@@ -163,6 +163,7 @@ def test_sfm_poses_that_miss_the_landmarks_are_not_trusted(scene):
     assert float(wrong["sfm_trust_why"].split("differ by ")[1].split(" deg")[0]) <= cfg.sfm_trust_deg
 
 
+@pytest.mark.slow   # two geometry fits, ~6 s
 def test_a_focal_far_off_comes_back_with_tracks(scene):
     """SfM's focal length from few views can be a bas-relief's, a third of the truth (on the real
     sample 1133 px, against 3323 from the rig's 30 views). Started there, with PnP poses and the
