@@ -33,7 +33,7 @@ from fitting.export.source import FitResult, fitted_landmarks, load_fit, project
 from fitting.images import read_image
 from fitting.visualize import DETECTED, FITTED, draw_landmarks, error_heatmap, label
 
-__all__ = ["write_viewer", "summary_lines", "camera_figure", "turntable_frames", "orbit_frames"]
+__all__ = ["write_viewer", "summary_lines", "focal_line", "camera_figure", "turntable_frames", "orbit_frames"]
 
 
 def _data_uri(img: np.ndarray, fmt: str = ".jpg") -> str:
@@ -269,6 +269,23 @@ def write_viewer(folder, history=None, prep_dir=None, model_path=None, max_side:
     return atomic_write_bytes(folder / "index.html", page.encode())
 
 
+# a refined focal length less certain than this is worth a warning: the cameras' distances,
+# hence the scene's depth, are as uncertain
+FOCAL_SIGMA_WARN_PCT = 10.0
+
+
+def focal_line(focal_px: float, sigma_pct: float | None) -> str:
+    """The summary's focal-length line; sigma_pct: the refined focal's standard error (None:
+    the focal length was held)."""
+    if sigma_pct is None:
+        return f"  focal length: {focal_px:.1f} px (held)"
+    line = f"  focal length: {focal_px:.1f} px (refined, sigma {sigma_pct:.1f} %)"
+    if sigma_pct > FOCAL_SIGMA_WARN_PCT:
+        line += ("; warning: these views barely fix it, and the cameras' distances are as uncertain: give "
+                 "it (the photos' EXIF, or --cameras with a calibration), or fit with SfM's tracks and more views")
+    return line
+
+
 def summary_lines(report: dict, folder) -> list:
     """A short end-of-run summary: where the result is, what was written, how good it is."""
     folder = Path(folder)
@@ -291,6 +308,8 @@ def summary_lines(report: dict, folder) -> list:
         return f"  {what}: mean {x.mean():.3f}{unit}, worst {w[0]:.3f}{unit} ({w[1]})"
     lines += [stat("landmark_rmse_px", "landmark RMSE", " px"), stat("epipolar_px_median", "epipolar (median)", " px"),
               stat("mask_iou", "mask IoU", "", worst=min)]
+    if used and used[0].get("K") is not None:
+        lines.append(focal_line(used[0]["K"][0][0], (report.get("uncertainty") or {}).get("focal_sigma_pct")))
     fl = report.get("flagged_views") or []
     lines.append("  flagged views: " + ("; ".join(f"{f['name']} ({f['reason']})" for f in fl) if fl else "none"))
     out = [v for v in report.get("views", []) if not v.get("used")]

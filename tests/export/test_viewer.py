@@ -98,6 +98,17 @@ def test_summary_names_worst_view_and_outputs(fit):
     assert f"Result: {out}" in text and "index.html" in text and "exports: colmap deca" in text
     assert f"({worst['name']})" in text.split("landmark RMSE")[1].splitlines()[0]
     assert "mask IoU" in text and "flagged views: none" in text
+    assert "focal length:" in text and "(held)" in text                 # the demo's K is known
+
+
+def test_summary_states_the_focal_length_and_warns_when_it_is_loose():
+    """The summary's focal line: held, refined, and refined but loose (the real sample's 8 views
+    fitted by their landmarks alone: sigma 20 %), which says what to give."""
+    from fitting.viewer import FOCAL_SIGMA_WARN_PCT, focal_line
+    assert focal_line(1228.8, None) == "  focal length: 1228.8 px (held)"
+    assert "warning" not in focal_line(2679.4, 5.0) and "sigma 5.0 %" in focal_line(2679.4, 5.0)
+    loose = focal_line(3841.4, 19.9)
+    assert 19.9 > FOCAL_SIGMA_WARN_PCT and "warning" in loose and "--cameras" in loose and "EXIF" in loose
 
 
 def test_boolean_options_accept_the_bare_flag():
