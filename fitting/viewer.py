@@ -274,11 +274,13 @@ def write_viewer(folder, history=None, prep_dir=None, model_path=None, max_side:
 FOCAL_SIGMA_WARN_PCT = 10.0
 
 
-def focal_line(focal_px: float, sigma_pct: float | None) -> str:
-    """The summary's focal-length line; sigma_pct: the refined focal's standard error (None:
-    the focal length was held)."""
-    if sigma_pct is None:
+def focal_line(focal_px: float, refined: bool, sigma_pct: float | None) -> str:
+    """The summary's focal-length line; sigma_pct: the refined focal's standard error (None when
+    none was computed: with ``--cameras``, or a singular problem)."""
+    if not refined:
         return f"  focal length: {focal_px:.1f} px (held)"
+    if sigma_pct is None:
+        return f"  focal length: {focal_px:.1f} px (refined)"
     line = f"  focal length: {focal_px:.1f} px (refined, sigma {sigma_pct:.1f} %)"
     if sigma_pct > FOCAL_SIGMA_WARN_PCT:
         line += ("; warning: these views barely fix it, and the cameras' distances are as uncertain: give "
@@ -308,8 +310,10 @@ def summary_lines(report: dict, folder) -> list:
         return f"  {what}: mean {x.mean():.3f}{unit}, worst {w[0]:.3f}{unit} ({w[1]})"
     lines += [stat("landmark_rmse_px", "landmark RMSE", " px"), stat("epipolar_px_median", "epipolar (median)", " px"),
               stat("mask_iou", "mask IoU", "", worst=min)]
-    if used and used[0].get("K") is not None:
-        lines.append(focal_line(used[0]["K"][0][0], (report.get("uncertainty") or {}).get("focal_sigma_pct")))
+    details = folder / "fit_details.json"
+    if used and used[0].get("K") is not None and details.is_file():
+        refined = bool(json.loads(details.read_text())["focal"]["refined"])
+        lines.append(focal_line(used[0]["K"][0][0], refined, (report.get("uncertainty") or {}).get("focal_sigma_pct")))
     fl = report.get("flagged_views") or []
     lines.append("  flagged views: " + ("; ".join(f"{f['name']} ({f['reason']})" for f in fl) if fl else "none"))
     out = [v for v in report.get("views", []) if not v.get("used")]

@@ -105,9 +105,10 @@ def test_summary_states_the_focal_length_and_warns_when_it_is_loose():
     """The summary's focal line: held, refined, and refined but loose (the real sample's 8 views
     fitted by their landmarks alone: sigma 20 %), which says what to give."""
     from fitting.viewer import FOCAL_SIGMA_WARN_PCT, focal_line
-    assert focal_line(1228.8, None) == "  focal length: 1228.8 px (held)"
-    assert "warning" not in focal_line(2679.4, 5.0) and "sigma 5.0 %" in focal_line(2679.4, 5.0)
-    loose = focal_line(3841.4, 19.9)
+    assert focal_line(1228.8, False, None) == "  focal length: 1228.8 px (held)"
+    assert focal_line(1228.8, True, None) == "  focal length: 1228.8 px (refined)"     # --cameras: no sigma
+    assert "warning" not in focal_line(2679.4, True, 5.0) and "sigma 5.0 %" in focal_line(2679.4, True, 5.0)
+    loose = focal_line(3841.4, True, 19.9)
     assert 19.9 > FOCAL_SIGMA_WARN_PCT and "warning" in loose and "--cameras" in loose and "EXIF" in loose
 
 
