@@ -29,7 +29,7 @@ from fitting.known_cameras import CameraPrior, snap_to_rig
 from fitting.lm import NormalEquations, levenberg_marquardt
 from fitting.losses import (gaussian_prior, landmark_point_weights, landmark_rmse, mask_iou, masked_photometric_l1,
                             robust_landmark_loss, silhouette_loss, texture_smoothness)
-from fitting.render.cameras import matrix_to_rot
+from fitting.render.cameras import matrix_to_rot, project_points
 from fitting.state import FitState
 
 __all__ = ["initialize", "mean_head_pnp", "stage_geometry", "lm_geometry", "lm_unknowns", "geometry_terms",
@@ -74,11 +74,9 @@ SFM_TRUST_WIDTH_FRAC = 0.08
 def _landmark_rmse_px(lmk3d: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray, lm: np.ndarray) -> np.ndarray:
     """(M,) RMSE (px) of each view's points lmk3d (M, P, 3) projected by R (M, 3, 3), t (M, 3),
     K (M, 3, 3) against lm (M, P, 2); inf for a view where a point lies behind the camera."""
-    x = np.einsum("mij,mpj->mpi", R, lmk3d) + t[:, None]
-    behind = x[..., 2].min(1) <= 0
-    z = np.where(x[..., 2:] > 0, x[..., 2:], 1.0)
-    uv = x[..., :2] / z * np.stack([K[:, 0, 0], K[:, 1, 1]], -1)[:, None] + K[:, None, :2, 2]
-    return np.where(behind, np.inf, np.sqrt(((uv - lm) ** 2).sum(-1).mean(-1)))
+    uv, z = project_points(*(torch.as_tensor(a, dtype=torch.float64) for a in (lmk3d, K, R, t)))
+    rmse = np.sqrt(((uv.numpy() - lm) ** 2).sum(-1).mean(-1))
+    return np.where(z.numpy().min(1) <= 0, np.inf, rmse)
 
 
 def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
@@ -88,8 +86,8 @@ def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
 
     sfm_poses: N entries of (R (3,3), t (3,)) or None. prefer_sfm: when SfM is consistent
     with PnP (the median view's poses agree within ``trust_deg``, default ``--sfm_trust_deg``;
-    negative: SfM never trusted; and they fit the landmarks, see :data:`SFM_TRUST_PNP_RATIO`), take the SfM pose of
-    every view that has one: a profile's landmarks can fit a wrong PnP pose better than the
+    negative: SfM never trusted; and they fit the landmarks, see :data:`SFM_TRUST_PNP_RATIO`),
+    take the SfM pose of every view that has one: a profile's landmarks can fit a wrong PnP pose better than the
     right one. With few views SfM can land on a bas-relief solution (a wrong focal length
     traded against flattened depth and compressed angles), which no similarity aligns with
     PnP: then PnP's poses stay, except for views beyond ``lmk_max_yaw_deg``. Returns (state, info) with per-view ``pnp_ok``,

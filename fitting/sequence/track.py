@@ -186,8 +186,8 @@ def fit_frame(cfg, loaded: tuple, prev: tuple | None, sig: tuple | None, photo: 
     landmarks (:func:`initialize_from_rig`) and fitted with ``track_first_iters``; a later one
     started at ``prev`` = (H_R, H_t, expression (E,), jaw (3,)) of the frame before and tied to it
     by the temporal prior (``sig``: its sigmas; unused for a first frame). ``photo``: the
-    photometric rows in the last round (with ``--w_photo_gn``). The loaded state is not changed. Returns (fitted state, (H_R, H_t,
-    expression, jaw)) with the head's pose in the rig."""
+    photometric rows in the last round (with ``--w_photo_gn``). The loaded state is not
+    changed. Returns (fitted state, (H_R, H_t, expression, jaw)) with the head's pose in the rig."""
     ctx, st, rig, _ = loaded
     if prev is None:
         st, _ = initialize_from_rig(ctx, st, rig)
