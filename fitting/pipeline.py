@@ -32,10 +32,10 @@ from fitting.model import load_model, texture_shape
 from fitting.run import Progress, StageHooks, run_stages, seed_everything
 from fitting.stages import cameras64, initialize
 from fitting.state import FitState, check_resume_options, load_checkpoint, save_checkpoint
-from fitting.uncertainty import camera_uncertainty
+from fitting.uncertainty import camera_uncertainty, geometry_convergence
 
 __all__ = ["fit_scene", "decide_refine_focal", "judge_scene_sfm", "focal_prior_px",
-           "head_mask_test", "scene_tracks", "attach_tracks", "write_outputs", "output_folder",
+           "head_mask_test", "scene_tracks", "tracks_unused_why", "attach_tracks", "write_outputs", "output_folder",
            "checkpoint_path", "RESULT_FILES"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,6 +146,16 @@ def judge_scene_sfm(ctx: FitContext, state: FitState, scene: Scene) -> dict | No
     pnp = {n: (R[i], float(yaw[i])) for i, n in enumerate(scene.names) if ok[i]}
     return judge_sfm(read_sfm_model(scene.prep_dir / model, scene.names), scene.num_views, pnp=pnp,
                      focal_prior_px=focal_prior_px(scene))
+
+
+def tracks_unused_why(cfg) -> str:
+    """Why a fit's tracks have no points at its end: untrusted SfM points are triangulated when the
+    first round after the static ones starts (:func:`fitting.stages.stage_geometry`), and with
+    ``--camera_mode fixed`` they take no part."""
+    if cfg.camera_mode == "fixed":
+        return "with --camera_mode fixed the cameras are the calibration's"
+    return (f"they join after the {cfg.geom_static_rounds} static landmark round(s), and --geom_rounds "
+            f"{cfg.geom_rounds} leaves none after them: fit with --geom_rounds {cfg.geom_static_rounds + 1}")
 
 
 def attach_tracks(ctx: FitContext, cfg, scene: Scene, tracks, init_info: dict, points=None) -> None:
@@ -301,7 +311,7 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
         ctx.refine_focal, refine_why = decide_refine_focal(cfg, scene.cameras, sfm_quality)
         refine = ctx.refine_focal
     ckpt_path = checkpoint_path(cfg)
-    progress, init_info = Progress(), {}
+    progress, init_info, convergence = Progress(), {}, None
     if cfg.resume and ckpt_path.is_file():
         ck = load_checkpoint(ckpt_path, device)
         if ck["extra"].get("names") == scene.names:
@@ -310,6 +320,7 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
             progress = Progress(ck["progress"]["done"], ck["progress"].get("pos", 0))
             ctx.history = ck["history"]
             init_info = ck["extra"].get("init_info", {})
+            convergence = ck["extra"].get("geometry_convergence")
             timing.update(ck["extra"].get("timing", {}))
             ctx.view_weights = torch.as_tensor(ck["extra"]["view_weights"], device=device)
             ctx.photo_opt_state = ck["extra"].get("photo_opt")
@@ -323,7 +334,8 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
 
     def checkpoint(stage_done: list, stage: str, p: int, st: FitState):
         save_checkpoint(ckpt_path, st, cfg_d, {"done": stage_done, "stage": stage, "pos": p}, ctx.history,
-                        {"names": scene.names, "init_info": init_info, "timing": timing,
+                        {"names": scene.names, "init_info": init_info, "geometry_convergence": convergence,
+                         "timing": timing,
                          "view_weights": ctx.view_weights.cpu().tolist(),
                          "landmark_weights": ctx.landmark_weights.cpu().tolist(),
                          "landmark_flags": {str(k): v for k, v in ctx.landmark_flags.items()},
@@ -354,7 +366,12 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
             raise ValueError("pose initialisation failed in every view (PnP found no consistent pose): "
                              "check landmarks.json and cameras.json")
 
-    state, ev = run_stages(ctx, state, StageHooks(init_poses, after_init, checkpoint), progress, timing)
+    def after_geometry(st: FitState) -> None:
+        nonlocal convergence
+        convergence = geometry_convergence(ctx, st, scene.names)
+
+    state, ev = run_stages(ctx, state, StageHooks(init_poses, after_init, after_geometry, checkpoint), progress,
+                           timing)
     uncertainty = camera_uncertainty(ctx, state)
     used = ctx.view_weights.cpu().numpy() > 0
     stage = folder.begin()
@@ -368,9 +385,11 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
 
     sx_sy = scene.scale.cpu().numpy()
     trk_rms = trk_n = None
+    tracks_used = ctx.tracks is not None and ctx.tracks.points is not None
     if ctx.tracks is not None:
-        trk_rms = ctx.tracks.view_rms(*cameras64(state), N).cpu().numpy() / sx_sy.mean(1)
         trk_n = np.bincount(ctx.tracks.view.cpu().numpy(), minlength=N)
+    if tracks_used:
+        trk_rms = ctx.tracks.view_rms(*cameras64(state), N).cpu().numpy() / sx_sy.mean(1)
     lm_pred = ev["landmarks"].cpu().numpy() / sx_sy[:, None, :]
     lm_obs = scene.landmarks.cpu().numpy() / sx_sy[:, None, :]
     rmse_orig = np.sqrt(((lm_pred - lm_obs) ** 2).sum(-1).mean(-1))
@@ -418,8 +437,9 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
                                        for n, r in sfm_registered.items()}
     report["uncertainty"] = None if uncertainty is None else {k: v for k, v in uncertainty.items() if k != "views"}
     report["tracks"] = None if ctx.tracks is None else {
-        "num_points": ctx.tracks.num_points, "num_observations": len(ctx.tracks.view),
-        "landmark_sigma_px": ctx.landmark_sigma_px}
+        "num_points": ctx.tracks.num_points, "num_observations": len(ctx.tracks.view), "used": tracks_used,
+        "why_unused": None if tracks_used else tracks_unused_why(cfg),
+        "landmark_sigma_px": ctx.landmark_sigma_px if tracks_used else None}
     if scene.ground_truth is not None:
         gt_err = ground_truth_errors(scene.ground_truth, [scene.names[i] for i in ui], arr["R"][ui], arr["t"][ui],
                                      ev["verts"][0].cpu().numpy(), lm_pred[ui], aligned=True)
@@ -431,7 +451,8 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
         "focal": {"initial_px": float(np.asarray(scene.cameras["K"])[0][0]), "source": scene.cameras.get("source"),
                   "refined": refine, "why": refine_why, "fitted_px": float(K_fit[0, 0]),
                   "width": int(scene.orig_size[0, 0])},
-        "init": init_info, "model": model_info, "left_out": scene.unused, "sfm_quality": sfm_quality,
+        "init": init_info, "geometry_convergence": convergence, "model": model_info, "left_out": scene.unused,
+        "sfm_quality": sfm_quality,
         "sfm_registered_by_fit": sfm_registered,
         "ground_truth_after_similarity": gt_aligned if scene.ground_truth is not None else None,
         "flagged_views": [scene.names[i] for i, d in enumerate(init_info.get("sfm_disagree", [])) if d]})

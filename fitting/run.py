@@ -53,6 +53,8 @@ class StageHooks:
         not place.
     after_init(state, init_info): run right after it and timed with it: weights from
         init_info, tracks; raises ValueError when no view is usable.
+    after_geometry(state): run once the geometry stage has finished, before the boundary
+        that follows it (diagnostics of the geometry estimate, which the checkpoint can keep).
     boundary(done, stage, pos, state): at each stage boundary (stage = the next stage:
         "geometry", "photometric" or "export", pos 0) and, as ``ctx.on_iter``, inside the
         geometry and photometric stages (stage = the current one, pos = its position):
@@ -61,6 +63,7 @@ class StageHooks:
 
     initialize: Callable
     after_init: Callable = _nothing
+    after_geometry: Callable = _nothing
     boundary: Callable = _nothing
 
 
@@ -96,6 +99,7 @@ def run_stages(ctx: FitContext, state: FitState, hooks: StageHooks, progress: Pr
     if "geometry" not in progress.done:
         t0 = time.perf_counter()
         state = stage_geometry(geometry_ctx, state, start_round=progress.pos)
+        hooks.after_geometry(state)
         timed("geometry", t0)
         progress.done.append("geometry")
         progress.pos = 0

@@ -32,9 +32,9 @@ from fitting.losses import (gaussian_prior, landmark_point_weights, landmark_rms
 from fitting.render.cameras import matrix_to_rot, project_points
 from fitting.state import FitState
 
-__all__ = ["initialize", "mean_head_pnp", "stage_geometry", "lm_geometry", "lm_unknowns", "geometry_terms",
-           "init_appearance", "stage_photometric", "evaluate", "cameras64", "view_yaw_deg", "distrust_profiles",
-           "distrust_outlier_views", "track_weight"]
+__all__ = ["initialize", "mean_head_pnp", "has_photo_round", "stage_geometry", "lm_geometry", "lm_unknowns",
+           "geometry_terms", "init_appearance", "stage_photometric", "evaluate", "cameras64", "view_yaw_deg",
+           "distrust_profiles", "distrust_outlier_views", "track_weight"]
 
 
 def _prior(ctx: FitContext, shape, expr, jaw, log_focal=None) -> torch.Tensor:
@@ -333,6 +333,13 @@ def track_weight(ctx: FitContext, r_lmk: torch.Tensor, pw: torch.Tensor) -> tupl
     return ratio / float(pw.sum().clamp_min(1e-8)), math.sqrt(max(sig_l2, 0.0))
 
 
+def has_photo_round(ctx: FitContext, state: FitState) -> bool:
+    """Whether :func:`stage_geometry` ends with the photometric LM round: ``--w_photo_gn`` and
+    ``--photo_gn_iters`` set, a texture space (a closed-form albedo) and one subject."""
+    c = ctx.cfg
+    return c.w_photo_gn > 0 and c.photo_gn_iters > 0 and ctx.texspace is not None and state.num_subjects == 1
+
+
 def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> FitState:
     """Landmark fit: ``geom_rounds`` rounds of Levenberg-Marquardt (:func:`lm_geometry`) over
     cameras, focal, shape, expression and jaw; the first ``geom_static_rounds`` use the 51
@@ -348,9 +355,7 @@ def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> Fi
     c = ctx.cfg
     st = state.detach()
     hist = ctx.history.setdefault("geometry", [])
-    # the photometric round needs a texture space (a closed-form albedo) and one subject
-    photo_round = (c.w_photo_gn > 0 and c.photo_gn_iters > 0
-                   and ctx.texspace is not None and state.num_subjects == 1)
+    photo_round = has_photo_round(ctx, state)
     # with a rig the cameras move together in these rounds, which tracks do not see: they join
     # the refine round only, where each camera moves on its own
     tracks = ctx.tracks if ctx.rig is None else None

@@ -33,7 +33,8 @@ from fitting.export.source import FitResult, fitted_landmarks, load_fit, project
 from fitting.images import read_image
 from fitting.visualize import DETECTED, FITTED, draw_landmarks, error_heatmap, label
 
-__all__ = ["write_viewer", "summary_lines", "focal_line", "camera_figure", "turntable_frames", "orbit_frames"]
+__all__ = ["write_viewer", "summary_lines", "focal_line", "convergence_warning", "camera_figure", "turntable_frames",
+           "orbit_frames"]
 
 
 def _data_uri(img: np.ndarray, fmt: str = ".jpg") -> str:
@@ -288,6 +289,19 @@ def focal_line(focal_px: float, refined: bool, sigma_pct: float | None) -> str:
     return line
 
 
+def convergence_warning(conv: dict) -> str:
+    """The summary's line for a geometry solve that stopped short of its optimum; conv:
+    :func:`fitting.uncertainty.geometry_convergence`'s dict."""
+    if conv["worst"] == "focal length":
+        what = f"the focal length by {conv['focal_step_pct']:+.1f} %"
+    else:
+        v = next(v for v in conv["views"] if v is not None and v["name"] == conv["worst"])
+        what = f"the camera of {v['name']} by {v['rotation_step_deg']:.2f} deg / {v['center_step_mm']:.1f} mm"
+    return (f"  warning: the geometry solve stopped before its optimum: one more step would move {what} "
+            f"({conv['step_sigma_max']:.1f} standard errors); raise --geom_lm_iters (fit_details.json "
+            "geometry_convergence)")
+
+
 def summary_lines(report: dict, folder) -> list:
     """A short end-of-run summary: where the result is, what was written, how good it is."""
     folder = Path(folder)
@@ -310,10 +324,17 @@ def summary_lines(report: dict, folder) -> list:
         return f"  {what}: mean {x.mean():.3f}{unit}, worst {w[0]:.3f}{unit} ({w[1]})"
     lines += [stat("landmark_rmse_px", "landmark RMSE", " px"), stat("epipolar_px_median", "epipolar (median)", " px"),
               stat("mask_iou", "mask IoU", "", worst=min)]
-    details = folder / "fit_details.json"
-    if used and used[0].get("K") is not None and details.is_file():
-        refined = bool(json.loads(details.read_text())["focal"]["refined"])
+    path = folder / "fit_details.json"
+    details = json.loads(path.read_text()) if path.is_file() else {}
+    if used and used[0].get("K") is not None and details:
+        refined = bool(details["focal"]["refined"])
         lines.append(focal_line(used[0]["K"][0][0], refined, (report.get("uncertainty") or {}).get("focal_sigma_pct")))
+    conv = details.get("geometry_convergence")
+    if conv and not conv["converged"]:
+        lines.append(convergence_warning(conv))
+    tracks = report.get("tracks") or {}
+    if tracks.get("used") is False:
+        lines.append(f"  warning: SfM's tracks took no part in the fit: {tracks['why_unused']}")
     fl = report.get("flagged_views") or []
     lines.append("  flagged views: " + ("; ".join(f"{f['name']} ({f['reason']})" for f in fl) if fl else "none"))
     out = [v for v in report.get("views", []) if not v.get("used")]

@@ -2,6 +2,7 @@
 the end-of-run summary, on the shared small fit (conftest.py)."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -99,6 +100,8 @@ def test_summary_names_worst_view_and_outputs(fit):
     assert f"({worst['name']})" in text.split("landmark RMSE")[1].splitlines()[0]
     assert "mask IoU" in text and "flagged views: none" in text
     assert "focal length:" in text and "(held)" in text                 # the demo's K is known
+    conv = json.loads((out / "fit_details.json").read_text())["geometry_convergence"]
+    assert conv["converged"] and "stopped before its optimum" not in text, conv
 
 
 def test_summary_states_the_focal_length_and_warns_when_it_is_loose():
@@ -110,6 +113,20 @@ def test_summary_states_the_focal_length_and_warns_when_it_is_loose():
     assert "warning" not in focal_line(2679.4, True, 5.0) and "sigma 5.0 %" in focal_line(2679.4, True, 5.0)
     loose = focal_line(3841.4, True, 19.9)
     assert 19.9 > FOCAL_SIGMA_WARN_PCT and "warning" in loose and "--cameras" in loose and "EXIF" in loose
+
+
+def test_summary_warns_when_the_geometry_solve_stopped_short():
+    """The warning names what one more step would move most, by how much, and what to do."""
+    from fitting.viewer import convergence_warning
+    view = {"name": "view29.jpg", "rotation_step_deg": 0.118, "rotation_step_sigma": 4.39, "center_step_mm": 21.3,
+            "center_step_sigma": 1.2}
+    conv = {"converged": False, "step_sigma_max": 4.39, "worst": "view29.jpg", "views": [None, view],
+            "focal_step_pct": 3.97, "focal_step_sigma": 0.8}
+    line = convergence_warning(conv)
+    assert "view29.jpg by 0.12 deg / 21.3 mm" in line and "4.4 standard errors" in line
+    assert "--geom_lm_iters" in line
+    line = convergence_warning({**conv, "worst": "focal length", "step_sigma_max": 2.5})
+    assert "the focal length by +4.0 %" in line and "2.5 standard errors" in line
 
 
 def test_boolean_options_accept_the_bare_flag():

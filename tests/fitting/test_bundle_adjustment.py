@@ -67,9 +67,9 @@ def _surface_tracks(verts: np.ndarray, normals: np.ndarray, K, R, t, rng) -> Tra
     return Tracks(X.copy(), np.zeros((len(X), 3), np.uint8), view, point, uv)
 
 
-def _fit(cfg, sc, landmarks, tracks=None, sfm_poses=None, focal_factor=None):
+def _fit(cfg, sc, landmarks, tracks=None, sfm_poses=None, focal_factor=None, track_robust_px=1.0):
     """stage_geometry from initialize(); ``focal_factor``: start from the true focal lengths times
-    it, and refine them."""
+    it, and refine them; ``track_robust_px``: the tracks' Cauchy scale in the photos' pixels."""
     from fitting.model import load_model
     flame, tex, _ = load_model(cfg, "cpu")
     N = sc.num_views
@@ -82,7 +82,8 @@ def _fit(cfg, sc, landmarks, tracks=None, sfm_poses=None, focal_factor=None):
     st, info = initialize(ctx, st, sfm_poses, prefer_sfm=tracks is not None)
     if tracks is not None:
         px = float(sc.scale.mean())   # the options are in original pixels
-        cfg = argparse.Namespace(**{**vars(cfg), "track_robust_px": 1.0 / px, "track_sigma_px": TRACK_NOISE_PX / px})
+        cfg = argparse.Namespace(**{**vars(cfg), "track_robust_px": track_robust_px / px,
+                                    "track_sigma_px": TRACK_NOISE_PX / px})
         attach_tracks(ctx, cfg, sc, tracks, info)
     return ctx, stage_geometry(ctx, st), info
 
@@ -190,3 +191,55 @@ def test_a_focal_far_off_comes_back_with_tracks(scene):
     # scaled alone, -26.8 % from 0.35 x
     assert abs(errs[1.0]) <= 0.05, errs
     assert abs(errs[0.35] - errs[1.0]) <= 0.02, errs
+
+
+def test_convergence_check_measures_a_known_distance_from_the_optimum(scene):
+    """fitting.uncertainty.geometry_convergence at the fitted estimate (landmarks, outline and
+    tracks, focal refined) finds it converged. Moved off it along the LM's own tangents by a
+    known step (view 3 turned 1 deg, view 6 moved 6 mm, the focal's dolly by 2 %), it finds
+    the way back: the remaining Gauss-Newton step is the known one, in every view, and more than
+    a standard error long. The robust losses are off here, so that the cost is a plain sum of
+    squares and the step exact up to the model's curvature; with the default Cauchy weights the
+    step comes out ~10 % short (IRLS down-weights the rows that the move disturbed most)."""
+    from fitting.stages import lm_unknowns
+    from fitting.uncertainty import CONVERGED_STEP_SIGMA, center_tangent, geometry_convergence
+    cfg, sc = scene
+    cfg = argparse.Namespace(**{**vars(cfg), "lmk_robust_px": 1e4, "rim_robust_px": 1e4})
+    gt = sc.ground_truth
+    R_gt, t_gt = gt["R"].astype(np.float64), gt["t"].astype(np.float64)
+    from fitting.render.shading import vertex_normals
+    from fitting.model import load_model
+    faces = load_model(cfg, "cpu")[0].faces.long()
+    normals = vertex_normals(torch.as_tensor(gt["vertices"])[None].float(), faces)[0].double().numpy()
+    tracks = _surface_tracks(gt["vertices"].astype(np.float64), normals, sc.K.double().numpy(), R_gt, t_gt,
+                             np.random.default_rng(0))
+    tracks.xyz = np.zeros_like(tracks.xyz)
+    ctx, st, _ = _fit(cfg, sc, sc.landmarks.numpy(), tracks, None, focal_factor=1.0, track_robust_px=1e4)
+    names = [f"v{i}" for i in range(sc.num_views)]
+    at_fit = geometry_convergence(ctx, st, names)
+    print("at the fit:", {k: v for k, v in at_fit.items() if k != "views"})
+    assert at_fit["converged"] and at_fit["step_sigma_max"] < 0.1 * CONVERGED_STEP_SIGMA, at_fit
+
+    unk = lm_unknowns(ctx, st)
+    dx = torch.zeros(unk.size)
+    dx[6 * 3: 6 * 3 + 3] = torch.tensor([0.3, -0.2, 0.9]) / np.sqrt(0.94) * np.radians(1.0)
+    dx[6 * 6 + 3: 6 * 6 + 6] = torch.tensor([0.006, 0.0, 0.0])
+    dx[unk.focal_column] = np.log(1.02)
+    moved = unk.apply(st, dx)
+    off = geometry_convergence(ctx, moved, names)
+    print("moved:", {k: v for k, v in off.items() if k != "views"})
+    assert not off["converged"] and off["step_sigma_max"] > CONVERGED_STEP_SIGMA
+    # each figure within a tenth of its own standard error (sigma = step / step_sigma)
+    focal_sigma_pct = abs(off["focal_step_pct"]) / off["focal_step_sigma"]
+    assert abs(off["focal_step_pct"] + 100 * np.log(1.02)) <= 0.1 * focal_sigma_pct, off
+    R, t = moved.R().double(), moved.cam_t.double()
+    for i, v in enumerate(off["views"]):
+        cols = unk.camera_columns()[i]
+        want_deg = np.degrees(float(dx[cols[:3]].norm()))
+        want_mm = 1000 * float((center_tangent(R[i], t[i]) @ dx[cols].double()).norm())
+        sig_deg = v["rotation_step_deg"] / v["rotation_step_sigma"]
+        sig_mm = v["center_step_mm"] / v["center_step_sigma"]
+        print(i, f"rotation {v['rotation_step_deg']:.3f} deg (moved {want_deg:.3f}, sigma {sig_deg:.3f}), "
+              f"centre {v['center_step_mm']:.2f} mm (moved {want_mm:.2f}, sigma {sig_mm:.2f})")
+        assert abs(v["rotation_step_deg"] - want_deg) <= 0.1 * sig_deg, (i, v, want_deg)
+        assert abs(v["center_step_mm"] - want_mm) <= 0.1 * sig_mm, (i, v, want_mm)

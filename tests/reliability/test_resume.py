@@ -65,6 +65,21 @@ def test_resume_from_a_truncated_checkpoint_says_rerun_without_resume(tiny_fit, 
     assert str(bad) in str(ei.value)
 
 
+def test_a_resumed_fit_reports_its_geometry_convergence(tiny_fit, tmp_path):
+    """The convergence check runs once, after the geometry stage; a fit resumed after that
+    stage reports the check from its checkpoint."""
+    import json
+    first = json.loads((tiny_fit / "out" / "demo" / "fit_details.json").read_text())["geometry_convergence"]
+    assert first is not None and first["step_sigma_max"] > 0, first
+    ck = torch.load(tiny_fit / "out" / "demo" / "checkpoint.pt", weights_only=True)
+    assert ck["extra"]["geometry_convergence"] == first
+    ck["progress"] = {"done": ["init", "geometry"], "stage": "photometric", "pos": 0}
+    (tmp_path / "demo").mkdir()
+    torch.save(ck, tmp_path / "demo" / "checkpoint.pt")
+    fit_scene(parse_config(_tiny_args(tiny_fit, "--resume", "true", "--savefolder", str(tmp_path))))
+    assert json.loads((tmp_path / "demo" / "fit_details.json").read_text())["geometry_convergence"] == first
+
+
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint" * 20, "a list"])
 def test_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path, content):
     path = tmp_path / "checkpoint.pt"
