@@ -86,7 +86,8 @@ def error_heatmap(photo, render, alpha, vmax: float = 0.25) -> tuple[np.ndarray,
 
 
 def contact_sheet(images: list, labels: list | None = None, cols: int | None = None, cell_width: int = 512) -> np.ndarray:
-    """Tile (h, w, 3) uint8 images (resized to ``cell_width``) into a grid with labels."""
+    """Tile (h, w, 3) uint8 images (resized to ``cell_width``) into a grid, each label on a band of
+    its own above its image (the images carry labels of their own at their top-left)."""
     if not images:
         raise ValueError("contact_sheet needs at least one image")
     cols = cols or min(len(images), max(1, round(math.sqrt(len(images) * 1.2))))
@@ -96,7 +97,9 @@ def contact_sheet(images: list, labels: list | None = None, cols: int | None = N
         h = round(im.shape[0] * cell_width / im.shape[1])
         im = cv2.resize(im, (cell_width, h), interpolation=cv2.INTER_AREA)
         if labels:
-            cv2.putText(im, str(labels[k]), (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 0), 1, cv2.LINE_AA)
+            band = np.zeros((24, cell_width, 3), np.uint8)
+            cv2.putText(band, str(labels[k]), (6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 0), 1, cv2.LINE_AA)
+            im = np.concatenate([band, im], 0)
         cells.append(im)
     ch = max(c.shape[0] for c in cells)
     rows = math.ceil(len(cells) / cols)
