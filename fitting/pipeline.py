@@ -370,7 +370,7 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
         nonlocal convergence
         convergence = geometry_convergence(ctx, st, scene.names)
 
-    state, ev = run_stages(ctx, state, StageHooks(init_poses, after_init, after_geometry, checkpoint), progress,
+    state, ev = run_stages(ctx, state, StageHooks(init_poses, after_init, checkpoint, after_geometry), progress,
                            timing)
     uncertainty = camera_uncertainty(ctx, state)
     used = ctx.view_weights.cpu().numpy() > 0

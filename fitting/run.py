@@ -53,18 +53,18 @@ class StageHooks:
         not place.
     after_init(state, init_info): run right after it and timed with it: weights from
         init_info, tracks; raises ValueError when no view is usable.
-    after_geometry(state): run once the geometry stage has finished, before the boundary
-        that follows it (diagnostics of the geometry estimate, which the checkpoint can keep).
     boundary(done, stage, pos, state): at each stage boundary (stage = the next stage:
         "geometry", "photometric" or "export", pos 0) and, as ``ctx.on_iter``, inside the
         geometry and photometric stages (stage = the current one, pos = its position):
         checkpoints for scenes, per-photo records for single photos.
+    after_geometry(state): run once the geometry stage has finished, before the boundary
+        that follows it (diagnostics of the geometry estimate, which the checkpoint can keep).
     """
 
     initialize: Callable
     after_init: Callable = _nothing
-    after_geometry: Callable = _nothing
     boundary: Callable = _nothing
+    after_geometry: Callable = _nothing
 
 
 def run_stages(ctx: FitContext, state: FitState, hooks: StageHooks, progress: Progress | None = None,

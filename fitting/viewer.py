@@ -298,8 +298,8 @@ def convergence_warning(conv: dict) -> str:
         v = next(v for v in conv["views"] if v is not None and v["name"] == conv["worst"])
         what = f"the camera of {v['name']} by {v['rotation_step_deg']:.2f} deg / {v['center_step_mm']:.1f} mm"
     return (f"  warning: the geometry solve stopped before its optimum: one more step would move {what} "
-            f"({conv['step_sigma_max']:.1f} standard errors); raise --geom_lm_iters (fit_details.json "
-            "geometry_convergence)")
+            f"({conv['step_sigma_max']:.1f} standard errors); raise --geom_lm_iters, or --geom_rounds if it "
+            "is below 2 (fit_details.json geometry_convergence)")
 
 
 def summary_lines(report: dict, folder) -> list:
