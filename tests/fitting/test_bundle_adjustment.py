@@ -52,9 +52,16 @@ def _profile_landmarks(lmk: np.ndarray, yaw: np.ndarray) -> tuple[np.ndarray, np
     return out, prof
 
 
-def _surface_tracks(verts: np.ndarray, normals: np.ndarray, K, R, t, rng) -> Tracks:
-    """Every 4th vertex as a track point, observed (with noise) in the views it faces."""
-    X = verts[::4]
+def _surface_tracks(cfg, sc, rng) -> Tracks:
+    """Every 4th vertex of the true mesh as a track point, observed (with noise) in the true views
+    it faces, in the head frame."""
+    from fitting.render.shading import vertex_normals
+    from fitting.model import load_model
+    gt = sc.ground_truth
+    faces = load_model(cfg, "cpu")[0].faces.long()
+    normals = vertex_normals(torch.as_tensor(gt["vertices"])[None].float(), faces)[0].double().numpy()
+    K, R, t = sc.K.double().numpy(), gt["R"].astype(np.float64), gt["t"].astype(np.float64)
+    X = gt["vertices"].astype(np.float64)[::4]
     n = normals[::4]
     C = -np.einsum("nji,nj->ni", R, t)
     facing = np.einsum("pk,npk->np", n, C[:, None] - X[None]) > 0.3 * np.linalg.norm(C[:, None] - X[None], axis=-1)
@@ -95,14 +102,7 @@ def test_bad_profile_landmarks_do_not_win(scene):
     yaw = view_yaw_deg(torch.as_tensor(R_gt)).numpy()
     lmk, prof = _profile_landmarks(sc.landmarks.numpy(), yaw)
     assert prof.sum() >= 2 and (~prof).sum() >= 5
-    K = sc.K.double().numpy()
-
-    from fitting.render.shading import vertex_normals
-    from fitting.model import load_model
-    faces = load_model(cfg, "cpu")[0].faces.long()
-    normals = vertex_normals(torch.as_tensor(gt["vertices"])[None].float(), faces)[0].double().numpy()
-    rng = np.random.default_rng(0)
-    tracks = _surface_tracks(gt["vertices"].astype(np.float64), normals, K, R_gt, t_gt, rng)
+    tracks = _surface_tracks(cfg, sc, np.random.default_rng(0))
     # SfM's frame: X_head = s Q X_sfm + T, so R_sfm = R Q and t_sfm = (R T + t) / s
     s, Q, T = 3.7, axis_angle_to_matrix(torch.tensor([0.3, -1.1, 0.4], dtype=torch.float64)).numpy(), \
         np.array([0.2, -0.1, 0.5])
@@ -173,14 +173,7 @@ def test_a_focal_far_off_comes_back_with_tracks(scene):
     (fitting.geometry_terms.dolly). As a plain scale of K the cameras' distance had to follow
     through a curved valley, and the real sample stopped at 1809 px of the 2680 its cost gives."""
     cfg, sc = scene
-    gt = sc.ground_truth
-    R_gt, t_gt = gt["R"].astype(np.float64), gt["t"].astype(np.float64)
-    from fitting.render.shading import vertex_normals
-    from fitting.model import load_model
-    faces = load_model(cfg, "cpu")[0].faces.long()
-    normals = vertex_normals(torch.as_tensor(gt["vertices"])[None].float(), faces)[0].double().numpy()
-    tracks = _surface_tracks(gt["vertices"].astype(np.float64), normals, sc.K.double().numpy(), R_gt, t_gt,
-                             np.random.default_rng(0))
+    tracks = _surface_tracks(cfg, sc, np.random.default_rng(0))
     tracks.xyz = np.zeros_like(tracks.xyz)      # no SfM poses: the points are triangulated by the fit
     errs = {}
     for factor in (1.0, 0.35):
@@ -205,14 +198,7 @@ def test_convergence_check_measures_a_known_distance_from_the_optimum(scene):
     from fitting.uncertainty import CONVERGED_STEP_SIGMA, center_tangent, geometry_convergence
     cfg, sc = scene
     cfg = argparse.Namespace(**{**vars(cfg), "lmk_robust_px": 1e4, "rim_robust_px": 1e4})
-    gt = sc.ground_truth
-    R_gt, t_gt = gt["R"].astype(np.float64), gt["t"].astype(np.float64)
-    from fitting.render.shading import vertex_normals
-    from fitting.model import load_model
-    faces = load_model(cfg, "cpu")[0].faces.long()
-    normals = vertex_normals(torch.as_tensor(gt["vertices"])[None].float(), faces)[0].double().numpy()
-    tracks = _surface_tracks(gt["vertices"].astype(np.float64), normals, sc.K.double().numpy(), R_gt, t_gt,
-                             np.random.default_rng(0))
+    tracks = _surface_tracks(cfg, sc, np.random.default_rng(0))
     tracks.xyz = np.zeros_like(tracks.xyz)
     ctx, st, _ = _fit(cfg, sc, sc.landmarks.numpy(), tracks, None, focal_factor=1.0, track_robust_px=1e4)
     names = [f"v{i}" for i in range(sc.num_views)]
