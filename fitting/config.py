@@ -198,8 +198,6 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
     g.add_argument("--geom_lm_iters", type=int, default=10,
                    help="Levenberg-Marquardt iterations per geometry round (cameras, focal, shape, expression, jaw)")
     g.add_argument("--geom_rounds", type=int, default=2, help="geometry rounds (static landmarks first, then all 68)")
-    g.add_argument("--geom_iters", type=int, default=0, help="optional Adam iterations after the LM rounds")
-    g.add_argument("--geom_lr", type=float, default=0.05, help="geometry Adam learning rate (shape/expression/pose)")
     g.add_argument("--geom_static_rounds", type=int, default=1,
                    help="first rounds use only the 51 static landmarks, later ones all 68")
 
@@ -308,7 +306,7 @@ def validate_fit_options(cfg: argparse.Namespace) -> None:
     for k in ("n_shape", "n_exp", "image_size"):
         if getattr(cfg, k) <= 0:
             raise ValueError(f"--{k} must be positive, got {getattr(cfg, k)}")
-    for k in ("geom_iters", "photo_iters", "geom_lm_iters", "geom_rounds"):
+    for k in ("photo_iters", "geom_lm_iters", "geom_rounds"):
         if getattr(cfg, k) < 0:
             raise ValueError(f"--{k} must be >= 0, got {getattr(cfg, k)}")
     _check_device_name(cfg.device)

@@ -349,8 +349,8 @@ def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> Fi
     start when their points are set (trusted SfM), else from the first round after the static
     ones, their points triangulated from the cameras of that moment; with
     tracks, the landmarks of profile views are dropped first and those of views that disagree
-    with the fit after each round (:func:`distrust_profiles`, :func:`distrust_outlier_views`). Then
-    ``geom_iters`` optional Adam iterations on the same loss (0 by default: LM converges).
+    with the fit after each round (:func:`distrust_profiles`, :func:`distrust_outlier_views`).
+    Whether the rounds reached their optimum: :func:`fitting.uncertainty.geometry_convergence`.
     Records go to ``ctx.history['geometry']``."""
     c = ctx.cfg
     st = state.detach()
@@ -385,8 +385,6 @@ def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> Fi
     if ctx.rig is not None:
         st = _refine_rig_cameras(ctx, st, hist, last + 1, photo_round) if ctx.rig.mode == "refine" \
             else snap_to_rig(st, ctx.rig)
-    if c.geom_iters > 0:
-        st = _adam_geometry(ctx, st, hist)
     return st
 
 
@@ -410,32 +408,6 @@ def _refine_rig_cameras(ctx: FitContext, st: FitState, hist: list, rnd: int, pho
                          use_tracks=ctx.tracks is not None, camera_prior=prior)
     return st
 
-
-def _adam_geometry(ctx: FitContext, state: FitState, hist: list) -> FitState:
-    c = ctx.cfg
-    st = state.detach()
-    pw = landmark_point_weights(c.w_contour, False, st.shape.device)
-    jaw = st.pose[:, JAW].clone()
-    cams = [] if ctx.rig is not None else [st.cam_rot, st.cam_t]   # a rig's cameras stay as the LM left them
-    for p in [st.shape, st.expression, jaw] + cams:
-        p.requires_grad_(True)
-    opt = torch.optim.Adam([{"params": [st.shape, st.expression, jaw], "lr": c.geom_lr}]
-                           + ([{"params": cams, "lr": c.geom_lr * 0.01}] if cams else []))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, c.geom_iters, eta_min=c.geom_lr * 0.05)
-    for it in _bar(ctx, range(c.geom_iters), "geometry (adam)"):
-        opt.zero_grad(set_to_none=True)
-        pose = torch.cat([st.pose[:, :6], jaw, st.pose[:, 9:]], 1)
-        _, lmk3d = view_geometry(ctx, st, subject_vertices(ctx, st, pose), pose)
-        l_lmk = robust_landmark_loss(project_landmarks(st, lmk3d), ctx.landmarks, pw, ctx.view_weights,
-                                     c.lmk_robust_px)
-        loss = c.w_lmk * l_lmk + _prior(ctx, st.shape, st.expression, jaw)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if it % 10 == 0:
-            hist.append({"round": "adam", "iter": it, "landmark": float(l_lmk.detach())})
-    st.pose = torch.cat([st.pose[:, :6], jaw.detach(), st.pose[:, 9:]], 1)
-    return st.detach()
 
 # -- stage 2: photometric --------------------------------------------------------------------------
 @torch.no_grad()
@@ -503,8 +475,9 @@ def stage_photometric(ctx: FitContext, state: FitState, start_iter: int = 0) -> 
         out = render_views(ctx, st, vv)
         l_photo = masked_photometric_l1(out.image, ctx.images, ctx.skin_mask, out.alpha, ctx.view_weights)
         l_sil = silhouette_loss(out.silhouette, ctx.head_mask, ctx.view_weights)
-        l_lmk = robust_landmark_loss(project_landmarks(st, lmk3d), ctx.landmarks, pw, ctx.view_weights,
-                                     c.lmk_robust_px)
+        # the views whose landmarks the geometry stage rejected (profiles, outliers) stay out here too
+        l_lmk = robust_landmark_loss(project_landmarks(st, lmk3d), ctx.landmarks, pw,
+                                     ctx.view_weights * ctx.landmark_weights, c.lmk_robust_px)
         l_prior = _prior(ctx, st.shape, st.expression, jaw, st.log_focal)
         if st.free_texture:
             l_tex = c.w_tex_smooth * texture_smoothness(st.tex)

@@ -229,3 +229,24 @@ def test_convergence_check_measures_a_known_distance_from_the_optimum(scene):
               f"centre {v['center_step_mm']:.2f} mm (moved {want_mm:.2f}, sigma {sig_mm:.2f})")
         assert abs(v["rotation_step_deg"] - want_deg) <= 0.1 * sig_deg, (i, v, want_deg)
         assert abs(v["center_step_mm"] - want_mm) <= 0.1 * sig_mm, (i, v, want_mm)
+
+
+def test_rejected_landmarks_stay_out_of_the_photometric_stage(scene):
+    """A view whose landmarks the geometry stage rejected (here: set by hand, as
+    distrust_profiles does for a profile) does not pull the head in the photometric stage
+    either: whatever those landmarks are, the stage ends in the same state."""
+    from fitting.stages import init_appearance, stage_photometric
+    cfg, sc = scene
+    ctx, st, _ = _fit(cfg, sc, sc.landmarks.numpy())
+    ctx.cfg = argparse.Namespace(**{**vars(ctx.cfg), "photo_iters": 4, "photo_warmup": 0.0})
+    ctx.landmark_weights[2] = 0.0
+    st = init_appearance(ctx, st)
+    runs = []
+    for shift in (0.0, 40.0):
+        ctx.landmarks = sc.landmarks.clone()
+        ctx.landmarks[2] += shift                  # a frontal-shaped set or any other garbage
+        runs.append(stage_photometric(ctx, st))
+    for name in ("shape", "expression", "pose", "cam_rot", "cam_t"):
+        a, b = getattr(runs[0], name), getattr(runs[1], name)
+        assert torch.equal(a, b), (name, float((a - b).abs().max()))
+    assert not torch.equal(runs[0].shape, st.shape)       # the stage did move the head
