@@ -150,10 +150,7 @@ def judge_scene_sfm(ctx: FitContext, state: FitState, scene: Scene) -> dict | No
 
 def tracks_unused_why(cfg) -> str:
     """Why a fit's tracks have no points at its end: untrusted SfM points are triangulated when the
-    first round after the static ones starts (:func:`fitting.stages.stage_geometry`), and with
-    ``--camera_mode fixed`` they take no part."""
-    if cfg.camera_mode == "fixed":
-        return "with --camera_mode fixed the cameras are the calibration's"
+    first round after the static ones starts (:func:`fitting.stages.stage_geometry`)."""
     return (f"they join after the {cfg.geom_static_rounds} static landmark round(s), and --geom_rounds "
             f"{cfg.geom_rounds} leaves none after them: fit with --geom_rounds {cfg.geom_static_rounds + 1}")
 
