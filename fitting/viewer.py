@@ -252,9 +252,10 @@ def write_viewer(folder, history=None, prep_dir=None, model_path=None, max_side:
         plot_losses(history, folder / "losses.png")
     if (folder / "losses.png").is_file():
         losses = f"<img style='max-width:100%' alt='losses' src='data:image/png;base64,{base64.b64encode((folder / 'losses.png').read_bytes()).decode()}'>"
-    warn = ""
-    if fit.is_standin:
-        warn = "<p class=note>Fitted with the synthetic stand-in model, not FLAME.</p>"
+    notes = ["Fitted with the synthetic stand-in model, not FLAME."] if fit.is_standin else []
+    # the summary's warnings (a loose focal length, an unconverged solve, unused tracks)
+    notes += [line.strip() for line in summary_lines(report, folder) if "warning:" in line]
+    warn = "".join(f"<p class=note>{html.escape(n)}</p>" for n in notes)
     gt = report.get("ground_truth")
     gt_html = "" if not gt else "<p>Ground truth errors: " + ", ".join(
         f"{html.escape(k)} {v:.3f}" for k, v in gt.items() if isinstance(v, float)) + "</p>"

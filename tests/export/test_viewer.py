@@ -26,6 +26,21 @@ def test_index_is_self_contained(fit):
     assert "Plotly.newPlot" in page and "Mesh3d" in page.replace("mesh3d", "Mesh3d")
 
 
+def test_index_shows_the_summary_warnings(fit, tmp_path):
+    """A fit whose geometry solve stopped short says so on its page, as in the summary."""
+    from fitting.viewer import write_viewer
+    _, out, _, _ = fit
+    copy = tmp_path / out.name
+    shutil.copytree(out, copy)
+    details = json.loads((copy / "fit_details.json").read_text())
+    assert "stopped before its optimum" not in (copy / "index.html").read_text()
+    details["geometry_convergence"] = {"converged": False, "step_sigma_max": 2.5, "worst": "focal length",
+                                       "views": [], "focal_step_pct": 4.0, "focal_step_sigma": 2.5}
+    (copy / "fit_details.json").write_text(json.dumps(details))
+    page = write_viewer(copy, turntable=False).read_text()
+    assert "the geometry solve stopped before its optimum" in page and "--geom_lm_iters" in page
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium (Debian package 'chromium') is not installed")
 def test_index_renders_in_chromium(fit, tmp_path):
     """The page renders in headless Chromium without console errors, plotly builds its WebGL
