@@ -33,8 +33,8 @@ from fitting.export.source import FitResult, fitted_landmarks, load_fit, project
 from fitting.images import read_image
 from fitting.visualize import DETECTED, FITTED, draw_landmarks, error_heatmap, label
 
-__all__ = ["write_viewer", "summary_lines", "focal_line", "convergence_warning", "camera_figure", "turntable_frames",
-           "orbit_frames"]
+__all__ = ["write_viewer", "summary_lines", "summary_warnings", "focal_line", "convergence_warning", "camera_figure",
+           "turntable_frames", "orbit_frames"]
 
 
 def _data_uri(img: np.ndarray, fmt: str = ".jpg") -> str:
@@ -253,8 +253,7 @@ def write_viewer(folder, history=None, prep_dir=None, model_path=None, max_side:
     if (folder / "losses.png").is_file():
         losses = f"<img style='max-width:100%' alt='losses' src='data:image/png;base64,{base64.b64encode((folder / 'losses.png').read_bytes()).decode()}'>"
     notes = ["Fitted with the synthetic stand-in model, not FLAME."] if fit.is_standin else []
-    # the summary's warnings (a loose focal length, an unconverged solve, unused tracks)
-    notes += [line.strip() for line in summary_lines(report, folder) if "warning:" in line]
+    notes += summary_warnings(report, folder)
     warn = "".join(f"<p class=note>{html.escape(n)}</p>" for n in notes)
     gt = report.get("ground_truth")
     gt_html = "" if not gt else "<p>Ground truth errors: " + ", ".join(
@@ -344,6 +343,12 @@ def summary_lines(report: dict, folder) -> list:
     if (folder / "index.html").is_file():
         lines.append(f"  look at it: {folder / 'index.html'}")
     return lines
+
+
+def summary_warnings(report: dict, folder) -> list:
+    """The lines of :func:`summary_lines` that warn (a loose focal length, a geometry solve that
+    stopped short, unused tracks), stripped: for the fit's page and a sequence's identity."""
+    return [line.strip() for line in summary_lines(report, folder) if "warning:" in line]
 
 
 def main(argv=None) -> int:

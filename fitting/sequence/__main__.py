@@ -171,6 +171,7 @@ def fit_identity(cfg) -> tuple:
     from fitting.calibration import write_calibration_json
     from fitting.fit_record import files_digest, finished_report, fit_and_record
     from fitting.known_cameras import read_rig
+    from fitting.viewer import summary_warnings
     from process_data.files import list_images
     keyframe = Path(cfg.scene_dir)
     key_cfg = argparse.Namespace(**{k: v for k, v in vars(cfg).items() if k not in SEQUENCE_ONLY})
@@ -185,6 +186,8 @@ def fit_identity(cfg) -> tuple:
         print(f"[identity] done ({time.perf_counter() - t0:.1f} s)")
     else:
         print(f"[identity] reused {out} (the same options, keyframe images and calibration)")
+    for line in summary_warnings(json.loads((out / "report.json").read_text()), out):
+        print(f"[identity] {line}")
     rig = read_rig(cfg, keyframe)
     ident = identity_from_fit(out, rig)
     calib = write_calibration_json(Path(cfg.savefolder) / "cameras.json", ident.cameras)

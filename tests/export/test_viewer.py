@@ -144,6 +144,26 @@ def test_summary_warns_when_the_geometry_solve_stopped_short():
     assert "the focal length by +4.0 %" in line and "2.5 standard errors" in line
 
 
+def test_summary_warnings_are_the_summary_lines_that_warn(tmp_path):
+    """What the page and a sequence's identity show: each warning of the summary, nothing else."""
+    from fitting.viewer import summary_warnings
+    report = {"views": [{"name": "a.jpg", "used": True, "K": [[3841.4, 0, 260], [0, 3841.4, 348], [0, 0, 1]],
+                         "landmark_rmse_px": 3.0}],
+              "uncertainty": {"focal_sigma_pct": 19.9}, "flagged_views": [],
+              "tracks": {"used": False, "why_unused": "fit with --geom_rounds 2"}}
+    details = {"focal": {"refined": True},
+               "geometry_convergence": {"converged": False, "step_sigma_max": 3.0, "worst": "focal length",
+                                        "views": [], "focal_step_pct": 5.0, "focal_step_sigma": 3.0}}
+    (tmp_path / "fit_details.json").write_text(json.dumps(details))
+    w = summary_warnings(report, tmp_path)
+    assert len(w) == 3 and w[0].startswith("focal length: 3841.4 px") and "stopped before its optimum" in w[1]
+    assert "--geom_rounds 2" in w[2] and all("warning:" in line for line in w)
+    details["geometry_convergence"]["converged"] = True
+    (tmp_path / "fit_details.json").write_text(json.dumps(details))
+    report["uncertainty"]["focal_sigma_pct"], report["tracks"]["used"] = 5.0, True
+    assert summary_warnings(report, tmp_path) == []
+
+
 def test_boolean_options_accept_the_bare_flag():
     from fitting.config import build_parser
     a = build_parser().parse_args(["--scene_dir", "x", "--resume", "--progress", "false", "--demo"])
