@@ -87,14 +87,15 @@ def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
     sfm_poses: N entries of (R (3,3), t (3,)) or None. prefer_sfm: when SfM is consistent
     with PnP (the median view's poses agree within ``trust_deg``, default ``--sfm_trust_deg``;
     negative: SfM never trusted; and they fit the landmarks, see :data:`SFM_TRUST_PNP_RATIO`),
-    take the SfM pose of every view that has one: a profile's landmarks can fit a wrong PnP pose better than the
-    right one. With few views SfM can land on a bas-relief solution (a wrong focal length
-    traded against flattened depth and compressed angles), which no similarity aligns with
-    PnP: then PnP's poses stay, except for views beyond ``lmk_max_yaw_deg``. Returns (state, info) with per-view ``pnp_ok``,
-    ``pnp_rmse_px``, ``source`` ('pnp' | 'sfm' | 'failed'), ``sfm_angle_deg``,
-    ``sfm_center_rel``, ``sfm_disagree`` (NaN / False where SfM has no pose), SfM's scale,
-    ``sfm_similarity`` {s, Q, T}: X_head = s Q X_sfm + T (None without an alignment),
-    ``sfm_trusted`` and ``sfm_trust_why``.
+    take the SfM pose of every view that has one: a profile's landmarks can fit a wrong PnP
+    pose better than the right one. With few views SfM can land on a bas-relief solution (a
+    wrong focal length traded against flattened depth and compressed angles), which no
+    similarity aligns with PnP: then PnP's poses stay, except for views beyond
+    ``lmk_max_yaw_deg``. Returns (state, info) with per-view ``pnp_ok``, ``pnp_rmse_px``,
+    ``source`` ('pnp' | 'sfm' | 'failed'), ``sfm_angle_deg``, ``sfm_center_rel``,
+    ``sfm_disagree`` (NaN / False where SfM has no pose), SfM's scale, ``sfm_similarity``
+    {s, Q, T}: X_head = s Q X_sfm + T (None without an alignment), ``sfm_trusted`` and
+    ``sfm_trust_why``.
     """
     trust_deg = ctx.cfg.sfm_trust_deg if trust_deg is None else trust_deg
     st = state.detach()

@@ -153,13 +153,15 @@ def center_tangent(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _Linearised:
-    """The geometry LM's groups at an estimate and the covariance they give: ``keep`` (n,) the
-    unknowns solved for (a view left out, with no landmarks and no tracks, has empty columns),
-    ``posed`` (N,) the views that have them, ``factors`` {group: c_t}, ``parts`` {group: its
-    share of the covariance (n, n)}, ``cov`` (n, n) their sum."""
+    """The geometry LM's groups at an estimate and the covariance they give: ``A`` (n, n) the
+    groups' normal matrix, ``keep`` (n,) the unknowns solved for (a view left out, with no
+    landmarks and no tracks, has empty columns), ``posed`` (N,) the views that have them,
+    ``factors`` {group: c_t}, ``parts`` {group: its share of the covariance (n, n)}, ``cov``
+    (n, n) their sum."""
 
     unk: Unknowns
     groups: list
+    A: torch.Tensor
     keep: torch.Tensor
     posed: torch.Tensor
     factors: dict
@@ -191,7 +193,7 @@ def _linearise(ctx: FitContext, st: FitState, static_only: bool = False) -> _Lin
     for name, p in covariance_parts(groups, factors, keep).items():
         parts[name] = torch.zeros_like(A)
         parts[name][idx[:, None], idx[None, :]] = p
-    return _Linearised(unk, groups, keep, posed, factors, parts, sum(parts.values()))
+    return _Linearised(unk, groups, A, keep, posed, factors, parts, sum(parts.values()))
 
 
 def _camera_uncertainty(ctx: FitContext, st: FitState) -> dict:
@@ -253,9 +255,9 @@ def geometry_convergence(ctx: FitContext, st: FitState, names: list) -> dict | N
         lin = _linearise(ctx, st, static_only=ctx.cfg.geom_rounds <= ctx.cfg.geom_static_rounds)
     except torch.linalg.LinAlgError:
         return None
-    A, g, keep = sum(gr.A for gr in lin.groups), sum(gr.g for gr in lin.groups), lin.keep
+    g, keep = sum(gr.g for gr in lin.groups), lin.keep
     dx = torch.zeros_like(g)
-    dx[keep] = -torch.linalg.solve(A[keep][:, keep], g[keep])
+    dx[keep] = -torch.linalg.solve(lin.A[keep][:, keep], g[keep])
     views, worst = [], (0.0, None)
     for i in range(st.num_views):
         if not lin.posed[i]:

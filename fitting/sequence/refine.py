@@ -52,8 +52,8 @@ from fitting.tracks import TrackTerm
 
 ROW_BLOCK = 4096   # rows of the row terms spread to the per-view columns at a time (memory)
 
-__all__ = ["FrameRig", "RigPrior", "TrackedFrame", "refine_over_frames", "solve_frame_rig", "stack_frames", "pick_frames",
-           "unknowns_map"]
+__all__ = ["FrameRig", "RigPrior", "TrackedFrame", "refine_over_frames", "solve_frame_rig", "stack_frames",
+           "pick_frames", "unknowns_map"]
 
 
 @dataclass(frozen=True)
