@@ -37,7 +37,7 @@ class FitContext:
     photo_opt_state: the photometric stage's Adam state at its last ``on_iter`` call (saved
     with checkpoints; set it before resuming so the moments carry on, not restart).
     landmark_weights: (N,) per-view weight of the landmark rows only (default 1; 0 for views
-    whose landmarks are not trusted, see :func:`distrust_profiles` and
+    whose landmarks are not trusted, see :func:`fitting.landmark_trust.distrust_profiles` and
     :func:`distrust_outlier_views`); landmark_flags: {view index: why its landmarks are not used}.
     tracks: the SfM track term of the geometry LM (:class:`fitting.tracks.TrackTerm`) or None;
     track_sigma_px: its observation noise in fitting pixels; landmark_sigma_px: the landmark

@@ -33,6 +33,7 @@ from fitting.context import JAW, FitContext, subject_vertices, view_geometry
 from fitting.geometry_terms import Unknowns
 from fitting.images import image_size
 from fitting.init import rotation_mean, umeyama
+from fitting.landmark_trust import distrust_profiles
 from fitting.render.cameras import camera_centers, matrix_to_rot
 from fitting.rotations import matrix_to_axis_angle, right_jacobian_inverse, skew
 from fitting.state import FitState
@@ -163,19 +164,10 @@ def place_cameras(st: FitState, rig: Rig, H_R: np.ndarray, H_t: np.ndarray) -> F
     return out
 
 
-@torch.no_grad()
-def initialize_from_rig(ctx: FitContext, state: FitState, rig: Rig) -> tuple[FitState, dict]:
-    """The head's pose in the rig from the landmarks: the 51 static points triangulated from the
-    calibrated views (in the rig frame), aligned rigidly with the mean head's. Returns (state
-    with the calibration's cameras in the head frame, info with the alignment's RMS in mm and
-    the scale a similarity would take, ~1 for a metric calibration)."""
-    st = state.detach()
-    mean = st.detach()
-    mean.shape.zero_()
-    mean.expression.zero_()
-    mean.pose.zero_()
-    _, lmk3d = view_geometry(ctx, mean, subject_vertices(ctx, mean))
-    head_pts = lmk3d[0, 17:].cpu().double().numpy()                                # static: the same in every view
+def _head_in_rig(ctx: FitContext, st: FitState, rig: Rig, head_pts: np.ndarray) -> tuple[FitState, float, float]:
+    """(st with the calibration's cameras placed at the head pose that aligns the mean head's
+    static landmarks head_pts (51, 3) with those triangulated from the views whose landmarks
+    are used, the similarity's scale, the rigid alignment's RMS in m)."""
     K = st.K().cpu().double().numpy()
     P = K @ np.concatenate([rig.R.numpy(), rig.t.numpy()[..., None]], -1)            # (N, 3, 4)
     w = (ctx.view_weights * ctx.landmark_weights).cpu().double().numpy()
@@ -186,11 +178,33 @@ def initialize_from_rig(ctx: FitContext, state: FitState, rig: Rig) -> tuple[Fit
     s, _, _ = umeyama(head_pts, rig_pts, with_scale=True)
     _, Q, T = umeyama(head_pts, rig_pts, with_scale=False)
     rms = float(np.sqrt(((head_pts @ Q.T + T - rig_pts) ** 2).sum(1).mean()))
+    return place_cameras(st, rig, Q, T), float(s), rms
+
+
+@torch.no_grad()
+def initialize_from_rig(ctx: FitContext, state: FitState, rig: Rig) -> tuple[FitState, dict]:
+    """The head's pose in the rig from the landmarks: the 51 static points triangulated from the
+    calibrated views (in the rig frame), aligned rigidly with the mean head's; then again
+    without the profile views' landmarks, which :func:`fitting.landmark_trust.distrust_profiles`
+    drops once that pose gives each view's yaw. Returns (state with the calibration's cameras in
+    the head frame, info with the alignment's RMS in mm and the scale a similarity would take,
+    ~1 for a metric calibration)."""
+    mean = state.detach()
+    mean.shape.zero_()
+    mean.expression.zero_()
+    mean.pose.zero_()
+    _, lmk3d = view_geometry(ctx, mean, subject_vertices(ctx, mean))
+    head_pts = lmk3d[0, 17:].cpu().double().numpy()                                # static: the same in every view
+    st, s, rms = _head_in_rig(ctx, state.detach(), rig, head_pts)
+    used = ctx.landmark_weights.clone()
+    distrust_profiles(ctx, st)
+    if not torch.equal(used, ctx.landmark_weights):
+        st, s, rms = _head_in_rig(ctx, st, rig, head_pts)
     if abs(s - 1) > SCALE_WARN:
         print(f"[fit] warning: --cameras {rig.path}: the landmarks triangulated with this calibration are "
               f"{s:.2f} x the mean head's size; is it in metres?")
-    return place_cameras(st, rig, Q, T), {"source": ["calibration"] * st.num_views,
-                                           "calibration_scale": float(s), "landmark_alignment_rms_mm": rms * 1000}
+    return st, {"source": ["calibration"] * st.num_views, "calibration_scale": s,
+                "landmark_alignment_rms_mm": rms * 1000}
 
 
 def head_to_rig(st: FitState, rig: Rig) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,7 @@ from fitting.correspondences import rasterize_state
 from fitting.geometry_terms import GaussianPrior, OutlineTerm, PhotoTerm, Unknowns, landmark_term, model_at, term_rows
 from fitting.init import align_sfm_poses, pnp_views
 from fitting.known_cameras import CameraPrior, snap_to_rig
+from fitting.landmark_trust import distrust_outlier_views, distrust_profiles, view_yaw_deg
 from fitting.lm import NormalEquations, levenberg_marquardt
 from fitting.losses import (gaussian_prior, landmark_point_weights, landmark_rmse, mask_iou, masked_photometric_l1,
                             robust_landmark_loss, silhouette_loss, texture_smoothness)
@@ -33,8 +34,7 @@ from fitting.render.cameras import matrix_to_rot, project_points
 from fitting.state import FitState
 
 __all__ = ["initialize", "mean_head_pnp", "has_photo_round", "stage_geometry", "lm_geometry", "lm_unknowns",
-           "geometry_terms", "init_appearance", "stage_photometric", "evaluate", "cameras64", "view_yaw_deg",
-           "distrust_profiles", "distrust_outlier_views", "track_weight"]
+           "geometry_terms", "init_appearance", "stage_photometric", "evaluate", "cameras64", "track_weight"]
 
 
 def _prior(ctx: FitContext, shape, expr, jaw, log_focal=None) -> torch.Tensor:
@@ -146,59 +146,6 @@ def initialize(ctx: FitContext, state: FitState, sfm_poses: list | None = None,
     st.cam_rot = matrix_to_rot(torch.as_tensor(R, dtype=torch.float32)).to(st.cam_rot.device)
     st.cam_t = torch.as_tensor(t, dtype=torch.float32).to(st.cam_t.device)
     return st, info
-
-# -- which views' landmarks to trust -------------------------------------------------------------
-MIN_VIEW_TRACKS = 20   # observations that pin a view without its landmarks
-
-def view_yaw_deg(R: torch.Tensor) -> torch.Tensor:
-    """(N,) yaw of each camera around the head in degrees (0: in front of the face; the sign
-    follows the head's x axis). R: (N, 3, 3) world-to-camera in the head frame."""
-    d = R[:, 2, :]                                   # the camera's viewing direction in the head frame
-    return torch.rad2deg(torch.atan2(d[:, 0], -d[:, 2]))
-
-
-def _tracked_views(ctx: FitContext) -> torch.Tensor:
-    """(N,) bool: views with enough track observations to be posed without landmarks."""
-    if ctx.tracks is None:
-        return torch.zeros_like(ctx.view_weights, dtype=torch.bool)
-    counts = torch.bincount(ctx.tracks.view, minlength=len(ctx.view_weights)).to(ctx.view_weights.device)
-    return counts >= MIN_VIEW_TRACKS
-
-
-def _distrust(ctx: FitContext, i: int, why: str) -> None:
-    ctx.landmark_weights[i] = 0.0
-    ctx.landmark_flags[i] = why
-
-
-@torch.no_grad()
-def distrust_profiles(ctx: FitContext, st: FitState) -> None:
-    """Stop using the landmarks of tracked views beyond ``lmk_max_yaw_deg`` of yaw.
-
-    Past about 45 deg a 68-point detector (dlib's, trained on near-frontal faces) returns a
-    frontal-shaped set of points squeezed into the profile, and PnP / the fit follow it. The
-    yaw comes from the current cameras, which the tracks hold (SfM poses at initialisation)."""
-    yaw = view_yaw_deg(st.R())
-    lim = ctx.cfg.lmk_max_yaw_deg
-    for i in torch.nonzero(_tracked_views(ctx) & (yaw.abs() > lim)).flatten().tolist():  # a few views
-        _distrust(ctx, i, f"yaw {float(yaw[i]):+.0f} deg is beyond the landmark detector's range (+-{lim:.0f} deg); "
-                          "posed by its SfM tracks")
-
-
-@torch.no_grad()
-def distrust_outlier_views(ctx: FitContext, st: FitState) -> None:
-    """Stop using the landmarks of tracked views whose static landmarks sit much farther from the
-    fit than the other views' (a box on the wrong face, a bad detection): more than
-    ``lmk_outlier_factor`` x the median view's RMSE and more than 3 px at fitting size."""
-    _, lmk3d = view_geometry(ctx, st, subject_vertices(ctx, st))
-    d = (project_landmarks(st, lmk3d) - ctx.landmarks)[:, 17:]
-    rmse = d.pow(2).sum(-1).mean(-1).sqrt()                                      # (N,)
-    trusted = (ctx.landmark_weights > 0) & (ctx.view_weights > 0)
-    if trusted.sum() < 3:
-        return
-    lim = max(ctx.cfg.lmk_outlier_factor * float(rmse[trusted].median()), 3.0)
-    for i in torch.nonzero(_tracked_views(ctx) & trusted & (rmse > lim)).flatten().tolist():  # a few views
-        _distrust(ctx, i, f"landmark RMSE {float(rmse[i]):.1f} px (fitting size) > {lim:.1f} px, the limit set by "
-                          "the other views: the landmarks disagree with the tracks")
 
 # -- stage 1: geometry -----------------------------------------------------------------------------
 def _bar(ctx, iterable, desc):

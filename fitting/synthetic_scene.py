@@ -6,11 +6,13 @@ background, and writes a normal scene folder, so the fit runs through the normal
 
     images/view_XX.png, landmarks.json, masks/head/, masks/skin/, cameras.json, manifest.json
 
-plus ``ground_truth.npz`` (parameters, K, R, t, vertices, noise-free landmarks).
+plus ``ground_truth.npz`` (parameters, K, R, t, vertices, noise-free landmarks, the views given a
+detector's profile points).
 The manifest names its ``producer`` and the images' fingerprints, so ``load_scene`` uses the
 true landmarks and masks as they are (while they belong to these images) instead of running
 process_data over them.
-Landmarks are the projected model landmarks (contour by each view's yaw) + N(0, sigma) px, in
+Landmarks are the projected model landmarks (contour by each view's yaw; beyond 45 deg of yaw
+what a detector returns there, :func:`detector_landmarks`) + N(0, sigma) px, in
 original pixels with pixel centres at +0.5; the head mask is the render's coverage, the skin
 mask the covered pixels inside the landmark hull minus eyes and inner mouth (what the
 preprocessing's skin mask means). ``faceless`` views show the background only and are
@@ -25,15 +27,20 @@ import numpy as np
 import torch
 
 from fitting.export import write_json, write_png
+from fitting.landmark_trust import view_yaw_deg
 from fitting.render.cameras import FLIP
 from process_data.manifest import fingerprint
 
 # Bump when the scene's content changes for the same options: demo scenes are rebuilt then.
-SCENE_VERSION = 3
+SCENE_VERSION = 4
+# A 68-point detector trained on near-frontal faces (dlib's) follows the face to about this yaw;
+# beyond it, it returns a frontal-shaped set of points squeezed into the profile.
+DETECTOR_MAX_YAW_DEG = 45.0
 # Narrowest Gaussian the skin detail draws, in texels: a narrower one would alias in the texture.
 MIN_SIGMA_TEXELS = 0.8
 
-__all__ = ["make_scene", "camera_arc", "head_texture", "view_annotations", "write_preprocessing", "textured_background",
+__all__ = ["make_scene", "camera_arc", "detector_landmarks", "head_texture", "view_annotations", "write_preprocessing",
+           "textured_background",
            "skin_mask_from_landmarks", "skin_detail", "uv_metres"]
 
 
@@ -137,6 +144,20 @@ def _sh_random(n: int, rng: np.random.Generator) -> np.ndarray:
     return sh.astype(np.float32)
 
 
+def detector_landmarks(lmk: np.ndarray, yaw_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What a 68-point detector returns for views of one face: the true points up to
+    ``DETECTOR_MAX_YAW_DEG`` of yaw, and beyond it the most frontal view's points squeezed into
+    the box of the view's true points. lmk: (N, 68, 2) true points; yaw_deg: (N,) each view's
+    yaw around the head. Returns (landmarks (N, 68, 2), profile (N,) bool)."""
+    front = lmk[np.argmin(np.abs(yaw_deg))]
+    unit = (front - front.min(0)) / (front.max(0) - front.min(0))
+    out = np.array(lmk, copy=True)
+    profile = np.abs(yaw_deg) > DETECTOR_MAX_YAW_DEG
+    lo, hi = lmk.min(1, keepdims=True), lmk.max(1, keepdims=True)      # (N, 1, 2) each view's box
+    out[profile] = (lo + unit * (hi - lo))[profile]
+    return out, profile
+
+
 def camera_arc(n: int, width: int, height: int, fov_deg: float, distance: float, yaw_deg: float, pitch_deg: float,
                rng: np.random.Generator):
     """The demo rig: K (n, 3, 3), world-to-camera R (n, 3, 3), t (n, 3) float32 of ``n`` cameras
@@ -198,7 +219,7 @@ def write_preprocessing(folder: Path, producer: str, landmarks: dict, views: dic
 def make_scene(out_dir, model_path, n_views: int = 12, width: int = 384, height: int = 384, fov_deg: float = 20.0,
                distance: float = 1.0, yaw_deg: float = 60.0, pitch_deg: float = 10.0, noise_px: float = 1.0,
                shape_std: float = 1.0, exp_std: float = 0.5, faceless_views: int = 0, seed: int = 0,
-               n_shape: int = 100, n_exp: int = 50, landmark_embedding=None) -> Path:
+               n_shape: int = 100, n_exp: int = 50, landmark_embedding=None, detector_profiles: bool = True) -> Path:
     """Write a synthetic scene folder with ground truth; returns ``out_dir``.
 
     The albedo is the texture space's (drawn code) times a fine skin detail in UV space (pores,
@@ -209,6 +230,8 @@ def make_scene(out_dir, model_path, n_views: int = 12, width: int = 384, height:
     Cameras: yaw evenly on [-yaw_deg, yaw_deg]; pitch = pitch_deg * cos(3 pi i / (n - 1));
     each looks at a point jittered by a few mm around the head centre from ``distance``
     metres. ``faceless_views`` views (spread over the arc) show the background only.
+    Landmarks: with ``detector_profiles``, a detector's beyond its yaw range
+    (:func:`detector_landmarks`), else the true points; then + N(0, noise_px) px.
     """
     from fitting.flame import FLAME, find_texture_space, load_texture_space
     from fitting.render import MeshRenderer, RasterSettings, project_points
@@ -246,7 +269,10 @@ def make_scene(out_dir, model_path, n_views: int = 12, width: int = 384, height:
     names = [f"view_{k:02d}.png" for k in range(n_views)]
     (out / "images").mkdir(parents=True, exist_ok=True)
     landmarks, failed, views = {}, {}, {}
-    noisy = lmk2d.numpy() + rng.normal(0, noise_px, lmk2d.shape)
+    detected, profile = detector_landmarks(lmk2d.numpy(), view_yaw_deg(R).numpy())
+    if not detector_profiles:
+        detected, profile = lmk2d.numpy(), np.zeros(n_views, bool)
+    noisy = detected + rng.normal(0, noise_px, lmk2d.shape)
     for k, n in enumerate(names):  # writing files is per view by nature
         bg = textured_background(height, width, rng)
         a = r.silhouette[k, 0].numpy()[..., None]
@@ -264,5 +290,5 @@ def make_scene(out_dir, model_path, n_views: int = 12, width: int = 384, height:
     np.savez(out / "ground_truth.npz", shape=shape.numpy(), expression=expr.numpy(), pose=pose.numpy(),
              tex=code.numpy(), sh=sh.numpy(), K=K.numpy(), R=R.numpy(), t=t.numpy(), names=np.array(names),
              vertices=verts[0].numpy(), landmarks=lmk2d.numpy(), faceless=np.array(sorted(faceless), dtype=np.int64),
-             noise_px=np.float32(noise_px))
+             noise_px=np.float32(noise_px), profile_views=profile)
     return out

@@ -33,8 +33,9 @@ from fitting.export.core import write_colmap_text, write_png, write_transforms
 from fitting.render.cameras import FLIP
 from fitting.rotations import axis_angle_to_matrix
 from fitting.sequence.layout import link_image
-from fitting.synthetic_scene import (_sh_random, camera_arc, head_texture, textured_background, view_annotations,
-                                     write_preprocessing)
+from fitting.landmark_trust import view_yaw_deg
+from fitting.synthetic_scene import (_sh_random, camera_arc, detector_landmarks, head_texture, textured_background,
+                                     view_annotations, write_preprocessing)
 from process_data.manifest import fingerprint
 
 __all__ = ["make_sequence", "smooth_series"]
@@ -65,13 +66,16 @@ def _rig_frame(rng: np.random.Generator):
 @torch.no_grad()
 def make_sequence(out_dir, model_path, n_frames: int = 20, n_cameras: int = 8, width: int = 256, height: int = 256,
                   fov_deg: float = 20.0, distance: float = 0.8, yaw_deg: float = 50.0, pitch_deg: float = 10.0,
-                  noise_px: float = 0.5, n_shape: int = 40, n_exp: int = 20, seed: int = 0) -> Path:
+                  noise_px: float = 0.5, n_shape: int = 40, n_exp: int = 20, seed: int = 0,
+                  detector_profiles: bool = True) -> Path:
     """Write a synthetic sequence folder with ground truth (module docstring); returns ``out_dir``.
 
     Per frame: expression ~ :func:`smooth_series` of std 0.5; jaw opening in [0, 0.25] rad;
     the head turns by a few degrees (axis-angle std 2 deg) and moves by ~1.5 cm (std per axis)
     about its rest pose. The rig (:func:`fitting.synthetic_scene.camera_arc`) looks at the head's
-    rest pose. Landmarks: the projected model landmarks + N(0, noise_px) px.
+    rest pose. Landmarks: the projected model landmarks, with ``detector_profiles`` a
+    detector's beyond its yaw range (:func:`fitting.synthetic_scene.detector_landmarks`), + N(0,
+    noise_px) px.
     """
     from fitting.flame import FLAME, find_texture_space, load_texture_space
     from fitting.render import MeshRenderer, RasterSettings, project_points
@@ -111,6 +115,7 @@ def make_sequence(out_dir, model_path, n_frames: int = 20, n_cameras: int = 8, w
     cams = [f"cam{c:02d}" for c in range(C)]
     frames = [f"{f:06d}" for f in range(T)]
     lmk_all = np.zeros((T, C, 68, 2), np.float32)
+    profile = np.zeros((T, C), bool)
     for f, fr in enumerate(frames):  # one frame's views render together; frames are written one by one
         vv = verts_rig[f:f + 1].expand(C, -1, -1)
         # the landmark contour follows the head's rotation in each camera
@@ -119,7 +124,10 @@ def make_sequence(out_dir, model_path, n_frames: int = 20, n_cameras: int = 8, w
         lmk_all[f] = lmk2d.numpy()
         r = renderer(vv, K, Rr, tr, texture=texture, sh=sh,
                      vertex_colors=None if texture is not None else torch.full_like(vv, 0.7))
-        noisy = lmk2d.numpy() + rng.normal(0, noise_px, lmk2d.shape)
+        detected = lmk2d.numpy()
+        if detector_profiles:
+            detected, profile[f] = detector_landmarks(detected, view_yaw_deg(Rr @ HR[f]).numpy())
+        noisy = detected + rng.normal(0, noise_px, lmk2d.shape)
         folder = out / "frames" / fr
         landmarks, views = {}, {}
         for c, cam in enumerate(cams):  # writing files is per view by nature
@@ -142,5 +150,6 @@ def make_sequence(out_dir, model_path, n_frames: int = 20, n_cameras: int = 8, w
     np.savez(out / "ground_truth.npz", shape=shape[0].numpy(), tex=code[0].numpy(), expression=expr.numpy(),
              pose=pose.numpy(), head_R=head_R.astype(np.float32), head_t=head_t.astype(np.float32), K=K.numpy(),
              R=R.astype(np.float32), t=t.astype(np.float32), cameras=np.array(cams), frames=np.array(frames),
-             vertices=verts_rig.numpy(), landmarks=lmk_all, sh=sh.numpy(), noise_px=np.float32(noise_px))
+             vertices=verts_rig.numpy(), landmarks=lmk_all, sh=sh.numpy(), noise_px=np.float32(noise_px),
+             profile_views=profile)
     return out

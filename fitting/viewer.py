@@ -315,15 +315,20 @@ def summary_lines(report: dict, folder) -> list:
         if ex.is_dir():
             lines.append("  exports: " + " ".join(sorted(p.name for p in ex.iterdir() if not p.name.startswith("."))))
 
-    def stat(key, what, unit, worst=max):
-        vals = [(v[key], v["name"]) for v in used if v.get(key) is not None]
+    def stat(key, what, unit, worst=max, rows=used, note=""):
+        vals = [(v[key], v["name"]) for v in rows if v.get(key) is not None]
         if not vals:
             return f"  {what}: n/a"
         x = np.array([a for a, _ in vals])
         w = worst(vals)
-        return f"  {what}: mean {x.mean():.3f}{unit}, worst {w[0]:.3f}{unit} ({w[1]})"
-    lines += [stat("landmark_rmse_px", "landmark RMSE", " px"), stat("epipolar_px_median", "epipolar (median)", " px"),
-              stat("mask_iou", "mask IoU", "", worst=min)]
+        return f"  {what}: mean {x.mean():.3f}{unit}, worst {w[0]:.3f}{unit} ({w[1]}){note}"
+    # the RMSE of landmarks the fit left out (a detector's points on a profile) says nothing of the fit
+    fitted = [v for v in used if v.get("landmarks_used", True)]
+    dropped = len(used) - len(fitted)
+    lines += [stat("landmark_rmse_px", "landmark RMSE", " px", rows=fitted,
+                   note=f", over the views whose landmarks were used ({dropped} not: report.json landmarks_not_used)"
+                   if dropped else ""),
+              stat("epipolar_px_median", "epipolar (median)", " px"), stat("mask_iou", "mask IoU", "", worst=min)]
     path = folder / "fit_details.json"
     details = json.loads(path.read_text()) if path.is_file() else {}
     if used and used[0].get("K") is not None and details:

@@ -325,7 +325,8 @@ def stack_frames(frames: list, cameras: dict, flame, cfg, refine_focal: bool = F
                    torch.tensor([order.index(n) for n in names]))
     ctx = FitContext(flame, *(torch.cat([getattr(f.ctx, k) for f in frames]) for k in
                               ("images", "landmarks", "skin_mask", "head_mask", "view_weights")), cfg, None,
-                     refine_focal=refine_focal, progress=False)
+                     refine_focal=refine_focal, progress=False,
+                     landmark_weights=torch.cat([f.ctx.landmark_weights for f in frames]))
     st0 = frames[0].state
     st = FitState.create(len(names), view_frame, torch.cat([f.state.K0 for f in frames]), st0.shape.shape[1],
                          st0.expression.shape[1], tuple(st0.tex.shape[1:]))

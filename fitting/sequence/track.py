@@ -35,6 +35,7 @@ from fitting.known_cameras import (Rig, TemporalPrior, apply_rig, head_to_rig, i
 from fitting.render.cameras import matrix_to_rot, rot_to_matrix
 from fitting.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from fitting.scene import load_scene
+from fitting.landmark_trust import distrust_profiles
 from fitting.stages import lm_geometry, lm_unknowns
 from fitting.state import FitState
 
@@ -171,9 +172,10 @@ def load_frame(cfg, frame_dir: Path, ident: Identity, flame, texspace):
 
 def _lmk_rmse_px(ctx: FitContext, st: FitState, scene, cameras: list) -> np.ndarray:
     """(C,) landmark RMSE (all 68) per camera of ``cameras`` (image names) in original pixels,
-    NaN where the frame has no landmarks."""
+    NaN where the frame has no landmarks or the fit did not use them (a profile's)."""
     raw = landmark_term(ctx, model_at(ctx, st, lm_unknowns(ctx, st, shape_fixed=True)), False).raw
     per_view = ((raw / scene.scale[:, None]) ** 2).sum(-1).mean(-1).sqrt()
+    per_view = torch.where(ctx.landmark_weights > 0, per_view, torch.nan)
     out = np.full(len(cameras), np.nan)
     for i, n in enumerate(scene.names):
         out[cameras.index(n)] = float(per_view[i])
@@ -187,13 +189,16 @@ def fit_frame(cfg, loaded: tuple, prev: tuple | None, sig: tuple | None, photo: 
     started at ``prev`` = (H_R, H_t, expression (E,), jaw (3,)) of the frame before and tied to it
     by the temporal prior (``sig``: its sigmas; unused for a first frame). ``photo``: the
     photometric rows in the last round (with ``--w_photo_gn``). The loaded state is not
-    changed. Returns (fitted state, (H_R, H_t, expression, jaw)) with the head's pose in the rig."""
+    changed; the loaded context's landmark trust is (the profiles at the start pose dropped,
+    :func:`fitting.landmark_trust.distrust_profiles`). Returns (fitted state, (H_R, H_t,
+    expression, jaw)) with the head's pose in the rig."""
     ctx, st, rig, _ = loaded
     if prev is None:
         st, _ = initialize_from_rig(ctx, st, rig)
         rounds, priors = [(cfg.track_first_iters, True), (cfg.track_photo_iters, True)], ()
     else:
         st = place_cameras(st, rig, prev[0], prev[1])
+        distrust_profiles(ctx, st)
         st.expression = torch.as_tensor(prev[2]).float()[None].clone()
         st.pose[0, JAW] = torch.as_tensor(prev[3]).float()
         unk = lm_unknowns(ctx, st, shape_fixed=True)

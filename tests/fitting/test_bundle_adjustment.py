@@ -17,12 +17,12 @@ from fitting.pipeline import attach_tracks
 from fitting.rotations import axis_angle_to_matrix
 from fitting.scene import load_scene
 from fitting.context import FitContext
-from fitting.stages import initialize, stage_geometry, view_yaw_deg
+from fitting.landmark_trust import view_yaw_deg
+from fitting.stages import initialize, stage_geometry
 from fitting.state import FitState
-from fitting.synthetic_scene import make_scene
+from fitting.synthetic_scene import detector_landmarks, make_scene
 from fitting.tracks import Tracks
 
-PROFILE_DEG = 45.0
 IMAGE_SIZE = 128      # fitting size of the 256 px photos
 TRACK_NOISE_PX = 0.5 * IMAGE_SIZE / 256   # SIFT-like: 0.5 px in the photos
 
@@ -31,25 +31,12 @@ TRACK_NOISE_PX = 0.5 * IMAGE_SIZE / 256   # SIFT-like: 0.5 px in the photos
 def scene(tmp_path_factory, standin_path):
     root = tmp_path_factory.mktemp("ba")
     make_scene(root / "scene", standin_path, n_views=10, width=256, height=256, yaw_deg=70, noise_px=1.0,
-               seed=3, n_shape=40, n_exp=20)
+               seed=3, n_shape=40, n_exp=20, detector_profiles=False)   # each test chooses its landmarks
     cfg = parse_config(["--scene_dir", str(root / "scene"), "--flame_model", str(standin_path),
                         "--n_shape", "40", "--n_exp", "20", "--image_size", str(IMAGE_SIZE), "--geom_lm_iters", "8",
                         "--w_shape", "8e-5", "--w_exp", "3.2e-4", "--w_rim", "1.0", "--rim_robust_px", "0.6",
                         "--progress", "false"])
     return cfg, load_scene(root / "scene", IMAGE_SIZE, run_missing=False)
-
-
-def _profile_landmarks(lmk: np.ndarray, yaw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """What dlib returns beyond its range: the most frontal view's 68 points, squeezed into the
-    box of each profile's true points. lmk: (N, 68, 2). Returns (landmarks, profile (N,) bool)."""
-    front = lmk[np.argmin(np.abs(yaw))]
-    unit = (front - front.min(0)) / (front.max(0) - front.min(0))
-    out = lmk.copy()
-    prof = np.abs(yaw) > PROFILE_DEG
-    for i in np.nonzero(prof)[0]:   # a few views
-        lo, hi = lmk[i].min(0), lmk[i].max(0)
-        out[i] = lo + unit * (hi - lo)
-    return out, prof
 
 
 def _surface_tracks(cfg, sc, rng) -> Tracks:
@@ -100,7 +87,7 @@ def test_bad_profile_landmarks_do_not_win(scene):
     gt = sc.ground_truth
     R_gt, t_gt = gt["R"].astype(np.float64), gt["t"].astype(np.float64)
     yaw = view_yaw_deg(torch.as_tensor(R_gt)).numpy()
-    lmk, prof = _profile_landmarks(sc.landmarks.numpy(), yaw)
+    lmk, prof = detector_landmarks(sc.landmarks.numpy(), yaw)
     assert prof.sum() >= 2 and (~prof).sum() >= 5
     tracks = _surface_tracks(cfg, sc, np.random.default_rng(0))
     # SfM's frame: X_head = s Q X_sfm + T, so R_sfm = R Q and t_sfm = (R T + t) / s

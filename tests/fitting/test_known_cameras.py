@@ -292,11 +292,16 @@ def test_temporal_prior_jacobian(rig_solver, turn):
 @pytest.mark.slow
 def test_fixed_keeps_the_calibration(rig_scene, standin_path):
     """``fixed``: the cameras are the calibration's exactly (up to float32), the head's pose in the
-    rig is found, and the head's vertices are within 0.5 mm of the truth."""
+    rig is found, and the head's vertices are within 0.5 mm of the truth (0.367 mm measured; 0.405
+    with the profiles' detector points used). The two views beyond 45 deg, where the scene's
+    landmarks are a detector's frontal-shaped points, fit without them."""
     root, scene, gt = rig_scene
     rep = _fit(root, scene, standin_path, "fixed", root / "calib.json", "fixed")
     kc = rep["known_cameras"]
     print("fixed:", rep["ground_truth"], "timing", rep["timing_s"])
+    profiles = [str(n) for n, p in zip(gt["names"], gt["profile_views"]) if p]
+    assert len(profiles) == 2 and [d["name"] for d in rep["landmarks_not_used"]] == profiles, rep["landmarks_not_used"]
+    assert all("calibrated" in d["reason"] for d in rep["landmarks_not_used"])
     assert max(kc["camera_rotation_change_deg"]) < 1e-4 and max(kc["camera_center_change_mm"]) < 1e-3, kc
     H_R, H_t = np.array(kc["head_to_rig"]["R"]), np.array(kc["head_to_rig"]["t"])
     assert np.degrees(np.arccos(np.clip((np.trace(H_R.T @ G_R) - 1) / 2, -1, 1))) < 0.3
@@ -329,10 +334,15 @@ def refined(rig_scene, standin_path):
 @pytest.mark.slow
 def test_refine_corrects_a_perturbed_calibration(refined):
     """``refine`` at 256 px, where SIFT finds ~10 tracks, i.e. from landmarks and outlines: a
-    calibration perturbed by 1 deg and 5 mm per camera comes back to 0.17 deg / 1.1 mm mean
-    (measured, docs/FITTING.md); asserted <= 0.3 deg, 2 mm."""
+    calibration perturbed by 1 deg and 5 mm per camera comes back to 0.29 deg / 2.5 mm mean
+    (measured, docs/FITTING.md). The two profile views, whose detector points are not used, are
+    held by their outlines and the calibration's prior (0.51 and 0.62 deg); the others come to
+    0.20 deg / 1.8 mm. Using the profiles' points, the fit followed them: 3.0 deg, 36 mm."""
     rep, rot, cen = refined
-    assert rot.mean() <= 0.3 and cen.mean() <= 2.0, (rot, cen)
+    profile = np.array([v["name"] in {d["name"] for d in rep["landmarks_not_used"]} for v in rep["views"] if v["used"]])
+    assert profile.sum() == 2
+    assert rot[~profile].mean() <= 0.3 and cen[~profile].mean() <= 2.5, (rot, cen)
+    assert rot.mean() <= 0.35 and rot.max() <= 0.8 and cen.mean() <= 3.0, (rot, cen)
     assert max(rep["known_cameras"]["camera_rotation_change_deg"]) > 0.3  # the cameras moved
 
 
@@ -342,7 +352,7 @@ def test_refine_recovers_the_focal_length_too(rig_scene, standin_path, refined):
     the focal factor moves in the refine round only, with the cameras' corrections. In the
     rounds before, where only the head's pose moves, it soaked up the perturbed cameras' errors
     and ended several % short (a rig scale and a focal length that draw nearly the same images).
-    The cameras come back as close as with the exact focal lengths."""
+    The cameras come back within 1.6x their errors with the exact focal lengths."""
     root, scene, gt = rig_scene
     write_calibration_json(root / "perturbed_focal.json", _rig_cameras(gt, np.random.default_rng(0), focal_pct=3.0))
     rep = _fit(root, scene, standin_path, "refine_focal", root / "perturbed_focal.json", "refine",
@@ -353,10 +363,10 @@ def test_refine_recovers_the_focal_length_too(rig_scene, standin_path, refined):
     _, rot0, cen0 = refined
     print(f"refine with the focal 3 % off: focal error {100 * focal:+.2f} %, rotation {rot.mean():.3f} deg, centre "
           f"{cen.mean():.2f} mm (exact focal lengths: {rot0.mean():.3f} deg, {cen0.mean():.2f} mm)")
-    # measured: +0.12 %, 0.173 deg, 1.45 mm; with the focal factor in the head-pose rounds too,
-    # -4.09 %, 0.414 deg, 1.97 mm
-    assert abs(focal) <= 0.01, focal
-    assert rot.mean() <= min(0.3, 1.5 * rot0.mean()) and cen.mean() <= 2.0, (rot, cen)
+    # measured: +1.26 %, 0.404 deg, 3.86 mm, the profiles' detector points not used (with the
+    # true points there: +0.12 %, 0.173 deg, 1.45 mm)
+    assert abs(focal) <= 0.02, focal
+    assert rot.mean() <= 1.6 * rot0.mean() and cen.mean() <= 1.6 * cen0.mean(), (rot, cen, rot0, cen0)
 
 
 @pytest.fixture(scope="module")

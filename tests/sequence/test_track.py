@@ -103,11 +103,12 @@ def _tracked(out) -> dict:
 
 @pytest.mark.slow
 def test_tracking_fixed_rig(sequence6, standin_path, tmp_path):
-    """Vertices within 0.6 mm of the truth (mean over frames, rig frame, no alignment), jaw within
-    1 deg; two chunks (overlap 2, 2 workers) agree with one chunk; a rerun tracks nothing. At 192 px
-    and 6 frames the vertex error is 0.44 mm on an AVX2 AMD EPYC and 0.54 mm on an AVX-512 Xeon
-    (the photometric rows' share: 0.47 mm without them there); the issue's 0.5 mm, on the 20-frame
-    256 px sequence, is bench.sequence's (docs/SEQUENCES.md)."""
+    """Vertices within 0.8 mm of the truth (mean over frames, rig frame, no alignment), jaw within
+    1.4 deg mean; two chunks (overlap 2, 2 workers) agree with one chunk; a rerun tracks nothing.
+    The two outer views hold a detector's profile points, which the fit leaves out: at 192 px and
+    6 frames the vertex error is 0.69 mm, the jaw's 1.30 deg mean, on an AVX2 AMD EPYC (with those
+    points used: 3.84 mm, 1.99 deg; with the true points there: 0.44 mm, 0.92 deg). The issue's
+    0.5 mm and 1 deg, on the 20-frame 256 px sequence, are bench.sequence's (docs/SEQUENCES.md)."""
     from fitting.flame import FLAME
     from fitting.sequence.track import frame_vertices
 
@@ -119,7 +120,11 @@ def test_tracking_fixed_rig(sequence6, standin_path, tmp_path):
     err_mm = np.linalg.norm(V - gt["vertices"], axis=-1).mean(-1) * 1000
     jaw_deg = np.degrees(np.linalg.norm(one["jaw"] - gt["pose"][:, 6:9], axis=-1))
     print("vertex mm", err_mm, "jaw deg", jaw_deg, rep["summary"])
-    assert err_mm.mean() <= 0.6 and jaw_deg.max() <= 1.2 and jaw_deg.mean() <= 1.0
+    assert err_mm.mean() <= 0.8 and jaw_deg.max() <= 1.7 and jaw_deg.mean() <= 1.4
+    # the landmark RMSE is over the views whose landmarks the fit used: not the outer two
+    table = json.loads((tmp_path / "frames.json").read_text())["frames"]
+    assert all(t["rmse_px"]["cam00"] is None and t["rmse_px"]["cam07"] is None for t in table), table
+    assert rep["summary"]["landmark_rmse_px_mean"] < 1.5, rep["summary"]
 
     # the identity fit is reused; two chunks of 4 sharing 2 frames, in 2 processes
     (tmp_path / "sequence.npz").unlink()
@@ -147,13 +152,15 @@ def _similarity(A: np.ndarray, B: np.ndarray):
 
 
 @pytest.mark.slow
-def test_tracking_without_cameras(sequence6, standin_path, tmp_path):
+def test_tracking_without_cameras(sequence6_true_profiles, standin_path, tmp_path):
     """No --cameras: the keyframe's fit estimates the cameras (SfM on its views), they are refined
-    over the frames (closer to the truth than the keyframe's: measured 0.073 deg / 0.53 mm against
-    0.147 / 1.14 after the best similarity), written to OUT/cameras.json, and every frame is
+    over the frames (closer to the truth than the keyframe's: measured 0.085 deg / 0.87 mm against
+    0.163 / 1.27 after the best similarity), written to OUT/cameras.json, and every frame is
     tracked with them. In the keyframe's head frame, so the vertices are compared after one
     similarity for the whole sequence: within 1 mm, jaw within 1.5 deg. A rerun that changes only
-    sequence options reuses the identity; a fit option changed makes it stale."""
+    sequence options reuses the identity; a fit option changed makes it stale. The outer views
+    hold their true points: at 192 px SIFT finds no track, and without tracks nothing but its
+    landmarks poses a view, so a detector's profile points would turn it (docs/FITTING.md)."""
     import argparse
 
     from fitting.calibration import load_calibration
@@ -162,7 +169,7 @@ def test_tracking_without_cameras(sequence6, standin_path, tmp_path):
     from fitting.sequence.__main__ import SEQUENCE_ONLY
     from fitting.sequence.track import frame_vertices, identity_from_fit
 
-    root, gt = sequence6
+    root, gt = sequence6_true_profiles
     rep = _run(root, tmp_path, standin_path, "--camera_mode", "estimate", "--cameras", "")
     names = [f"cam{c:02d}.png" for c in range(8)]
     sizes = {n: (192, 192) for n in names}
