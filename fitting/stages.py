@@ -344,7 +344,7 @@ def _refine_rig_cameras(ctx: FitContext, st: FitState, hist: list, rnd: int, pho
     (``photo_round``: ``--w_photo_gn``, a texture space, one subject), ``photo_gn_iters`` more
     with the photometric rows."""
     target = snap_to_rig(st, ctx.rig)
-    prior = CameraPrior(ctx, Unknowns.of(target, ctx.refine_focal), target)
+    prior = CameraPrior(ctx, Unknowns.of(target, ctx.refine_focal), target, ctx.rig)
     if ctx.tracks is not None and ctx.tracks.points is None:
         ctx.tracks.triangulate(*cameras64(target))
     # the photometric rows only once the landmarks have moved each camera to its images: from
