@@ -17,7 +17,9 @@ H: 6 in all, shared by the views, instead of 6 per view.
 
 Initialisation (:func:`initialize_from_rig`): the 51 static landmarks are triangulated in the
 rig frame from the calibrated views and aligned (:func:`fitting.init.umeyama`) with the mean
-head's; the similarity's scale, which should be 1 for a metric calibration, is reported.
+head's; the similarity's scale, which should be 1 for a metric calibration, is reported. Then
+again without the profiles' landmarks (:func:`fitting.landmark_trust.distrust_profiles`); when
+one view is left with landmarks, the head's pose is its PnP pose.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from fitting.calibration import load_calibration, undistort_points, undistort_vi
 from fitting.context import JAW, FitContext, subject_vertices, view_geometry
 from fitting.geometry_terms import Unknowns
 from fitting.images import image_size
-from fitting.init import rotation_mean, umeyama
+from fitting.init import pnp_views, rotation_mean, umeyama
 from fitting.landmark_trust import distrust_profiles
 from fitting.render.cameras import camera_centers, matrix_to_rot
 from fitting.rotations import matrix_to_axis_angle, right_jacobian_inverse, skew
@@ -164,16 +166,25 @@ def place_cameras(st: FitState, rig: Rig, H_R: np.ndarray, H_t: np.ndarray) -> F
     return out
 
 
-def _head_in_rig(ctx: FitContext, st: FitState, rig: Rig, head_pts: np.ndarray) -> tuple[FitState, float, float]:
+def _head_in_rig(ctx: FitContext, st: FitState, rig: Rig, lmk3d: np.ndarray) -> tuple[FitState, float, float]:
     """(st with the calibration's cameras placed at the head pose that aligns the mean head's
-    static landmarks head_pts (51, 3) with those triangulated from the views whose landmarks
-    are used, the similarity's scale, the rigid alignment's RMS in m)."""
+    static landmarks (lmk3d: (68, 3)) with those triangulated from the views whose landmarks are
+    used, the similarity's scale, the rigid alignment's RMS in m); from one such view, its PnP
+    pose (scale and RMS then None)."""
     K = st.K().cpu().double().numpy()
-    P = K @ np.concatenate([rig.R.numpy(), rig.t.numpy()[..., None]], -1)            # (N, 3, 4)
     w = (ctx.view_weights * ctx.landmark_weights).cpu().double().numpy()
-    if (w > 0).sum() < 2:
-        raise ValueError(f"--cameras {rig.path}: the head's pose needs landmarks in two calibrated views or more, "
-                         f"found {int((w > 0).sum())}")
+    if (w > 0).sum() == 0:
+        raise ValueError(f"--cameras {rig.path}: the head's pose needs landmarks in a calibrated view, found none")
+    if (w > 0).sum() == 1:
+        i = int(np.flatnonzero(w)[0])
+        R, t, ok, _, _ = pnp_views(ctx.landmarks[i:i + 1].cpu().double().numpy(), lmk3d, K[i:i + 1])
+        if not ok[0]:
+            raise ValueError(f"--cameras {rig.path}: the head's pose from the landmarks of its one usable view "
+                             f"({i}) failed (PnP found no consistent pose)")
+        Rr, tr = rig.R.numpy()[i], rig.t.numpy()[i]
+        return place_cameras(st, rig, Rr.T @ R[0], Rr.T @ (t[0] - tr)), None, None
+    head_pts = lmk3d[17:]
+    P = K @ np.concatenate([rig.R.numpy(), rig.t.numpy()[..., None]], -1)            # (N, 3, 4)
     rig_pts = _triangulate(ctx.landmarks[:, 17:].cpu().double().numpy(), P, w)
     s, _, _ = umeyama(head_pts, rig_pts, with_scale=True)
     _, Q, T = umeyama(head_pts, rig_pts, with_scale=False)
@@ -194,17 +205,17 @@ def initialize_from_rig(ctx: FitContext, state: FitState, rig: Rig) -> tuple[Fit
     mean.expression.zero_()
     mean.pose.zero_()
     _, lmk3d = view_geometry(ctx, mean, subject_vertices(ctx, mean))
-    head_pts = lmk3d[0, 17:].cpu().double().numpy()                                # static: the same in every view
-    st, s, rms = _head_in_rig(ctx, state.detach(), rig, head_pts)
+    head = lmk3d[0].cpu().double().numpy()          # frontal contour; the static 51 are the same in every view
+    st, s, rms = _head_in_rig(ctx, state.detach(), rig, head)
     used = ctx.landmark_weights.clone()
     distrust_profiles(ctx, st)
     if not torch.equal(used, ctx.landmark_weights):
-        st, s, rms = _head_in_rig(ctx, st, rig, head_pts)
-    if abs(s - 1) > SCALE_WARN:
+        st, s, rms = _head_in_rig(ctx, st, rig, head)
+    if s is not None and abs(s - 1) > SCALE_WARN:
         print(f"[fit] warning: --cameras {rig.path}: the landmarks triangulated with this calibration are "
               f"{s:.2f} x the mean head's size; is it in metres?")
     return st, {"source": ["calibration"] * st.num_views, "calibration_scale": s,
-                "landmark_alignment_rms_mm": rms * 1000}
+                "landmark_alignment_rms_mm": None if rms is None else rms * 1000}
 
 
 def head_to_rig(st: FitState, rig: Rig) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from fitting.state import FitState
 __all__ = ["MIN_VIEW_TRACKS", "view_yaw_deg", "distrust_profiles", "distrust_outlier_views"]
 
 MIN_VIEW_TRACKS = 20   # observations that pin a view without its landmarks
-MIN_LANDMARK_VIEWS = 2  # a calibrated rig's head pose is triangulated from the landmarks
+MIN_LANDMARK_VIEWS = 1  # a calibrated rig's head pose comes from the landmarks
 
 
 def view_yaw_deg(R: torch.Tensor) -> torch.Tensor:
@@ -50,7 +50,7 @@ def _distrust(ctx: FitContext, i: int, why: str) -> None:
 @torch.no_grad()
 def distrust_profiles(ctx: FitContext, st: FitState) -> None:
     """Stop using the landmarks of the views beyond ``lmk_max_yaw_deg`` of yaw whose cameras
-    are placed without them: every view of a calibrated rig (as long as two views keep their
+    are placed without them: every view of a calibrated rig (as long as one view keeps its
     landmarks for the head's pose), else the tracked views. The yaw comes from st's cameras
     (SfM poses, or the calibration placed by the head's pose)."""
     yaw = view_yaw_deg(st.R())

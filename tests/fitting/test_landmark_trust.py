@@ -52,11 +52,14 @@ def test_a_calibrated_rig_drops_its_profiles_landmarks():
     assert sorted(ctx.landmark_flags) == [0, 3] and "calibrated" in ctx.landmark_flags[3]
 
 
-def test_a_rig_keeps_them_when_one_view_would_be_left():
-    """The head's pose in the rig is triangulated from the landmarks: two views at least."""
+def test_a_rig_keeps_them_when_no_view_would_be_left():
+    """The head's pose in the rig comes from the landmarks: one view's at least (its PnP)."""
     ctx = _ctx(3, rig=True)
     distrust_profiles(ctx, SimpleNamespace(R=lambda: _cameras([-50.0, 0.0, 50.0])))
-    assert ctx.landmark_weights.tolist() == [1.0, 1.0, 1.0] and not ctx.landmark_flags
+    assert ctx.landmark_weights.tolist() == [0.0, 1.0, 0.0]
+    ctx = _ctx(2, rig=True)
+    distrust_profiles(ctx, SimpleNamespace(R=lambda: _cameras([-50.0, 60.0])))
+    assert ctx.landmark_weights.tolist() == [1.0, 1.0] and not ctx.landmark_flags
 
 
 def test_without_tracks_or_a_calibration_every_view_keeps_its_landmarks():

@@ -12,8 +12,7 @@ SIZE = 128
 @pytest.fixture(scope="session")
 def seq(tmp_path_factory, standin_path):
     """(folder, ground truth) of 3 frames x 3 cameras at 128 px (~2 s), on +-40 deg: within the
-    landmark detector's range (at +-50 deg two of the three views would hold a detector's
-    frontal-shaped points, and a rig keeps them when one view would be left). Read only: copy it
+    landmark detector's range, so that every camera's landmarks are fitted. Read only: copy it
     to change it."""
     root = make_sequence(tmp_path_factory.mktemp("seq") / "seq", standin_path, n_frames=3, n_cameras=3,
                          width=SIZE, height=SIZE, yaw_deg=40, seed=1)
