@@ -166,7 +166,8 @@ def place_cameras(st: FitState, rig: Rig, H_R: np.ndarray, H_t: np.ndarray) -> F
     return out
 
 
-def _head_in_rig(ctx: FitContext, st: FitState, rig: Rig, lmk3d: np.ndarray) -> tuple[FitState, float, float]:
+def _head_in_rig(ctx: FitContext, st: FitState, rig: Rig, lmk3d: np.ndarray
+                 ) -> tuple[FitState, float | None, float | None]:
     """(st with the calibration's cameras placed at the head pose that aligns the mean head's
     static landmarks (lmk3d: (68, 3)) with those triangulated from the views whose landmarks are
     used, the similarity's scale, the rigid alignment's RMS in m); from one such view, its PnP

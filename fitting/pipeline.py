@@ -436,7 +436,8 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
               "preprocess_dir": str(Path(scene.prep_dir).resolve()), "epipolar": epi,
               "timing_s": {k: round(float(timing.get(k, 0.0)), 3)
                            for k in ("preprocess", "init", "geometry", "photometric", "total")}}
-    # The issue asks for views whose PnP and SfM poses disagree to be flagged in the report.
+    # Views whose PnP and SfM poses disagree (the issue asks for them), and views whose head
+    # misses its mask.
     report["flagged_views"] = [
         {"name": scene.names[i], "reason": f"PnP and SfM poses disagree by {init_info['sfm_angle_deg'][i]:.1f} deg, "
                                            f"{100 * init_info['sfm_center_rel'][i]:.0f}% of the distance"}

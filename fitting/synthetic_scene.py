@@ -40,8 +40,7 @@ DETECTOR_MAX_YAW_DEG = 45.0
 MIN_SIGMA_TEXELS = 0.8
 
 __all__ = ["make_scene", "camera_arc", "detector_landmarks", "head_texture", "view_annotations", "write_preprocessing",
-           "textured_background",
-           "skin_mask_from_landmarks", "skin_detail", "uv_metres"]
+           "textured_background", "skin_mask_from_landmarks", "skin_detail", "uv_metres"]
 
 
 def textured_background(H: int, W: int, rng: np.random.Generator) -> np.ndarray:
@@ -269,9 +268,8 @@ def make_scene(out_dir, model_path, n_views: int = 12, width: int = 384, height:
     names = [f"view_{k:02d}.png" for k in range(n_views)]
     (out / "images").mkdir(parents=True, exist_ok=True)
     landmarks, failed, views = {}, {}, {}
-    detected, profile = detector_landmarks(lmk2d.numpy(), view_yaw_deg(R).numpy())
-    if not detector_profiles:
-        detected, profile = lmk2d.numpy(), np.zeros(n_views, bool)
+    detected, profile = (detector_landmarks(lmk2d.numpy(), view_yaw_deg(R).numpy()) if detector_profiles
+                         else (lmk2d.numpy(), np.zeros(n_views, bool)))
     noisy = detected + rng.normal(0, noise_px, lmk2d.shape)
     for k, n in enumerate(names):  # writing files is per view by nature
         bg = textured_background(height, width, rng)

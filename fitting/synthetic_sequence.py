@@ -30,10 +30,10 @@ import torch
 
 from fitting.calibration import Calibrated, write_calibration_json
 from fitting.export.core import write_colmap_text, write_png, write_transforms
+from fitting.landmark_trust import view_yaw_deg
 from fitting.render.cameras import FLIP
 from fitting.rotations import axis_angle_to_matrix
 from fitting.sequence.layout import link_image
-from fitting.landmark_trust import view_yaw_deg
 from fitting.synthetic_scene import (_sh_random, camera_arc, detector_landmarks, head_texture, textured_background,
                                      view_annotations, write_preprocessing)
 from process_data.manifest import fingerprint

@@ -32,10 +32,10 @@ from fitting.context import JAW, FitContext
 from fitting.geometry_terms import landmark_term, model_at
 from fitting.known_cameras import (Rig, TemporalPrior, apply_rig, head_to_rig, initialize_from_rig, place_cameras,
                                    read_rig, scene_cameras_json, snap_to_rig)
+from fitting.landmark_trust import distrust_profiles
 from fitting.render.cameras import matrix_to_rot, rot_to_matrix
 from fitting.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from fitting.scene import load_scene
-from fitting.landmark_trust import distrust_profiles
 from fitting.stages import lm_geometry, lm_unknowns
 from fitting.state import FitState
 
@@ -189,8 +189,8 @@ def fit_frame(cfg, loaded: tuple, prev: tuple | None, sig: tuple | None, photo: 
     started at ``prev`` = (H_R, H_t, expression (E,), jaw (3,)) of the frame before and tied to it
     by the temporal prior (``sig``: its sigmas; unused for a first frame). ``photo``: the
     photometric rows in the last round (with ``--w_photo_gn``). The loaded state is not
-    changed; the loaded context's landmark trust is (the profiles at the start pose dropped,
-    :func:`fitting.landmark_trust.distrust_profiles`). Returns (fitted state, (H_R, H_t,
+    changed; the loaded context's landmark weights are: the profiles at the start pose lose
+    theirs (:func:`fitting.landmark_trust.distrust_profiles`). Returns (fitted state, (H_R, H_t,
     expression, jaw)) with the head's pose in the rig."""
     ctx, st, rig, _ = loaded
     if prev is None:
