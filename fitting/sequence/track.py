@@ -252,7 +252,9 @@ def track_frames(cfg, frame_dirs: list, ident: Identity, flame, texspace, unusab
                 _append(out, prev, np.full(len(cameras), np.nan), w, s)
         rmse = _lmk_rmse_px(ctx, st, scene, cameras)
         _append(out, prev, rmse, "", time.perf_counter() - t0)
-        say(f"[track] frame {fd.name}: landmark RMSE {np.nanmean(rmse):.2f} px ({time.perf_counter() - t0:.1f} s)")
+        fitted = int(np.isfinite(rmse).sum())
+        over = "" if fitted == scene.num_views else f" over {fitted} of {scene.num_views} views (profiles' not used)"
+        say(f"[track] frame {fd.name}: landmark RMSE {np.nanmean(rmse):.2f} px{over} ({time.perf_counter() - t0:.1f} s)")
     if prev is None:
         raise ValueError("no frame of " + ", ".join(Path(f).name for f in frame_dirs) + " could be tracked: "
                          + "; ".join(f"{Path(f).name}: {w}" for f, (w, _) in zip(frame_dirs, leading)))
