@@ -187,7 +187,8 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
     g.add_argument("--track_robust_px", type=float, default=2.0,
                    help="Cauchy scale of the track reprojection loss (original pixels)")
     g.add_argument("--lmk_max_yaw_deg", type=float, default=45.0,
-                   help="with tracks, views beyond this yaw do not use their landmarks (detectors fail on profiles)")
+                   help="with tracks or a calibration (--cameras), views beyond this yaw do not use their landmarks "
+                        "(detectors fail on profiles)")
     g.add_argument("--lmk_outlier_factor", type=float, default=3.0,
                    help="with tracks, a view whose landmark RMSE exceeds this x the median view's stops using them")
     g.add_argument("--pose_disagree_deg", type=float, default=10.0,
