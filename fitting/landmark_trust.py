@@ -38,6 +38,13 @@ def _tracked_views(ctx: FitContext) -> torch.Tensor:
     return counts >= MIN_VIEW_TRACKS
 
 
+def _placed_without_landmarks(ctx: FitContext) -> torch.Tensor:
+    """(N,) bool: every view of a calibrated rig, else the tracked views."""
+    if ctx.rig is not None:
+        return torch.ones_like(ctx.view_weights, dtype=torch.bool)
+    return _tracked_views(ctx)
+
+
 def _trusted(ctx: FitContext) -> torch.Tensor:
     return (ctx.landmark_weights > 0) & (ctx.view_weights > 0)
 
@@ -56,14 +63,10 @@ def distrust_profiles(ctx: FitContext, st: FitState) -> None:
     yaw = view_yaw_deg(st.R())
     lim = ctx.cfg.lmk_max_yaw_deg
     trusted = _trusted(ctx)
-    if ctx.rig is not None:
-        profile = trusted & (yaw.abs() > lim)
-        if int((trusted & ~profile).sum()) < MIN_LANDMARK_VIEWS:
-            return
-        how = "its camera is calibrated"
-    else:
-        profile = trusted & _tracked_views(ctx) & (yaw.abs() > lim)
-        how = "posed by its SfM tracks"
+    profile = trusted & _placed_without_landmarks(ctx) & (yaw.abs() > lim)
+    if ctx.rig is not None and int((trusted & ~profile).sum()) < MIN_LANDMARK_VIEWS:
+        return
+    how = "its camera is calibrated" if ctx.rig is not None else "posed by its SfM tracks"
     for i in torch.nonzero(profile).flatten().tolist():  # a few views
         _distrust(ctx, i, f"yaw {float(yaw[i]):+.0f} deg is beyond the landmark detector's range (+-{lim:.0f} deg); "
                           + how)
@@ -71,9 +74,9 @@ def distrust_profiles(ctx: FitContext, st: FitState) -> None:
 
 @torch.no_grad()
 def distrust_outlier_views(ctx: FitContext, st: FitState) -> None:
-    """Stop using the landmarks of tracked views whose static landmarks sit much farther from the
-    fit than the other views': more than ``lmk_outlier_factor`` x the median view's RMSE and
-    more than 3 px at fitting size."""
+    """Stop using the landmarks of the views placed without them (:func:`distrust_profiles`) whose
+    static landmarks sit much farther from the fit than the other views': more than
+    ``lmk_outlier_factor`` x the median view's RMSE and more than 3 px at fitting size."""
     _, lmk3d = view_geometry(ctx, st, subject_vertices(ctx, st))
     d = (project_landmarks(st, lmk3d) - ctx.landmarks)[:, 17:]
     rmse = d.pow(2).sum(-1).mean(-1).sqrt()                                      # (N,)
@@ -81,6 +84,7 @@ def distrust_outlier_views(ctx: FitContext, st: FitState) -> None:
     if trusted.sum() < 3:
         return
     lim = max(ctx.cfg.lmk_outlier_factor * float(rmse[trusted].median()), 3.0)
-    for i in torch.nonzero(_tracked_views(ctx) & trusted & (rmse > lim)).flatten().tolist():  # a few views
+    against = "the calibration and the other views" if ctx.rig is not None else "the tracks"
+    for i in torch.nonzero(_placed_without_landmarks(ctx) & trusted & (rmse > lim)).flatten().tolist():  # a few
         _distrust(ctx, i, f"landmark RMSE {float(rmse[i]):.1f} px (fitting size) > {lim:.1f} px, the limit set by "
-                          "the other views: the landmarks disagree with the tracks")
+                          f"the other views: the landmarks disagree with {against}")

@@ -296,8 +296,9 @@ def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> Fi
     photometric rows (see :func:`lm_geometry`). SfM tracks (``ctx.tracks``) take part from the
     start when their points are set (trusted SfM), else from the first round after the static
     ones, their points triangulated from the cameras of that moment; with
-    tracks, the landmarks of profile views are dropped first and those of views that disagree
-    with the fit after each round (:func:`distrust_profiles`, :func:`distrust_outlier_views`).
+    tracks, the landmarks of profile views are dropped first (with a calibration, at
+    initialisation), and with tracks or a calibration those of views that disagree with the fit
+    after each round (:func:`distrust_profiles`, :func:`distrust_outlier_views`).
     Whether the rounds reached their optimum: :func:`fitting.uncertainty.geometry_convergence`.
     Records go to ``ctx.history['geometry']``."""
     c = ctx.cfg
@@ -324,7 +325,7 @@ def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> Fi
                              use_tracks=use_tracks)
         else:
             st = lm_geometry(ctx, st, static, c.geom_lm_iters, hist, rnd, use_rim=not static, use_tracks=use_tracks)
-        if tracks is not None and rnd < last:
+        if (tracks is not None or ctx.rig is not None) and rnd < last:
             distrust_outlier_views(ctx, st)
         if hist:
             rounds.set_postfix(lmk=f"{hist[-1]['landmark']:.3f}")
