@@ -17,7 +17,8 @@ import torch
 from fitting.context import FitContext, project_landmarks, subject_vertices, view_geometry
 from fitting.state import FitState
 
-__all__ = ["MIN_VIEW_TRACKS", "view_yaw_deg", "distrust_profiles", "distrust_outlier_views"]
+__all__ = ["MIN_VIEW_TRACKS", "view_yaw_deg", "placed_without_landmarks", "distrust_profiles",
+           "distrust_outlier_views"]
 
 MIN_VIEW_TRACKS = 20   # observations that pin a view without its landmarks
 MIN_LANDMARK_VIEWS = 1  # a calibrated rig's head pose comes from the landmarks
@@ -38,7 +39,7 @@ def _tracked_views(ctx: FitContext) -> torch.Tensor:
     return counts >= MIN_VIEW_TRACKS
 
 
-def _placed_without_landmarks(ctx: FitContext) -> torch.Tensor:
+def placed_without_landmarks(ctx: FitContext) -> torch.Tensor:
     """(N,) bool: every view of a calibrated rig, else the tracked views."""
     if ctx.rig is not None:
         return torch.ones_like(ctx.view_weights, dtype=torch.bool)
@@ -63,7 +64,7 @@ def distrust_profiles(ctx: FitContext, st: FitState) -> None:
     yaw = view_yaw_deg(st.R())
     lim = ctx.cfg.lmk_max_yaw_deg
     trusted = _trusted(ctx)
-    profile = trusted & _placed_without_landmarks(ctx) & (yaw.abs() > lim)
+    profile = trusted & placed_without_landmarks(ctx) & (yaw.abs() > lim)
     if ctx.rig is not None and int((trusted & ~profile).sum()) < MIN_LANDMARK_VIEWS:
         return
     how = "its camera is calibrated" if ctx.rig is not None else "posed by its SfM tracks"
@@ -85,6 +86,6 @@ def distrust_outlier_views(ctx: FitContext, st: FitState) -> None:
         return
     lim = max(ctx.cfg.lmk_outlier_factor * float(rmse[trusted].median()), 3.0)
     against = "the calibration and the other views" if ctx.rig is not None else "the tracks"
-    for i in torch.nonzero(_placed_without_landmarks(ctx) & trusted & (rmse > lim)).flatten().tolist():  # a few
+    for i in torch.nonzero(placed_without_landmarks(ctx) & trusted & (rmse > lim)).flatten().tolist():  # a few
         _distrust(ctx, i, f"landmark RMSE {float(rmse[i]):.1f} px (fitting size) > {lim:.1f} px, the limit set by "
                           f"the other views: the landmarks disagree with {against}")

@@ -22,6 +22,7 @@ from fitting.config import config_to_dict, resolve_device
 from fitting.evaluate_cameras import report_epipolar
 from fitting.export import write_json
 from fitting.known_cameras import apply_rig, initialize_from_rig, read_rig, rig_report, rig_tracks, scene_cameras_json
+from fitting.landmark_trust import placed_without_landmarks
 from fitting.output_folder import FolderLock, ResultFolder, check_writable
 from fitting.render.cameras import unscale_intrinsics
 from fitting.scene import Scene, load_scene
@@ -175,20 +176,21 @@ def attach_tracks(ctx: FitContext, cfg, scene: Scene, tracks, init_info: dict, p
         ctx.tracks.points = torch.as_tensor(points, dtype=torch.float64, device=ctx.images.device)
 
 
-# A view whose fitted head covers much less of its head mask than the median view's is posed
-# wrong. Measured: views that followed a detector's frontal-shaped points on a profile, with no
-# tracks to pose them, 0.45 against a median of 0.88; the real sample's masks, hair included,
-# 0.65-0.67 in every view.
+# A view posed by its landmarks alone whose fitted head covers much less of its head mask than
+# the median view's is posed wrong. Measured: views that followed a detector's frontal-shaped
+# points on a profile, with no tracks to pose them, 0.45 against a median of 0.88; the real
+# sample's masks, hair included, 0.65-0.67 in every view.
 MASK_IOU_FLAG_RATIO = 0.7
 
 
-def low_mask_iou_flags(names: list, iou: np.ndarray) -> list:
-    """report.json ``flagged_views`` entries for the views (names, mask IoU (M,)) whose mask IoU
-    is below ``MASK_IOU_FLAG_RATIO`` x the median view's."""
+def low_mask_iou_flags(names: list, iou: np.ndarray, by_landmarks: np.ndarray) -> list:
+    """report.json ``flagged_views`` entries for the views (names, mask IoU (M,)) posed by their
+    landmarks alone (by_landmarks: (M,) bool; not tracked, not calibrated) whose mask IoU is
+    below ``MASK_IOU_FLAG_RATIO`` x the median view's."""
     med = float(np.median(iou)) if len(iou) else 0.0
-    return [{"name": n, "reason": f"mask IoU {x:.2f} against the median view's {med:.2f}: the head misses its "
-                                  "mask, so this pose is likely wrong (a detector's frontal-shaped points on a profile?)"}
-            for n, x in zip(names, iou) if x < MASK_IOU_FLAG_RATIO * med]
+    why = "the head misses its mask, so this pose is likely wrong (a detector's frontal-shaped points on a profile?)"
+    return [{"name": n, "reason": f"mask IoU {x:.2f} against the median view's {med:.2f}: {why}"}
+            for n, x, b in zip(names, iou, by_landmarks) if b and x < MASK_IOU_FLAG_RATIO * med]
 
 
 def _view_sigmas(uncertainty: dict | None, i: int) -> dict:
@@ -441,8 +443,9 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
     report["flagged_views"] = [
         {"name": scene.names[i], "reason": f"PnP and SfM poses disagree by {init_info['sfm_angle_deg'][i]:.1f} deg, "
                                            f"{100 * init_info['sfm_center_rel'][i]:.0f}% of the distance"}
-        for i, d in enumerate(init_info.get("sfm_disagree", [])) if d] + low_mask_iou_flags(
-        [scene.names[i] for i in ui], ev["mask_iou"].cpu().numpy()[ui])
+        for i, d in enumerate(init_info.get("sfm_disagree", [])) if d]
+    report["flagged_views"] += low_mask_iou_flags([scene.names[i] for i in ui], ev["mask_iou"].cpu().numpy()[ui],
+                                                  ~placed_without_landmarks(ctx).cpu().numpy()[ui])
     report["landmarks_not_used"] = [{"name": scene.names[i], "reason": why} for i, why in ctx.landmark_flags.items()]
     report["sfm_quality"] = sfm_quality
     if rig is not None:  # the frame of the outputs and the head's pose in the rig

@@ -254,7 +254,8 @@ def track_frames(cfg, frame_dirs: list, ident: Identity, flame, texspace, unusab
         _append(out, prev, rmse, "", time.perf_counter() - t0)
         fitted = int(np.isfinite(rmse).sum())
         over = "" if fitted == scene.num_views else f" over {fitted} of {scene.num_views} views (profiles' not used)"
-        say(f"[track] frame {fd.name}: landmark RMSE {np.nanmean(rmse):.2f} px{over} ({time.perf_counter() - t0:.1f} s)")
+        seconds = time.perf_counter() - t0
+        say(f"[track] frame {fd.name}: landmark RMSE {np.nanmean(rmse):.2f} px{over} ({seconds:.1f} s)")
     if prev is None:
         raise ValueError("no frame of " + ", ".join(Path(f).name for f in frame_dirs) + " could be tracked: "
                          + "; ".join(f"{Path(f).name}: {w}" for f, (w, _) in zip(frame_dirs, leading)))

@@ -463,9 +463,11 @@ def test_texture_shape_and_the_no_uv_error():
 def test_views_the_head_misses_are_flagged():
     """The mask IoUs of the reduced demo on +-60 deg, whose outer views followed a detector's
     frontal-shaped points (no tracks at 192 px), are flagged; the real sample's, hair in every
-    mask, are not."""
+    mask, are not; nor are views that tracks or a calibration pose."""
     from fitting.pipeline import low_mask_iou_flags
-    names = [f"v{i}" for i in range(6)]
-    flags = low_mask_iou_flags(names, np.array([0.458, 0.935, 0.867, 0.881, 0.898, 0.446]))
+    names, alone = [f"v{i}" for i in range(6)], np.ones(6, bool)
+    iou = np.array([0.458, 0.935, 0.867, 0.881, 0.898, 0.446])
+    flags = low_mask_iou_flags(names, iou, alone)
     assert [f["name"] for f in flags] == ["v0", "v5"] and "mask IoU 0.46" in flags[0]["reason"]
-    assert low_mask_iou_flags(names, np.array([0.661, 0.664, 0.659, 0.657, 0.663, 0.652])) == []
+    assert low_mask_iou_flags(names, np.array([0.661, 0.664, 0.659, 0.657, 0.663, 0.652]), alone) == []
+    assert low_mask_iou_flags(names, iou, np.zeros(6, bool)) == []
