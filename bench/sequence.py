@@ -1,7 +1,8 @@
 """Benchmark of sequence tracking: ``python -m bench.sequence``.
 
 A synthetic sequence (:func:`fitting.synthetic_sequence.make_sequence`, stand-in model,
-``--frames`` x ``--cameras`` at ``--size`` px, built once in ``--cache`` when given) tracked
+``--frames`` x ``--cameras`` at ``--size`` px, built once in ``--cache`` when given, and again
+when the generator's ``SEQUENCE_VERSION`` changed) tracked
 with its calibration (``--camera_mode fixed``, photometric rows on) by
 :func:`fitting.sequence.__main__.run_sequence`. Prints one JSON line: the identity fit's and
 the tracking's seconds, seconds per frame (mean, median, and the median without each chunk's
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -52,7 +54,7 @@ def main(argv=None) -> None:
     from fitting.sequence.__main__ import parse_sequence_config, run_sequence
     from fitting.sequence.track import frame_vertices, identity_from_fit
     from fitting.synthetic import build_standin
-    from fitting.synthetic_sequence import make_sequence
+    from fitting.synthetic_sequence import SEQUENCE_VERSION, make_sequence
 
     root = Path(a.cache or tempfile.mkdtemp(prefix="bench_seq_"))
     standin = root / "standin" / "standin.pkl"
@@ -60,7 +62,11 @@ def main(argv=None) -> None:
         build_standin(standin)
     seq = root / f"seq_{a.frames}x{a.cameras}_{a.size}"
     t0 = time.perf_counter()
-    if not (seq / "ground_truth.npz").is_file():
+    gt_path = seq / "ground_truth.npz"
+    if not gt_path.is_file() or int(np.load(gt_path).get("version", 0)) != SEQUENCE_VERSION:
+        if seq.exists():
+            print(f"[bench] {seq} was built by another version of the generator; rebuilding it", flush=True)
+            shutil.rmtree(seq)
         make_sequence(seq, standin, n_frames=a.frames, n_cameras=a.cameras, width=a.size, height=a.size,
                       n_shape=40, n_exp=20, seed=0)
     t_make = time.perf_counter() - t0

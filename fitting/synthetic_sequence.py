@@ -38,9 +38,12 @@ from fitting.synthetic_scene import (_sh_random, camera_arc, detector_landmarks,
                                      view_annotations, write_preprocessing)
 from process_data.manifest import fingerprint
 
-__all__ = ["make_sequence", "smooth_series"]
+__all__ = ["make_sequence", "smooth_series", "SEQUENCE_VERSION"]
 
 PRODUCER = "fitting.synthetic_sequence"
+# Bump when a sequence's content changes for the same options (ground_truth.npz ``version``):
+# cached sequences (``python -m bench.sequence --cache``) are rebuilt then.
+SEQUENCE_VERSION = 2
 
 
 def smooth_series(n_frames: int, dim: int, std: float, rng: np.random.Generator, n_waves: int = 3) -> np.ndarray:
@@ -151,5 +154,5 @@ def make_sequence(out_dir, model_path, n_frames: int = 20, n_cameras: int = 8, w
              pose=pose.numpy(), head_R=head_R.astype(np.float32), head_t=head_t.astype(np.float32), K=K.numpy(),
              R=R.astype(np.float32), t=t.astype(np.float32), cameras=np.array(cams), frames=np.array(frames),
              vertices=verts_rig.numpy(), landmarks=lmk_all, sh=sh.numpy(), noise_px=np.float32(noise_px),
-             profile_views=profile)
+             profile_views=profile, version=np.int64(SEQUENCE_VERSION))
     return out
