@@ -63,7 +63,11 @@ def main(argv=None) -> None:
     seq = root / f"seq_{a.frames}x{a.cameras}_{a.size}"
     t0 = time.perf_counter()
     gt_path = seq / "ground_truth.npz"
-    if not gt_path.is_file() or int(np.load(gt_path).get("version", 0)) != SEQUENCE_VERSION:
+    version = 0
+    if gt_path.is_file():
+        with np.load(gt_path) as z:
+            version = int(z.get("version", 0))
+    if version != SEQUENCE_VERSION:
         if seq.exists():
             print(f"[bench] {seq} was built by another version of the generator; rebuilding it", flush=True)
             shutil.rmtree(seq)

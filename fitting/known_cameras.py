@@ -174,14 +174,16 @@ def _head_in_rig(ctx: FitContext, st: FitState, rig: Rig, lmk3d: np.ndarray
     pose (scale and RMS then None)."""
     K = st.K().cpu().double().numpy()
     w = (ctx.view_weights * ctx.landmark_weights).cpu().double().numpy()
-    if (w > 0).sum() == 0:
+    used = np.flatnonzero(w > 0)
+    if len(used) == 0:
         raise ValueError(f"--cameras {rig.path}: the head's pose needs landmarks in a calibrated view, found none")
-    if (w > 0).sum() == 1:
-        i = int(np.flatnonzero(w)[0])
+    if len(used) == 1:
+        i = int(used[0])
         R, t, ok, _, _ = pnp_views(ctx.landmarks[i:i + 1].cpu().double().numpy(), lmk3d, K[i:i + 1])
         if not ok[0]:
-            raise ValueError(f"--cameras {rig.path}: the head's pose from the landmarks of its one usable view "
-                             f"({i}) failed (PnP found no consistent pose)")
+            raise ValueError(f"--cameras {rig.path}: the head's pose from the landmarks of the one view that has "
+                             f"usable ones (view {i} in the scene's sorted order) failed: PnP found no consistent "
+                             "pose; check that view's landmarks.json entry")
         Rr, tr = rig.R.numpy()[i], rig.t.numpy()[i]
         return place_cameras(st, rig, Rr.T @ R[0], Rr.T @ (t[0] - tr)), None, None
     head_pts = lmk3d[17:]

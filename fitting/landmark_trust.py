@@ -21,7 +21,6 @@ __all__ = ["MIN_VIEW_TRACKS", "view_yaw_deg", "placed_without_landmarks", "distr
            "distrust_outlier_views"]
 
 MIN_VIEW_TRACKS = 20   # observations that pin a view without its landmarks
-MIN_LANDMARK_VIEWS = 1  # a calibrated rig's head pose comes from the landmarks
 
 
 def view_yaw_deg(R: torch.Tensor) -> torch.Tensor:
@@ -65,7 +64,7 @@ def distrust_profiles(ctx: FitContext, st: FitState) -> None:
     lim = ctx.cfg.lmk_max_yaw_deg
     trusted = _trusted(ctx)
     profile = trusted & placed_without_landmarks(ctx) & (yaw.abs() > lim)
-    if ctx.rig is not None and int((trusted & ~profile).sum()) < MIN_LANDMARK_VIEWS:
+    if ctx.rig is not None and not (trusted & ~profile).any():   # the rig's head pose needs one view's landmarks
         return
     how = "its camera is calibrated" if ctx.rig is not None else "posed by its SfM tracks"
     for i in torch.nonzero(profile).flatten().tolist():  # a few views
