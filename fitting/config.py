@@ -217,7 +217,8 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
                    help="scale s of the Cauchy landmark loss (pixels): a point r px off costs s^2 log(1 + r^2/s^2)")
     g.add_argument("--w_rim", type=float, default=0.0,
                    help="geometry stage: outline term, silhouette-edge vertices vs the head-mask boundary; fixes the "
-                        "head's size and its unseen back (0 = off, the default: real masks include hair; the demo uses 1)")
+                        "head's size and its unseen back (0 = off, the default: real masks include hair; the demo uses 1). "
+                        "Views that nothing else places (profiles re-posed by their mask) use at least 1")
     g.add_argument("--rim_max_px", type=float, default=4.0, help="drop rim pairs farther apart than this (fitting pixels)")
     g.add_argument("--rim_robust_px", type=float, default=1.0, help="Cauchy scale of the outline term (fitting pixels)")
     g.add_argument("--rim_occlusion_rel", type=float, default=0.005,

@@ -19,8 +19,8 @@ from fitting.rotations import axis_angle_to_matrix
 from fitting.state import FitState
 from fitting.tracks import TrackTerm
 
-__all__ = ["FitContext", "JAW", "subject_vertices", "view_geometry", "project_landmarks", "texture_maps",
-           "render_views"]
+__all__ = ["FitContext", "JAW", "subject_vertices", "head_rotation", "view_geometry", "project_landmarks",
+           "texture_maps", "render_views"]
 
 JAW = slice(6, 9)   # the jaw's axis-angle in FLAME's pose vector
 
@@ -179,10 +179,14 @@ def subject_vertices(ctx: FitContext, state: FitState, pose: torch.Tensor | None
     return verts
 
 
+def head_rotation(pose: torch.Tensor) -> torch.Tensor:
+    """(G, 3, 3) each subject's head rotation in the world: global pose, then neck (pose (G, P))."""
+    return axis_angle_to_matrix(pose[:, 0:3]) @ axis_angle_to_matrix(pose[:, 3:6])
+
+
 def view_geometry(ctx: FitContext, state: FitState, verts: torch.Tensor, pose: torch.Tensor | None = None):
     """Per-view vertices (N, V, 3) and 68 landmarks (N, 68, 3), contour chosen by each view's yaw."""
-    pose = state.pose if pose is None else pose
-    head = axis_angle_to_matrix(pose[:, 0:3]) @ axis_angle_to_matrix(pose[:, 3:6])  # (G, 3, 3)
+    head = head_rotation(state.pose if pose is None else pose)
     N = state.num_views
     if verts.shape[0] == 1:
         vv, hv = verts.expand(N, -1, -1), head.expand(N, 3, 3)

@@ -37,6 +37,7 @@ from fitting.appearance import solve_appearance
 from fitting.context import JAW, FitContext
 from fitting.correspondences import bilinear, central_gradients, masked_blur, photo_samples, rim_correspondences
 from fitting.jacobians import point_jacobian, vertex_jacobian
+from fitting.landmark_trust import placed_by_nothing
 from fitting.losses import landmark_point_weights
 from fitting.render.cameras import matrix_to_rot, project_points, scale_focal, view_rotation
 from fitting.rotations import axis_angle_to_matrix
@@ -293,16 +294,37 @@ def landmark_term(ctx: FitContext, m0: Model, static_only: bool) -> LandmarkTerm
     return LandmarkTerm(ctx, m0, pw, c.lmk_robust_px)
 
 
+# A view that neither its landmarks (dropped), SfM tracks nor a calibration place is held by its
+# outline at least this much (against w_lmk), whatever --w_rim says: without it the view has no
+# rows, stays where it was put while the head frame moves, and the photometric round pulls it
+# off (docs/FITTING.md, "Profiles posed by their mask").
+OUTLINE_ONLY_WEIGHT = 1.0
+
+
+def outline_weights(ctx: FitContext) -> torch.Tensor:
+    """(N,) the outline term's weight per view: ``w_rim``, at least ``OUTLINE_ONLY_WEIGHT`` for
+    the views that nothing else places (:func:`fitting.landmark_trust.placed_by_nothing`), 0
+    for dropped views."""
+    w = torch.full_like(ctx.view_weights, ctx.cfg.w_rim)
+    w = torch.where(placed_by_nothing(ctx), w.clamp_min(OUTLINE_ONLY_WEIGHT), w)
+    return w * (ctx.view_weights > 0)
+
+
+def uses_outline(ctx: FitContext) -> bool:
+    """Whether the outline term has any view to weigh (see :func:`outline_weights`)."""
+    return bool((outline_weights(ctx) > 0).any())
+
+
 class OutlineTerm(_RowTerm):
     """Rim vertices against the head mask's outline: the signed distance ``n_k . (u_k - b_k)``
     of rim vertex k's projection u_k from its nearest outline point b_k along the outline's
     normal n_k, Cauchy (scale ``rim_robust_px``) by IRLS, the term's cost weighted by
-    ``w_rim / w_lmk`` and averaged over the pairs (see
-    :func:`fitting.correspondences.rim_correspondences` for which vertices pair)."""
+    ``outline_weights / w_lmk`` (weight: a float or (K,) per pair) and averaged over the pairs
+    (see :func:`fitting.correspondences.rim_correspondences` for which vertices pair)."""
 
     name = "rim"
 
-    def __init__(self, m0: Model, view, vert, target, normal, weight: float, robust_px: float):
+    def __init__(self, m0: Model, view, vert, target, normal, weight, robust_px: float):
         self.row_view, self.vert, self.target, self.normal = view, vert, target, normal
         with torch.no_grad():
             raw = self._signed(m0)
@@ -311,10 +333,18 @@ class OutlineTerm(_RowTerm):
 
     @classmethod
     def at(cls, ctx: FitContext, st: FitState, m0: Model, frag=None) -> "OutlineTerm | None":
-        """The term for the current fit's outline pairs, or None when there are none."""
+        """The term for the current fit's outline pairs in the views :func:`outline_weights`
+        weighs, or None when there are none."""
         c = ctx.cfg
+        w = outline_weights(ctx)
         rc = rim_correspondences(ctx, st, c.rim_max_px, frag)
-        return None if rc is None else cls(m0, *rc, c.w_rim / c.w_lmk, c.rim_robust_px)
+        if rc is None:
+            return None
+        keep = w[rc[0]] > 0
+        if not keep.any():
+            return None
+        view, vert, target, normal = (a[keep] for a in rc)
+        return cls(m0, view, vert, target, normal, w[view] / c.w_lmk, c.rim_robust_px)
 
     def _signed(self, m: Model) -> torch.Tensor:
         uv = m.project(m.verts[self.row_view, self.vert], self.row_view)

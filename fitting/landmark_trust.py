@@ -9,6 +9,9 @@ calibration (``--cameras``). Two reasons:
   profile, and PnP / the fit follow it;
 * an outlier (:func:`distrust_outlier_views`): the view's landmarks sit much farther from the
   fit than the other views' (a box on the wrong face, a bad detection).
+
+A profile that neither tracks nor a calibration place is found by its head mask, and re-posed
+by it before its landmarks are dropped (:mod:`fitting.mask_pose`).
 """
 from __future__ import annotations
 
@@ -17,8 +20,8 @@ import torch
 from fitting.context import FitContext, project_landmarks, subject_vertices, view_geometry
 from fitting.state import FitState
 
-__all__ = ["MIN_VIEW_TRACKS", "view_yaw_deg", "placed_without_landmarks", "distrust_profiles",
-           "distrust_outlier_views"]
+__all__ = ["MIN_VIEW_TRACKS", "view_yaw_deg", "placed_without_landmarks", "placed_by_nothing", "distrust",
+           "distrust_profiles", "distrust_outlier_views"]
 
 MIN_VIEW_TRACKS = 20   # observations that pin a view without its landmarks
 
@@ -45,11 +48,18 @@ def placed_without_landmarks(ctx: FitContext) -> torch.Tensor:
     return _tracked_views(ctx)
 
 
+def placed_by_nothing(ctx: FitContext) -> torch.Tensor:
+    """(N,) bool: the views whose landmarks are dropped and that neither tracks nor a
+    calibration place (views re-posed by their mask, :mod:`fitting.mask_pose`): only their
+    outline and colours hold them."""
+    return (ctx.landmark_weights == 0) & ~placed_without_landmarks(ctx)
+
+
 def _trusted(ctx: FitContext) -> torch.Tensor:
     return (ctx.landmark_weights > 0) & (ctx.view_weights > 0)
 
 
-def _distrust(ctx: FitContext, i: int, why: str) -> None:
+def distrust(ctx: FitContext, i: int, why: str) -> None:
     ctx.landmark_weights[i] = 0.0
     ctx.landmark_flags[i] = why
 
@@ -68,8 +78,8 @@ def distrust_profiles(ctx: FitContext, st: FitState) -> None:
         return
     how = "its camera is calibrated" if ctx.rig is not None else "posed by its SfM tracks"
     for i in torch.nonzero(profile).flatten().tolist():  # a few views
-        _distrust(ctx, i, f"yaw {float(yaw[i]):+.0f} deg is beyond the landmark detector's range (+-{lim:.0f} deg); "
-                          + how)
+        distrust(ctx, i, f"yaw {float(yaw[i]):+.0f} deg is beyond the landmark detector's range (+-{lim:.0f} deg); "
+                         + how)
 
 
 @torch.no_grad()
@@ -86,5 +96,5 @@ def distrust_outlier_views(ctx: FitContext, st: FitState) -> None:
     lim = max(ctx.cfg.lmk_outlier_factor * float(rmse[trusted].median()), 3.0)
     against = "the calibration and the other views" if ctx.rig is not None else "the tracks"
     for i in torch.nonzero(placed_without_landmarks(ctx) & trusted & (rmse > lim)).flatten().tolist():  # a few
-        _distrust(ctx, i, f"landmark RMSE {float(rmse[i]):.1f} px (fitting size) > {lim:.1f} px, the limit set by "
-                          f"the other views: the landmarks disagree with {against}")
+        distrust(ctx, i, f"landmark RMSE {float(rmse[i]):.1f} px (fitting size) > {lim:.1f} px, the limit set by "
+                         f"the other views: the landmarks disagree with {against}")

@@ -23,6 +23,7 @@ from fitting.evaluate_cameras import report_epipolar
 from fitting.export import write_json
 from fitting.known_cameras import apply_rig, initialize_from_rig, read_rig, rig_report, rig_tracks, scene_cameras_json
 from fitting.landmark_trust import placed_without_landmarks
+from fitting.mask_pose import low_mask_iou
 from fitting.output_folder import FolderLock, ResultFolder, check_writable
 from fitting.render.cameras import unscale_intrinsics
 from fitting.scene import Scene, load_scene
@@ -176,21 +177,14 @@ def attach_tracks(ctx: FitContext, cfg, scene: Scene, tracks, init_info: dict, p
         ctx.tracks.points = torch.as_tensor(points, dtype=torch.float64, device=ctx.images.device)
 
 
-# A view posed by its landmarks alone whose fitted head covers much less of its head mask than
-# the median view's is posed wrong. Measured: views that followed a detector's frontal-shaped
-# points on a profile, with no tracks to pose them, 0.45 against a median of 0.88; the real
-# sample's masks, hair included, 0.65-0.67 in every view.
-MASK_IOU_FLAG_RATIO = 0.7
-
-
 def low_mask_iou_flags(names: list, iou: np.ndarray, by_landmarks: np.ndarray) -> list:
-    """report.json ``flagged_views`` entries for the views (names, mask IoU (M,)) posed by their
-    landmarks alone (by_landmarks: (M,) bool; not tracked, not calibrated) whose mask IoU is
-    below ``MASK_IOU_FLAG_RATIO`` x the median view's."""
+    """report.json ``flagged_views`` entries for the views (names, mask IoU (M,)) that neither
+    tracks nor a calibration place (by_landmarks: (M,) bool) whose mask IoU is below
+    ``MASK_IOU_FLAG_RATIO`` x the median view's (:func:`fitting.mask_pose.low_mask_iou`)."""
     med = float(np.median(iou)) if len(iou) else 0.0
     why = "the head misses its mask, so this pose is likely wrong (a detector's frontal-shaped points on a profile?)"
     return [{"name": n, "reason": f"mask IoU {x:.2f} against the median view's {med:.2f}: {why}"}
-            for n, x, b in zip(names, iou, by_landmarks) if b and x < MASK_IOU_FLAG_RATIO * med]
+            for n, x, low in zip(names, iou, low_mask_iou(iou, by_landmarks)) if low]
 
 
 def _view_sigmas(uncertainty: dict | None, i: int) -> dict:

@@ -23,13 +23,15 @@ from tqdm.auto import tqdm
 
 from fitting.context import JAW, FitContext, project_landmarks, render_views, subject_vertices, view_geometry
 from fitting.correspondences import rasterize_state
-from fitting.geometry_terms import GaussianPrior, OutlineTerm, PhotoTerm, Unknowns, landmark_term, model_at, term_rows
+from fitting.geometry_terms import (GaussianPrior, OutlineTerm, PhotoTerm, Unknowns, landmark_term, model_at, term_rows,
+                                   uses_outline)
 from fitting.init import align_sfm_poses, pnp_views
 from fitting.known_cameras import CameraPrior, snap_to_rig
 from fitting.landmark_trust import distrust_outlier_views, distrust_profiles, view_yaw_deg
 from fitting.lm import NormalEquations, levenberg_marquardt
 from fitting.losses import (gaussian_prior, landmark_point_weights, landmark_rmse, mask_iou, masked_photometric_l1,
                             robust_landmark_loss, silhouette_loss, texture_smoothness)
+from fitting.mask_pose import repose_by_mask
 from fitting.render.cameras import matrix_to_rot, project_points
 from fitting.state import FitState
 
@@ -196,7 +198,7 @@ def lm_geometry(ctx: FitContext, state: FitState, static_only: bool, iters: int,
     st0 = state.detach()
     priors = [GaussianPrior(ctx, unk, st0.shape.device, st0.shape.dtype)] + \
         ([] if camera_prior is None else [camera_prior]) + list(priors)
-    use_rim = use_rim and c.w_rim > 0
+    use_rim = use_rim and uses_outline(ctx)
     use_photo = use_photo and c.w_photo_gn > 0 and ctx.texspace is not None and unk.num_subjects == 1
     tracks = ctx.tracks if use_tracks else None
 
@@ -298,9 +300,10 @@ def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> Fi
     ones, their points triangulated from the cameras of that moment; with
     tracks, the landmarks of profile views are dropped first (with a calibration, at
     initialisation), and with tracks or a calibration those of views that disagree with the fit
-    after each round (:func:`distrust_profiles`, :func:`distrust_outlier_views`).
-    Whether the rounds reached their optimum: :func:`fitting.uncertainty.geometry_convergence`.
-    Records go to ``ctx.history['geometry']``."""
+    after each round (:func:`distrust_profiles`, :func:`distrust_outlier_views`). After the
+    static rounds, views whose head misses their mask are re-posed by it
+    (:func:`fitting.mask_pose.repose_by_mask`). Whether the rounds reached their optimum:
+    :func:`fitting.uncertainty.geometry_convergence`. Records go to ``ctx.history['geometry']``."""
     c = ctx.cfg
     st = state.detach()
     hist = ctx.history.setdefault("geometry", [])
@@ -327,6 +330,8 @@ def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> Fi
             st = lm_geometry(ctx, st, static, c.geom_lm_iters, hist, rnd, use_rim=not static, use_tracks=use_tracks)
         if (tracks is not None or ctx.rig is not None) and rnd < last:
             distrust_outlier_views(ctx, st)
+        if rnd == c.geom_static_rounds - 1 and rnd < last:
+            st = _repose_by_masks(ctx, st, hist, rnd, use_tracks)
         if hist:
             rounds.set_postfix(lmk=f"{hist[-1]['landmark']:.3f}")
         if ctx.on_iter is not None:
@@ -334,6 +339,23 @@ def stage_geometry(ctx: FitContext, state: FitState, start_round: int = 0) -> Fi
     if ctx.rig is not None:
         st = _refine_rig_cameras(ctx, st, hist, last + 1, photo_round) if ctx.rig.mode == "refine" \
             else snap_to_rig(st, ctx.rig)
+    return st
+
+
+# re-posing and refitting passes: each refit, free of the re-posed views' landmarks, gives a
+# head on which the mask tells the next profile's pose better
+REPOSE_PASSES = 3
+
+
+def _repose_by_masks(ctx: FitContext, st: FitState, hist: list, rnd: int, use_tracks: bool) -> FitState:
+    """:func:`fitting.mask_pose.repose_by_mask`, then the static round again, now without the
+    re-posed views' landmarks, which had pulled the head that they were re-posed on (their
+    outline holds them); repeated while views move, at most ``REPOSE_PASSES`` times."""
+    for _ in range(REPOSE_PASSES):
+        st, moved = repose_by_mask(ctx, st)
+        if not moved:
+            break
+        st = lm_geometry(ctx, st, True, ctx.cfg.geom_lm_iters, hist, rnd, use_rim=True, use_tracks=use_tracks)
     return st
 
 

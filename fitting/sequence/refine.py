@@ -41,7 +41,7 @@ import torch
 
 from fitting.atomic import atomic_write_bytes
 from fitting.context import JAW, FitContext
-from fitting.geometry_terms import GaussianPrior, Unknowns, linearize, model_at
+from fitting.geometry_terms import GaussianPrior, Unknowns, linearize, model_at, uses_outline
 from fitting.known_cameras import LANDMARKS, angle_deg, calibration_offsets, calibration_sigma
 from fitting.lm import NormalEquations, levenberg_marquardt
 from fitting.render.cameras import camera_centers, matrix_to_rot
@@ -219,7 +219,7 @@ def solve_frame_rig(ctx: FitContext, st: FitState, rig: FrameRig, prior: RigPrio
     tracks = ctx.tracks
 
     def linearize_at(x: _Estimate, it: int):
-        s, terms = geometry_terms(ctx, x.state, base, False, use_rim=ctx.cfg.w_rim > 0, use_photo=False)
+        s, terms = geometry_terms(ctx, x.state, base, False, use_rim=uses_outline(ctx), use_photo=False)
         M = full_map(x.rig)
         Mf = M.float()
         ne = NormalEquations.zeros(size, torch.float64)

@@ -112,7 +112,10 @@ def test_bad_profile_landmarks_do_not_win(scene):
     assert err.max() <= 0.75, err
     al = align_sfm_poses(st.R().double().numpy(), st.cam_t.double().numpy(), R_gt, t_gt, max_deg=180, max_rel=1e9)
     assert al["angle_deg"].max() <= 0.5, al["angle_deg"]    # the cameras among themselves (0.35-0.44 measured)
-    assert err_lmk[prof].min() > 20, err_lmk     # the failure the tracks fix is real here
+    # without tracks, the profiles follow their points (60-95 deg off after the first round)
+    # until their masks re-pose them: 1.3-4.5 deg off (measured), against <= 0.75 with tracks
+    assert sorted(ctx_lmk.landmark_flags) == sorted(np.nonzero(prof)[0].tolist()), ctx_lmk.landmark_flags
+    assert err_lmk[prof].max() > 2.0, err_lmk
     flagged = sorted(ctx.landmark_flags)
     assert flagged == sorted(np.nonzero(prof)[0].tolist()), ctx.landmark_flags
     assert all("yaw" in why for why in ctx.landmark_flags.values())
