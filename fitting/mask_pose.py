@@ -26,7 +26,7 @@ from fitting.landmark_trust import distrust, placed_without_landmarks, view_yaw_
 from fitting.losses import mask_iou
 from fitting.render import RasterSettings
 from fitting.render.rasterize import rasterize
-from fitting.render.cameras import matrix_to_rot, project_points, view_rotation
+from fitting.render.cameras import matrix_to_rot, project_points, scale_intrinsics, view_rotation
 from fitting.rotations import axis_angle_to_matrix
 from fitting.state import FitState
 
@@ -51,6 +51,9 @@ YAW_RANGE_DEG, YAW_STEP_DEG = 90.0, 5.0
 # the (elevation, roll) pairs tried around the chosen yaw (degrees)
 _TILT = torch.arange(-15.0, 15.1, 3.0)
 TILTS_DEG = torch.stack(torch.meshgrid(_TILT, _TILT, indexing="ij"), -1).reshape(-1, 2)
+# the longer side (px) of the images the search compares: its grid's steps move a profile's
+# outline by several pixels there, and each searched view costs ~0.5 s at this size
+SEARCH_SIZE = 128
 # moment-matching steps per yaw (the coverage's size and place converge in two)
 FIT_STEPS = 2
 
@@ -135,21 +138,35 @@ def box_mismatch(pred: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
     return centre + ((hi - lo).clamp_min(1e-6) / size0).log().abs().sum(-1)
 
 
-def _coverage(ctx: FitContext, verts: torch.Tensor, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) bool: the pixels the head (verts: (B, V, 3)) covers at fitting size."""
-    return rasterize(verts, ctx.flame.faces, K, R, t, RasterSettings(ctx.size)).face_idx[:, None] >= 0
+def _coverage(faces: torch.Tensor, verts: torch.Tensor, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor,
+              size: tuple) -> torch.Tensor:
+    """(B, 1, H, W) bool: the pixels that the head (verts: (B, V, 3), faces (F, 3)) covers in
+    images of ``size`` (H, W)."""
+    return rasterize(verts, faces, K, R, t, RasterSettings(size)).face_idx[:, None] >= 0
 
 
-def _moved_to_mask(ctx: FitContext, verts: torch.Tensor, K: torch.Tensor, mask: torch.Tensor, R: torch.Tensor,
+def _moved_to_mask(faces: torch.Tensor, verts: torch.Tensor, K: torch.Tensor, mask: torch.Tensor, R: torch.Tensor,
                    t: torch.Tensor, centre: torch.Tensor, area_ratio: float, offset: torch.Tensor) -> tuple:
     """Candidate cameras R (Y, 3, 3), t (Y, 3) of one view (verts: (1, V, 3), K: (1, 3, 3),
     mask: (1, 1, H, W)), each moved by :func:`_fit_to_mask`. Returns their t (Y, 3) and the
     IoU (Y,) of their coverage with the mask."""
-    Y = len(R)
+    Y, size = len(R), tuple(mask.shape[-2:])
     v, K, mask = verts.expand(Y, -1, -1), K.expand(Y, 3, 3), mask.expand(Y, -1, -1, -1)
     for _ in range(FIT_STEPS):
-        t = _fit_to_mask(_coverage(ctx, v, K, R, t), mask, K, R, t, centre, area_ratio, offset)
-    return t, mask_iou(_coverage(ctx, v, K, R, t).float(), mask)
+        t = _fit_to_mask(_coverage(faces, v, K, R, t, size), mask, K, R, t, centre, area_ratio, offset)
+    return t, mask_iou(_coverage(faces, v, K, R, t, size).float(), mask)
+
+
+def _search_scale(ctx: FitContext, K: torch.Tensor) -> tuple:
+    """The head masks (N, 1, h, w), K (N, 3, 3) and landmarks (N, 68, 2) at the search's size:
+    the longer side at most ``SEARCH_SIZE``."""
+    H, W = ctx.size
+    s = min(1.0, SEARCH_SIZE / max(H, W))
+    if s == 1.0:
+        return ctx.head_mask, K, ctx.landmarks
+    h, w = max(1, round(H * s)), max(1, round(W * s))
+    masks = torch.nn.functional.interpolate(ctx.head_mask.float(), size=(h, w), mode="area")
+    return masks, scale_intrinsics(K, w / W, h / H), ctx.landmarks * ctx.landmarks.new_tensor([w / W, h / H])
 
 
 @torch.no_grad()
@@ -179,16 +196,18 @@ def repose_by_mask(ctx: FitContext, state: FitState) -> tuple[FitState, list]:
         return state, []
     verts = subject_vertices(ctx, state)
     vv, _ = view_geometry(ctx, state, verts)
-    R, t, K = state.R(), state.cam_t, state.K()
-    cover = _coverage(ctx, vv, K, R, t)
-    iou = mask_iou(cover.float(), ctx.head_mask)
+    R, t = state.R(), state.cam_t
+    masks, K, landmarks = _search_scale(ctx, state.K())
+    faces = ctx.flame.faces
+    cover = _coverage(faces, vv, K, R, t, tuple(masks.shape[-2:]))
+    iou = mask_iou(cover.float(), masks)
     med = float(iou[seen].median())
     suspect = seen & ~placed_without_landmarks(ctx) & (iou < SUSPECT_IOU_RATIO * med)
     if not suspect.any():
         return state, []
     good = used & ~suspect
     a_c, c_c = _moments(cover[good])
-    a_m, c_m = _moments(ctx.head_mask[good] > 0.5)
+    a_m, c_m = _moments(masks[good] > 0.5)
     area_ratio = float((a_c / a_m).median())
     offset = ((c_m - c_c) / a_m.sqrt()[:, None]).median(0).values
     centre, head = verts[0].mean(0), head_rotation(state.pose)
@@ -198,13 +217,13 @@ def repose_by_mask(ctx: FitContext, state: FitState) -> tuple[FitState, list]:
     st = state.detach()
     moved = []
     for i in torch.nonzero(suspect).flatten().tolist():  # a few views
-        at = (vv[i:i + 1], K[i:i + 1], ctx.head_mask[i:i + 1])
+        at = (vv[i:i + 1], K[i:i + 1], masks[i:i + 1])
         Ry, ty = yaw_candidates(R[i], t[i], centre, yaws)
-        ty, _ = _moved_to_mask(ctx, *at, Ry, ty, centre, area_ratio, offset)
+        ty, _ = _moved_to_mask(faces, *at, Ry, ty, centre, area_ratio, offset)
         lmk = ctx.flame.landmarks(at[0].expand(len(yaws), -1, -1), view_rotation(Ry, head.expand(len(yaws), 3, 3)))
-        b = int(box_mismatch(project_points(lmk, at[1].expand(len(yaws), 3, 3), Ry, ty)[0], ctx.landmarks[i]).argmin())
+        b = int(box_mismatch(project_points(lmk, at[1].expand(len(yaws), 3, 3), Ry, ty)[0], landmarks[i]).argmin())
         Rt, tt = tilt_candidates(Ry[b], ty[b], centre, tilts)
-        tt, score = _moved_to_mask(ctx, *at, Rt, tt, centre, area_ratio, offset)
+        tt, score = _moved_to_mask(faces, *at, Rt, tt, centre, area_ratio, offset)
         k = int(score.argmax())
         yaw = float(view_yaw_deg(Rt[k:k + 1])[0])
         if float(score[k]) < max(MASK_IOU_FLAG_RATIO * med, float(iou[i]) + MIN_IOU_GAIN) or \

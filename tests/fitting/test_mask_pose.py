@@ -146,3 +146,22 @@ def test_a_bad_mask_on_a_frontal_view_moves_nothing(profile_scene):
     st, moved = repose_by_mask(ctx, true_state)
     assert moved == [] and ctx.landmark_flags == {}
     assert torch.equal(st.R(), true_state.R())
+
+
+def test_the_search_compares_at_most_128_px_in_the_same_geometry():
+    """_search_scale: a 256 x 192 view becomes 128 x 96; a point projected with the scaled K lands
+    on the scaled landmark, and the mask keeps its share of the image."""
+    from types import SimpleNamespace
+    from fitting.mask_pose import _search_scale
+    mask = torch.zeros(1, 1, 192, 256)
+    mask[..., 40:120, 60:200] = 1
+    R, t = _camera()
+    X = torch.tensor([[[0.02, -0.01, 0.05]]], dtype=torch.float64)
+    uv = project_points(X, K[None], R[None], t[None])[0]                 # (1, 1, 2) at 256 x 192
+    ctx = SimpleNamespace(size=(192, 256), head_mask=mask, landmarks=uv.float().expand(1, 68, 2))
+    masks, Ks, lm = _search_scale(ctx, K[None])
+    assert masks.shape == (1, 1, 96, 128) and abs(float(masks.mean()) - float(mask.mean())) < 1e-6
+    uv_s = project_points(X, Ks, R[None], t[None])[0]
+    assert torch.allclose(uv_s.float(), lm[:, :1], atol=1e-4)
+    small = SimpleNamespace(size=(96, 96), head_mask=mask[..., :96, :96], landmarks=lm)
+    assert _search_scale(small, K[None])[0] is small.head_mask              # small enough already
