@@ -324,10 +324,10 @@ def summary_lines(report: dict, folder) -> list:
         return f"  {what}: mean {x.mean():.3f}{unit}, worst {w[0]:.3f}{unit} ({w[1]}){note}"
     # the RMSE of landmarks the fit left out (a detector's points on a profile) says nothing of the fit
     fitted = [v for v in used if v.get("landmarks_used", True)]
-    dropped = len(used) - len(fitted)
+    dropped = ", ".join(v["name"] for v in used if not v.get("landmarks_used", True))
     lines += [stat("landmark_rmse_px", "landmark RMSE", " px", rows=fitted,
-                   note=f", over the views whose landmarks were used ({dropped} not: report.json landmarks_not_used)"
-                   if dropped else ""),
+                   note=f", over the views whose landmarks were used (not {dropped}: report.json landmarks_not_used "
+                        "says why)" if dropped else ""),
               stat("epipolar_px_median", "epipolar (median)", " px"), stat("mask_iou", "mask IoU", "", worst=min)]
     path = folder / "fit_details.json"
     details = json.loads(path.read_text()) if path.is_file() else {}
