@@ -20,6 +20,7 @@ from tqdm import tqdm
 from fitting.images import same_camera_shape
 
 from . import files, manifest as mf
+from .profiles import PROFILE_BOX_OFFSET, profile_views
 
 log = logging.getLogger("process_data")
 
@@ -326,14 +327,25 @@ def _intrinsics(sc: _Scene, force: bool) -> None:
     out = sc.out / "cameras.json"
     lm_path = sc.out / "landmarks.json"
     use_lm = sc.opts["sfm_landmarks"] != "never" and lm_path.is_file()
-    inputs = _inputs(sc, names, *([lm_path] if use_lm else []))
+    head_masks = sc.out / "masks" / "head"
+    if use_lm:   # the landmarks of profiles stay out of SfM, judged by the head masks
+        opts["profile_box_offset"] = PROFILE_BOX_OFFSET
+        masks = [p for p in (head_masks / f"{Path(n).stem}.png" for n in names) if p.is_file()]
+    inputs = _inputs(sc, names, *([lm_path, *masks] if use_lm else []))
     if not _stale(sc, "intrinsics", opts, inputs, [out], force):
         return
     import pycolmap
 
-    points = None
+    points, profile_note = None, []
     if use_lm:
         points = {n: r["points"] for n, r in _load_points(sc).items() if r["points"] is not None and n in names}
+        profiles = profile_views(points, head_masks)
+        points = {n: p for n, p in points.items() if n not in profiles}
+        if profiles:
+            profile_note = ["SfM leaves out the landmarks of " + ", ".join(
+                f"{n} (face box {o:+.2f} of the head's width off its centre)" for n, o in sorted(profiles.items()))
+                + ": their face sits at the side of the head, a profile, where a detector's points are a "
+                  "frontal face's (docs/PREPROCESSING.md)"]
     t0 = time.time()
     known = known_cameras(out)
     _say(f"pycolmap SfM on {len(names)} views" + (" (intrinsics known: K kept)" if known else ""))
@@ -341,6 +353,7 @@ def _intrinsics(sc: _Scene, force: bool) -> None:
                               min_registered=sc.opts["min_registered"], max_image_size=sc.opts["sfm_max_size"],
                               sequential=sc.opts["sequential"], num_threads=sc.opts["num_threads"],
                               landmarks=points, use_landmarks=sc.opts["sfm_landmarks"], known=known)
+    warns = profile_note + warns
     for n in names:
         st = sc.manifest["views"][n]["status"]
         st["intrinsics"] = "registered" if n in cams["registered"] else "not registered"

@@ -19,17 +19,19 @@ N_VIEWS = 6
 @pytest.fixture(scope="module")
 def sfm_scene(tmp_path_factory, standin_path):
     """6 views of 448 px on a +-60 deg arc at 0.8 m, then process_data's SfM stage (~20 s CPU).
-    The wide arc and the short distance pin SfM's focal length (3% off here; +-45 deg at 1 m:
+    The wide arc and the short distance pin SfM's focal length (4% off here; +-45 deg at 1 m:
     16%), without which its points sit centimetres off the true surface after the similarity.
-    The outer views keep their true landmarks: SfM's retry round here adds the landmarks as
-    matches (``--sfm_landmarks fallback``), and a detector's frontal-shaped points on the two
-    profiles pull SfM's focal length to 0.63x the true one (docs/PREPROCESSING.md)."""
+    SfM's retry round here adds the landmarks as matches (``--sfm_landmarks fallback``), except
+    the two profiles': their face boxes sit at the side of their head masks
+    (process_data/profiles.py). Their detector points, frontal-shaped, pulled SfM's focal length
+    to 0.63x the true one (docs/PREPROCESSING.md)."""
     from process_data.pipeline import run_all
     scene = make_scene(tmp_path_factory.mktemp("tracks") / "scene", standin_path, n_views=N_VIEWS, width=448,
-                       height=448, yaw_deg=60.0, distance=0.8, n_shape=20, n_exp=10, seed=0,
-                       detector_profiles=False)
+                       height=448, yaw_deg=60.0, distance=0.8, n_shape=20, n_exp=10, seed=0)
     run_all(scene, stages=["scan", "intrinsics"], progress=False)
     cams = json.loads((scene / "cameras.json").read_text())
+    warnings = json.loads((scene / "manifest.json").read_text())["warnings"]
+    assert any("view_00.png (face box +0.23" in w and "view_05.png (face box -0.23" in w for w in warnings), warnings
     gt = dict(np.load(scene / "ground_truth.npz"))
     names = [str(n) for n in gt["names"]]
     reg = cams["registered"]
