@@ -206,6 +206,8 @@ def repose_by_mask(ctx: FitContext, state: FitState) -> tuple[FitState, list]:
     if not suspect.any():
         return state, []
     good = used & ~suspect
+    if not good.any():   # no view's head to take the size and place in the mask from
+        return state, []
     a_c, c_c = _moments(cover[good])
     a_m, c_m = _moments(masks[good] > 0.5)
     area_ratio = float((a_c / a_m).median())

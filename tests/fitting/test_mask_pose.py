@@ -139,13 +139,16 @@ def test_profiles_that_followed_a_detectors_points_are_posed_by_their_mask(profi
 def test_a_bad_mask_on_a_frontal_view_moves_nothing(profile_scene):
     """A view whose mask is wrong (shifted by a quarter of the image) but whose landmarks are a
     frontal face's: the best pose for the mask lies within the detector's range, so the
-    landmarks keep it."""
+    landmarks keep it; an empty mask moves nothing either."""
     make_ctx, true_state, _ = profile_scene
     ctx = make_ctx()
     ctx.head_mask[3] = torch.roll(ctx.head_mask[3], shifts=32, dims=-1)
     st, moved = repose_by_mask(ctx, true_state)
     assert moved == [] and ctx.landmark_flags == {}
     assert torch.equal(st.R(), true_state.R())
+    ctx.head_mask[2] = 0                                  # a segmentation that found nothing
+    st, moved = repose_by_mask(ctx, true_state)
+    assert moved == [] and torch.equal(st.R(), true_state.R()) and torch.isfinite(st.cam_t).all()
 
 
 def test_the_search_compares_at_most_128_px_in_the_same_geometry():
