@@ -222,10 +222,28 @@ def _flame(cfg):
     return load_model(cfg, torch.device("cpu"))[0]
 
 
+def draw_tracked_landmarks(img: np.ndarray, uv: np.ndarray, used: bool) -> np.ndarray:
+    """A copy of img (H, W, 3) RGB with the model's landmarks uv (68, 2) drawn: green where the
+    frame's fit used this camera's detected landmarks, orange and labelled where it did not (a
+    profile's, an outlier's, none detected)."""
+    import cv2
+    img = img.copy()
+    colour = (0, 255, 0) if used else (255, 160, 0)
+    for x, y in uv:
+        cv2.circle(img, (int(x), int(y)), 2, colour, -1)
+    if not used:   # about two thirds of the image's width, whatever its size
+        h, w = img.shape[:2]
+        scale = w / 320
+        cv2.putText(img, "landmarks not used", (max(2, w // 25), max(12, h // 10)), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    colour, max(1, round(2 * scale)), cv2.LINE_AA)
+    return img
+
+
 def _overlay_video(path: Path, cfg, dirs: list, ident, res: dict, flame) -> None:
     """Every camera's image per frame with the tracked model's 68 landmarks (static contour) drawn
-    in green, where the camera sees them: through its lens distortion, on the original images."""
-    import cv2
+    where the camera sees them, through its lens distortion, on the original images
+    (:func:`draw_tracked_landmarks`: orange on the cameras whose landmarks the frame's fit did not
+    use)."""
     import torch
     from fitting.calibration import distort_points
     from fitting.images import read_image
@@ -248,11 +266,11 @@ def _overlay_video(path: Path, cfg, dirs: list, ident, res: dict, flame) -> None
     def load(frame: str) -> dict:
         return {Path(n).stem: read_image(dirs[index[frame]] / "images" / n) for n in names}
 
+    used = np.isfinite(np.asarray(res["landmark_rmse_px"], np.float64))                   # (T, C)
+
     def overlay(frame: str, cam: str, img: np.ndarray) -> np.ndarray:
-        img = img.copy()
-        for x, y in uv[index[frame], camera[cam]]:
-            cv2.circle(img, (int(x), int(y)), 2, (0, 255, 0), -1)
-        return img
+        t, c = index[frame], camera[cam]
+        return draw_tracked_landmarks(img, uv[t, c], bool(used[t, c]))
 
     write_overlay_video(path, [d.name for d in dirs], load, overlay)
 

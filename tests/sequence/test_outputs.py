@@ -88,3 +88,19 @@ def test_overlay_video_frame_count(seq, tmp_path):
     assert n == 3 and (w, h) == (2 * 96, 2 * 96)
     assert loaded == lay.frames                                      # streamed: each frame read once, in turn
     assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.mp4"]
+
+
+def test_overlay_marks_the_cameras_whose_landmarks_the_fit_did_not_use():
+    """Green points where the frame's fit used the camera's landmarks; orange points and a label
+    where it did not (a profile's detector points), so the video shows which cameras the
+    landmarks posed."""
+    from fitting.sequence.__main__ import draw_tracked_landmarks
+    img = np.zeros((96, 160, 3), np.uint8)
+    uv = np.array([[40.0, 60.0], [100.0, 70.0]])
+    used = draw_tracked_landmarks(img, uv, True)
+    assert img.sum() == 0                                            # the input is not drawn on
+    assert tuple(used[60, 40]) == (0, 255, 0) and tuple(used[70, 100]) == (0, 255, 0)
+    assert (used[:30] == 0).all()                                    # no label
+    unused = draw_tracked_landmarks(img, uv, False)
+    assert tuple(unused[60, 40]) == (255, 160, 0)
+    assert (unused[:30].reshape(-1, 3) == (255, 160, 0)).all(1).sum() > 50   # "landmarks not used"
