@@ -13,8 +13,9 @@ posed that way, covers much less of the view's head mask than in the other views
 face's box (what the detector's points still tell) lies where the detector put it, then to the
 elevation and roll whose silhouette covers the mask best. It drops the view's landmarks; the
 outline (:func:`fitting.geometry_terms.outline_weights`) and photometric terms of the rounds
-after it pose the view from there. Run after the first geometry round
-(:func:`fitting.stages.stage_geometry`), whose head the other views placed.
+after it pose the view from there. Run after the static-landmark rounds
+(:func:`fitting.stages.stage_geometry`), whose head the other views placed, and again after
+the static round is refit without the re-posed views' landmarks.
 """
 from __future__ import annotations
 
@@ -34,9 +35,9 @@ __all__ = ["MASK_IOU_FLAG_RATIO", "low_mask_iou", "orbit", "yaw_candidates", "ti
            "repose_by_mask"]
 
 # A view that neither tracks nor a calibration place whose fitted head covers much less of its
-# head mask than the median view's is posed wrong. Measured: views that followed a detector's frontal-shaped
-# points on a profile, with no tracks to pose them, 0.45 against a median of 0.88; the real
-# sample's masks, hair included, 0.65-0.67 in every view.
+# head mask than the median view's is posed wrong. Measured: views that followed a detector's
+# frontal-shaped points on a profile, with no tracks to pose them, 0.45 against a median of
+# 0.88; the real sample's masks, hair included, 0.65-0.67 in every view.
 MASK_IOU_FLAG_RATIO = 0.7
 # Views below this x the median view's IoU are searched (a profile 40 deg off read 0.83x; views
 # posed right, 0.96-1.04x here and on the real sample); a search moves a view when it lifts the

@@ -349,8 +349,9 @@ REPOSE_PASSES = 3
 
 def _repose_by_masks(ctx: FitContext, st: FitState, hist: list, rnd: int, use_tracks: bool) -> FitState:
     """:func:`fitting.mask_pose.repose_by_mask`, then the static round again, now without the
-    re-posed views' landmarks, which had pulled the head that they were re-posed on (their
-    outline holds them); repeated while views move, at most ``REPOSE_PASSES`` times."""
+    re-posed views' landmarks, which had pulled the head that they were re-posed on, and with
+    the outline, which holds those views; repeated while views move, at most ``REPOSE_PASSES``
+    times."""
     for _ in range(REPOSE_PASSES):
         st, moved = repose_by_mask(ctx, st)
         if not moved:

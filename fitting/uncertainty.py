@@ -61,9 +61,9 @@ class Group:
 
 def term_groups(ctx: FitContext, st: FitState, unk: Unknowns, static_only: bool = False) -> list[Group]:
     """The groups of the geometry LM at st: landmarks and outline (as in the last rounds:
-    all 68 points, outline when :func:`fitting.geometry_terms.uses_outline`; the 51 static points without the outline with
-    ``static_only``, as in the first rounds), the prior, and the tracks when their points are
-    set. The photometric rows are not included."""
+    all 68 points, outline when :func:`fitting.geometry_terms.uses_outline`; the 51 static
+    points without the outline with ``static_only``, as in the first rounds), the prior, and
+    the tracks when their points are set. The photometric rows are not included."""
     from fitting.stages import cameras64, geometry_terms, track_weight
     st, terms = geometry_terms(ctx, st, unk, static_only=static_only, use_rim=uses_outline(ctx) and not static_only,
                                use_photo=False)

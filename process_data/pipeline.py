@@ -327,7 +327,7 @@ def _intrinsics(sc: _Scene, force: bool) -> None:
     out = sc.out / "cameras.json"
     lm_path = sc.out / "landmarks.json"
     use_lm = sc.opts["sfm_landmarks"] != "never" and lm_path.is_file()
-    head_masks = sc.out / "masks" / "head"
+    head_masks, masks = sc.out / "masks" / "head", []
     if use_lm:   # the landmarks of profiles stay out of SfM, judged by the head masks
         opts["profile_box_offset"] = PROFILE_BOX_OFFSET
         masks = [p for p in (head_masks / f"{Path(n).stem}.png" for n in names) if p.is_file()]
