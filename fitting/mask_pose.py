@@ -7,7 +7,7 @@ view, its landmarks are simply dropped. A view that only its landmarks place fol
 instead: PnP puts the squeezed points at a few degrees of yaw, with a residual only 1.5-2x
 the median view's, so the landmarks cannot tell the view is wrong. Its mask can: the head,
 posed that way, covers much less of the view's head mask than in the other views
-(:data:`MASK_IOU_FLAG_RATIO`).
+(:data:`SUSPECT_IOU_RATIO`).
 
 :func:`repose_by_mask` moves such a view's camera around the head: to the yaw at which the
 face's box (what the detector's points still tell) lies where the detector put it, then to the
@@ -107,21 +107,18 @@ def _moments(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return area, torch.stack([cx, cy], 1)
 
 
-def _fit_to_mask(cover: torch.Tensor, mask: torch.Tensor, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor,
-                 centre: torch.Tensor, area_ratio: float, offset: torch.Tensor) -> torch.Tensor:
+def _fit_to_mask(cover: torch.Tensor, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, centre: torch.Tensor,
+                 area: torch.Tensor, centroid: torch.Tensor) -> torch.Tensor:
     """New t (B, 3) that moves each camera (K, R: (B, 3, 3), t: (B, 3)) so that its coverage
-    (cover: (B, 1, H, W) bool) takes the size and place the other views' fits take in their
-    masks: area ``area_ratio`` x the mask's (mask: (B, 1, H, W)), centroid ``offset`` (2,) x
-    sqrt(mask area) px from the mask's. The head's ``centre`` (3,) moves in depth to scale the
-    coverage about its projection, then sideways at that depth."""
+    (cover: (B, 1, H, W) bool) takes the ``area`` (px) and ``centroid`` (2,) px it should have in
+    the mask. The head's ``centre`` (3,) moves in depth to scale the coverage about its
+    projection, then sideways at that depth."""
     a_c, c_c = _moments(cover)
-    a_m, c_m = _moments(mask > 0.5)
-    s = (area_ratio * a_m / a_c).sqrt()                                   # (B,) growth of the coverage
+    s = (area / a_c).sqrt()                                               # (B,) growth of the coverage
     xc = (R @ centre[:, None])[..., 0] + t                                # (B, 3) centre, camera frame
     f, pp = torch.stack([K[:, 0, 0], K[:, 1, 1]], 1), K[:, :2, 2]
     p0 = xc[:, :2] / xc[:, 2:] * f + pp
-    target = c_m - offset * a_m.sqrt()[:, None]
-    p1 = target - (c_c - p0) * s[:, None]                                 # where the centre must project
+    p1 = centroid - (c_c - p0) * s[:, None]                               # where the centre must project
     z1 = xc[:, 2] / s
     x1 = torch.cat([(p1 - pp) / f * z1[:, None], z1[:, None]], 1)
     return t + x1 - xc
@@ -149,13 +146,17 @@ def _coverage(faces: torch.Tensor, verts: torch.Tensor, K: torch.Tensor, R: torc
 def _moved_to_mask(faces: torch.Tensor, verts: torch.Tensor, K: torch.Tensor, mask: torch.Tensor, R: torch.Tensor,
                    t: torch.Tensor, centre: torch.Tensor, area_ratio: float, offset: torch.Tensor) -> tuple:
     """Candidate cameras R (Y, 3, 3), t (Y, 3) of one view (verts: (1, V, 3), K: (1, 3, 3),
-    mask: (1, 1, H, W)), each moved by :func:`_fit_to_mask`. Returns their t (Y, 3) and the
-    IoU (Y,) of their coverage with the mask."""
+    mask: (1, 1, H, W)), each moved by :func:`_fit_to_mask` so that the head's coverage takes the
+    size and place the other views' fits take in their masks: area ``area_ratio`` x the mask's,
+    centroid ``offset`` (2,) x sqrt(mask area) px from the mask's. Returns their t (Y, 3) and
+    the IoU (Y,) of their coverage with the mask."""
     Y, size = len(R), tuple(mask.shape[-2:])
-    v, K, mask = verts.expand(Y, -1, -1), K.expand(Y, 3, 3), mask.expand(Y, -1, -1, -1)
+    a_m, c_m = _moments(mask > 0.5)
+    area, centroid = area_ratio * a_m, c_m[0] - offset * a_m.sqrt()
+    v, K = verts.expand(Y, -1, -1), K.expand(Y, 3, 3)
     for _ in range(FIT_STEPS):
-        t = _fit_to_mask(_coverage(faces, v, K, R, t, size), mask, K, R, t, centre, area_ratio, offset)
-    return t, mask_iou(_coverage(faces, v, K, R, t, size).float(), mask)
+        t = _fit_to_mask(_coverage(faces, v, K, R, t, size), K, R, t, centre, area, centroid)
+    return t, mask_iou(_coverage(faces, v, K, R, t, size).float(), mask.expand(Y, -1, -1, -1))
 
 
 def _search_scale(ctx: FitContext, K: torch.Tensor) -> tuple:
@@ -172,8 +173,9 @@ def _search_scale(ctx: FitContext, K: torch.Tensor) -> tuple:
 
 @torch.no_grad()
 def repose_by_mask(ctx: FitContext, state: FitState) -> tuple[FitState, list]:
-    """Re-pose the views flagged by :func:`low_mask_iou` (one subject, no calibration), each
-    camera orbiting the head (the silhouette does not see the head turn in place):
+    """Re-pose the views that neither tracks nor a calibration place (one subject) whose mask IoU
+    is below ``SUSPECT_IOU_RATIO`` x the median view's, each camera orbiting the head (the
+    silhouette does not see the head turn in place):
 
     1. yaw: every ``YAW_STEP_DEG`` within +-``YAW_RANGE_DEG``, keeping elevation and roll, the one
        whose projected landmarks' box best matches the detected points' (:func:`box_mismatch`;
@@ -183,10 +185,11 @@ def repose_by_mask(ctx: FitContext, state: FitState) -> tuple[FitState, list]:
 
     Every candidate is first moved so that the head's coverage takes the size and place in the
     mask that it takes in the other views (:func:`_fit_to_mask`; hair makes a mask larger than
-    the head). A view takes its new pose when that lifts its IoU to ``MASK_IOU_FLAG_RATIO`` x
-    the median view's at a yaw beyond ``lmk_max_yaw_deg`` (a profile: otherwise the detector's
-    points are not what misses the mask, and the view stays as it was, to be flagged at the
-    end). Its landmarks are then dropped (``ctx.landmark_flags`` says why), and the outline
+    the head). A view takes its new pose when that lifts its IoU by ``MIN_IOU_GAIN`` and to
+    ``MASK_IOU_FLAG_RATIO`` x the median view's, at a yaw no nearer the front than
+    ``lmk_max_yaw_deg`` - ``PROFILE_MARGIN_DEG`` (a profile: otherwise the detector's points are
+    not what misses the mask, and the view stays as it was, flagged at the end if its IoU stays
+    low). Its landmarks are then dropped (``ctx.landmark_flags`` says why), and the outline
     term holds it (:func:`fitting.geometry_terms.outline_weights`). Returns the new state and
     the re-posed views' indices."""
     if ctx.rig is not None or state.num_subjects != 1:

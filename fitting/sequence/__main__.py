@@ -27,7 +27,8 @@ from fitting.atomic import atomic_write_bytes
 from fitting.config import build_parser, parse_checked, validate
 from fitting.export.core import write_params
 from fitting.sequence.layout import frame_scenes, read_layout, select_frames
-from fitting.sequence.outputs import write_flame_params, write_frame_table, write_overlay_video
+from fitting.sequence.outputs import (draw_tracked_landmarks, write_flame_params, write_frame_table,
+                                      write_overlay_video)
 from fitting.sequence.track import (add_sequence_options, blend_chunks, check_sequence_options, chunk_ranges,
                                     identity_from_fit, interpolate, track_chunk)
 
@@ -220,23 +221,6 @@ def _flame(cfg):
     from fitting.model import load_model
     import torch
     return load_model(cfg, torch.device("cpu"))[0]
-
-
-def draw_tracked_landmarks(img: np.ndarray, uv: np.ndarray, used: bool) -> np.ndarray:
-    """A copy of img (H, W, 3) RGB with the model's landmarks uv (68, 2) drawn: green where the
-    frame's fit used this camera's detected landmarks, orange and labelled where it did not (a
-    profile's, an outlier's, none detected)."""
-    import cv2
-    img = img.copy()
-    colour = (0, 255, 0) if used else (255, 160, 0)
-    for x, y in uv:
-        cv2.circle(img, (int(x), int(y)), 2, colour, -1)
-    if not used:   # about two thirds of the image's width, whatever its size
-        h, w = img.shape[:2]
-        scale = w / 320
-        cv2.putText(img, "landmarks not used", (max(2, w // 25), max(12, h // 10)), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    colour, max(1, round(2 * scale)), cv2.LINE_AA)
-    return img
 
 
 def _overlay_video(path: Path, cfg, dirs: list, ident, res: dict, flame) -> None:

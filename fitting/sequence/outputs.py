@@ -33,7 +33,8 @@ from fitting.export.core import write_params
 from fitting.export.gaussian_avatars import flame_param_arrays
 from fitting.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
-__all__ = ["write_flame_params", "root_joint", "write_frame_table", "write_overlay_video", "timestep_id"]
+__all__ = ["write_flame_params", "root_joint", "write_frame_table", "draw_tracked_landmarks", "write_overlay_video",
+           "timestep_id"]
 
 
 def timestep_id(index: int) -> str:
@@ -156,6 +157,22 @@ def _tile(img: np.ndarray, width: int, height: int) -> np.ndarray:
 def _label(img: np.ndarray, text: str, at=(4, 16), scale: float = 0.45) -> None:
     for colour, thick in (((0, 0, 0), 3), ((255, 255, 255), 1)):  # outlined: readable on any background
         cv2.putText(img, text, at, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA)
+
+
+def draw_tracked_landmarks(img: np.ndarray, uv: np.ndarray, used: bool) -> np.ndarray:
+    """A copy of img (H, W, 3) RGB with the model's landmarks uv (68, 2) drawn: green where the
+    frame's fit used this camera's detected landmarks, orange and labelled where it did not (a
+    profile's, an outlier's, none detected)."""
+    img = img.copy()
+    colour = (0, 255, 0) if used else (255, 160, 0)
+    for x, y in uv:
+        cv2.circle(img, (int(x), int(y)), 2, colour, -1)
+    if not used:   # about two thirds of the image's width, whatever its size
+        h, w = img.shape[:2]
+        scale = w / 320
+        cv2.putText(img, "landmarks not used", (max(2, w // 25), max(12, h // 10)), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    colour, max(1, round(2 * scale)), cv2.LINE_AA)
+    return img
 
 
 def write_overlay_video(path, frames: list, load_images, overlay=None, fps: float = 10.0, tile_width: int = 256,

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from fitting.sequence.outputs import write_flame_params, write_frame_table, write_overlay_video
+from fitting.sequence.outputs import (draw_tracked_landmarks, write_flame_params, write_frame_table,
+                                      write_overlay_video)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,6 @@ def test_overlay_marks_the_cameras_whose_landmarks_the_fit_did_not_use():
     """Green points where the frame's fit used the camera's landmarks; orange points and a label
     where it did not (a profile's detector points), so the video shows which cameras the
     landmarks posed."""
-    from fitting.sequence.__main__ import draw_tracked_landmarks
     img = np.zeros((96, 160, 3), np.uint8)
     uv = np.array([[40.0, 60.0], [100.0, 70.0]])
     used = draw_tracked_landmarks(img, uv, True)
