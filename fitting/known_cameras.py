@@ -125,7 +125,7 @@ def rig_tracks(rig: Rig, scene, work_dir, tolerance_deg: float, inside=None, max
     cams = [rig.cameras[n] for n in scene.names]
     image_dir = Path(scene.image_paths[0]).parent
     up = sift_upsampling(cams, max_image_size)
-    if up > 1 or any(len(c.distortion) and np.any(np.asarray(c.distortion) != 0) for c in cams):
+    if up > 1 or any(np.any(c.distortion) for c in cams):
         image_dir = sift_copies(scene.image_paths, cams, Path(work_dir) / "sift_images", up)
     S = np.diag([up, up, 1.0])           # pixel centres at +0.5: an image scaled by s has K -> diag(s, s, 1) K
     rec = triangulate_known(image_dir, scene.names, [(S @ c.K, c.R, c.t, up * c.width, up * c.height) for c in cams],
