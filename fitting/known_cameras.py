@@ -40,7 +40,7 @@ from fitting.render.cameras import camera_centers, matrix_to_rot
 from fitting.rotations import matrix_to_axis_angle, right_jacobian_inverse, skew
 from fitting.state import FitState
 
-__all__ = ["Rig", "read_rig", "scene_cameras_json", "apply_rig", "rig_tracks", "sift_copies", "sift_upsampling",
+__all__ = ["Rig", "read_rig", "scene_cameras_json", "apply_rig", "rig_tracks", "undistorted_copies",
            "initialize_from_rig", "head_to_rig", "snap_to_rig", "place_cameras", "angle_deg", "calibration_sigma",
            "calibration_offsets", "CameraPrior", "TemporalPrior", "rig_report", "CAMERA_MODES"]
 
@@ -117,49 +117,36 @@ def rig_tracks(rig: Rig, scene, work_dir, tolerance_deg: float, inside=None, max
     tolerance_deg: how far the calibration may be off (matches that disagree with it by more
     are not triangulated).
 
-    SIFT runs on copies of the images (:func:`sift_copies`, in ``work_dir``) when the views
-    distort, so that the keypoints are in the calibration's pinhole pixels, as the fit's images
-    are, or when they are small (:func:`sift_upsampling`)."""
+    SIFT runs on copies of the images (:func:`undistorted_copies`, in ``work_dir``) when the
+    views distort, so that the keypoints are in the calibration's pinhole pixels, as the fit's
+    images are; it sees small views doubled (``process_data.intrinsics.sift_upsampling``)."""
     from fitting.tracks import load_tracks
-    from process_data.intrinsics import triangulate_known
+    from process_data.intrinsics import sift_upsampling, triangulate_known
     cams = [rig.cameras[n] for n in scene.names]
     image_dir = Path(scene.image_paths[0]).parent
-    up = sift_upsampling(cams, max_image_size)
-    if up > 1 or any(np.any(c.distortion) for c in cams):
-        image_dir = sift_copies(scene.image_paths, cams, Path(work_dir) / "sift_images", up)
-    S = np.diag([up, up, 1.0])           # pixel centres at +0.5: an image scaled by s has K -> diag(s, s, 1) K
-    rec = triangulate_known(image_dir, scene.names, [(S @ c.K, c.R, c.t, up * c.width, up * c.height) for c in cams],
-                            work_dir, tolerance_deg=tolerance_deg, max_image_size=max_image_size)
-    scale = scene.scale.cpu().numpy() / up                                     # SIFT's pixels -> fitting pixels
+    if any(np.any(c.distortion) for c in cams):
+        image_dir = undistorted_copies(scene.image_paths, cams, Path(work_dir) / "undistorted")
+    rec = triangulate_known(image_dir, scene.names, [(c.K, c.R, c.t, c.width, c.height) for c in cams],
+                            work_dir, tolerance_deg=tolerance_deg, max_image_size=max_image_size,
+                            upsample=sift_upsampling([(c.width, c.height) for c in cams], max_image_size))
+    scale = scene.scale.cpu().numpy()                                       # the views' pixels -> fitting pixels
     lmk = scene.landmarks.cpu().numpy() / scale[:, None, :]
-    ins = inside if inside is None or up == 1 else (lambda view, uv: inside(view, uv / up))
-    return load_tracks(rec, scene.names, scale, landmarks_px=lmk, inside=ins)
+    return load_tracks(rec, scene.names, scale, landmarks_px=lmk, inside=inside)
 
 
-def sift_upsampling(cams: list, max_image_size: int) -> int:
-    """2 when every view's longer side is at most half ``max_image_size``, else 1: SIFT's finest
-    octave (COLMAP's, the image doubled) still misses the skin's fine texture in small images.
-    On the 256 px synthetic sequence 2x finds ~140 track points a frame against ~2, 3x and 4x
-    no more than 2x; on the real sample halved, 2.5x the points (docs/FITTING.md)."""
-    return 2 if all(2 * max(c.width, c.height) <= max_image_size for c in cams) else 1
-
-
-def sift_copies(paths: list, cams: list, out: Path, up: int = 1) -> Path:
-    """The images ``paths`` as SIFT is to see them, in ``out`` under their own names (the tracks
-    are looked up by name): as the pinhole cameras of their calibration ``cams`` (Calibrated,
+def undistorted_copies(paths: list, cams: list, out: Path) -> Path:
+    """The images ``paths`` as the pinhole cameras of their calibration ``cams`` (Calibrated,
     one per path) see them (:func:`fitting.calibration.undistort_view`: lens distortion
-    removed, the same K), then scaled by the integer ``up`` (cubic). A PNG stays lossless, a
-    JPEG is written at quality 100. Returns ``out``."""
+    removed, the same K), in ``out`` under their own names (the tracks are looked up by name).
+    A PNG stays lossless, a JPEG is written at quality 100. Returns ``out``."""
     import cv2
     from fitting.images import read_image
     out.mkdir(parents=True, exist_ok=True)
     for p, c in zip(map(Path, paths), cams):
         img = undistort_view(read_image(p), c.K, np.asarray(c.distortion, np.float64))
-        if up > 1:
-            img = cv2.resize(img, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC)
         jpeg = [cv2.IMWRITE_JPEG_QUALITY, 100] if p.suffix.lower() in (".jpg", ".jpeg") else []
         if not cv2.imwrite(str(out / p.name), np.ascontiguousarray(img[..., ::-1]), jpeg):
-            raise ValueError(f"could not write the copy of {p} for SIFT to {out}: is the disk full?")
+            raise ValueError(f"could not write the undistorted copy of {p} to {out}: is the disk full?")
     return out
 
 

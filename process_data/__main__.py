@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crop mode: side of the square crop, as a multiple of the face box's mean side")
     p.add_argument("--fov", type=float, default=DEFAULTS["fov"], help="fallback horizontal field of view, degrees")
     p.add_argument("--sfm_max_size", "--sfm-max-size", type=int, default=DEFAULTS["sfm_max_size"],
-                   help="longest image side used for SIFT (keypoints are rescaled to full resolution)")
+                   help="longest image side used for SIFT (keypoints are rescaled to full resolution); views of at most "
+                        "half this size are doubled for SIFT")
     p.add_argument("--sequential", action="store_true", help="sequential matching (frames of a video)")
     p.add_argument("--sfm_landmarks", "--sfm-landmarks", choices=["never", "fallback", "always"], default=DEFAULTS["sfm_landmarks"],
                    help="add the 68 landmarks as SfM correspondences: never, only when SIFT alone fails, always")

@@ -61,7 +61,8 @@ def intrinsics_main(argv=None) -> int:
     p = _stage_parser("intrinsics", "Shared camera intrinsics of a scene with pycolmap (writes cameras.json, sfm/).")
     p.add_argument("--fov", type=float, default=30.0, help="fallback horizontal field of view, degrees")
     p.add_argument("--sfm_max_size", "--sfm-max-size", type=int, default=1024,
-                   help="longest image side SIFT and SfM run at, pixels")
+                   help="longest image side SIFT and SfM run at, pixels; views of at most half this size are doubled "
+                        "for SIFT")
     p.add_argument("--sequential", action="store_true", help="sequential matching (frames of a video)")
     a = p.parse_args(argv)
     return cli_run(scene_dir=a.scene, out_dir=a.out, force=a.force, stages=["scan", "intrinsics"], fov=a.fov,

@@ -79,14 +79,14 @@ def check_plausible(K: np.ndarray, distortion, width: int, height: int, reproj: 
 def run_sfm(image_dir, names: list[str], work_dir, *, max_image_size: int = 1024, sequential: bool = False,
             camera_model: str = "SIMPLE_PINHOLE", num_threads: int = -1, seed: int = 0,
             max_attempts: int = 3, landmarks: dict | None = None, use_landmarks: str = "fallback",
-            sift_dsp: bool = True, keypoint_masks: Path | None = None):
+            sift_dsp: bool = True, keypoint_masks: Path | None = None, upsample: int = 1):
     """Run pycolmap on ``names`` inside ``image_dir``; database and model go in ``work_dir``.
 
     landmarks: optional {name: (68, 2)} in the +0.5 convention (COLMAP's too), added as extra
     keypoints whose descriptors identify the landmark index, so that matching pairs the same
     index across views; use_landmarks: "never", "always" or "fallback" (only in the retry round).
-    sift_dsp, keypoint_masks: the SIFT descriptor, and where keypoints may lie (see
-    :func:`extract_and_match`).
+    sift_dsp, keypoint_masks, upsample: the SIFT descriptor, where keypoints may lie, and the
+    scale SIFT sees the images at (see :func:`extract_and_match`).
     num_threads: SIFT extraction's and matching's (-1: every core); their results do not depend
     on it. The mapper runs on one thread (:data:`MAPPER_THREADS`).
     Returns the best pycolmap.Reconstruction or None. Keypoints are rescaled to the original
@@ -99,7 +99,8 @@ def run_sfm(image_dir, names: list[str], work_dir, *, max_image_size: int = 1024
     pycolmap.logging.minloglevel = 2  # COLMAP's INFO lines would drown the progress bars
     try:
         return _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, camera_model,
-                        num_threads, seed, max_attempts, landmarks, use_landmarks, sift_dsp, keypoint_masks)
+                        num_threads, seed, max_attempts, landmarks, use_landmarks, sift_dsp, keypoint_masks,
+                        upsample)
     finally:
         pycolmap.logging.minloglevel = level
 
@@ -111,7 +112,7 @@ MAPPER_THREADS = 1
 
 
 def _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, camera_model, num_threads, seed,
-             max_attempts, landmarks, use_landmarks, sift_dsp, keypoint_masks, max_rounds=2):
+             max_attempts, landmarks, use_landmarks, sift_dsp, keypoint_masks, upsample, max_rounds=2):
     # Multi-threaded mapping is not deterministic; on face captures an unlucky run strands most
     # views or lands on an absurd focal length. So: retry mapping with other seeds (cheap), and
     # if that does not help, redo extraction and matching once (another RANSAC seed, and the
@@ -127,7 +128,7 @@ def _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, c
                           pycolmap.CameraMode.SINGLE,
                           landmarks if landmarks and (use_landmarks == "always" or
                                                       (use_landmarks == "fallback" and rnd > 0)) else None,
-                          sift_dsp, keypoint_masks)
+                          sift_dsp, keypoint_masks, upsample)
         for attempt in range(max_attempts):
             opts = pycolmap.IncrementalPipelineOptions()
             opts.min_num_matches = 10
@@ -164,7 +165,7 @@ def _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, c
 
 def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: str, max_image_size: int,
                       ransac_seed: int, num_threads: int, sequential: bool, camera_mode, landmarks: dict | None,
-                      sift_dsp: bool = True, keypoint_masks: Path | None = None):
+                      sift_dsp: bool = True, keypoint_masks: Path | None = None, upsample: int = 1):
     """SIFT features of ``names`` and their verified matches into the database ``db`` (COLMAP
     numbers the images in the sorted order of their names); with ``landmarks``, also the
     landmark keypoints (:func:`add_landmark_features`).
@@ -178,11 +179,17 @@ def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: s
     num_threads: extraction's and matching's (-1: every core; the result does not depend on it).
     sift_dsp: domain-size pooling (DSP-SIFT descriptors). It triples extraction's time, and it
     is what finds the matches on real skin: on ../shared/data/multiview_sample it gave 737 SfM
-    points against 562 without (docs/PREPROCESSING.md)."""
+    points against 562 without (docs/PREPROCESSING.md).
+    upsample: SIFT sees the images scaled by this integer (:func:`sift_upsampling`); the
+    database then holds the keypoints and cameras in the images' own pixels, as without it,
+    and the matches are verified at 4 px in the pixels SIFT saw."""
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = camera_model
+    sift_dir = Path(image_dir)
+    if upsample > 1:
+        sift_dir = _scaled_copies(image_dir, names, Path(db).parent / "sift_images", upsample)
     if keypoint_masks is not None:
-        reader.mask_path = str(_colmap_masks(keypoint_masks, image_dir, names, Path(db).parent / "keypoint_masks"))
+        reader.mask_path = str(_colmap_masks(keypoint_masks, sift_dir, names, Path(db).parent / "keypoint_masks"))
     ext = pycolmap.FeatureExtractionOptions()
     ext.max_image_size = int(max_image_size)
     # The images go into the database first, on one thread (in sorted order); the extraction
@@ -191,22 +198,76 @@ def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: s
     # matches, are the same on every run and whatever the thread count (1 against 2 threads:
     # the same ids, keypoints, descriptors and inlier matches, byte for byte).
     pycolmap.Database.open(str(db)).close()
-    pycolmap.import_images(db, str(image_dir), camera_mode=camera_mode, image_names=list(names), options=reader)
+    pycolmap.import_images(db, str(sift_dir), camera_mode=camera_mode, image_names=list(names), options=reader)
     ext.num_threads = num_threads
     ext.sift.peak_threshold = 0.003   # low-contrast skin needs a lower DoG threshold
     ext.sift.domain_size_pooling = bool(sift_dsp)
-    pycolmap.extract_features(db, str(image_dir), image_names=list(names), camera_mode=camera_mode,
+    pycolmap.extract_features(db, str(sift_dir), image_names=list(names), camera_mode=camera_mode,
                               reader_options=reader, extraction_options=ext, device=pycolmap.Device.cpu)
+    if upsample > 1:
+        _to_original_pixels(pycolmap, db, image_dir, names, camera_mode, reader, upsample)
+        shutil.rmtree(sift_dir)
     if landmarks:
         add_landmark_features(pycolmap, db, landmarks)
     mo = pycolmap.FeatureMatchingOptions()
     mo.num_threads = num_threads
     vo = pycolmap.TwoViewGeometryOptions()
     vo.ransac.random_seed = ransac_seed
+    vo.ransac.max_error /= upsample
     if sequential:
         pycolmap.match_sequential(db, matching_options=mo, verification_options=vo, device=pycolmap.Device.cpu)
     else:
         pycolmap.match_exhaustive(db, matching_options=mo, verification_options=vo, device=pycolmap.Device.cpu)
+
+
+def sift_upsampling(sizes: list, max_image_size: int) -> int:
+    """2 when every image's longer side is at most half ``max_image_size``, else 1. sizes:
+    (width, height) per image. SIFT's finest octave (COLMAP's, the image doubled) still misses
+    the skin's fine texture in small images: on the 256 px synthetic sequence the doubled views
+    give ~140 track points a frame against ~2, 3x and 4x no more than 2x; on the real sample
+    halved, 2.5x the points (docs/FITTING.md)."""
+    return 2 if all(2 * max(w, h) <= max_image_size for w, h in sizes) else 1
+
+
+def _scaled_copies(image_dir, names: list[str], out: Path, up: int) -> Path:
+    """``names`` of ``image_dir`` scaled by the integer ``up`` (cubic), in ``out`` under their
+    own names (a PNG stays lossless, a JPEG is written at quality 100). Returns ``out``."""
+    import cv2
+    for n in names:
+        # the stored pixels, as COLMAP reads them (it ignores the EXIF orientation)
+        img = cv2.imread(str(Path(image_dir) / n), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if img is None:
+            raise ValueError(f"could not read {Path(image_dir) / n} for SIFT")
+        dst = out / n
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        jpeg = [cv2.IMWRITE_JPEG_QUALITY, 100] if dst.suffix.lower() in (".jpg", ".jpeg") else []
+        if not cv2.imwrite(str(dst), cv2.resize(img, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC), jpeg):
+            raise ValueError(f"could not write the copy of {n} for SIFT to {out}: is the disk full?")
+    return out
+
+
+def _to_original_pixels(pycolmap, db, image_dir, names: list[str], camera_mode, reader, up: int) -> None:
+    """The database ``db``, extracted from copies scaled by ``up``, in the pixels of the images
+    in ``image_dir``: every keypoint's position and affine shape divided by ``up`` (pixel
+    centres at +0.5, COLMAP's convention too, so the map is exact), and the cameras as
+    importing the images themselves makes them (their size, and a focal prior from EXIF,
+    which the copies lack)."""
+    ref = Path(db).with_name("originals.db")
+    ref.unlink(missing_ok=True)
+    pycolmap.Database.open(str(ref)).close()
+    pycolmap.import_images(ref, str(image_dir), camera_mode=camera_mode, image_names=list(names), options=reader)
+    with pycolmap.Database.open(str(ref)) as original:
+        camera_of = {im.name: original.read_camera(im.camera_id) for im in original.read_all_images()}
+    ref.unlink()
+    with pycolmap.Database.open(str(db)) as database:
+        for im in database.read_all_images():
+            cam = camera_of[im.name]
+            cam.camera_id = im.camera_id
+            database.update_camera(cam)
+            kp = np.array(database.read_keypoints(im.image_id), np.float32)
+            kp[:, :2] /= up
+            kp[:, 2:6 if kp.shape[1] == 6 else 3] /= up     # affine shape (a11..a22), or scale
+            database.update_keypoints(im.image_id, kp)
 
 
 def _colmap_masks(mask_dir: Path, image_dir, names: list[str], out: Path) -> Path:
@@ -225,15 +286,16 @@ def _colmap_masks(mask_dir: Path, image_dir, names: list[str], out: Path) -> Pat
 
 
 def triangulate_known(image_dir, names: list[str], cameras: list, work_dir, *, tolerance_deg: float,
-                      max_image_size: int = 1024, num_threads: int = -1, seed: int = 0):
+                      max_image_size: int = 1024, num_threads: int = -1, seed: int = 0, upsample: int = 1):
     """Tracks of ``names`` under known cameras: SIFT, exhaustive verified matching, then COLMAP's
     point triangulator with every pose held (no mapping, no bundle adjustment).
 
     cameras: per name (K (3, 3) original pixels, world-to-camera R (3, 3), t (3,), width,
     height), undistorted. tolerance_deg: how far the cameras may be off; the triangulator's
     angle and reprojection limits are widened to it, since its defaults (2 deg, 4 px) reject
-    every match of a camera that is off by a degree (~25 px at 512 px). The database goes in
-    ``work_dir``. Returns the pycolmap.Reconstruction (its points in the cameras' frame)."""
+    every match of a camera that is off by a degree (~25 px at 512 px). upsample: see
+    :func:`extract_and_match`. The database goes in ``work_dir``. Returns the
+    pycolmap.Reconstruction (its points in the cameras' frame)."""
     import pycolmap
 
     work_dir = Path(work_dir)
@@ -246,7 +308,7 @@ def triangulate_known(image_dir, names: list[str], cameras: list, work_dir, *, t
     try:
         pycolmap.set_random_seed(seed)
         extract_and_match(pycolmap, db, image_dir, names, "PINHOLE", max_image_size, seed, num_threads, False,
-                          pycolmap.CameraMode.PER_IMAGE, None)
+                          pycolmap.CameraMode.PER_IMAGE, None, upsample=upsample)
         with pycolmap.Database.open(str(db)) as database:
             ids = {im.name: (im.image_id, im.camera_id) for im in database.read_all_images()}
         rec = pycolmap.Reconstruction()
@@ -378,7 +440,8 @@ def estimate_intrinsics(image_dir, names: list[str], *, work_dir=None, fov_deg: 
     """Shared intrinsics of ``names`` (all the same size) in ``image_dir``.
 
     landmarks: optional {name: (68, 2)} used as extra correspondences; sift_dsp, keypoint_masks:
-    the SIFT descriptor and where keypoints may lie (all see run_sfm).
+    the SIFT descriptor and where keypoints may lie (all see run_sfm). SIFT sees the images
+    doubled when they are small (:func:`sift_upsampling`).
     Returns (cameras dict as in cameras.json, pycolmap.Reconstruction or None, warnings)."""
     if use_landmarks not in ("never", "always", "fallback"):
         raise ValueError(f"use_landmarks must be 'never', 'always' or 'fallback', got {use_landmarks!r}")
@@ -400,7 +463,8 @@ def estimate_intrinsics(image_dir, names: list[str], *, work_dir=None, fov_deg: 
             sfm_dir = _upright_folder(image_dir, names, Path(work_dir) / "images")
             rec = run_sfm(sfm_dir, names, work_dir, max_image_size=max_image_size, sequential=sequential,
                           num_threads=num_threads, landmarks=landmarks, use_landmarks=use_landmarks,
-                          sift_dsp=sift_dsp, keypoint_masks=keypoint_masks)
+                          sift_dsp=sift_dsp, keypoint_masks=keypoint_masks,
+                          upsample=sift_upsampling([(width, height)], max_image_size))
         if rec is None:
             warns.append("SfM reconstructed nothing")
         elif rec.num_reg_images() < min_registered:

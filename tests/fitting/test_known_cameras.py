@@ -355,7 +355,7 @@ def test_a_rig_with_one_frontal_view_places_the_head_by_its_pnp(tmp_path, standi
 @pytest.mark.slow
 def test_refine_corrects_a_perturbed_calibration(refined):
     """``refine`` at 256 px, where SIFT finds ~220 tracks on the views doubled
-    (:func:`fitting.known_cameras.sift_upsampling`; ~10 as they are): a calibration perturbed
+    (:func:`process_data.intrinsics.sift_upsampling`; ~10 as they are): a calibration perturbed
     by 1 deg and 5 mm per camera comes back to 0.12 deg / 1.0 mm mean, max 0.19 deg (measured,
     docs/FITTING.md; 0.22 deg / 1.8 mm with the ~10 tracks, 0.26 deg / 2.3 mm with none). The
     two profile views, whose detector points are not used, are held by their outlines, the
@@ -484,7 +484,7 @@ def test_rig_tracks_on_a_distorted_rig(tmp_path, standin_path):
     up to 24 px at the image's edge, 1-4 px across the head): SIFT runs on undistorted copies,
     so the tracks' observations are pinhole pixels, consistent with the true cameras to SIFT's
     accuracy. The same images matched as if pinhole are pixels off. The first are 512 px under
-    the default 1024 px limit, so SIFT sees them doubled (:func:`fitting.known_cameras.sift_upsampling`)
+    the default 1024 px limit, so SIFT sees them doubled (:func:`process_data.intrinsics.sift_upsampling`)
     and the observations come back in the original pixels; the second, with a 512 px limit, as
     they are."""
     from types import SimpleNamespace
@@ -509,8 +509,8 @@ def test_rig_tracks_on_a_distorted_rig(tmp_path, standin_path):
     points, err = moved["undistorted"]
     assert points >= 40 and np.median(err) <= 0.3 and np.percentile(err, 90) <= 1.0, (points, err)   # 67, 0.09, 0.25
     assert np.median(moved["as pinhole"][1]) >= 3 * np.median(err)   # 0.56 px
-    assert sorted(p.name for p in (tmp_path / "undistorted" / "sift_images").iterdir()) == sorted(names)
-    assert not (tmp_path / "as pinhole" / "sift_images").exists()        # copies only where needed
+    assert sorted(p.name for p in (tmp_path / "undistorted" / "undistorted").iterdir()) == sorted(names)
+    assert not (tmp_path / "as pinhole" / "undistorted").exists()        # copies only where needed
 
 
 # -- real data --------------------------------------------------------------------------------------
@@ -550,7 +550,7 @@ def test_real_sample_fixed_reproduces_sfm_cameras(shared_data, real_sample_estim
 def test_real_views_halved_refine_with_doubled_tracks(shared_data, real_sample_estimate, tmp_path):
     """The 8 real views halved (260 x 348), the estimate's cameras from the full-size views (K
     halved) as their calibration, perturbed by 1 deg / 5 mm: ``refine`` from that one frame. SIFT
-    sees the halved views doubled (:func:`fitting.known_cameras.sift_upsampling`) and finds ~2.5x
+    sees the halved views doubled (:func:`process_data.intrinsics.sift_upsampling`) and finds ~2.5x
     the points it finds on them as they are (202), and the tracks bring the cameras back toward
     the full-size estimate's. Measured, fitted at 256 px: 485 points, 0.223 deg / 4.05 mm from
     the full-size cameras after a similarity, against 0.529 / 6.62 without tracks (perturbed:

@@ -29,16 +29,17 @@ GT_KEYS = {"rotation_error_deg_mean", "rotation_error_deg_max", "camera_center_e
 @pytest.fixture(scope="module")
 def demo_fit(tmp_path_factory):
     """6 views + 1 faceless on a +-60 deg arc at 192 px, fitted at 96 px (with a short
-    photometric LM round). At 192 px SfM finds no model, and the two outer views hold a
-    detector's frontal-shaped points: they are posed by their masks (fitting/mask_pose.py;
-    following their points, the fit was 23.6 deg off in the mean)."""
+    photometric LM round), without SfM: the two outer views hold a detector's frontal-shaped
+    points, and with no tracks to pose them they are posed by their masks
+    (fitting/mask_pose.py; following their points, the fit was 23.6 deg off in the mean). (SfM
+    on these views, SIFT seeing them doubled, registers 3 of them; docs/PREPROCESSING.md.)"""
     root = tmp_path_factory.mktemp("demo")
     cfg = parse_config([
         "--demo", "true", "--scene_dir", str(root / "scene"), "--savefolder", str(root / "out"),
         "--scene_name", "demo", "--standin_dir", str(root / "standin"), "--demo_views", "7", "--demo_yaw_deg", "60",
         "--demo_faceless_views", "1", "--demo_width", "192", "--demo_height", "192", "--image_size", "96",
         "--geom_lm_iters", "8", "--photo_iters", "4", "--progress", "false", "--n_shape", "40", "--n_exp", "20",
-        "--tex_res", "64", "--w_photo_gn", "3e4", "--photo_gn_iters", "3"])
+        "--tex_res", "64", "--w_photo_gn", "3e4", "--photo_gn_iters", "3", "--demo_sfm", "false"])
     report = fit_scene(cfg)
     return cfg, report, root / "out" / "demo"
 

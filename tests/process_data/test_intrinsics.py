@@ -197,3 +197,75 @@ def test_keypoint_masks_keep_the_keypoints_on_the_mask(tmp_path):
         assert len(kp["a.jpg"]) > 50 and len(kp["b.jpg"]) > 50 and len(kp["c.jpg"]) == 0, size
         assert kp["a.jpg"][:, 0].max() < 121 and kp["b.jpg"][:, 0].min() > 119, size
         assert kp["b.jpg"][:, 1].max() > 150, size                      # below the small mask's 100 rows
+
+
+def test_doubled_sift_gives_keypoints_in_the_images_pixels(tmp_path):
+    """extract_and_match with upsample=2 (small images: SIFT sees copies doubled) stores the
+    keypoints, the cameras and the matches in the images' own pixels, pixel centres at +0.5.
+    Checked against blobs drawn at known sub-pixel centres, and a second view that is the
+    first shifted by a known offset: the matched keypoints' displacement is that offset. The
+    same hold without doubling (COLMAP's own pixels), and the copies are gone afterwards."""
+    import cv2
+    import pycolmap
+
+    from process_data.intrinsics import extract_and_match, sift_upsampling
+
+    assert sift_upsampling([(160, 120), (120, 160)], 320) == 2 and sift_upsampling([(161, 120)], 320) == 1
+    rng = np.random.default_rng(2)
+    h, w, shift = 120, 160, np.array([6.0, -3.0])
+    centres = np.stack([rng.uniform(20, w - 20, 12), rng.uniform(20, h - 20, 12)], 1)
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5                                   # pixel centres
+    texture = cv2.GaussianBlur(rng.normal(0, 1, (h + 20, w + 20)), (0, 0), 1.2)
+
+    def draw(offset):
+        x0, y0 = 10 - int(offset[0]), 10 - int(offset[1])
+        img = 200.0 + 15 * texture[y0:y0 + h, x0:x0 + w]
+        for c in centres + offset:
+            img -= 120 * np.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2) / (2 * 2.0 ** 2))
+        return np.clip(img, 0, 255).astype(np.uint8)
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    cv2.imwrite(str(d / "a.png"), draw(np.zeros(2)))
+    cv2.imwrite(str(d / "b.png"), draw(shift))
+    for up in (1, 2):
+        db = tmp_path / f"up{up}" / "database.db"
+        db.parent.mkdir()
+        extract_and_match(pycolmap, db, d, ["a.png", "b.png"], "PINHOLE", 320, 0, -1, False,
+                          pycolmap.CameraMode.PER_IMAGE, None, sift_dsp=False, upsample=up)
+        assert sorted(p.name for p in db.parent.iterdir()) == ["database.db"]
+        with pycolmap.Database.open(str(db)) as h_db:
+            ims = {im.name: im for im in h_db.read_all_images()}
+            assert all((h_db.read_camera(im.camera_id).width, h_db.read_camera(im.camera_id).height) == (w, h)
+                       for im in ims.values())
+            kp = {n: np.asarray(h_db.read_keypoints(im.image_id))[:, :2] for n, im in ims.items()}
+            m = h_db.read_two_view_geometry(ims["a.png"].image_id, ims["b.png"].image_id).inlier_matches
+        near = np.linalg.norm(kp["a.png"][None] - centres[:, None], axis=2).min(1)
+        assert np.median(near) < 0.1, (up, near)                         # the blobs' centres, to 0.1 px
+        moved = kp["b.png"][m[:, 1]] - kp["a.png"][m[:, 0]]
+        assert len(m) >= 20 and np.abs(np.median(moved, 0) - shift).max() < 0.02, (up, len(m), np.median(moved, 0))
+
+
+@pytest.mark.slow
+def test_small_real_views_are_doubled_for_sfm(shared_data, tmp_path):
+    """The real sample halved (260 x 348, under half the default 1024 px limit): SIFT sees the
+    views doubled, and SfM finds ~2x the points it finds on them as they are (the limit set to
+    their size), with K and poses for the halved views (docs/PREPROCESSING.md, "Small images")."""
+    import cv2
+    d = tmp_path / "half"
+    d.mkdir()
+    names = sorted(p.name for p in (shared_data / "multiview_sample" / "images").glob("*.jpg"))
+    for n in names:
+        img = cv2.imread(str(shared_data / "multiview_sample" / "images" / n))
+        cv2.imwrite(str(d / n), cv2.resize(img, (260, 348), interpolation=cv2.INTER_AREA),
+                    [cv2.IMWRITE_JPEG_QUALITY, 95])
+    found = {}
+    for what, size in (("doubled", 1024), ("as they are", 348)):
+        cams, rec, warns = estimate_intrinsics(d, names, work_dir=tmp_path / what, num_threads=2, max_image_size=size)
+        assert cams["source"] == "sfm" and (cams["width"], cams["height"]) == (260, 348), warns
+        assert np.allclose(np.array(cams["K"])[:2, 2], [130, 174])
+        found[what] = (len(cams["registered"]), cams["num_points3D"], cams["mean_reprojection_error"])
+    print(f"halved real views, SfM (views, points, reprojection px): {found}")
+    assert found["doubled"][0] >= found["as they are"][0] >= 6
+    assert found["doubled"][1] >= 1.8 * found["as they are"][1], found
+    assert not (tmp_path / "doubled" / "sift_images").exists()
