@@ -458,13 +458,13 @@ def estimate_intrinsics(image_dir, names: list[str], *, work_dir=None, fov_deg: 
         tmp = tempfile.mkdtemp(prefix="sfm_")
         work_dir = tmp
     t0 = time.time()
+    upsample = sift_upsampling([(width, height)], max_image_size)
     try:
         if len(names) >= min_registered:
             sfm_dir = _upright_folder(image_dir, names, Path(work_dir) / "images")
             rec = run_sfm(sfm_dir, names, work_dir, max_image_size=max_image_size, sequential=sequential,
                           num_threads=num_threads, landmarks=landmarks, use_landmarks=use_landmarks,
-                          sift_dsp=sift_dsp, keypoint_masks=keypoint_masks,
-                          upsample=sift_upsampling([(width, height)], max_image_size))
+                          sift_dsp=sift_dsp, keypoint_masks=keypoint_masks, upsample=upsample)
         if rec is None:
             warns.append("SfM reconstructed nothing")
         elif rec.num_reg_images() < min_registered:
@@ -486,6 +486,7 @@ def estimate_intrinsics(image_dir, names: list[str], *, work_dir=None, fov_deg: 
             shutil.rmtree(tmp, ignore_errors=True)
     if cams is not None:
         cams["sfm_seconds"] = round(time.time() - t0, 2)
+        cams["sift_upsample"] = upsample
         return cams, rec, warns
     focals = [f for f in (exif_focal_px(Path(image_dir) / n) for n in names) if f]
     if focals:

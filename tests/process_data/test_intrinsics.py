@@ -264,6 +264,7 @@ def test_small_real_views_are_doubled_for_sfm(shared_data, tmp_path):
         cams, rec, warns = estimate_intrinsics(d, names, work_dir=tmp_path / what, num_threads=2, max_image_size=size)
         assert cams["source"] == "sfm" and (cams["width"], cams["height"]) == (260, 348), warns
         assert np.allclose(np.array(cams["K"])[:2, 2], [130, 174])
+        assert cams["sift_upsample"] == (2 if size == 1024 else 1)
         found[what] = (len(cams["registered"]), cams["num_points3D"], cams["mean_reprojection_error"])
     print(f"halved real views, SfM (views, points, reprojection px): {found}")
     assert found["doubled"][0] >= found["as they are"][0] >= 6
