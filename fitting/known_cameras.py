@@ -137,16 +137,14 @@ def rig_tracks(rig: Rig, scene, work_dir, tolerance_deg: float, inside=None, max
 def undistorted_copies(paths: list, cams: list, out: Path) -> Path:
     """The images ``paths`` as the pinhole cameras of their calibration ``cams`` (Calibrated,
     one per path) see them (:func:`fitting.calibration.undistort_view`: lens distortion
-    removed, the same K), in ``out`` under their own names (the tracks are looked up by name).
-    A PNG stays lossless, a JPEG is written at quality 100. Returns ``out``."""
-    import cv2
+    removed, the same K), in ``out`` under their own names, which the tracks are looked up by
+    (``process_data.intrinsics.write_sift_copy``). Returns ``out``."""
     from fitting.images import read_image
+    from process_data.intrinsics import write_sift_copy
     out.mkdir(parents=True, exist_ok=True)
     for p, c in zip(map(Path, paths), cams):
-        img = undistort_view(read_image(p), c.K, np.asarray(c.distortion, np.float64))
-        jpeg = [cv2.IMWRITE_JPEG_QUALITY, 100] if p.suffix.lower() in (".jpg", ".jpeg") else []
-        if not cv2.imwrite(str(out / p.name), np.ascontiguousarray(img[..., ::-1]), jpeg):
-            raise ValueError(f"could not write the undistorted copy of {p} to {out}: is the disk full?")
+        rgb = undistort_view(read_image(p), c.K, np.asarray(c.distortion, np.float64))
+        write_sift_copy(out / p.name, rgb[..., ::-1])
     return out
 
 

@@ -231,19 +231,25 @@ def sift_upsampling(sizes: list, max_image_size: int) -> int:
 
 def _scaled_copies(image_dir, names: list[str], out: Path, up: int) -> Path:
     """``names`` of ``image_dir`` scaled by the integer ``up`` (cubic), in ``out`` under their
-    own names (a PNG stays lossless, a JPEG is written at quality 100). Returns ``out``."""
+    own names (:func:`write_sift_copy`). Returns ``out``."""
     import cv2
     for n in names:
         # the stored pixels, as COLMAP reads them (it ignores the EXIF orientation)
         img = cv2.imread(str(Path(image_dir) / n), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if img is None:
             raise ValueError(f"could not read {Path(image_dir) / n} for SIFT")
-        dst = out / n
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        jpeg = [cv2.IMWRITE_JPEG_QUALITY, 100] if dst.suffix.lower() in (".jpg", ".jpeg") else []
-        if not cv2.imwrite(str(dst), cv2.resize(img, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC), jpeg):
-            raise ValueError(f"could not write the copy of {n} for SIFT to {out}: is the disk full?")
+        write_sift_copy(out / n, cv2.resize(img, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC))
     return out
+
+
+def write_sift_copy(dst: Path, bgr: np.ndarray) -> None:
+    """Write the image ``bgr`` (H, W, 3) uint8, OpenCV's channel order, to ``dst`` for SIFT to
+    read under the original's name: a PNG stays lossless, a JPEG is written at quality 100."""
+    import cv2
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    jpeg = [cv2.IMWRITE_JPEG_QUALITY, 100] if dst.suffix.lower() in (".jpg", ".jpeg") else []
+    if not cv2.imwrite(str(dst), np.ascontiguousarray(bgr), jpeg):
+        raise ValueError(f"could not write {dst}, a copy of an image for SIFT: is the disk full?")
 
 
 def _to_original_pixels(pycolmap, db, image_dir, names: list[str], camera_mode, reader, up: int) -> None:

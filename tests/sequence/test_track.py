@@ -159,8 +159,9 @@ def test_tracking_without_cameras(sequence6_true_profiles, standin_path, tmp_pat
     tracked with them. In the keyframe's head frame, so the vertices are compared after one
     similarity for the whole sequence: within 1 mm, jaw within 1.5 deg. A rerun that changes only
     sequence options reuses the identity; a fit option changed makes it stale. The outer views
-    hold their true points: at 192 px SIFT finds no track, and without tracks nothing but its
-    landmarks poses a view, so a detector's profile points would turn it (docs/FITTING.md)."""
+    hold their true points: the runs leave the tracks off (:func:`_run`), and without tracks
+    nothing but its landmarks poses a view, so a detector's profile points would turn it
+    (docs/FITTING.md)."""
     import argparse
 
     from fitting.calibration import load_calibration
