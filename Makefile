@@ -12,7 +12,7 @@ $(STAMP): requirements.txt requirements-ray.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is needed (found %s); set PYTHON=python3.11" % sys.version.split()[0]'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-ray.txt
-	-$(PY) -m fitting.render.native   # C++ CPU kernels (~50 s once); on failure rendering uses PyTorch
+	-$(PY) -m fitting.render.native   # C++ CPU kernels (~40 s once, in parallel); on failure rendering uses PyTorch
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -185,9 +185,35 @@ def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: s
     and the matches are verified at 4 px in the pixels SIFT saw."""
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = camera_model
-    sift_dir = Path(image_dir)
-    if upsample > 1:
-        sift_dir = _scaled_copies(image_dir, names, Path(db).parent / "sift_images", upsample)
+    if upsample == 1:
+        _extract(pycolmap, db, Path(image_dir), names, reader, max_image_size, num_threads, camera_mode, sift_dsp,
+                 keypoint_masks)
+    else:
+        sift_dir = Path(db).parent / "sift_images"
+        try:   # the copies go, extracted or not: a later run must not find another run's copies
+            _scaled_copies(image_dir, names, sift_dir, upsample)
+            _extract(pycolmap, db, sift_dir, names, reader, max_image_size, num_threads, camera_mode, sift_dsp,
+                     keypoint_masks)
+        finally:
+            shutil.rmtree(sift_dir, ignore_errors=True)
+        _to_original_pixels(pycolmap, db, image_dir, names, camera_mode, reader, upsample)
+    if landmarks:
+        add_landmark_features(pycolmap, db, landmarks)
+    mo = pycolmap.FeatureMatchingOptions()
+    mo.num_threads = num_threads
+    vo = pycolmap.TwoViewGeometryOptions()
+    vo.ransac.random_seed = ransac_seed
+    vo.ransac.max_error /= upsample
+    if sequential:
+        pycolmap.match_sequential(db, matching_options=mo, verification_options=vo, device=pycolmap.Device.cpu)
+    else:
+        pycolmap.match_exhaustive(db, matching_options=mo, verification_options=vo, device=pycolmap.Device.cpu)
+
+
+def _extract(pycolmap, db, sift_dir: Path, names: list[str], reader, max_image_size: int, num_threads: int,
+             camera_mode, sift_dsp: bool, keypoint_masks: Path | None) -> None:
+    """Import ``names`` of ``sift_dir`` into ``db`` and extract their SIFT features there (see
+    :func:`extract_and_match`)."""
     if keypoint_masks is not None:
         reader.mask_path = str(_colmap_masks(keypoint_masks, sift_dir, names, Path(db).parent / "keypoint_masks"))
     ext = pycolmap.FeatureExtractionOptions()
@@ -204,20 +230,6 @@ def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: s
     ext.sift.domain_size_pooling = bool(sift_dsp)
     pycolmap.extract_features(db, str(sift_dir), image_names=list(names), camera_mode=camera_mode,
                               reader_options=reader, extraction_options=ext, device=pycolmap.Device.cpu)
-    if upsample > 1:
-        _to_original_pixels(pycolmap, db, image_dir, names, camera_mode, reader, upsample)
-        shutil.rmtree(sift_dir)
-    if landmarks:
-        add_landmark_features(pycolmap, db, landmarks)
-    mo = pycolmap.FeatureMatchingOptions()
-    mo.num_threads = num_threads
-    vo = pycolmap.TwoViewGeometryOptions()
-    vo.ransac.random_seed = ransac_seed
-    vo.ransac.max_error /= upsample
-    if sequential:
-        pycolmap.match_sequential(db, matching_options=mo, verification_options=vo, device=pycolmap.Device.cpu)
-    else:
-        pycolmap.match_exhaustive(db, matching_options=mo, verification_options=vo, device=pycolmap.Device.cpu)
 
 
 def sift_upsampling(sizes: list, max_image_size: int) -> int:

@@ -204,7 +204,8 @@ def test_doubled_sift_gives_keypoints_in_the_images_pixels(tmp_path):
     keypoints, the cameras and the matches in the images' own pixels, pixel centres at +0.5.
     Checked against blobs drawn at known sub-pixel centres, and a second view that is the
     first shifted by a known offset: the matched keypoints' displacement is that offset. The
-    same hold without doubling (COLMAP's own pixels), and the copies are gone afterwards."""
+    same hold without doubling (COLMAP's own pixels), and the copies are gone afterwards, also
+    when an image cannot be read."""
     import cv2
     import pycolmap
 
@@ -244,6 +245,14 @@ def test_doubled_sift_gives_keypoints_in_the_images_pixels(tmp_path):
         assert np.median(near) < 0.1, (up, near)                         # the blobs' centres, to 0.1 px
         moved = kp["b.png"][m[:, 1]] - kp["a.png"][m[:, 0]]
         assert len(m) >= 20 and np.abs(np.median(moved, 0) - shift).max() < 0.02, (up, len(m), np.median(moved, 0))
+    # an image that cannot be read: a clear error, and no copy of the others left behind
+    (d / "c.png").write_bytes(b"not an image")
+    bad = tmp_path / "bad" / "database.db"
+    bad.parent.mkdir()
+    with pytest.raises(ValueError, match="could not read .*c.png for SIFT"):
+        extract_and_match(pycolmap, bad, d, ["a.png", "b.png", "c.png"], "PINHOLE", 320, 0, -1, False,
+                          pycolmap.CameraMode.PER_IMAGE, None, sift_dsp=False, upsample=2)
+    assert not (bad.parent / "sift_images").exists()
 
 
 @pytest.mark.slow
