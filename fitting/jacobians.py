@@ -54,19 +54,10 @@ def point_jacobian(X: torch.Tensor, J: torch.Tensor, subject: torch.Tensor, corn
 def vertex_jacobian(flame, co: torch.Tensor, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """FLAME vertices and their Jacobian w.r.t. the LM coefficients [shape, expression, jaw].
 
-    co: (G, P) per subject; pose: (G, 15) (its jaw replaced by co's). Shape and expression
-    columns in closed form (FLAME.shape_jacobian); the three jaw columns by one jacfwd (the jaw
-    rotation enters nonlinearly). Returns X (G, V, 3) and J (G, V, 3, P)."""
+    co: (G, P) per subject; pose: (G, 15) (its jaw replaced by co's). All columns in closed
+    form (:meth:`FLAME.jacobian`). Returns X (G, V, 3) and J (G, V, 3, P)."""
     n_sh, n_ex = flame.n_shape, flame.n_exp
     n = n_sh + n_ex
-
-    def posed(jaw):
-        return torch.cat([pose[:, :6], jaw, pose[:, 9:]], 1)
-
-    X, J_se = flame.shape_jacobian(co[:, :n_sh], co[:, n_sh:n], posed(co[:, n:]))
-
-    def vertices(d):
-        return flame(co[:, :n_sh], co[:, n_sh:n], posed(co[:, n:] + d))[0]     # (G, V, 3)
-
-    J_jaw = torch.func.jacfwd(vertices)(torch.zeros(3, dtype=co.dtype, device=co.device))
-    return X.detach(), torch.cat([J_se, J_jaw], -1).detach()
+    posed = torch.cat([pose[:, :6], co[:, n:], pose[:, 9:]], 1)
+    X, J = flame.jacobian(co[:, :n_sh], co[:, n_sh:n], posed, joint="jaw")
+    return X.detach(), J.detach()

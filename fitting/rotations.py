@@ -37,6 +37,22 @@ def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
     return eye + a * k + b * (k @ k)
 
 
+def left_jacobian(phi: torch.Tensor) -> torch.Tensor:
+    """SO(3)'s left Jacobian at rotation vectors phi (..., 3) -> (..., 3, 3):
+    exp([phi + v]) = exp([J_l(phi) v]) exp([phi]) + O(|v|^2), so that
+    d R / d phi_k = [J_l(phi) e_k]x R with R = :func:`axis_angle_to_matrix` (phi).
+    J_l = I + b S + c S^2, S = [phi]x, b = (1 - cos t) / t^2, c = (t - sin t) / t^3."""
+    theta2 = (phi * phi).sum(-1)[..., None, None]
+    small = theta2 < _SMALL
+    safe = torch.where(small, torch.ones_like(theta2), theta2)
+    theta = safe.sqrt()
+    b = torch.where(small, 0.5 - theta2 / 24 + theta2 * theta2 / 720, (1 - torch.cos(theta)) / safe)
+    c = torch.where(small, 1 / 6 - theta2 / 120 + theta2 * theta2 / 5040, (theta - torch.sin(theta)) / (safe * theta))
+    S = skew(phi)
+    eye = torch.eye(3, dtype=phi.dtype, device=phi.device).expand(S.shape)
+    return eye + b * S + c * (S @ S)
+
+
 def right_jacobian_inverse(phi: torch.Tensor) -> torch.Tensor:
     """Inverse of SO(3)'s right Jacobian at rotation vectors phi (..., 3) -> (..., 3, 3):
     log(exp([phi]) exp([v])) = phi + Jr^-1(phi) v + O(|v|^2). The left one is Jr^-1(-phi):

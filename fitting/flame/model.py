@@ -11,7 +11,7 @@ from fitting.rotations import axis_angle_to_matrix
 from .io import N_SHAPE_MAX, FlameFileError, load_flame_arrays
 from .landmarks import (LandmarkEmbedding, barycentric_points, contour_row, find_embedding, load_embedding,
                         yaw_degrees, N_CONTOUR)
-from .lbs import lbs, lbs_shape_jacobian
+from .lbs import lbs, lbs_jacobian
 
 POSE_DIM = 15  # global, neck, jaw, left eye, right eye; axis-angle each
 POSE_SLICES = {"global": slice(0, 3), "neck": slice(3, 6), "jaw": slice(6, 9),
@@ -121,17 +121,19 @@ class FLAME(torch.nn.Module):
         head_rot = axis_angle_to_matrix(pose[:, POSE_SLICES["global"]]) @ axis_angle_to_matrix(pose[:, POSE_SLICES["neck"]])
         return verts, self.landmarks(verts, head_rot)
 
-    def shape_jacobian(self, shape: torch.Tensor, expression: torch.Tensor,
-                       pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Vertices and their derivative w.r.t. [shape, expression], in closed form (see
-        lbs.lbs_shape_jacobian). shape: (B, n_shape); expression: (B, n_exp); pose: (B, 15).
-        Returns (vertices (B, V, 3), J (B, V, 3, n_shape + n_exp))."""
+    def jacobian(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor,
+                 joint: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vertices and their derivative w.r.t. [shape, expression] and, with ``joint`` (a key of
+        POSE_SLICES, e.g. "jaw"), that joint's axis-angle, in closed form (see
+        lbs.lbs_jacobian). shape: (B, n_shape); expression: (B, n_exp); pose: (B, 15).
+        Returns (vertices (B, V, 3), J (B, V, 3, n_shape + n_exp [+ 3]))."""
         B = max(shape.shape[0], expression.shape[0], pose.shape[0])
         shape = self._batch(shape, self.n_shape, B, "shape")
         expression = self._batch(expression, self.n_exp, B, "expression")
         pose = self._batch(pose, POSE_DIM, B, "pose")
-        return lbs_shape_jacobian(torch.cat([shape, expression], 1), pose, self.v_template, self.shapedirs,
-                                  self.posedirs, self.j_regressor, self.parents, self.lbs_weights)
+        index = None if joint is None else POSE_SLICES[joint].start // 3
+        return lbs_jacobian(torch.cat([shape, expression], 1), pose, self.v_template, self.shapedirs,
+                            self.posedirs, self.j_regressor, self.parents, self.lbs_weights, index)
 
     def landmarks(self, vertices: torch.Tensor, view_rotation: torch.Tensor | None = None,
                   contour: str = "dynamic") -> torch.Tensor:

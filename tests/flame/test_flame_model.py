@@ -169,18 +169,40 @@ def test_component_counts_are_configurable_and_checked(standin_path):
         FLAME(standin_path)(shape=torch.zeros(1, 7))
 
 
-def test_shape_jacobian_equals_autodiff(standin):
-    """FLAME.shape_jacobian's closed form (skinning linear in the shaped template for a fixed
-    pose) against torch.func.jacfwd, with every joint rotated and two batch members."""
+def test_jacobian_equals_autodiff(standin):
+    """FLAME.jacobian's closed form against torch.func.jacfwd, with every joint rotated and two
+    batch members, in float64: the shape and expression columns (skinning linear in the shaped
+    template for a fixed pose), and the axis-angle columns of each joint in turn (the root, the
+    neck with the jaw and eyes below it, the jaw, the eyes), which turn their subtree about the
+    posed joint and change the pose correctives."""
+    import copy
+
+    from fitting.flame.model import POSE_SLICES
+    model = copy.deepcopy(standin).double()                                   # the fixture is shared
     g = torch.Generator().manual_seed(0)
-    shape = torch.randn(2, standin.n_shape, generator=g)
-    expr = 0.5 * torch.randn(2, standin.n_exp, generator=g)
-    pose = 0.2 * torch.randn(2, 15, generator=g)
-    verts, J = standin.shape_jacobian(shape, expr, pose)
-    torch.testing.assert_close(verts, standin(shape, expr, pose)[0])
-    ref = torch.func.jacfwd(lambda c: standin(c[:, :standin.n_shape], c[:, standin.n_shape:], pose)[0])(
-        torch.cat([shape, expr], 1))                                          # (B, V, 3, B, K)
-    ref = torch.stack([ref[b, :, :, b] for b in range(2)])                   # members are independent
-    assert J.shape == ref.shape == (2, verts.shape[1], 3, standin.n_shape + standin.n_exp)
-    rel = float((J - ref).norm() / ref.norm())
-    assert rel < 1e-5, f"relative error {rel:.2e}"
+    shape = torch.randn(2, model.n_shape, generator=g, dtype=torch.float64)
+    expr = 0.5 * torch.randn(2, model.n_exp, generator=g, dtype=torch.float64)
+    pose = 0.3 * torch.randn(2, 15, generator=g, dtype=torch.float64)
+    K = model.n_shape + model.n_exp
+
+    def per_member(ref):                                                      # (B, V, 3, B, K): members
+        return torch.stack([ref[b, :, :, b] for b in range(2)])               # are independent
+
+    verts, J = model.jacobian(shape, expr, pose)
+    torch.testing.assert_close(verts, model(shape, expr, pose)[0])
+    ref = per_member(torch.func.jacfwd(lambda c: model(c[:, :model.n_shape], c[:, model.n_shape:], pose)[0])(
+        torch.cat([shape, expr], 1)))
+    assert J.shape == ref.shape == (2, verts.shape[1], 3, K)
+    assert float((J - ref).norm() / ref.norm()) < 1e-10
+    for joint, cols in POSE_SLICES.items():
+        for at in (pose, torch.zeros_like(pose)):                             # and the small-angle branch
+            verts, J = model.jacobian(shape, expr, at, joint=joint)
+            assert J.shape == (2, verts.shape[1], 3, K + 3)
+
+            def turned(d, at=at, cols=cols):
+                return model(shape, expr, torch.cat([at[:, :cols.start], at[:, cols] + d, at[:, cols.stop:]], 1))[0]
+
+            ref = per_member(torch.func.jacfwd(turned)(torch.zeros(2, 3, dtype=torch.float64)))
+            assert ref.abs().max() > 1e-3, joint
+            rel = float((J[..., K:] - ref).norm() / ref.norm())
+            assert rel < 1e-10, f"{joint}: relative error {rel:.2e}"
