@@ -115,20 +115,24 @@ def _run_sfm(pycolmap, image_dir, names, work_dir, max_image_size, sequential, c
              max_attempts, landmarks, use_landmarks, sift_dsp, keypoint_masks, upsample, max_rounds=2):
     # Multi-threaded mapping is not deterministic; on face captures an unlucky run strands most
     # views or lands on an absurd focal length. So: retry mapping with other seeds (cheap), and
-    # if that does not help, redo extraction and matching once (another RANSAC seed, and the
-    # landmarks added with --sfm_landmarks fallback).
+    # if that does not help, redo the matching once (another RANSAC seed, and the landmarks
+    # added with --sfm_landmarks fallback) on the same features.
     best = None
+    db = work_dir / "database.db"
     for rnd in range(max_rounds):
-        db = work_dir / "database.db"
-        if db.exists():
-            db.unlink()
         pycolmap.set_random_seed(seed + 100 * rnd)
-        extract_and_match(pycolmap, db, image_dir, names, camera_model, max_image_size, seed + rnd, num_threads,
-                          sequential,
-                          pycolmap.CameraMode.SINGLE,
-                          landmarks if landmarks and (use_landmarks == "always" or
-                                                      (use_landmarks == "fallback" and rnd > 0)) else None,
-                          sift_dsp, keypoint_masks, upsample)
+        if rnd == 0:
+            if db.exists():
+                db.unlink()
+            extract_features(pycolmap, db, image_dir, names, camera_model, max_image_size, num_threads,
+                             pycolmap.CameraMode.SINGLE, sift_dsp, keypoint_masks, upsample)
+        else:   # the features do not depend on the seed: only the matching is redone
+            with pycolmap.Database.open(str(db)) as database:
+                database.clear_matches()
+                database.clear_two_view_geometries()
+        if landmarks and ((use_landmarks == "always" and rnd == 0) or (use_landmarks == "fallback" and rnd == 1)):
+            add_landmark_features(pycolmap, db, landmarks)
+        match_features(pycolmap, db, seed + rnd, num_threads, sequential, upsample)
         for attempt in range(max_attempts):
             opts = pycolmap.IncrementalPipelineOptions()
             opts.min_num_matches = 10
@@ -183,22 +187,38 @@ def extract_and_match(pycolmap, db, image_dir, names: list[str], camera_model: s
     upsample: SIFT sees the images scaled by this integer (:func:`sift_upsampling`); the
     database then holds the keypoints and cameras in the images' own pixels, as without it,
     and the matches are verified at 4 px in the pixels SIFT saw."""
+    extract_features(pycolmap, db, image_dir, names, camera_model, max_image_size, num_threads, camera_mode,
+                     sift_dsp, keypoint_masks, upsample)
+    if landmarks:
+        add_landmark_features(pycolmap, db, landmarks)
+    match_features(pycolmap, db, ransac_seed, num_threads, sequential, upsample)
+
+
+def extract_features(pycolmap, db, image_dir, names: list[str], camera_model: str, max_image_size: int,
+                     num_threads: int, camera_mode, sift_dsp: bool = True, keypoint_masks: Path | None = None,
+                     upsample: int = 1) -> None:
+    """The images ``names`` and their SIFT features into the new database ``db``, in the
+    images' own pixels (arguments as in :func:`extract_and_match`)."""
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = camera_model
     if upsample == 1:
         _extract(pycolmap, db, Path(image_dir), names, reader, max_image_size, num_threads, camera_mode, sift_dsp,
                  keypoint_masks)
-    else:
-        sift_dir = Path(db).parent / "sift_images"
-        try:   # the copies go, extracted or not: a later run must not find another run's copies
-            _scaled_copies(image_dir, names, sift_dir, upsample)
-            _extract(pycolmap, db, sift_dir, names, reader, max_image_size, num_threads, camera_mode, sift_dsp,
-                     keypoint_masks)
-        finally:
-            shutil.rmtree(sift_dir, ignore_errors=True)
-        _to_original_pixels(pycolmap, db, image_dir, names, camera_mode, reader, upsample)
-    if landmarks:
-        add_landmark_features(pycolmap, db, landmarks)
+        return
+    sift_dir = Path(db).parent / "sift_images"
+    try:   # the copies go, extracted or not: a later run must not find another run's copies
+        _scaled_copies(image_dir, names, sift_dir, upsample)
+        _extract(pycolmap, db, sift_dir, names, reader, max_image_size, num_threads, camera_mode, sift_dsp,
+                 keypoint_masks)
+    finally:
+        shutil.rmtree(sift_dir, ignore_errors=True)
+    _to_original_pixels(pycolmap, db, image_dir, names, camera_mode, reader, upsample)
+
+
+def match_features(pycolmap, db, ransac_seed: int, num_threads: int, sequential: bool, upsample: int = 1) -> None:
+    """Verified matches between the features in ``db`` (exhaustive, or ``sequential``), with
+    the verification's RANSAC seeded; its 4 px threshold applies in the pixels SIFT saw, so it
+    is divided by ``upsample`` in the database's."""
     mo = pycolmap.FeatureMatchingOptions()
     mo.num_threads = num_threads
     vo = pycolmap.TwoViewGeometryOptions()

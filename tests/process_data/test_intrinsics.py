@@ -255,6 +255,58 @@ def test_doubled_sift_gives_keypoints_in_the_images_pixels(tmp_path):
     assert not (bad.parent / "sift_images").exists()
 
 
+def test_retry_round_rematches_the_same_features(tmp_path, monkeypatch):
+    """When the first round's models are not good enough, SfM's second round matches again
+    with another RANSAC seed and, with ``--sfm_landmarks fallback``, the landmarks added, on
+    the features of the first round: SIFT runs once. Checked on a real database (two views of
+    blobs): the cleared and rematched database has the same inlier matches for the same seed."""
+    import cv2
+    import pycolmap
+
+    from process_data import intrinsics
+
+    rng = np.random.default_rng(5)
+    img = cv2.GaussianBlur(rng.uniform(0, 255, (120, 160)).astype(np.float32), (0, 0), 2.0)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    cv2.imwrite(str(d / "a.png"), np.clip(img, 0, 255).astype(np.uint8))
+    cv2.imwrite(str(d / "b.png"), np.clip(np.roll(img, (3, 5), (0, 1)), 0, 255).astype(np.uint8))
+    db = tmp_path / "real" / "database.db"
+    db.parent.mkdir()
+
+    def inliers(seed):
+        intrinsics.match_features(pycolmap, db, seed, -1, False)
+        with pycolmap.Database.open(str(db)) as h:
+            a, b = sorted(h.read_all_images(), key=lambda im: im.name)
+            return np.asarray(h.read_two_view_geometry(a.image_id, b.image_id).inlier_matches)
+
+    intrinsics.extract_features(pycolmap, db, d, ["a.png", "b.png"], "PINHOLE", 320, -1,
+                                pycolmap.CameraMode.PER_IMAGE, sift_dsp=False)
+    first = inliers(0)
+    with pycolmap.Database.open(str(db)) as h:
+        h.clear_matches()
+        h.clear_two_view_geometries()
+        assert h.num_matched_image_pairs() == 0 and h.num_verified_image_pairs() == 0
+    assert len(first) >= 20 and np.array_equal(inliers(0), first)
+
+    calls = []
+    monkeypatch.setattr(intrinsics, "extract_features", lambda *a, **k: calls.append("extract"))
+    monkeypatch.setattr(intrinsics, "add_landmark_features", lambda *a, **k: calls.append("landmarks"))
+    monkeypatch.setattr(intrinsics, "match_features", lambda pc, db, seed, *a: calls.append(f"match {seed}"))
+    monkeypatch.setattr(pycolmap, "incremental_mapping", lambda *a, **k: {0: "a model"})
+    monkeypatch.setattr(intrinsics, "_rank", lambda rec: 0)
+    monkeypatch.setattr(intrinsics, "_good", lambda rec, n: False)
+    work = tmp_path / "sfm"
+    work.mkdir()
+    pycolmap.Database.open(str(work / "database.db")).close()     # what extraction would have made
+    for use, expected in (("fallback", ["extract", "match 7", "landmarks", "match 8"]),
+                          ("always", ["extract", "landmarks", "match 7", "match 8"])):
+        calls.clear()
+        got = intrinsics.run_sfm(d, ["a.png", "b.png"], work, seed=7, max_attempts=1, landmarks={"a.png": None},
+                                 use_landmarks=use)
+        assert got == "a model" and calls == expected, (use, calls)
+
+
 @pytest.mark.slow
 def test_small_real_views_are_doubled_for_sfm(shared_data, tmp_path):
     """The real sample halved (260 x 348, under half the default 1024 px limit): SIFT sees the
