@@ -278,3 +278,19 @@ def test_a_fresh_clone_reuses_the_built_kernel(tmp_path, monkeypatch):
     (folder / (library.name + ".sha256")).unlink()
     with pytest.raises(RuntimeError, match="load\\(\\) called"):
         native.compile_extension(native._NAME, copied, native._CFLAGS, "visibility pass")
+
+
+def test_prebuild_command_reports_every_kernel():
+    """``python -m fitting.render.native`` (the Makefile's install step) builds the kernels in
+    spawned processes, one each, and names each built library: with the kernels already in the
+    cache, as here, both come back at once."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    out = subprocess.run([sys.executable, "-m", "fitting.render.native"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    for what, name in (("visibility", "flame_fit_visibility"), ("shading", "flame_fit_shade")):
+        assert any(line.startswith(f"native {what} kernel ready") and f"{name}.so" in line for line in lines), out
