@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fitting.adam import Adam
 from fitting.context import JAW, FitContext, project_landmarks, render_views, subject_vertices, view_geometry
 from fitting.correspondences import rasterize_state
 from fitting.geometry_terms import (GaussianPrior, OutlineTerm, PhotoTerm, Unknowns, landmark_term, model_at, term_rows,
@@ -426,18 +427,15 @@ def stage_photometric(ctx: FitContext, state: FitState, start_iter: int = 0) -> 
         groups.append({"params": cams, "lr": c.photo_cam_lr})
     if focal:
         groups.append({"params": focal, "lr": c.photo_cam_lr})
-    opt = torch.optim.Adam(groups)
+    opt = Adam(groups)
     if start_iter > 0 and ctx.photo_opt_state is not None:
         opt.load_state_dict(ctx.photo_opt_state)   # resumed: Adam's moments carry on
-    # cosine decay to 10% over the stage (resumed runs continue the schedule where it stopped)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: 0.1 + 0.45 * (1 + math.cos(math.pi * min(k + start_iter, c.photo_iters) / c.photo_iters)))
     pw = landmark_point_weights(c.w_contour, False, st.shape.device)
     bar = _bar(ctx, range(start_iter, c.photo_iters), "photometric")
     warmup = int(round(c.photo_warmup * c.photo_iters))
     geo = [st.shape, st.expression, jaw] + cams + focal
     for it in bar:
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         # appearance first: with texture and light still wrong, geometry would bend to explain them
         for p in geo:
             p.requires_grad_(it >= warmup)
@@ -457,8 +455,8 @@ def stage_photometric(ctx: FitContext, state: FitState, start_iter: int = 0) -> 
             l_tex = c.w_tex * gaussian_prior(st.tex)
         loss = c.w_photo * l_photo + c.w_sil * l_sil + c.w_photo_lmk * l_lmk + l_prior + l_tex
         loss.backward()
-        opt.step()
-        sched.step()
+        # cosine decay to 10% over the stage (a resumed run continues the schedule where it stopped)
+        opt.step(lr_scale=0.1 + 0.45 * (1 + math.cos(math.pi * it / c.photo_iters)))
         rec = {"iter": it, "photometric": float(l_photo.detach()), "silhouette": float(l_sil.detach()),
                "landmark": float(l_lmk.detach()),
                "prior": float(l_prior.detach()), "texture": float(l_tex.detach()), "total": float(loss.detach())}
