@@ -29,7 +29,7 @@ def solve_appearance(ctx: FitContext, st: FitState, samples, rounds: int = 8,
     at most ``rounds`` steps or until the cost drops by less than ``tol`` relatively."""
     view, face, bary, pix = samples
     ts = ctx.texspace
-    N, S = st.num_views, len(view)
+    N = st.num_views
     vv, _ = view_geometry(ctx, st, subject_vertices(ctx, st))
     faces = ctx.flame.faces.long()
     vn = vertex_normals(vv, faces)
@@ -41,25 +41,28 @@ def solve_appearance(ctx: FitContext, st: FitState, samples, rounds: int = 8,
     stack = torch.cat([ts.mean[None], ts.basis.reshape(1, Kt * 3, *ts.basis.shape[-2:])], 1)
     smp = torch.nn.functional.grid_sample(stack, uv_to_grid(uv)[None, None].to(stack), mode="bilinear",
                                           padding_mode="border", align_corners=False)[0, :, 0].t()
-    mean, basis = smp[:, :3], smp[:, 3:].reshape(S, Kt, 3).transpose(1, 2)             # (S, 3), (S, 3, Kt)
     img = ctx.images.permute(0, 2, 3, 1).reshape(-1, 3)[pix]                           # (S, 3)
-    slot, m = view_packing(view, N)            # samples are sorted by view: zero-padded (N, m) batches
-    Yp = Y.new_zeros(N * m, 9).index_copy_(0, slot, Y).view(N, 1, m, 9)
+    # Every per-view sum below is a batched matmul over zero-padded (N, m) rows (samples are
+    # sorted by view); padding rows are zero in every factor, so they add nothing.
+    slot, m = view_packing(view, N)
+
+    def padded(x):                             # (S, ...) -> (N, m, ...)
+        return x.new_zeros(N * m, *x.shape[1:]).index_copy_(0, slot, x).view(N, m, *x.shape[1:])
+
+    mean = padded(smp[:, :3])                                                          # (N, m, 3)
+    basis = padded(smp[:, 3:].reshape(-1, Kt, 3).transpose(1, 2).contiguous())        # (N, m, 3, Kt)
+    Y, img = padded(Y), padded(img)                                                    # (N, m, 9), (N, m, 3)
+    YY = (Y[..., :, None] * Y[..., None, :]).view(N, m, 81)
     eye9 = torch.eye(9, device=Y.device, dtype=Y.dtype)
     prior = 1e-4   # code ~ N(0, 1) against colour noise 0.01 (a ridge of w_tex x samples biased the code)
 
-    def padded(x):                             # (S, 3, C) -> (N, 3, m, C)
-        return x.new_zeros(N * m, *x.shape[1:]).index_copy_(0, slot, x).view(N, m, 3, -1).transpose(1, 2)
-
     def light(code):
         """Exact SH for a code: per view and channel 9x9 normal equations. -> alb, A_hh, sh, shade."""
-        alb = mean + basis @ code                                                        # (S, 3)
-        aY = padded(alb[..., None] * Y[:, None, :])                                      # (N, 3, m, 9)
-        A = aY.transpose(-1, -2) @ aY + 1e-6 * eye9                                      # (N, 3, 9, 9)
-        b = aY.transpose(-1, -2) @ padded(img[..., None])                                # (N, 3, 9, 1)
-        sh = torch.linalg.solve(A, b)[..., 0].transpose(1, 2)                           # (N, 9, 3)
-        shade = (Y[:, :, None] * sh[view]).sum(1)                                        # (S, 3)
-        return alb, A, sh, shade
+        alb = mean + basis @ code                                                        # (N, m, 3)
+        A = ((alb * alb).transpose(1, 2) @ YY).view(N, 3, 9, 9) + 1e-6 * eye9            # (N, 3, 9, 9)
+        b = (alb * img).transpose(1, 2) @ Y                                              # (N, 3, 9)
+        sh = torch.linalg.solve(A, b[..., None])[..., 0].transpose(1, 2)                # (N, 9, 3)
+        return alb, A, sh, Y @ sh                                                        # shade (N, m, 3)
 
     def cost(code, alb, shade):
         return float(((alb * shade - img) ** 2).sum()) + prior * float(code @ code)
@@ -68,12 +71,13 @@ def solve_appearance(ctx: FitContext, st: FitState, samples, rounds: int = 8,
     alb, A_hh, sh, shade = light(code)
     c0 = cost(code, alb, shade)
     for _ in range(rounds):
-        r = alb * shade - img                                                            # (S, 3)
-        Jc = shade[..., None] * basis                                                    # (S, 3, Kt)
-        A_cc = torch.einsum("skt,sku->tu", Jc, Jc) + prior * torch.eye(Kt, device=Y.device, dtype=Y.dtype)
-        g_c = torch.einsum("skt,sk->t", Jc, r) + prior * code
+        r = (alb * shade - img).reshape(-1)                                              # (N m 3,)
+        Jc = shade[..., None] * basis                                                    # (N, m, 3, Kt)
+        Jf = Jc.view(-1, Kt)
+        A_cc = Jf.t() @ Jf + prior * torch.eye(Kt, device=Y.device, dtype=Y.dtype)
+        g_c = Jf.t() @ r + prior * code
         # cross blocks d(colour)/d(code) x d(colour)/d(sh) per view and channel: (N, 3, Kt, 9)
-        A_ch = padded(Jc * alb[..., None]).transpose(-1, -2) @ Yp
+        A_ch = ((Jc * alb[..., None]).view(N, m, 3 * Kt).transpose(1, 2) @ Y).view(N, 3, Kt, 9)
         X = torch.linalg.solve(A_hh, A_ch.transpose(-1, -2))                             # A_hh^-1 A_ch^T
         M = A_cc - torch.einsum("nktj,nkju->tu", A_ch, X)
         # the SH gradient is zero at its exact solve (up to the 1e-6 ridge), so it drops out
@@ -95,4 +99,4 @@ def solve_appearance(ctx: FitContext, st: FitState, samples, rounds: int = 8,
     out = st.detach()
     out.tex = code[None].to(st.tex)
     out.sh = sh.to(st.sh)
-    return out, alb * shade
+    return out, (alb * shade).view(N * m, 3).index_select(0, slot)
