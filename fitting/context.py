@@ -113,24 +113,24 @@ class FitContext:
                 ys, xs = np.nonzero(edge)  # label k (1-based) is the k-th edge pixel in scan order
                 order = np.zeros(lab.max() + 1, np.int64)
                 order[1:len(ys) + 1] = np.arange(len(ys))
-                k = order[lab]
+                k = order[lab]                                # (Hs, Ws): the nearest edge pixel
                 sm = cv2.GaussianBlur(up, (0, 0), 1.5 * f)
-                gx, gy = cv2.Sobel(sm, cv2.CV_32F, 1, 0), cv2.Sobel(sm, cv2.CV_32F, 0, 1)
-                g = -np.stack([gx, gy], -1)  # outward: the mask decreases
-                g /= np.linalg.norm(g, axis=-1, keepdims=True) + 1e-12
-                n_k = g[ys[k], xs[k]]
+                g = -np.stack([cv2.Sobel(sm, cv2.CV_32F, 1, 0)[ys, xs],
+                               cv2.Sobel(sm, cv2.CV_32F, 0, 1)[ys, xs]], -1)  # outward: the mask decreases
+                n_e = g / (np.linalg.norm(g, axis=-1, keepdims=True) + 1e-12)  # (E, 2), per edge pixel
                 # Edge pixels are the innermost *inside* pixels; the outline (the 0.5 level of the
                 # mask, whose fractional values at a downsampled outline carry sub-pixel position)
                 # lies between an edge pixel and the point one fine pixel further out along the
                 # normal: interpolate the crossing there (a plain grid point is up to a pixel off,
                 # ~0.3 % of head scale at 128 px).
-                ex, ey = xs[k].astype(np.float32), ys[k].astype(np.float32)
-                v_in = up[ey.astype(np.int64), ex.astype(np.int64)]
-                v_out = cv2.remap(up, (ex + n_k[..., 0]).astype(np.float32), (ey + n_k[..., 1]).astype(np.float32),
-                                  cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                ex, ey = xs.astype(np.float32), ys.astype(np.float32)
+                v_in = up[ys, xs]
+                v_out = cv2.remap(up, (ex + n_e[:, 0])[None], (ey + n_e[:, 1])[None], cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REPLICATE)[0]
                 step = np.clip((v_in - 0.5) / np.maximum(v_in - v_out, 1e-3), 0.0, 1.0)
-                pts.append(np.stack([ex + 0.5, ey + 0.5], -1) / f + (step / f)[..., None] * n_k)
-                nrm.append(n_k)
+                p_e = np.stack([ex + 0.5, ey + 0.5], -1) / f + (step / f)[:, None] * n_e
+                pts.append(p_e[k])
+                nrm.append(n_e[k])
             dev = self.images.device
             self._boundary = (torch.tensor(np.stack(pts), dtype=torch.float32, device=dev),
                               torch.tensor(np.stack(nrm), dtype=torch.float32, device=dev), f)
