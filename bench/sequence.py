@@ -14,6 +14,8 @@ then holds the cameras' mean rotation (deg) and centre (mm) errors after the bes
 perturbed, after the keyframe's fit alone and after the refinement over frames. With
 ``--perturb_focal PCT`` every focal length is also scaled by 1 + PCT / 100 and refined
 (``--refine_focal always``); the line holds the focal error (%) at the same three stages.
+Any other option goes to the sequence command and overrides the bench's (``--track_photo_iters 3``);
+a misspelt one stops there with the sequence command's error.
 """
 from __future__ import annotations
 
@@ -41,7 +43,9 @@ def main(argv=None) -> None:
     ap.add_argument("--perturb_focal", type=float, default=0.0,
                     help="with --perturb: every focal length scaled by 1 + PCT / 100, and refined")
     ap.add_argument("--refine_frames", type=int, default=8, help="with --perturb: frames the cameras are refined over")
-    a = ap.parse_args(argv)
+    # the rest goes to the sequence command after the bench's own options, which it overrides
+    # (e.g. --track_photo_iters 3)
+    a, sequence_options = ap.parse_known_args(argv)
 
     import numpy as np
     import torch
@@ -90,7 +94,7 @@ def main(argv=None) -> None:
         "--image_size", str(a.size), "--photo_iters", "0", "--progress", "false", "--write_images", "false",
         "--w_shape", "8e-5", "--w_exp", "3.2e-4", "--w_rim", "1.0", "--rim_robust_px", "0.6",
         "--w_photo_gn", "3e4", "--photo_gn_iters", "3", "--workers", str(a.workers), "--chunk", str(a.chunk),
-        *focal])
+        *focal, *sequence_options])
     rep = run_sequence(cfg)
     z = np.load(out / "sequence.npz")
     gt = np.load(seq / "ground_truth.npz")
