@@ -45,14 +45,16 @@ __all__ = ["make_scene", "camera_arc", "detector_landmarks", "head_texture", "vi
 
 def textured_background(H: int, W: int, rng: np.random.Generator) -> np.ndarray:
     """(H, W, 3) float in [0, 1]: smooth colour gradients plus sinusoid stripes and fine noise."""
-    y, x = np.mgrid[0:H, 0:W].astype(np.float64)
-    x, y = x / W, y / H
+    x, y = np.arange(W) / W, (np.arange(H) / H)[:, None]                  # (W,), (H, 1)
     img = np.zeros((H, W, 3))
     for c in range(3):
         img[..., c] = 0.35 + 0.15 * rng.uniform(-1, 1) * x + 0.15 * rng.uniform(-1, 1) * y
         for _ in range(4):
             k = rng.uniform(3, 25, size=2)
-            img[..., c] += 0.06 * np.sin(2 * np.pi * (k[0] * x + k[1] * y) + rng.uniform(0, 2 * np.pi))
+            u, v = 2 * np.pi * k[0] * x, 2 * np.pi * k[1] * y + rng.uniform(0, 2 * np.pi)
+            # sin(u + v) from sines and cosines of a row and a column: a megapixel view costs
+            # 2 (H + W) of them, not H W
+            img[..., c] += 0.06 * (np.sin(u) * np.cos(v) + np.cos(u) * np.sin(v))
     noise = cv2.GaussianBlur(rng.normal(0, 0.08, (H, W, 3)), (0, 0), 1.5)
     return np.clip(img + noise, 0, 1)
 
