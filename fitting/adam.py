@@ -26,9 +26,9 @@ class Adam:
     """
 
     def __init__(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.groups = [{"params": list(g["params"]), "lr": float(g["lr"])} for g in groups]
+        self.params = [p for g in groups for p in g["params"]]
+        self.lrs = [float(g["lr"]) for g in groups for _ in g["params"]]       # per parameter
         self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
-        self.params = [p for g in self.groups for p in g["params"]]
         self.state: dict[int, dict] = {}
 
     def zero_grad(self) -> None:
@@ -38,13 +38,9 @@ class Adam:
     @torch.no_grad()
     def step(self, lr_scale: float = 1.0) -> None:
         beta1, beta2 = self.betas
-        i = 0
-        for g in self.groups:
-            lr = g["lr"] * lr_scale
-            for p in g["params"]:
-                if p.grad is not None:
-                    self._update(i, p, lr, beta1, beta2)
-                i += 1
+        for i, (p, lr) in enumerate(zip(self.params, self.lrs)):
+            if p.grad is not None:
+                self._update(i, p, lr * lr_scale, beta1, beta2)
 
     def _update(self, i: int, p: torch.Tensor, lr: float, beta1: float, beta2: float) -> None:
         s = self.state.get(i)

@@ -34,7 +34,7 @@ from fitting.losses import (gaussian_prior, landmark_point_weights, landmark_rms
                             robust_landmark_loss, silhouette_loss, texture_smoothness)
 from fitting.mask_pose import repose_by_mask
 from fitting.render.cameras import matrix_to_rot, project_points
-from fitting.state import FitState
+from fitting.state import RESTART_HINT, FitState
 
 __all__ = ["initialize", "mean_head_pnp", "has_photo_round", "stage_geometry", "lm_geometry", "lm_unknowns",
            "geometry_terms", "init_appearance", "stage_photometric", "evaluate", "cameras64", "track_weight"]
@@ -429,7 +429,11 @@ def stage_photometric(ctx: FitContext, state: FitState, start_iter: int = 0) -> 
         groups.append({"params": focal, "lr": c.photo_cam_lr})
     opt = Adam(groups)
     if start_iter > 0 and ctx.photo_opt_state is not None:
-        opt.load_state_dict(ctx.photo_opt_state)   # resumed: Adam's moments carry on
+        try:
+            opt.load_state_dict(ctx.photo_opt_state)   # resumed: Adam's moments carry on
+        except ValueError as e:
+            raise ValueError(f"the checkpoint's photometric stage optimised other variables ({e}); "
+                             f"{RESTART_HINT}") from e
     pw = landmark_point_weights(c.w_contour, False, st.shape.device)
     bar = _bar(ctx, range(start_iter, c.photo_iters), "photometric")
     warmup = int(round(c.photo_warmup * c.photo_iters))

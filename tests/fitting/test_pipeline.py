@@ -393,6 +393,21 @@ def test_photometric_resume_continues_adam(demo_fit):
     assert (fresh.shape - full.shape).abs().max() > 1e-4
 
 
+@pytest.mark.slow  # shares the ~20 s reduced-demo fit
+def test_photometric_resume_refuses_moments_of_other_variables(demo_fit):
+    """A checkpoint whose Adam state holds more variables than this run optimises (e.g. the
+    cameras, then held by tracks) stops with what to do, not with an index error."""
+    from fitting.stages import stage_photometric
+
+    ctx, st, _, _, _ = _true_state(demo_fit)
+    ctx.cfg.photo_iters = 4
+    moments = {"step": 1, "exp_avg": torch.zeros(3), "exp_avg_sq": torch.zeros(3)}
+    ctx.photo_opt_state = {"state": {99: moments}}
+    with pytest.raises(ValueError, match="optimised other variables.*without --resume"):
+        stage_photometric(ctx, st.detach(), start_iter=2)
+    ctx.photo_opt_state = None
+
+
 def _compare_jacobians(J: torch.Tensor, ref: torch.Tensor, term: str, tol: float = 1e-4) -> None:
     """J against ref (rows, 7 + P) to ``tol`` relative (Frobenius) in every column block
     (rotation, translation, focal, coefficients): a small block is not drowned by a large one."""
