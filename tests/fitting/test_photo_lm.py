@@ -4,6 +4,7 @@ against autodiff. The closed-form appearance is checked against the renderer in
 test_pipeline.py (it shares the reduced-demo fit)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from fitting.render import look_at
@@ -39,6 +40,27 @@ def test_masked_blur_keeps_a_constant_and_ignores_outside():
     row = b[8]
     assert abs(float(row[7] + row[8]) - 1) < 1e-4 and bool((row[1:] >= row[:-1] - 1e-6).all())
     assert float(row[0]) < 1e-3 and float(row[-1]) > 1 - 1e-3
+
+
+def test_masked_blur_is_scipys_normalised_convolution():
+    """Several views and channels against scipy's separable Gaussian, per view and channel:
+    sum(k * value * mask) / sum(k * mask), zero outside the image."""
+    from scipy.ndimage import correlate1d
+
+    rng = np.random.default_rng(0)
+    N, H, W, C, sigma = 3, 20, 17, 4, 1.3
+    val = rng.uniform(0, 1, (N, H, W, C))
+    mask = (rng.uniform(0, 1, (N, H, W, 1)) > 0.3).astype(np.float64)
+    r = int(np.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+
+    def blur(a):   # a (N, H, W, c): along the rows, then the columns
+        return correlate1d(correlate1d(a, k, axis=2, mode="constant"), k, axis=1, mode="constant")
+
+    want = blur(val * mask) / np.maximum(blur(mask), 1e-6)
+    got = masked_blur(torch.tensor(val.reshape(-1, C)), torch.tensor(mask.reshape(-1, 1)), N, H, W, sigma)
+    np.testing.assert_allclose(got.numpy().reshape(N, H, W, C), want, rtol=1e-9, atol=1e-12)
 
 
 def test_point_jacobian_equals_autodiff(standin):
