@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fitting.appearance import solve_appearance
+from fitting.appearance import solve_appearance, solve_lighting
 from fitting.context import JAW, FitContext
 from fitting.correspondences import bilinear, central_gradients, masked_blur, photo_samples, rim_correspondences
 from fitting.jacobians import point_jacobian, vertex_jacobian
@@ -385,8 +385,10 @@ class PhotoTerm(_RowTerm):
         self.pw = (w * weight / len(rp)).sqrt()
 
     @classmethod
-    def at(cls, ctx: FitContext, st: FitState, m0: Model, frag, it: int, iters: int):
-        """(state with its appearance solved at the samples, the term or None without samples).
+    def at(cls, ctx: FitContext, st: FitState, m0: Model, frag, it: int, iters: int, texture_held: bool = False):
+        """(state with its appearance solved at the samples, the term or None without samples):
+        texture code and SH, or with ``texture_held`` (a sequence's frame, whose texture is its
+        identity's) the SH alone.
 
         Coarse to fine: photo and fitted appearance alike are blurred (inside the sampled pixels)
         by ``photo_gn_blur`` px, decreasing to 0 over the first half of the round's ``iters``,
@@ -396,7 +398,7 @@ class PhotoTerm(_RowTerm):
         smp = photo_samples(ctx, st, frag)
         if smp is None:
             return st, None
-        st, target = solve_appearance(ctx, st, smp)
+        st, target = (solve_lighting if texture_held else solve_appearance)(ctx, st, smp)
         view, face, bary, pix = smp
         N, (H, W) = st.num_views, ctx.size
         photo = ctx.images.permute(0, 2, 3, 1).reshape(-1, 3)

@@ -159,8 +159,9 @@ def geometry_terms(ctx: FitContext, st: FitState, unk: Unknowns, static_only: bo
                    use_photo: bool, it: int = 0, iters: int = 1) -> tuple[FitState, list]:
     """The row terms of one LM iteration at st: landmarks, then the outline (``use_rim``), then
     photometric samples (``use_photo``; the state's texture code and SH are solved for them,
-    hence the returned state). it / iters: the iteration within the round (the photometric
-    term's coarse-to-fine blur)."""
+    hence the returned state; a held identity, ``unk.shape_fixed``, holds its texture code
+    too). it / iters: the iteration within the round (the photometric term's coarse-to-fine
+    blur)."""
     m0 = model_at(ctx, st, unk)
     terms = [landmark_term(ctx, m0, static_only)]
     with torch.no_grad():
@@ -168,7 +169,7 @@ def geometry_terms(ctx: FitContext, st: FitState, unk: Unknowns, static_only: bo
         if use_rim:
             terms.append(OutlineTerm.at(ctx, st, m0, frag))
         if use_photo:
-            st, photo = PhotoTerm.at(ctx, st, m0, frag, it, iters)
+            st, photo = PhotoTerm.at(ctx, st, m0, frag, it, iters, texture_held=unk.shape_fixed)
             terms.append(photo)
     return st, [t for t in terms if t is not None]
 

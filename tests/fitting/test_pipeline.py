@@ -284,40 +284,13 @@ def test_rim_correspondences_unbiased_at_ground_truth(demo_fit):
     assert float(r2.median()) < -0.15
 
 
-@pytest.mark.slow  # shares the ~20 s reduced-demo fit
-def test_closed_form_appearance_matches_the_renderer_at_the_truth(demo_fit):
-    """At the true head and cameras, the alternating least squares for texture code and SH
-    explain the photo as well as the true appearance does, with the renderer's colour model."""
-    from fitting.appearance import solve_appearance
-    from fitting.context import render_views
-    from fitting.correspondences import photo_samples
-
-    ctx, st, gt, idx, N = _true_state(demo_fit)
-    st.tex, st.sh = torch.tensor(gt["tex"]).float(), torch.tensor(gt["sh"][idx]).float()
-    smp = photo_samples(ctx, st)
-    assert smp is not None and set(smp[0].tolist()) == set(range(N))
-    pix = smp[3]
-    photo = ctx.images.permute(0, 2, 3, 1).reshape(-1, 3)[pix]
-    with torch.no_grad():
-        ren = render_views(ctx, st).image.permute(0, 2, 3, 1).reshape(-1, 3)[pix]
-    rms_true = float((ren - photo).pow(2).mean().sqrt())
-    # the closed form starts from a blank appearance, not from the truth
-    blank = st.detach()
-    blank.tex.zero_()
-    blank.sh.zero_()
-    blank.sh[:, 0] = 1 / 0.8862269
-    fitted, colour = solve_appearance(ctx, blank, smp)
-    rms_fit = float((colour - photo).pow(2).mean().sqrt())
-    # the photo is the render (resampled, 8-bit: ~0.003) times the scene's skin detail, which the
-    # texture space cannot represent (0.0175 in all measured here)
-    assert rms_true < 0.025
-    # least squares: at least as good as the truth's appearance (measured 0.0023 vs 0.0026 here)
-    assert rms_fit <= rms_true
-    # and converged: the cost's gradient in code and SH (autograd, independent of the solver's
-    # Schur-complement algebra) is ~0 next to its size at the blank start
+def _appearance_gradient(ctx, st, smp, photo):
+    """A function of an appearance state: the norm of the gradient, in texture code and SH, of
+    the closed forms' cost at the samples ``smp`` of the head ``st``, by autograd on the
+    renderer's colour model (independent of the solvers' algebra)."""
+    from fitting.context import subject_vertices, view_geometry
     from fitting.render.shading import sh_basis, vertex_normals
     from fitting.render.texture import uv_to_grid
-    from fitting.context import subject_vertices, view_geometry
 
     view, face, bary, _ = smp
     vv, _ = view_geometry(ctx, st, subject_vertices(ctx, st))
@@ -327,7 +300,7 @@ def test_closed_form_appearance_matches_the_renderer_at_the_truth(demo_fit):
     vt, ft = ctx.uvs()
     uv = (vt[ft[face]] * bary[..., None]).sum(1)
 
-    def grad_norm(s):
+    def grad_norm(s, wrt=("tex", "sh")):
         code, sh = s.tex.detach().clone().requires_grad_(), s.sh.detach().clone().requires_grad_()
         ts = ctx.texspace                                           # the linear model, unclamped
         tex = ts.mean + torch.einsum("bk,kchw->bchw", code, ts.basis)
@@ -335,13 +308,76 @@ def test_closed_form_appearance_matches_the_renderer_at_the_truth(demo_fit):
                                               padding_mode="border", align_corners=False)[0, :, 0].t()
         col = alb * (Y[:, :, None] * sh[view]).sum(1)
         cost = ((col - photo) ** 2).sum() + 1e-4 * (code ** 2).sum()
-        g = torch.autograd.grad(cost, [code, sh])
+        g = torch.autograd.grad(cost, [{"tex": code, "sh": sh}[k] for k in wrt])
         return float(torch.cat([x.reshape(-1) for x in g]).norm())
+    return grad_norm
 
+
+def _appearance_at_the_truth(demo_fit):
+    """(ctx, the true head with the true texture code and SH, samples, photo at them (S, 3), the
+    RMS of the true appearance's render against the photo there, the true head with a blank
+    appearance: code 0, ambient SH)."""
+    from fitting.context import render_views
+    from fitting.correspondences import photo_samples
+
+    ctx, st, gt, idx, N = _true_state(demo_fit)
+    st.tex, st.sh = torch.tensor(gt["tex"]).float(), torch.tensor(gt["sh"][idx]).float()
+    smp = photo_samples(ctx, st)
+    assert smp is not None and set(smp[0].tolist()) == set(range(N))
+    photo = ctx.images.permute(0, 2, 3, 1).reshape(-1, 3)[smp[3]]
+    with torch.no_grad():
+        ren = render_views(ctx, st).image.permute(0, 2, 3, 1).reshape(-1, 3)[smp[3]]
+    blank = st.detach()
+    blank.tex.zero_()
+    blank.sh.zero_()
+    blank.sh[:, 0] = 1 / 0.8862269
+    return ctx, st, smp, photo, float((ren - photo).pow(2).mean().sqrt()), blank
+
+
+def _rendered_at(ctx, st, pix):
+    from fitting.context import render_views
+    with torch.no_grad():
+        return render_views(ctx, st).image.permute(0, 2, 3, 1).reshape(-1, 3)[pix]
+
+
+@pytest.mark.slow  # shares the ~20 s reduced-demo fit
+def test_closed_form_appearance_matches_the_renderer_at_the_truth(demo_fit):
+    """At the true head and cameras, the alternating least squares for texture code and SH
+    explain the photo as well as the true appearance does, with the renderer's colour model."""
+    from fitting.appearance import solve_appearance
+
+    ctx, st, smp, photo, rms_true, blank = _appearance_at_the_truth(demo_fit)
+    # the closed form starts from a blank appearance, not from the truth
+    fitted, colour = solve_appearance(ctx, blank, smp)
+    rms_fit = float((colour - photo).pow(2).mean().sqrt())
+    # the photo is the render (resampled, 8-bit: ~0.003) times the scene's skin detail, which the
+    # texture space cannot represent (0.0175 in all measured here)
+    assert rms_true < 0.025
+    # least squares: at least as good as the truth's appearance (measured 0.0023 vs 0.0026 here)
+    assert rms_fit <= rms_true
+    # and converged: the cost's gradient in code and SH is ~0 next to its size at the blank start
+    grad_norm = _appearance_gradient(ctx, st, smp, photo)
     assert grad_norm(fitted) < 1e-3 * grad_norm(blank)
-    with torch.no_grad():  # the returned colours are what the renderer draws with the fitted appearance
-        ren_fit = render_views(ctx, fitted).image.permute(0, 2, 3, 1).reshape(-1, 3)[pix]
-    torch.testing.assert_close(ren_fit, colour, atol=2e-4, rtol=0)
+    # the returned colours are what the renderer draws with the fitted appearance
+    torch.testing.assert_close(_rendered_at(ctx, fitted, smp[3]), colour, atol=2e-4, rtol=0)
+
+
+@pytest.mark.slow  # shares the ~20 s reduced-demo fit
+def test_lighting_with_the_texture_held_is_the_least_squares_sh(demo_fit):
+    """A sequence frame's appearance (``solve_lighting``: the identity's texture code held, here
+    the true one): the code is untouched, the SH is the least-squares solution for it, at least
+    as good as the true SH, and the returned colours are the renderer's with it."""
+    from fitting.appearance import solve_lighting
+
+    ctx, st, smp, photo, rms_true, blank = _appearance_at_the_truth(demo_fit)
+    start = st.detach()
+    start.sh = blank.sh.clone()                                    # the true code, ambient light
+    lit, colour = solve_lighting(ctx, start, smp)
+    assert torch.equal(lit.tex, st.tex)
+    assert float((colour - photo).pow(2).mean().sqrt()) <= rms_true
+    grad_norm = _appearance_gradient(ctx, st, smp, photo)
+    assert grad_norm(lit, wrt=("sh",)) < 1e-3 * grad_norm(start, wrt=("sh",))
+    torch.testing.assert_close(_rendered_at(ctx, lit, smp[3]), colour, atol=2e-4, rtol=0)
 
 
 @pytest.mark.slow  # shares the ~20 s reduced-demo fit
