@@ -14,6 +14,7 @@ images, like the landmarks and masks.
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sys
@@ -25,7 +26,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fitting.atomic import atomic_write_json
 from fitting.images import exif_orientation, image_size, write_upright_copy
+from process_data.manifest import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -332,21 +335,29 @@ def triangulate_known(image_dir, names: list[str], cameras: list, work_dir, *, t
     height), undistorted. tolerance_deg: how far the cameras may be off; the triangulator's
     angle and reprojection limits are widened to it, since its defaults (2 deg, 4 px) reject
     every match of a camera that is off by a degree (~25 px at 512 px). upsample: see
-    :func:`extract_and_match`. The database goes in ``work_dir``. Returns the
+    :func:`extract_and_match`. The database goes in ``work_dir``, with the recipe it was made
+    from (``database.json``: the images' bytes, the options, this module's code); a later call
+    with the same recipe triangulates from it again, under its own cameras. Returns the
     pycolmap.Reconstruction (its points in the cameras' frame)."""
     import pycolmap
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    db = work_dir / "database.db"
-    if db.exists():
-        db.unlink()
+    db, stamp = work_dir / "database.db", work_dir / "database.json"
+    recipe = _features_recipe(pycolmap, image_dir, names, max_image_size, seed, upsample)
     level = pycolmap.logging.minloglevel
     pycolmap.logging.minloglevel = 2
     try:
         pycolmap.set_random_seed(seed)
-        extract_and_match(pycolmap, db, image_dir, names, "PINHOLE", max_image_size, seed, num_threads, False,
-                          pycolmap.CameraMode.PER_IMAGE, None, upsample=upsample)
+        # features and verified matches do not depend on the cameras: a database made from the
+        # same images with the same recipe (the keyframe's, again in the refinement over frames)
+        # is kept; the recipe is written once the database is complete
+        if not (db.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == recipe):
+            stamp.unlink(missing_ok=True)
+            db.unlink(missing_ok=True)
+            extract_and_match(pycolmap, db, image_dir, names, "PINHOLE", max_image_size, seed, num_threads, False,
+                              pycolmap.CameraMode.PER_IMAGE, None, upsample=upsample)
+            atomic_write_json(stamp, recipe)
         with pycolmap.Database.open(str(db)) as database:
             ids = {im.name: (im.image_id, im.camera_id) for im in database.read_all_images()}
         rec = pycolmap.Reconstruction()
@@ -372,6 +383,15 @@ def triangulate_known(image_dir, names: list[str], cameras: list, work_dir, *, t
         return pycolmap.triangulate_points(rec, db, str(image_dir), out, options=opts)
     finally:
         pycolmap.logging.minloglevel = level
+
+
+def _features_recipe(pycolmap, image_dir, names: list[str], max_image_size: int, seed: int, upsample: int) -> dict:
+    """What :func:`triangulate_known`'s features and matches depend on: the images (names in
+    order and bytes), the options, pycolmap's version and this module's code (which sets the
+    SIFT and matching options)."""
+    return {"images": [[n, fingerprint(Path(image_dir) / n)["sha256"]] for n in names],
+            "max_image_size": int(max_image_size), "seed": int(seed), "upsample": int(upsample),
+            "pycolmap": pycolmap.__version__, "code": fingerprint(__file__)["sha256"]}
 
 
 def landmark_descriptors() -> np.ndarray:

@@ -4,6 +4,7 @@ scene whose calibration is given in a rig frame apart from the head frame."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -479,7 +480,7 @@ def _track_reprojection_px(tracks, cams: list) -> np.ndarray:
 
 
 @pytest.mark.slow   # ~40 s: a 512 px scene, SIFT on its 6 views twice
-def test_rig_tracks_on_a_distorted_rig(tmp_path, standin_path):
+def test_rig_tracks_on_a_distorted_rig(tmp_path, standin_path, monkeypatch):
     """A rig whose lenses distort (k1 -4, k2 20 and small tangential terms on this 1450 px lens:
     up to 24 px at the image's edge, 1-4 px across the head): SIFT runs on undistorted copies,
     so the tracks' observations are pinhole pixels, consistent with the true cameras to SIFT's
@@ -511,6 +512,46 @@ def test_rig_tracks_on_a_distorted_rig(tmp_path, standin_path):
     assert np.median(moved["as pinhole"][1]) >= 3 * np.median(err)   # 0.56 px
     assert sorted(p.name for p in (tmp_path / "undistorted" / "undistorted").iterdir()) == sorted(names)
     assert not (tmp_path / "as pinhole" / "undistorted").exists()        # copies only where needed
+    _check_database_reuse(tmp_path / "as pinhole", sc, pinhole, moved["as pinhole"], monkeypatch)
+
+
+def _check_database_reuse(work, sc, cams, first, monkeypatch):
+    """Features and matches do not depend on the cameras: rig_tracks again in the same folder with
+    other cameras reuses the database (no extraction, the same observations); once an image
+    changes, it is rebuilt, and the old recipe is gone before the rebuild starts."""
+    import process_data.intrinsics as intrinsics
+    from fitting.known_cameras import Rig, rig_tracks
+
+    db = work / "database.db"
+    before = _database_rows(db)
+    turned = {n: c._replace(t=c.t + np.array([0.002, 0.0, 0.0])) for n, c in cams.items()}
+    real, calls = intrinsics.extract_and_match, []
+    monkeypatch.setattr(intrinsics, "extract_and_match", lambda *a, **k: calls.append(a) or real(*a, **k))
+    tr = rig_tracks(Rig(work / "calib.json", "refine", turned), sc, work, 3.0, max_image_size=512)
+    assert not calls and _database_rows(db) == before       # reused, and triangulating changed nothing in it
+    assert tr.num_points >= 0.8 * first[0]                  # the same observations under 2 mm moved cameras
+    shutil.copyfile(sc.image_paths[1], sc.image_paths[0])   # one image changed
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupted(*a, **k):
+        raise Interrupted
+    monkeypatch.setattr(intrinsics, "extract_and_match", interrupted)
+    with pytest.raises(Interrupted):
+        rig_tracks(Rig(work / "calib.json", "refine", turned), sc, work, 3.0, max_image_size=512)
+    assert not (work / "database.json").exists() and not db.exists()   # nothing stale left to reuse
+
+
+def _database_rows(db) -> dict:
+    """{table: its rows} of a COLMAP database (SQLite: opening it may touch the file's header)."""
+    import sqlite3
+    con = sqlite3.connect(db)
+    try:
+        tables = [t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: con.execute(f"SELECT * FROM {t}").fetchall() for t in tables}
+    finally:
+        con.close()
 
 
 # -- real data --------------------------------------------------------------------------------------
