@@ -352,7 +352,7 @@ def triangulate_known(image_dir, names: list[str], cameras: list, work_dir, *, t
         # features and verified matches do not depend on the cameras: a database made from the
         # same images with the same recipe (the keyframe's, again in the refinement over frames)
         # is kept; the recipe is written once the database is complete
-        if not (db.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == recipe):
+        if not (db.is_file() and _recorded(stamp) == recipe):
             stamp.unlink(missing_ok=True)
             db.unlink(missing_ok=True)
             extract_and_match(pycolmap, db, image_dir, names, "PINHOLE", max_image_size, seed, num_threads, False,
@@ -392,6 +392,15 @@ def _features_recipe(pycolmap, image_dir, names: list[str], max_image_size: int,
     return {"images": [[n, fingerprint(Path(image_dir) / n)["sha256"]] for n in names],
             "max_image_size": int(max_image_size), "seed": int(seed), "upsample": int(upsample),
             "pycolmap": pycolmap.__version__, "code": fingerprint(__file__)["sha256"]}
+
+
+def _recorded(stamp: Path) -> dict | None:
+    """The recipe in ``stamp``, or None when it is missing or unreadable (then the database is
+    made again)."""
+    try:
+        return json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def landmark_descriptors() -> np.ndarray:

@@ -517,8 +517,9 @@ def test_rig_tracks_on_a_distorted_rig(tmp_path, standin_path, monkeypatch):
 
 def _check_database_reuse(work, sc, cams, first, monkeypatch):
     """Features and matches do not depend on the cameras: rig_tracks again in the same folder with
-    other cameras reuses the database (no extraction, the same observations); once an image
-    changes, it is rebuilt, and the old recipe is gone before the rebuild starts."""
+    other cameras reuses the database (no extraction, the same observations); an unreadable
+    recipe makes it again; once an image changes, it is rebuilt, and the old recipe is gone
+    before the rebuild starts."""
     import process_data.intrinsics as intrinsics
     from fitting.known_cameras import Rig, rig_tracks
 
@@ -530,6 +531,9 @@ def _check_database_reuse(work, sc, cams, first, monkeypatch):
     tr = rig_tracks(Rig(work / "calib.json", "refine", turned), sc, work, 3.0, max_image_size=512)
     assert not calls and _database_rows(db) == before       # reused, and triangulating changed nothing in it
     assert tr.num_points >= 0.8 * first[0]                  # the same observations under 2 mm moved cameras
+    (work / "database.json").write_text("{not json")          # an unreadable recipe: made again, no crash
+    rig_tracks(Rig(work / "calib.json", "refine", turned), sc, work, 3.0, max_image_size=512)
+    assert len(calls) == 1 and json.loads((work / "database.json").read_text())["images"]
     shutil.copyfile(sc.image_paths[1], sc.image_paths[0])   # one image changed
 
     class Interrupted(Exception):
