@@ -106,7 +106,9 @@ def main(argv=None) -> None:
     jaw = np.degrees(np.linalg.norm(z["jaw"] - gt["pose"][:, 6:9], axis=-1))
     sec = np.array([f["seconds"] for f in rep["frames"]])
 
-    def camera_errors(cams: dict) -> list:
+    def camera_errors(cams: dict) -> list | None:
+        if len(truth) < 2:     # one camera's pose is any similarity's
+            return None
         rot, cen = calibration_errors(cams, truth)
         return [round(rot, 4), round(cen, 3)] + ([round(focal_error_pct(cams, truth), 3)] if focal else [])
     cameras = {}

@@ -119,9 +119,12 @@ def rig_tracks(rig: Rig, scene, work_dir, tolerance_deg: float, inside=None, max
 
     SIFT runs on copies of the images (:func:`undistorted_copies`, in ``work_dir``) when the
     views distort, so that the keypoints are in the calibration's pinhole pixels, as the fit's
-    images are; it sees small views doubled (``process_data.intrinsics.sift_upsampling``)."""
+    images are; it sees small views doubled (``process_data.intrinsics.sift_upsampling``).
+    None for a scene of one view: a track needs two."""
     from fitting.tracks import load_tracks
     from process_data.intrinsics import sift_upsampling, triangulate_known
+    if len(scene.names) < 2:
+        return None
     cams = [rig.cameras[n] for n in scene.names]
     image_dir = Path(scene.image_paths[0]).parent
     if any(np.any(c.distortion) for c in cams):

@@ -162,12 +162,13 @@ def detector_landmarks(lmk: np.ndarray, yaw_deg: np.ndarray) -> tuple[np.ndarray
 def camera_arc(n: int, width: int, height: int, fov_deg: float, distance: float, yaw_deg: float, pitch_deg: float,
                rng: np.random.Generator):
     """The demo rig: K (n, 3, 3), world-to-camera R (n, 3, 3), t (n, 3) float32 of ``n`` cameras
-    at ``distance`` metres from the origin, yaw evenly on [-yaw_deg, yaw_deg], pitch
+    at ``distance`` metres from the origin, yaw evenly on [-yaw_deg, yaw_deg] (a single camera
+    frontal, in the middle of that arc), pitch
     pitch_deg * cos(3 pi i / (n - 1)), each looking at a point jittered by a few mm around
     (0, 0.01, 0) (drawn from ``rng``)."""
     from fitting.render import intrinsics_from_fov, look_at
     i = np.arange(n)
-    yaw = np.radians(np.linspace(-yaw_deg, yaw_deg, n))
+    yaw = np.radians(np.linspace(-yaw_deg, yaw_deg, n) if n > 1 else np.zeros(n))
     pitch = np.radians(pitch_deg) * np.cos(3 * np.pi * i / max(n - 1, 1))
     eye = distance * np.stack([np.cos(pitch) * np.sin(yaw), np.sin(pitch), np.cos(pitch) * np.cos(yaw)], -1)
     target = rng.normal(0, 0.005, (n, 3)) + np.array([0.0, 0.01, 0.0])

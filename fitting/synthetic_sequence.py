@@ -43,7 +43,7 @@ __all__ = ["make_sequence", "smooth_series", "SEQUENCE_VERSION"]
 PRODUCER = "fitting.synthetic_sequence"
 # Bump when a sequence's content changes for the same options (ground_truth.npz ``version``):
 # cached sequences (``python -m bench.sequence --cache``) are rebuilt then.
-SEQUENCE_VERSION = 2
+SEQUENCE_VERSION = 3
 
 
 def smooth_series(n_frames: int, dim: int, std: float, rng: np.random.Generator, n_waves: int = 3) -> np.ndarray:

@@ -404,7 +404,7 @@ def refine_over_frames(cfg, dirs: list, keyframe: Path, ident, calibration: dict
         loaded = []
         for i, fd in enumerate(frames):
             frame, why = load_frame(cfg, fd, ident, flame, texspace)
-            if frame is None:              # no face in two cameras: the frame is left out
+            if frame is None:              # no face in any camera: the frame is left out
                 log(f"[refine] {i + 1}/{len(frames)} frame {fd.name}: not tracked, {why}")
                 continue
             # the start: the frame fitted alone (no colour rows needed), its loaded state kept

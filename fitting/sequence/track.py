@@ -158,8 +158,6 @@ def load_frame(cfg, frame_dir: Path, ident: Identity, flame, texspace):
         scene = load_scene(frame_dir, cfg.image_size, run_missing=False, cameras=scene_cameras_json(rig))
     except ValueError as e:  # load_scene: no usable view
         return None, str(e)
-    if scene.num_views < 2:
-        return None, f"landmarks in {scene.num_views} view(s)"
     apply_rig(rig, scene)
     N = scene.num_views
     st = FitState.create(N, torch.zeros(N, dtype=torch.long), scene.K, cfg.n_shape, cfg.n_exp,

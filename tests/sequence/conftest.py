@@ -35,3 +35,12 @@ def sequence6_true_profiles(tmp_path_factory, standin_path):
                          width=192, height=192, n_shape=40, n_exp=20, seed=0, detector_profiles=False)
     return root, dict(np.load(root / "ground_truth.npz"))
 
+
+
+@pytest.fixture(scope="session")
+def sequence_one_camera(tmp_path_factory, standin_path):
+    """(folder, ground truth) of 6 frames filmed by one calibrated camera, frontal, at 192 px: a
+    video as a sequence (images/cam00/<frame>.png). Read only."""
+    root = make_sequence(tmp_path_factory.mktemp("seq1") / "seq", standin_path, n_frames=6, n_cameras=1,
+                         width=192, height=192, n_shape=40, n_exp=20, seed=0)
+    return root, dict(np.load(root / "ground_truth.npz"))
