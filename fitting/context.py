@@ -19,10 +19,28 @@ from fitting.rotations import axis_angle_to_matrix
 from fitting.state import FitState
 from fitting.tracks import TrackTerm
 
-__all__ = ["FitContext", "JAW", "subject_vertices", "head_rotation", "view_geometry", "project_landmarks",
+__all__ = ["FitContext", "Outline", "JAW", "subject_vertices", "head_rotation", "view_geometry", "project_landmarks",
            "texture_maps", "render_views"]
 
 JAW = slice(6, 9)   # the jaw's axis-angle in FLAME's pose vector
+
+
+@dataclass(frozen=True)
+class Outline:
+    """The head masks' outlines on a grid ``factor`` x finer than the fitting pixels: every
+    outline point once, with its outward unit normal (points, normals: (E, 2) fitting pixels, the
+    views' in order), and the index of the nearest one of its view per fine pixel (nearest:
+    (N, Hs, Ws) int32)."""
+
+    nearest: torch.Tensor
+    points: torch.Tensor
+    normals: torch.Tensor
+    factor: int
+
+    def at(self, view: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(points (K, 2), normals (K, 2)) nearest to the fine pixels (view, iy, ix), each (K,)."""
+        k = self.nearest[view, iy, ix].long()
+        return self.points[k], self.normals[k]
 
 
 @dataclass
@@ -65,7 +83,7 @@ class FitContext:
     landmark_sigma_px: float | None = None
     rig: object | None = None
     _renderer: torch.nn.Module | None = None
-    _boundary: tuple | None = None
+    _boundary: "Outline | None" = None
     _edges: tuple | None = None
 
     def __post_init__(self):
@@ -92,17 +110,14 @@ class FitContext:
             self._renderer = MeshRenderer(self.flame.faces, vt, ft, RasterSettings(self.size)).to(self.images.device)
         return self._renderer
 
-    def boundary(self):
-        """Nearest head-mask boundary point and outward normal per pixel of a finer grid.
-
-        Returns (points (N, Hs, Ws, 2) fitting pixels, normals (N, Hs, Ws, 2), factor): the
-        mask is upsampled by ``factor`` and thresholded at 0.5, so the outline is located to
-        1 / factor of a fitting pixel. Computed once (OpenCV, per view)."""
+    def boundary(self) -> "Outline":
+        """The head masks' outlines, located to 1 / factor of a fitting pixel: each mask is
+        upsampled by ``factor`` and thresholded at 0.5. Computed once (OpenCV, per view)."""
         if self._boundary is None:
             import cv2
             H, W = self.size
             f = max(1, round(512 / max(H, W)))
-            pts, nrm = [], []
+            nearest, pts, nrm, count = [], [], [], 0
             for m in self.head_mask[:, 0].detach().cpu().numpy():  # once per view, at setup
                 up = cv2.resize(m.astype(np.float32), (W * f, H * f), interpolation=cv2.INTER_LINEAR)
                 inside = (up > 0.5).astype(np.uint8)
@@ -111,9 +126,10 @@ class FitContext:
                     edge[0, 0] = 1
                 _, lab = cv2.distanceTransformWithLabels(1 - edge, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
                 ys, xs = np.nonzero(edge)  # label k (1-based) is the k-th edge pixel in scan order
-                order = np.zeros(lab.max() + 1, np.int64)
-                order[1:len(ys) + 1] = np.arange(len(ys))
-                k = order[lab]                                # (Hs, Ws): the nearest edge pixel
+                order = np.zeros(lab.max() + 1, np.int32)
+                order[1:len(ys) + 1] = np.arange(count, count + len(ys))
+                nearest.append(order[lab])                        # (Hs, Ws): the nearest edge pixel
+                count += len(ys)
                 sm = cv2.GaussianBlur(up, (0, 0), 1.5 * f)
                 g = -np.stack([cv2.Sobel(sm, cv2.CV_32F, 1, 0)[ys, xs],
                                cv2.Sobel(sm, cv2.CV_32F, 0, 1)[ys, xs]], -1)  # outward: the mask decreases
@@ -128,12 +144,12 @@ class FitContext:
                 v_out = cv2.remap(up, (ex + n_e[:, 0])[None], (ey + n_e[:, 1])[None], cv2.INTER_LINEAR,
                                   borderMode=cv2.BORDER_REPLICATE)[0]
                 step = np.clip((v_in - 0.5) / np.maximum(v_in - v_out, 1e-3), 0.0, 1.0)
-                p_e = np.stack([ex + 0.5, ey + 0.5], -1) / f + (step / f)[:, None] * n_e
-                pts.append(p_e[k])
-                nrm.append(n_e[k])
+                pts.append(np.stack([ex + 0.5, ey + 0.5], -1) / f + (step / f)[:, None] * n_e)
+                nrm.append(n_e)
             dev = self.images.device
-            self._boundary = (torch.tensor(np.stack(pts), dtype=torch.float32, device=dev),
-                              torch.tensor(np.stack(nrm), dtype=torch.float32, device=dev), f)
+            self._boundary = Outline(torch.from_numpy(np.stack(nearest)).to(dev),
+                                     torch.from_numpy(np.concatenate(pts)).float().to(dev),
+                                     torch.from_numpy(np.concatenate(nrm)).float().to(dev), f)
         return self._boundary
 
     def edges(self):

@@ -30,7 +30,7 @@ def rim_correspondences(ctx: FitContext, st: FitState, max_px: float, frag=None)
     outward normal; pairs farther than ``max_px`` are dropped. Returns (view (K,), vertex (K,),
     target (K, 2), normal (K, 2)) or None. ``frag``: this state's dense Fragments, when already
     rasterized."""
-    pts_map, nrm_map, f = ctx.boundary()
+    outline = ctx.boundary()
     e_v, e_f, near_border = ctx.edges()
     verts = subject_vertices(ctx, st)
     vv, _ = view_geometry(ctx, st, verts)
@@ -47,15 +47,14 @@ def rim_correspondences(ctx: FitContext, st: FitState, max_px: float, frag=None)
     rim[ev, e_v[ee, 1]] = True
     rim &= (ctx.view_weights[:, None] > 0) & ~near_border[None]
     uv = project_points(vv, st.K(), R, st.cam_t)[0]
-    Hs, Ws = pts_map.shape[1:3]
-    ix = (uv[..., 0] * f).floor().long()
-    iy = (uv[..., 1] * f).floor().long()
+    Hs, Ws = outline.nearest.shape[1:3]
+    ix = (uv[..., 0] * outline.factor).floor().long()
+    iy = (uv[..., 1] * outline.factor).floor().long()
     rim &= (ix >= 0) & (ix < Ws) & (iy >= 0) & (iy < Hs)
     view, vert = torch.nonzero(rim, as_tuple=True)
     if view.numel() == 0:
         return None
-    tgt = pts_map[view, iy[view, vert], ix[view, vert]]
-    nrm = nrm_map[view, iy[view, vert], ix[view, vert]]
+    tgt, nrm = outline.at(view, iy[view, vert], ix[view, vert])
     keep = (uv[view, vert] - tgt).norm(dim=-1) < max_px
     # Internal occluding contours (nose over cheek, ear, the far cheek behind the face) have
     # silhouette edges too; only vertices on the *outer* outline have empty space just outside

@@ -31,10 +31,10 @@ def test_boundary_points_are_subpixel_on_a_disk():
     H = W = 64
     cx, cy, r = 31.3, 33.7, 17.45
     mask = torch.tensor(_disk(H, W, cx, cy, r))[None, None]
-    pts, nrm, f = _ctx(mask).boundary()
-    assert pts.shape == (1, H * f, W * f, 2) and nrm.shape == pts.shape
-    pn = np.unique(torch.cat([pts[0], nrm[0]], -1).reshape(-1, 4).numpy(), axis=0)  # each boundary point once
-    p, n = pn[:, :2], pn[:, 2:]
+    outline = _ctx(mask).boundary()
+    f = outline.factor
+    assert outline.nearest.shape == (1, H * f, W * f) and outline.points.shape == outline.normals.shape
+    p, n = outline.points.numpy(), outline.normals.numpy()
     assert len(p) > 2 * np.pi * r * f * 0.7  # one per fine edge pixel
     d = p - np.array([cx, cy])
     rad = np.linalg.norm(d, axis=1)
@@ -42,6 +42,17 @@ def test_boundary_points_are_subpixel_on_a_disk():
     assert np.abs(rad - r).max() < 0.15
     assert abs(np.median(rad - r)) < 0.02           # no systematic shrink or growth (a scale bias)
     assert (np.sum(n * d / rad[:, None], 1) > 0.99).all()  # outward, along the radius
+    # a fine pixel near the outline (where the outline term pairs vertices) looks up the outline
+    # point of its nearest edge pixel: at most two fine pixels farther than the closest of all
+    # (brute force), since a point lies within a fine pixel of its edge pixel
+    iy, ix = torch.tensor(np.random.default_rng(0).integers(0, H * f, (2, 4000)))
+    got, _ = outline.at(torch.zeros(4000, dtype=torch.long), iy, ix)
+    q = (torch.stack([ix, iy], -1).double().numpy() + 0.5) / f
+    best = np.linalg.norm(q[:, None] - p[None], axis=-1).min(1)
+    near = best < 3.0
+    excess = np.linalg.norm(q - got.numpy(), axis=-1) - best
+    print("excess", excess[near].max(), near.sum())
+    assert near.sum() > 100 and (excess[near] <= 2.0 / f).all()
 
 
 def test_edges_and_border_rings():
