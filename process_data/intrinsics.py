@@ -532,7 +532,10 @@ def estimate_intrinsics(image_dir, names: list[str], *, work_dir=None, fov_deg: 
             rec = run_sfm(sfm_dir, names, work_dir, max_image_size=max_image_size, sequential=sequential,
                           num_threads=num_threads, landmarks=landmarks, use_landmarks=use_landmarks,
                           sift_dsp=sift_dsp, keypoint_masks=keypoint_masks, upsample=upsample)
-        if rec is None:
+        if len(names) < min_registered:
+            warns.append(f"SfM not run: {len(names)} view(s), fewer than the {min_registered} it must register "
+                         "(--min_registered)")
+        elif rec is None:
             warns.append("SfM reconstructed nothing")
         elif rec.num_reg_images() < min_registered:
             warns.append(f"SfM registered only {rec.num_reg_images()} of {len(names)} views (< {min_registered})")

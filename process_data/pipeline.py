@@ -348,7 +348,8 @@ def _intrinsics(sc: _Scene, force: bool) -> None:
                   "frontal face's (docs/PREPROCESSING.md)"]
     t0 = time.time()
     known = known_cameras(out)
-    _say(f"pycolmap SfM on {len(names)} views" + (" (intrinsics known: K kept)" if known else ""))
+    if len(names) >= sc.opts["min_registered"]:
+        _say(f"pycolmap SfM on {len(names)} views" + (" (intrinsics known: K kept)" if known else ""))
     cams, warns = sfm_cameras(sc.out, sc.images_dir, names, fov=sc.opts["fov"],
                               min_registered=sc.opts["min_registered"], max_image_size=sc.opts["sfm_max_size"],
                               sequential=sc.opts["sequential"], num_threads=sc.opts["num_threads"],

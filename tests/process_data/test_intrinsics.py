@@ -55,6 +55,7 @@ def test_fov_fallback_when_sfm_cannot_run(tmp_path):
     with pytest.warns(UserWarning, match="fall back"):
         cams, rec, warns = estimate_intrinsics(d, ["0.png", "1.png"], fov_deg=60)
     assert rec is None and cams["source"] == "fov" and cams["registered"] == []
+    assert warns[0].startswith("SfM not run: 2 view(s), fewer than the 3")   # said as such, not as a failure
     # f = (W/2) / tan(fov/2)
     assert np.isclose(cams["K"][0][0], 40 / np.tan(np.radians(30)))
     assert cams["K"][0][2] == 40 and cams["K"][1][2] == 30
