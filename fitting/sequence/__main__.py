@@ -3,8 +3,8 @@
 
 OUT/identity/ is the keyframe's ordinary fit (:func:`fitting.pipeline.fit_scene`; without
 ``--cameras`` it estimates the cameras, SfM included, from the keyframe's views alone);
-OUT/refine.npz the cameras and shape refined over ``--refine_frames`` frames
-(:mod:`fitting.sequence.refine`; ``refine``, or no ``--cameras``); OUT/cameras.json the cameras
+OUT/refine.npz the shape and (unless ``fixed``) the cameras refined over ``--refine_frames``
+frames (:mod:`fitting.sequence.refine`); OUT/cameras.json the cameras
 every frame is tracked with, as a calibration JSON;
 OUT/chunks/<i>.npz the chunks' tracking; OUT/sequence.npz the blended per-frame parameters and
 OUT/report.json the per-frame table and the sequence's summary. A rerun reuses the identity and
@@ -82,8 +82,8 @@ def run_sequence(cfg, mapper=None) -> dict:
     cfg = argparse.Namespace(**{**vars(cfg), "scene_dir": str(dirs[key])})
     ident, track_cfg = fit_identity(cfg)
     refined = None
-    if cfg.camera_mode != "fixed" and cfg.refine_frames > 1:    # refine, or the cameras the keyframe estimated
-        ident, refined = _refine_over_frames(track_cfg, dirs, ident, unusable)
+    if cfg.refine_frames > 1:    # the calibration given as fixed holds; the others' cameras are refined
+        ident, refined = _refine_over_frames(track_cfg, dirs, ident, unusable, cfg.camera_mode == "fixed")
     t_identity = time.perf_counter() - t0
 
     ranges = chunk_ranges(len(dirs), cfg.chunk, cfg.overlap)
@@ -202,17 +202,18 @@ def fit_identity(cfg) -> tuple:
     return ident, argparse.Namespace(**{**vars(cfg), "cameras": str(calib), "camera_mode": "fixed"})
 
 
-def _refine_over_frames(cfg, dirs: list, ident, unusable: dict) -> tuple:
-    """The keyframe's cameras refined over ``--refine_frames`` frames (:mod:`fitting.sequence.refine`),
-    held to ``cfg.cameras`` (the calibration, or the keyframe's estimate), and written to
-    OUT/cameras.json."""
+def _refine_over_frames(cfg, dirs: list, ident, unusable: dict, hold_cameras: bool) -> tuple:
+    """The keyframe's shape and cameras refined over ``--refine_frames`` frames
+    (:mod:`fitting.sequence.refine`), the cameras held to ``cfg.cameras`` (the calibration, or the
+    keyframe's estimate; as they are with ``hold_cameras``: ``--camera_mode fixed``), and written
+    to OUT/cameras.json."""
     from fitting.calibration import write_calibration_json
     from fitting.known_cameras import read_rig
     from fitting.sequence.refine import refine_over_frames
     keyframe = Path(cfg.scene_dir)
     out = Path(cfg.savefolder)
     ident, report = refine_over_frames(cfg, dirs, keyframe, ident, read_rig(cfg, keyframe).cameras, unusable,
-                                       out / "refine.npz")
+                                       out / "refine.npz", hold_cameras=hold_cameras)
     write_calibration_json(out / "cameras.json", ident.cameras)
     return ident, report
 

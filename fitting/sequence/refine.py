@@ -1,5 +1,6 @@
-"""The rig's calibration refined over several frames of a sequence (``--camera_mode refine``,
-``--refine_frames K``; docs/SEQUENCES.md).
+"""The identity's shape and the rig's calibration refined over several frames of a sequence
+(``--refine_frames K``; docs/SEQUENCES.md); with ``--camera_mode fixed`` the shape alone, the
+cameras held.
 
 One frame's landmarks fix a camera only as well as their noise allows: on the synthetic rig,
 ``refine`` from the exact calibration ends ~0.07 deg / 0.5 mm away (docs/FITTING.md). The rig
@@ -199,22 +200,26 @@ def _with_views(st: FitState, rig: FrameRig) -> FitState:
 
 
 def solve_frame_rig(ctx: FitContext, st: FitState, rig: FrameRig, prior: RigPrior, iters: int,
-                    hist: list | None = None) -> tuple[FitState, FrameRig]:
+                    hist: list | None = None, hold_cameras: bool = False) -> tuple[FitState, FrameRig]:
     """Levenberg-Marquardt on the landmark and outline rows of the stacked frames (``ctx``, ``st``:
     N views of K subjects, one person), their feature tracks (``ctx.tracks`` with its points set,
     or None; weighed by :func:`fitting.stages.track_weight`, the points eliminated), the
-    coefficients' priors and ``prior``, over ``rig``'s unknowns, each frame's expression and jaw,
-    the shape all frames share and, with ``ctx.refine_focal``, the log focal factor
-    (``st.log_focal``). Returns (state, rig)."""
+    coefficients' priors and ``prior``, over ``rig``'s unknowns (its cameras' left out with
+    ``hold_cameras``), each frame's expression and jaw, the shape all frames share and, with
+    ``ctx.refine_focal``, the log focal factor (``st.log_focal``). Returns (state, rig)."""
     base = Unknowns.of(st, ctx.refine_focal)                 # per-view tangents, [focal], per-subject coefficients
     n_views = 6 * base.num_views
     gauss = GaussianPrior(ctx, base, st.shape.device, st.shape.dtype)
     coef = _shared_shape_map(base)
     nf = int(ctx.refine_focal)
-    size = rig.size + nf + coef.shape[1]
+    solved = torch.ones(rig.size + nf + coef.shape[1], dtype=torch.bool)
+    if hold_cameras:
+        solved[6 * len(rig.head_R):rig.size] = False
+    P = torch.eye(len(solved), dtype=torch.float64)[:, solved]   # the solved unknowns into all of the rig's
+    size = P.shape[1]
 
     def full_map(r: FrameRig) -> torch.Tensor:
-        return unknowns_map(r, coef, ctx.refine_focal)
+        return unknowns_map(r, coef, ctx.refine_focal) @ P
 
     tracks = ctx.tracks
 
@@ -237,9 +242,9 @@ def solve_frame_rig(ctx: FitContext, st: FitState, rig: FrameRig, prior: RigPrio
         A, g, cost = gauss.normal_equations(s)
         ne.add(gauss.name, M.T @ A.double() @ M, M.T @ g.double(), cost)
         Ap, gp, cost = prior.normal_equations(x.rig)
-        n = len(gp)
-        ne.add(prior.name, torch.nn.functional.pad(Ap, (0, size - n, 0, size - n)),
-               torch.nn.functional.pad(gp, (0, size - n)), cost)
+        pad = len(solved) - len(gp)
+        ne.add(prior.name, P.T @ torch.nn.functional.pad(Ap, (0, pad, 0, pad)) @ P,
+               P.T @ torch.nn.functional.pad(gp, (0, pad)), cost)
         blocks = None
         if tracks is not None:
             tracks.points = x.points
@@ -250,6 +255,7 @@ def solve_frame_rig(ctx: FitContext, st: FitState, rig: FrameRig, prior: RigPrio
         return _Estimate(s, x.rig, x.points, terms, blocks), ne
 
     def propose(x: _Estimate, dx: torch.Tensor, own: list):
+        dx = P @ dx
         r = x.rig.moved(dx[:rig.size])
         step = torch.cat([torch.zeros(n_views, dtype=dx.dtype), dx[rig.size:rig.size + nf],
                           coef @ dx[rig.size + nf:]]).to(x.state.shape.dtype)
@@ -373,29 +379,32 @@ def pick_frames(usable: list, keyframe, count: int) -> list:
     return [usable[i] for i in sorted(idx)]
 
 
-def _key(cfg, frames: list, ident, calibration: dict) -> str:
+def _key(cfg, frames: list, ident, calibration: dict, hold_cameras: bool) -> str:
     """What the refined cameras depend on: the frames and their landmarks, the identity, the
-    calibration and the options."""
+    calibration, whether it is held and the options."""
     from fitting.sequence.track import inputs_key
     cal = {n: [np.asarray(getattr(c, k)).tolist() for k in ("K", "R", "t")] for n, c in sorted(calibration.items())}
-    return hashlib.sha256((inputs_key(cfg, frames, ident, {}) + json.dumps(cal)).encode()).hexdigest()
+    return hashlib.sha256((inputs_key(cfg, frames, ident, {}) + json.dumps([cal, hold_cameras])).encode()).hexdigest()
 
 
 def refine_over_frames(cfg, dirs: list, keyframe: Path, ident, calibration: dict, unusable: dict,
-                       path: Path, log=print) -> tuple:
-    """The identity's cameras refined over up to ``--refine_frames`` frames of ``dirs`` (the
-    keyframe among them), each first fitted alone with the identity's cameras
+                       path: Path, log=print, hold_cameras: bool = False) -> tuple:
+    """The identity's shape and cameras refined over up to ``--refine_frames`` frames of ``dirs``
+    (the keyframe among them), each first fitted alone with the identity's cameras
     (:func:`fitting.sequence.track.fit_frame`), then solved together (:func:`solve_frame_rig`)
-    with each camera held to ``calibration`` ({image name: Calibrated}, the rig frame). Reuses
-    ``path`` (.npz) when it holds a result for the same inputs, else writes it there; its steps
-    go to ``log``, a line each. Returns (Identity with the refined cameras, report dict)."""
+    with each camera held to ``calibration`` ({image name: Calibrated}, the rig frame); with
+    ``hold_cameras`` (``--camera_mode fixed``) the cameras stay as they are, the shape alone is
+    refined, and no feature tracks are made (their points hang on the cameras, not on the head).
+    Reuses ``path`` (.npz) when it holds a result for the same inputs, else writes it there; its
+    steps go to ``log``, a line each. Returns (Identity with the refined cameras and shape,
+    report dict)."""
     from fitting.model import load_model
     from fitting.sequence.track import fit_frame, load_frame
     t0 = time.perf_counter()
     frames = pick_frames([Path(d) for d in dirs if Path(d).name not in unusable], Path(keyframe),
                          cfg.refine_frames)
     cameras = list(ident.cameras)
-    key = _key(cfg, frames, ident, calibration)
+    key = _key(cfg, frames, ident, calibration, hold_cameras)
     cached = _read(path, key)
     if cached is not None:
         log(f"[refine] reused {path} (the same frames, identity, calibration and options)")
@@ -416,7 +425,7 @@ def refine_over_frames(cfg, dirs: list, keyframe: Path, ident, calibration: dict
         if len(loaded) < 2:
             return ident, {"frames": [], "why": f"{len(loaded)} of the {len(frames)} picked frames could be tracked"}
         ctx, st, rig = stack_frames(loaded, ident.cameras, flame, cfg, ident.focal_refined)
-        tracks = frame_tracks(cfg, loaded, ident.cameras) if cfg.tracks != "off" else None
+        tracks = frame_tracks(cfg, loaded, ident.cameras) if cfg.tracks != "off" and not hold_cameras else None
         if tracks is not None:
             px = float(loaded[0].scene.scale.mean())                    # fitting pixels per original pixel
             ctx.tracks = TrackTerm(tracks, robust_px=cfg.track_robust_px * px)
@@ -429,15 +438,16 @@ def refine_over_frames(cfg, dirs: list, keyframe: Path, ident, calibration: dict
                             for k in ("R", "t"))
         prior = RigPrior(cfg, calib_R, calib_t, st.num_views)
         hist: list = []
-        st, out = solve_frame_rig(ctx, st, rig, prior, cfg.refine_iters, hist)
+        st, out = solve_frame_rig(ctx, st, rig, prior, cfg.refine_iters, hist, hold_cameras)
         # a camera no picked frame shows has only the prior to go by: it keeps the keyframe's pose
         unseen = torch.tensor([n not in used for n in cameras])
         out = replace(out, cam_R=torch.where(unseen[:, None, None], rig.cam_R, out.cam_R),
                       cam_t=torch.where(unseen[:, None], rig.cam_t, out.cam_t))
         costs = "".join(f", {k} cost {hist[0][k]:.4g} -> {hist[-1][k]:.4g}" for k in ("landmark", "track")
                         if hist and hist[0][k])
-        log(f"[refine] solved over {len(loaded)} frames x {len(cameras)} cameras, {len(hist)} iterations{costs} "
-            f"({time.perf_counter() - t0:.1f} s)")
+        what = "the shape (cameras held)" if hold_cameras else "the cameras and the shape"
+        log(f"[refine] {what} solved over {len(loaded)} frames x {len(cameras)} cameras, {len(hist)} iterations"
+            f"{costs} ({time.perf_counter() - t0:.1f} s)")
         cached = {"R": out.cam_R.numpy(), "t": out.cam_t.numpy(), "shape": st.shape[:1].numpy(),
                   "focal_scale": np.array(math.exp(float(st.log_focal))),
                   "names": np.array(cameras),

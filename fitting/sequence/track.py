@@ -73,8 +73,8 @@ def add_sequence_options(p) -> tuple:
         g.add_argument("--w_temporal", type=float, default=1.0,
                        help="temporal prior weight (1: MAP for 1 px landmark noise at fitting size)"),
         g.add_argument("--refine_frames", type=int, default=8,
-                       help="--camera_mode refine, or no --cameras: frames the cameras are refined over, together "
-                            "(1: the keyframe's fit alone)"),
+                       help="frames the identity's shape and, unless --camera_mode fixed, the cameras are refined "
+                            "over, together (1: the keyframe's fit alone)"),
         g.add_argument("--refine_iters", type=int, default=10,
                        help="LM iterations of that solve over --refine_frames frames")]
     return tuple(a.dest for a in opts)
