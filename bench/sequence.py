@@ -8,10 +8,12 @@ with its calibration (``--camera_mode fixed``, photometric rows on) by
 the tracking's seconds, seconds per frame (mean, median, and the median without each chunk's
 first frame, which holds the process's one-off warm-up), the vertex error against the ground
 truth (rig frame, no alignment, mean over frames, mm; and after one similarity for the whole
-sequence) and the jaw's angle error (deg), the load average and the torch thread count. With ``--perturb SEED`` the calibration is perturbed
+sequence) and the jaw's angle error (deg), the load average and the torch thread count. With
+``--perturb SEED`` the calibration is perturbed
 (1 deg, 5 mm per camera) and refined (``--camera_mode refine`` over ``--refine_frames``); the line
 then holds the cameras' mean rotation (deg) and centre (mm) errors after the best similarity:
-perturbed, after the keyframe's fit alone and after the refinement over frames. With
+perturbed, after the keyframe's fit alone and after the refinement over frames (null with
+``--cameras 1``: a similarity maps one camera onto any other). With
 ``--perturb_focal PCT`` every focal length is also scaled by 1 + PCT / 100 and refined
 (``--refine_focal always``); the line holds the focal error (%) at the same three stages.
 Any other option goes to the sequence command and overrides the bench's (``--track_photo_iters 3``);
