@@ -160,7 +160,7 @@ def build_parser(description: str | None = None) -> configargparse.ArgumentParse
                         "depends on it, so fits on machines with other core counts agree only when it is set")
     g.add_argument("--refine_focal", type=str, default="auto", choices=["auto", "always", "never"],
                    help="estimate the focal length jointly from the face prior; auto: when SfM registered "
-                        "few views, its focal is implausible, or no SfM")
+                        "few views, its focal is implausible, or no SfM (never for one view)")
     g.add_argument("--cameras", type=str, default="",
                    help="known cameras of a calibrated rig: a COLMAP model folder, a transforms.json (nerfstudio / "
                         "instant-ngp) or a calibration JSON (docs/CONVENTIONS.md); one camera per image, by file "

@@ -59,14 +59,18 @@ def checkpoint_path(cfg) -> Path:
     return output_folder(cfg) / "checkpoint.pt"
 
 
-def decide_refine_focal(cfg, cameras: dict, sfm_quality: dict | None = None) -> tuple[bool, str]:
-    """Whether to estimate the focal length here, and why. ``sfm_quality``: the verdict of
-    :func:`fitting.sfm_quality.judge_sfm` on SfM's model; a degenerate model's focal is refined."""
+def decide_refine_focal(cfg, cameras: dict, num_views: int, sfm_quality: dict | None = None) -> tuple[bool, str]:
+    """Whether to estimate the focal length here, and why. ``num_views``: the fit's views;
+    ``sfm_quality``: the verdict of :func:`fitting.sfm_quality.judge_sfm` on SfM's model; a
+    degenerate model's focal is refined."""
     if cfg.refine_focal != "auto":
         return cfg.refine_focal == "always", f"--refine_focal {cfg.refine_focal}"
     src = cameras.get("source", "")
     if src == "known":
         return False, "intrinsics known"
+    if num_views < 2:
+        # one view's landmarks barely fix it (sigma 30-80 %): refined, it drifts (docs/SEQUENCES.md)
+        return False, f"one view: the focal length from {src or 'an unknown source'} is kept"
     if src != "sfm":
         return True, f"intrinsics from {src or 'unknown source'}, not SfM"
     if sfm_quality is not None and not sfm_quality["ok"]:
@@ -307,7 +311,7 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
     scene.to(device)
     flame, texspace, model_info = load_model(cfg, device)
     N = scene.num_views
-    refine, refine_why = decide_refine_focal(cfg, scene.cameras)
+    refine, refine_why = decide_refine_focal(cfg, scene.cameras, N)
     state = FitState.create(N, torch.zeros(N, dtype=torch.long), scene.K, cfg.n_shape, cfg.n_exp,
                             texture_shape(cfg, flame, texspace), device=device)
     ctx = FitContext.from_observations(scene, flame, cfg, texspace, refine, rig)
@@ -318,7 +322,7 @@ def _fit_and_publish(cfg: argparse.Namespace, device: torch.device, folder: Resu
         tracks = rig_tracks(rig, scene, scene.prep_dir / "rig_tracks", 3 * cfg.camera_prior_deg, head_mask_test(scene))
     sfm_quality = judge_scene_sfm(ctx, state, scene)
     if sfm_quality is not None and not sfm_quality["ok"]:
-        ctx.refine_focal, refine_why = decide_refine_focal(cfg, scene.cameras, sfm_quality)
+        ctx.refine_focal, refine_why = decide_refine_focal(cfg, scene.cameras, N, sfm_quality)
         refine = ctx.refine_focal
     ckpt_path = checkpoint_path(cfg)
     progress, init_info, convergence = Progress(), {}, None

@@ -275,10 +275,14 @@ def write_viewer(folder, history=None, prep_dir=None, model_path=None, max_side:
 FOCAL_SIGMA_WARN_PCT = 10.0
 
 
-def focal_line(focal_px: float, refined: bool, sigma_pct: float | None) -> str:
+def focal_line(focal_px: float, refined: bool, sigma_pct: float | None, source: str | None = None) -> str:
     """The summary's focal-length line; sigma_pct: the refined focal's standard error (None when
-    none was computed: with ``--cameras``, or a singular problem)."""
+    none was computed: with ``--cameras``, or a singular problem); source: where the initial
+    value came from (cameras.json's ``source``: a held ``fov`` value is a guess)."""
     if not refined:
+        if source == "fov":
+            return (f"  focal length: {focal_px:.1f} px (held); warning: it is --fov's guess, not a measurement: "
+                    "give it (the photos' EXIF, or --cameras with a calibration) when it is known")
         return f"  focal length: {focal_px:.1f} px (held)"
     if sigma_pct is None:
         return f"  focal length: {focal_px:.1f} px (refined)"
@@ -333,7 +337,8 @@ def summary_lines(report: dict, folder) -> list:
     details = json.loads(path.read_text()) if path.is_file() else {}
     if used and used[0].get("K") is not None and details:
         refined = bool(details["focal"]["refined"])
-        lines.append(focal_line(used[0]["K"][0][0], refined, (report.get("uncertainty") or {}).get("focal_sigma_pct")))
+        lines.append(focal_line(used[0]["K"][0][0], refined, (report.get("uncertainty") or {}).get("focal_sigma_pct"),
+                                details["focal"].get("source")))
     conv = details.get("geometry_convergence")
     if conv and not conv["converged"]:
         lines.append(convergence_warning(conv))

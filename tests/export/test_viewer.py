@@ -124,6 +124,8 @@ def test_summary_states_the_focal_length_and_warns_when_it_is_loose():
     fitted by their landmarks alone: sigma 20 %), which says what to give."""
     from fitting.viewer import FOCAL_SIGMA_WARN_PCT, focal_line
     assert focal_line(1228.8, False, None) == "  focal length: 1228.8 px (held)"
+    guess = focal_line(970.3, False, None, "fov")           # one view: auto keeps the --fov fallback
+    assert guess.startswith("  focal length: 970.3 px (held); warning") and "EXIF" in guess
     assert focal_line(1228.8, True, None) == "  focal length: 1228.8 px (refined)"     # --cameras: no sigma
     assert "warning" not in focal_line(2679.4, True, 5.0) and "sigma 5.0 %" in focal_line(2679.4, True, 5.0)
     loose = focal_line(3841.4, True, 19.9)

@@ -114,7 +114,18 @@ def test_a_degenerate_model_gets_its_focal_refined():
     cfg = argparse.Namespace(refine_focal="auto", sfm_min_views=3)
     cams = {"source": "sfm", "K": [[F_TRUE, 0, W / 2], [0, F_TRUE, H / 2], [0, 0, 1]], "width": W,
             "registered": [f"v{i}" for i in range(8)]}
-    assert decide_refine_focal(cfg, cams) == (False, "SfM registered 8 views")
-    refine, why = decide_refine_focal(cfg, cams, {"ok": False, "reasons": ["bas-relief: ..."], "metrics": {}})
+    assert decide_refine_focal(cfg, cams, 8) == (False, "SfM registered 8 views")
+    refine, why = decide_refine_focal(cfg, cams, 8, {"ok": False, "reasons": ["bas-relief: ..."], "metrics": {}})
     assert refine and "degenerate" in why and "bas-relief" in why
-    assert not decide_refine_focal(cfg, {**cams, "source": "known"}, {"ok": False, "reasons": ["x"]})[0]
+    assert not decide_refine_focal(cfg, {**cams, "source": "known"}, 8, {"ok": False, "reasons": ["x"]})[0]
+
+
+def test_one_view_keeps_its_focal_prior():
+    """One view's landmarks barely fix the focal length: ``auto`` keeps the EXIF or --fov prior
+    there, and refines it from the views' own fallback with two or more."""
+    cfg = argparse.Namespace(refine_focal="auto", sfm_min_views=3)
+    cams = {"source": "fov", "K": [[F_TRUE, 0, W / 2], [0, F_TRUE, H / 2], [0, 0, 1]], "width": W, "registered": []}
+    assert decide_refine_focal(cfg, cams, 1) == (False, "one view: the focal length from fov is kept")
+    assert decide_refine_focal(cfg, {**cams, "source": "exif"}, 1)[0] is False
+    assert decide_refine_focal(cfg, cams, 2)[0] is True
+    assert decide_refine_focal(argparse.Namespace(refine_focal="always"), cams, 1)[0] is True
